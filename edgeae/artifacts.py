@@ -1,0 +1,257 @@
+"""Files on disk: checksums, atomic writes, staged export folders, locks and the manifest.
+
+An export folder either exists whole and verified or not at all: it is built in a staging
+folder beside the target and swapped into place in one step, with the manifest written
+last, so a manifest's presence means the set is complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import ExportExistsError, IntegrityError, LockedError, UsageError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "edgeae-manifest"
+MANIFEST_VERSION = 1
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new, never a torn one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make a shared export unreadable
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _finite(value: Any) -> Any:
+    """Refuse NaN/inf in JSON we write: other tools cannot read them back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"refusing to write non-finite number {value!r} to JSON")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps_json(obj: Any) -> str:
+    return json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, dumps_json(obj).encode("utf-8"))
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Read a JSON object, turning every way it can be broken into one IntegrityError."""
+    path = Path(path)
+    if not path.is_file():
+        raise IntegrityError(f"{what} not found: {path}")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise IntegrityError(f"{what} is implausibly large ({path.stat().st_size} bytes): {path}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"{what} is not valid JSON: {path}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise IntegrityError(f"{what} must be a JSON object: {path}")
+    return obj
+
+
+# ---------------------------------------------------------------- locks and staging
+
+
+@contextlib.contextmanager
+def folder_lock(target: Path) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on `target` (a lock file beside it)."""
+    import fcntl
+
+    lock_path = target.parent / f".{target.name}.lock"
+    while True:
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise LockedError(
+                    f"{target} is being written by another edgeae process (lock {lock_path.name})"
+                ) from None
+            raise
+        # The file may have been unlinked by the previous holder between open and flock.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0
+
+
+def publish_folder(stage: Path, target: Path) -> None:
+    """Move a finished staging folder onto `target`, replacing an old one atomically."""
+    if not target.exists():
+        os.rename(stage, target)
+    elif _exchange(stage, target):
+        shutil.rmtree(stage)  # `stage` now holds the old export
+    else:
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, old / target.name)
+        os.rename(stage, target)
+        shutil.rmtree(old)
+    _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path, force: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder; publish it to `target` only if the block succeeds.
+
+    On any failure (an exception, Ctrl-C, a full disk) the staging folder is removed and
+    whatever was at `target` before stays exactly as it was.
+    """
+    target = Path(target).absolute()
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target} exists and is not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {target.parent}: {exc.strerror}") from None
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {target.parent}: permission denied")
+    with folder_lock(target):
+        if target.exists() and not force:
+            raise ExportExistsError(f"{target} exists; pass --force to replace it")
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+        try:
+            os.chmod(stage, 0o777 & ~_umask())
+            yield stage
+            publish_folder(stage, target)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def _safe_member(folder: Path, name: Any) -> Path:
+    """A manifest may only name plain files inside its own folder."""
+    if not isinstance(name, str) or not name or name != os.path.basename(name) or name in (".", ".."):
+        raise IntegrityError(f"manifest names a file outside its folder: {name!r}")
+    path = folder / name
+    if path.is_symlink():
+        raise IntegrityError(f"{name} is a symbolic link; refusing to follow it")
+    return path
+
+
+def file_entry(path: Path, role: str) -> dict:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "role": role}
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Write the manifest (last, atomically); its `files` must already be filled in."""
+    body = {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, **manifest}
+    path = Path(folder) / MANIFEST_NAME
+    atomic_write_json(path, body)
+    return path
+
+
+def read_manifest(folder: Path) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"export folder not found: {folder}")
+    manifest = read_json(folder / MANIFEST_NAME, "manifest")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise IntegrityError(f"{folder / MANIFEST_NAME} is not an edgeae manifest")
+    if manifest.get("format_version") != MANIFEST_VERSION:
+        raise IntegrityError(
+            f"manifest format_version {manifest.get('format_version')!r} is not supported "
+            f"(this edgeae reads {MANIFEST_VERSION})"
+        )
+    if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
+        raise IntegrityError("manifest lists no files")
+    return manifest
+
+
+def verify_file(folder: Path, name: str, entry: Any) -> Path:
+    """Check one listed file's size and sha256 before anything parses it."""
+    path = _safe_member(Path(folder), name)
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise IntegrityError(f"manifest entry for {name} has no sha256")
+    if not path.is_file():
+        raise IntegrityError(f"{name} is listed in the manifest but missing from {folder}")
+    size = path.stat().st_size
+    if entry.get("bytes") is not None and size != entry["bytes"]:
+        raise IntegrityError(f"{name}: size {size} bytes, manifest says {entry['bytes']} (truncated or replaced?)")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise IntegrityError(f"{name}: sha256 {actual[:12]}… does not match the manifest's {entry['sha256'][:12]}… (tampered or corrupt)")
+    return path
+
+
+def verify_files(folder: Path, manifest: dict) -> None:
+    for name, entry in manifest["files"].items():
+        verify_file(folder, name, entry)

@@ -1,0 +1,91 @@
+"""One exception family for edgeae; each kind carries the exit code the CLI returns.
+
+The exit-code table lives here and only here, so the CLI, the docs and the tests agree.
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_DATA = 3
+EXIT_INTEGRITY = 4
+EXIT_RUNTIME = 5
+EXIT_PARITY = 6
+EXIT_DEPENDENCY = 7
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_INTERNAL: "internal error (a bug; rerun with --debug)",
+    EXIT_USAGE: "usage (bad option, missing file, export exists, folder locked, cannot write)",
+    EXIT_DATA: "bad data (shape, type, non-finite or unusable values)",
+    EXIT_INTEGRITY: "integrity or security (checksum mismatch, corrupt or unsafe file)",
+    EXIT_RUNTIME: "runtime or provider (provider missing, inference failed)",
+    EXIT_PARITY: "parity (ONNX differs from Keras beyond the tolerance)",
+    EXIT_DEPENDENCY: "missing optional dependency (install the extra it names)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C; nothing published)",
+}
+
+
+class EdgeAEError(Exception):
+    """Base of every error edgeae raises on purpose; its message is one line for the user."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class UsageError(EdgeAEError):
+    exit_code = EXIT_USAGE
+
+
+class ExportExistsError(UsageError, FileExistsError):
+    """The target export folder exists and the caller did not ask to replace it."""
+
+
+class LockedError(UsageError):
+    """Another edgeae process is writing the same export folder."""
+
+
+class DataError(EdgeAEError, ValueError):
+    exit_code = EXIT_DATA
+
+
+class ShapeError(DataError):
+    """An array has the wrong rank, window length or feature count."""
+
+
+class IntegrityError(EdgeAEError):
+    """A file is missing, corrupt, tampered with or unsafe to load."""
+
+    exit_code = EXIT_INTEGRITY
+
+
+class ProviderError(EdgeAEError, RuntimeError):
+    """An execution provider was requested that this onnxruntime cannot give."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class InferenceError(EdgeAEError, RuntimeError):
+    exit_code = EXIT_RUNTIME
+
+
+class ParityError(EdgeAEError):
+    """ONNX outputs differ from the Keras reference beyond the tolerance."""
+
+    exit_code = EXIT_PARITY
+
+
+class MissingDependencyError(EdgeAEError, ImportError):
+    exit_code = EXIT_DEPENDENCY
+
+
+def require(module: str, extra: str):
+    """Import an optional heavy module, or say which extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{module} is not installed: pip install 'edgeae[{extra}]' ({exc})"
+        ) from exc

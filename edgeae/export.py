@@ -1,0 +1,198 @@
+"""Keras -> ONNX with tf2onnx: fused LSTMs, named inputs/outputs, a named batch axis, and the
+preprocessing (clip + scale, and its inverse) baked into the graph so any onnxruntime app,
+C or mobile included, feeds raw values and gets raw units back.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .data import Preprocessing
+from .errors import EdgeAEError, UsageError, require
+
+DEFAULT_OPSET = 17
+MIN_OPSET, MAX_OPSET = 14, 18  # LSTM with layout/activations (14+) .. what tf2onnx 1.17 knows
+INPUT_NAME = "sequence"
+BATCH_DIM = "batch"
+OUTPUT_NAMES = {"autoencoder": "reconstruction", "encoder": "embedding"}
+EDGEAE_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
+
+
+class ExportError(EdgeAEError):
+    """tf2onnx produced something edgeae cannot stand behind."""
+
+
+def check_opset(opset: int) -> int:
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset!r}")
+    return opset
+
+
+def convert(keras_model, timesteps: int, features: int, opset: int = DEFAULT_OPSET):
+    """Run tf2onnx on the CPU with an explicit signature (Keras 3 needs one)."""
+    from .model import import_keras
+
+    tf, _ = import_keras()
+    tf2onnx = require("tf2onnx", "train")
+    signature = [tf.TensorSpec((None, timesteps, features), tf.float32, name=INPUT_NAME)]
+    with tf.device("/CPU:0"):
+        proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=signature, opset=check_opset(opset))
+    return proto
+
+
+def _rename_tensor(graph, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in list(graph.output) + list(graph.input):
+        if value.name == old:
+            value.name = new
+
+
+def _set_batch_dim(value_info) -> None:
+    dim0 = value_info.type.tensor_type.shape.dim[0]
+    dim0.Clear()
+    dim0.dim_param = BATCH_DIM
+
+
+def _constant(graph, name: str, values: np.ndarray) -> str:
+    from onnx import numpy_helper
+
+    graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.float32), name))
+    return name
+
+
+def add_preprocessing(proto, pre: Preprocessing, role: str):
+    """Put clip + scale before the model, and (autoencoder only) the inverse after it."""
+    from onnx import helper
+
+    graph = proto.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise ExportError(f"expected one input and one output, got {len(graph.input)} and {len(graph.output)}")
+    arrays = pre.arrays()
+    raw_in = graph.input[0].name
+    _rename_tensor(graph, raw_in, "model_input")
+    graph.input[0].name = INPUT_NAME
+    steps = [
+        ("Min", "preprocess/clip_high", arrays["clip_high"], "clipped_high"),
+        ("Max", "preprocess/clip_low", arrays["clip_low"], "clipped"),
+    ]
+    if not pre.is_identity_scale:
+        steps += [
+            ("Sub", "preprocess/offset", arrays["offset"], "centred"),
+            ("Mul", "preprocess/scale", arrays["scale"], "scaled"),
+        ]
+    nodes, current = [], INPUT_NAME
+    for i, (op, const, values, out) in enumerate(steps):
+        out = "model_input" if i == len(steps) - 1 else f"preprocess/{out}"
+        nodes.append(helper.make_node(op, [current, _constant(graph, const, values)], [out], name=f"preprocess/{op.lower()}"))
+        current = out
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+
+    final = OUTPUT_NAMES[role]
+    model_out = graph.output[0].name
+    if role == "autoencoder" and not pre.is_identity_scale:
+        _rename_tensor(graph, model_out, "model_output")
+        graph.node.extend([
+            helper.make_node("Div", ["model_output", _constant(graph, "postprocess/scale", arrays["scale"])],
+                             ["postprocess/unscaled"], name="postprocess/div"),
+            helper.make_node("Add", ["postprocess/unscaled", _constant(graph, "postprocess/offset", arrays["offset"])],
+                             [final], name="postprocess/add"),
+        ])
+        graph.output[0].name = final
+    else:
+        _rename_tensor(graph, model_out, final)
+    _set_batch_dim(graph.input[0])
+    _set_batch_dim(graph.output[0])
+    del graph.value_info[:]  # tf2onnx's intermediate shapes carry unk__ names; onnxruntime infers its own
+    return proto
+
+
+def describe_io(proto) -> dict[str, list[dict[str, Any]]]:
+    """Input/output names, shapes (the batch axis by its name) and element types."""
+    from onnx import helper
+
+    def one(v):
+        t = v.type.tensor_type
+        shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+        return {"name": v.name, "shape": shape, "dtype": helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+    return {"inputs": [one(v) for v in proto.graph.input], "outputs": [one(v) for v in proto.graph.output]}
+
+
+def check_exported(proto, role: str) -> None:
+    """The graph must be valid, use only standard domains, and hold fused LSTM ops, never a Loop."""
+    onnx = require("onnx", "train")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{role}: onnx.checker rejects the export: {str(exc).splitlines()[0]}") from None
+    ops = [n.op_type for n in proto.graph.node]
+    domains = {n.domain for n in proto.graph.node}
+    if not domains <= EDGEAE_DOMAINS:
+        raise ExportError(f"{role}: export uses non-standard operator domains {sorted(domains - EDGEAE_DOMAINS)}")
+    if "Loop" in ops or "Scan" in ops:
+        raise ExportError(f"{role}: the LSTM was exported as a Loop/Scan, not a fused LSTM op")
+    expected = 2 if role == "autoencoder" else 1
+    if ops.count("LSTM") != expected:
+        raise ExportError(f"{role}: expected {expected} fused LSTM op(s), found {ops.count('LSTM')}")
+
+
+def export_model(keras_model, role: str, pre: Preprocessing, timesteps: int, features: int,
+                 opset: int = DEFAULT_OPSET, training: dict | None = None):
+    """One Keras model -> a checked ONNX ModelProto with preprocessing and edgeae metadata."""
+    from onnx import helper
+
+    if role not in OUTPUT_NAMES:
+        raise UsageError(f"role must be one of {', '.join(OUTPUT_NAMES)}, got {role!r}")
+    if pre.features != features:
+        raise UsageError(f"preprocessing has {pre.features} features, the model {features}")
+    proto = add_preprocessing(convert(keras_model, timesteps, features, opset), pre, role)
+    proto.producer_name = "edgeae"
+    proto.producer_version = __version__
+    proto.doc_string = (
+        f"edgeae {role}: raw (batch, {timesteps}, {features}) -> "
+        + (f"(batch, {timesteps}, {features}) in raw units" if role == "autoencoder" else "(batch, units) embedding")
+    )
+    meta = {
+        "edgeae.role": role,
+        "edgeae.version": __version__,
+        "edgeae.timesteps": str(timesteps),
+        "edgeae.features": str(features),
+        "edgeae.preprocessing": json.dumps(pre.to_dict(), sort_keys=True),
+    }
+    if training:
+        meta["edgeae.training"] = json.dumps(training, sort_keys=True)
+    helper.set_model_props(proto, meta)
+    check_exported(proto, role)
+    return proto
+
+
+def internal_encoding(autoencoder_proto):
+    """A copy of the autoencoder that also outputs its first LSTM's final hidden state.
+
+    Comparing that output with the standalone encoder proves the encoder computes exactly
+    the autoencoder's own encoding.
+    """
+    from onnx import ModelProto, helper, numpy_helper
+
+    proto = ModelProto()
+    proto.CopyFrom(autoencoder_proto)
+    graph = proto.graph
+    lstm = next((n for n in graph.node if n.op_type == "LSTM"), None)
+    if lstm is None or len(lstm.output) < 2 or not lstm.output[1]:
+        raise ExportError("autoencoder has no fused encoder LSTM with a final hidden state")
+    graph.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "internal/axes"))
+    graph.node.append(helper.make_node("Squeeze", [lstm.output[1], "internal/axes"], ["internal_embedding"],
+                                       name="internal/squeeze"))
+    graph.output.append(helper.make_tensor_value_info("internal_embedding", 1, [BATCH_DIM, None]))
+    return proto
+
+
+def opset_of(proto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))

@@ -1,0 +1,237 @@
+"""The Keras side: build the LSTM autoencoder and its standalone encoder, train, save, load.
+
+TensorFlow and Keras are imported inside the functions (they cost seconds and hundreds of
+megabytes), and TensorFlow is kept on the CPU: the model is tiny, CPU runs are
+deterministic, and recurrent layers traced on a GPU become cuDNN ops tf2onnx cannot convert.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import DataError, IntegrityError, ShapeError, UsageError, require
+
+ENCODER_LAYER = "encoder"
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "softsign", "linear")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every size and training setting; the defaults are the seed notebook's."""
+
+    timesteps: int = 10
+    features: int = 5
+    units: int = 100
+    activation: str = "relu"
+    epochs: int = 300
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    seed: int = 1
+    validation_fraction: float = 0.0
+    patience: int = 0
+    stride: int = 1
+    clip_quantiles: tuple[float, float] = (0.0, 1.0)
+    scaling: str = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("timesteps", "features", "units", "epochs", "batch_size", "stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if self.timesteps > 100_000 or self.features > 100_000 or self.units > 65_536:
+            raise UsageError(
+                f"sizes are implausibly large (timesteps {self.timesteps}, features {self.features}, units {self.units})"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 10):
+            raise UsageError(f"learning rate must be in (0, 10), got {self.learning_rate!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UsageError(f"seed must be a whole number in [0, 2**32), got {self.seed!r}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise UsageError(f"validation fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.patience < 0:
+            raise UsageError(f"patience must be at least 0, got {self.patience}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        if "clip_quantiles" in kwargs:
+            kwargs["clip_quantiles"] = tuple(kwargs["clip_quantiles"])
+        return cls(**kwargs)
+
+    @property
+    def parameter_count(self) -> int:
+        """4 gates x (inputs + units + 1) x units per LSTM, plus the dense layer."""
+        u, f = self.units, self.features
+        return 4 * u * (f + u + 1) + 4 * u * (u + u + 1) + (u * f + f)
+
+
+@dataclass
+class TrainResult:
+    autoencoder: Any
+    encoder: Any
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epochs_run: int = 0
+    best_epoch: int = 0
+
+    @property
+    def final_loss(self) -> float:
+        return float(self.history["loss"][-1])
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """TensorFlow's C++ start-up logs ignore TF_CPP_MIN_LOG_LEVEL; hide fd 2 while it loads."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_keras():
+    """Import TensorFlow + Keras on the CPU only, deterministic, with their chatter silenced."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules:
+        with _quiet_native_stderr():
+            require("tensorflow", "train")
+    tf = require("tensorflow", "train")
+    keras = require("keras", "train")
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass  # already initialised; the export still pins itself to the CPU
+    tf.config.experimental.enable_op_determinism()
+    tf.get_logger().setLevel("ERROR")
+    return tf, keras
+
+
+def build(config: TrainConfig):
+    """The seed architecture, every size from `config`: returns (autoencoder, encoder)."""
+    _, keras = import_keras()
+    keras.utils.set_random_seed(config.seed)
+    layers = keras.layers
+    inputs = keras.Input(shape=(config.timesteps, config.features), name="sequence")
+    encoded = layers.LSTM(config.units, activation=config.activation, name=ENCODER_LAYER)(inputs)
+    repeated = layers.RepeatVector(config.timesteps, name="repeat")(encoded)
+    decoded = layers.LSTM(config.units, activation=config.activation, return_sequences=True, name="decoder")(repeated)
+    outputs = layers.TimeDistributed(layers.Dense(config.features), name="reconstruction")(decoded)
+    autoencoder = keras.Model(inputs, outputs, name="autoencoder")
+    autoencoder.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate), loss="mse")
+    return autoencoder, encoder_of(autoencoder)
+
+
+def encoder_of(autoencoder):
+    """The standalone encoder: the autoencoder up to its first LSTM, sharing its weights."""
+    _, keras = import_keras()
+    return keras.Model(autoencoder.inputs, autoencoder.get_layer(ENCODER_LAYER).output, name="encoder")
+
+
+def check_windows(windows: np.ndarray, config: TrainConfig, what: str = "training windows") -> None:
+    if windows.ndim != 3 or windows.shape[1:] != (config.timesteps, config.features):
+        raise ShapeError(
+            f"{what}: expected (n, {config.timesteps}, {config.features}), got {tuple(windows.shape)}"
+        )
+    if len(windows) == 0:
+        raise DataError(f"{what}: no windows")
+    if not np.isfinite(windows).all():
+        raise DataError(f"{what}: contain non-finite values")
+
+
+def train(
+    config: TrainConfig,
+    windows: np.ndarray,
+    validation: np.ndarray | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Fit the autoencoder to reproduce `windows` (already preprocessed, model space)."""
+    check_windows(windows, config)
+    has_val = validation is not None and len(validation) > 0
+    if has_val:
+        check_windows(validation, config, "validation windows")
+    _, keras = import_keras()
+    autoencoder, encoder = build(config)
+    callbacks: list[Any] = []
+    if progress is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: progress(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
+        ))
+    if has_val and config.patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=True
+        ))
+    x = windows.astype(np.float32)
+    fit = autoencoder.fit(
+        x, x,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        shuffle=True,
+        verbose=0,
+        validation_data=(validation.astype(np.float32),) * 2 if has_val else None,
+        callbacks=callbacks,
+    )
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    monitor = history.get("val_loss") if has_val else history["loss"]
+    best = int(np.argmin(monitor)) + 1 if config.patience > 0 and has_val else len(history["loss"])
+    return TrainResult(autoencoder, encoder, history, len(history["loss"]), best)
+
+
+def predict(model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Keras inference on model-space input, float32 out."""
+    return np.asarray(model.predict(np.asarray(x, dtype=np.float32), batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def save(autoencoder, path: Path) -> None:
+    autoencoder.save(str(path))
+
+
+def load(path: Path):
+    """Load a saved autoencoder in Keras safe mode (a Lambda layer's code is never run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"Keras model not found: {path}")
+    _, keras = import_keras()
+    try:
+        autoencoder = keras.models.load_model(str(path), compile=False, safe_mode=True)
+    except ValueError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IntegrityError(f"{path.name}: refused or unreadable Keras model: {first}") from None
+    except Exception as exc:  # zip/h5/json errors of every kind: one line for the user
+        raise IntegrityError(f"{path.name}: not a valid Keras model ({type(exc).__name__})") from None
+    try:
+        autoencoder.get_layer(ENCODER_LAYER)
+    except ValueError:
+        raise IntegrityError(f"{path.name}: not an edgeae autoencoder (no layer named {ENCODER_LAYER!r})") from None
+    return autoencoder, encoder_of(autoencoder)
+
+
+def print_progress(epochs: int) -> Callable[[int, dict[str, float]], None]:
+    """A terminal progress line per epoch: rewritten in place on a TTY, every 10% otherwise."""
+    tty = sys.stderr.isatty()
+    every = max(1, epochs // 10)
+
+    def report(epoch: int, logs: dict[str, float]) -> None:
+        if not tty and epoch % every and epoch != epochs:
+            return
+        text = f"epoch {epoch}/{epochs}  " + "  ".join(f"{k} {v:.3e}" for k, v in logs.items())
+        end = "\n" if (not tty or epoch == epochs) else ""
+        sys.stderr.write(("\r" if tty else "") + text + end)
+        sys.stderr.flush()
+
+    return report

@@ -1,0 +1,302 @@
+"""The stages joined up: train -> export (with parity) -> publish, and re-verification.
+
+Each public function here is what one CLI command calls. Folders are written through
+`artifacts.staged_folder`, so a failure at any step (parity included) publishes nothing.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .artifacts import (
+    file_entry, read_json, read_manifest, staged_folder, verify_file, verify_files, write_manifest, atomic_write_json,
+)
+from .data import Preprocessing, Series, load_series, make_windows, seed_sequence, split_by_time
+from .errors import DataError, ParityError, ShapeError, UsageError
+from .parity import DEFAULT_ATOL, ParityReport, compare
+
+KERAS_FILE = "model.keras"
+TRAINING_FILE = "training.json"
+PARITY_INPUTS_FILE = "parity_inputs.npz"
+PARITY_REPORT_FILE = "parity.json"
+ONNX_FILES = {"autoencoder": "autoencoder.onnx", "encoder": "encoder.onnx"}
+PARITY_SAMPLE = 1024
+RANDOM_BATCH = 300
+
+
+@dataclass
+class Training:
+    """A trained model with everything needed to export and re-verify it."""
+
+    config: Any  # model.TrainConfig
+    preprocessing: Preprocessing
+    autoencoder: Any
+    encoder: Any
+    history: dict[str, list[float]]
+    epochs_run: int
+    best_epoch: int
+    train_windows: np.ndarray  # raw units
+    validation_windows: np.ndarray  # raw units, possibly empty
+    data: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        from .model import predict
+
+        recon = self.preprocessing.invert(predict(self.autoencoder, self.preprocessing.apply(self.train_windows)))
+        return {
+            "config": self.config.to_dict(),
+            "parameters": int(self.autoencoder.count_params()),
+            "final_loss": float(self.history["loss"][-1]),
+            "final_val_loss": float(self.history["val_loss"][-1]) if "val_loss" in self.history else None,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "train_reconstruction_max_abs": float(np.abs(recon - self.train_windows).max()),
+            "data": self.data,
+        }
+
+
+# ---------------------------------------------------------------- data
+
+
+def prepare_windows(config, series: Series | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Raw training and validation windows, from a user's series or the seed data."""
+    if series is None:
+        windows = seed_sequence(config.timesteps, config.features).astype(np.float64)
+        return windows, windows[:0], {"source": "seed", "description": "np.arange(n)/n, one window", "windows": 1}
+    if series.values.shape[-1] != config.features:
+        raise ShapeError(
+            f"{series.source}: has {series.values.shape[-1]} feature column(s), the model expects {config.features} "
+            f"(pass --features {series.values.shape[-1]} or choose columns)"
+        )
+    if series.is_windows:
+        windows = series.values
+        if windows.shape[1] != config.timesteps:
+            raise ShapeError(f"{series.source}: windows of {windows.shape[1]} steps, the model expects {config.timesteps}")
+        n_val = int(round(len(windows) * config.validation_fraction))
+        train, val = (windows[:-n_val], windows[-n_val:]) if n_val else (windows, windows[:0])
+        if len(train) == 0:
+            raise DataError(f"{series.source}: no training windows left after the validation split")
+    else:
+        train_part, val_part = split_by_time(series.values, config.validation_fraction, config.timesteps)
+        train = make_windows(train_part, config.timesteps, config.stride)
+        val = make_windows(val_part, config.timesteps, config.stride) if len(val_part) else train[:0]
+    info = {"source": series.source, "columns": list(series.columns), "rows": int(series.values.shape[0]),
+            "windows": int(len(train)), "validation_windows": int(len(val))}
+    return train, val, info
+
+
+def train(config, data: Path | None = None, columns: tuple[str, ...] | None = None,
+          progress: Callable[[int, dict[str, float]], None] | None = None) -> Training:
+    """Learn the preprocessing from the training part, then fit the autoencoder."""
+    from . import model
+
+    series = load_series(data, columns) if data is not None else None
+    train_w, val_w, info = prepare_windows(config, series)
+    pre = Preprocessing.fit(train_w, config.clip_quantiles, config.scaling,
+                            tuple(series.columns) if series is not None else None)
+    result = model.train(config, pre.apply(train_w), pre.apply(val_w) if len(val_w) else None, progress)
+    return Training(config, pre, result.autoencoder, result.encoder, result.history, result.epochs_run,
+                    result.best_epoch, train_w, val_w, info)
+
+
+def save_training(training: Training, out: Path, force: bool = False) -> Path:
+    """Write a training folder: the Keras model, what it was trained on, and a manifest."""
+    from .model import save
+
+    with staged_folder(Path(out), force) as stage:
+        save(training.autoencoder, stage / KERAS_FILE)
+        np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
+                 validation=training.validation_windows.astype(np.float32))
+        atomic_write_json(stage / TRAINING_FILE, {
+            **training.summary(), "history": training.history, "preprocessing": training.preprocessing.to_dict()})
+        write_manifest(stage, {
+            "kind": "training",
+            "edgeae_version": __version__,
+            "files": {KERAS_FILE: file_entry(stage / KERAS_FILE, "keras"),
+                      PARITY_INPUTS_FILE: file_entry(stage / PARITY_INPUTS_FILE, "data"),
+                      TRAINING_FILE: file_entry(stage / TRAINING_FILE, "training")},
+        })
+    return Path(out)
+
+
+def load_training(folder: Path) -> Training:
+    """Read a training (or export) folder back, checking every file first."""
+    from . import model
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    verify_file(folder, KERAS_FILE, manifest["files"].get(KERAS_FILE))
+    verify_file(folder, PARITY_INPUTS_FILE, manifest["files"].get(PARITY_INPUTS_FILE))
+    record = manifest.get("training") or read_json(verify_file(folder, TRAINING_FILE, manifest["files"].get(TRAINING_FILE)), "training record")
+    pre = Preprocessing.from_dict(manifest.get("preprocessing") or record["preprocessing"])
+    config = model.TrainConfig.from_dict(record["config"])
+    autoencoder, encoder = model.load(folder / KERAS_FILE)
+    with np.load(folder / PARITY_INPUTS_FILE, allow_pickle=False) as saved:
+        train_w, val_w = saved["training"].astype(np.float64), saved["validation"].astype(np.float64)
+    history = record.get("history") or {"loss": [record.get("final_loss", float("nan"))]}
+    return Training(config, pre, autoencoder, encoder, history, int(record.get("epochs_run", 0)),
+                    int(record.get("best_epoch", 0)), train_w, val_w, dict(record.get("data", {})))
+
+
+# ---------------------------------------------------------------- parity
+
+
+def parity_inputs(train_windows: np.ndarray, pre: Preprocessing, seed: int) -> dict[str, np.ndarray]:
+    """The raw inputs verify compares on: training data, random inside and far outside its range."""
+    rng = np.random.default_rng(seed)
+    low, high = np.asarray(pre.clip_low), np.asarray(pre.clip_high)
+    span = np.where(high > low, high - low, 1.0)
+    shape = (RANDOM_BATCH, *train_windows.shape[1:])
+    return {
+        "training": train_windows[:PARITY_SAMPLE].astype(np.float32),
+        "single": train_windows[:1].astype(np.float32),
+        "in_range": rng.uniform(low, high, size=shape).astype(np.float32),
+        "outside_range": rng.uniform(low - 10 * span, high + 10 * span, size=shape).astype(np.float32),
+    }
+
+
+def verification_providers(which: str) -> list[str]:
+    """'all' = CPU plus CUDA where this onnxruntime has it; otherwise the one named."""
+    from .runtime import CPU, CUDA, available_providers, resolve_providers
+
+    if which == "all":
+        return [CPU] + ([CUDA] if CUDA in available_providers() else [])
+    return [resolve_providers(which)[0]]
+
+
+def verify_models(training: Training, onnx_paths: dict[str, Path], inputs: dict[str, np.ndarray],
+                  providers: list[str], atol: float = DEFAULT_ATOL) -> ParityReport:
+    """Compare both ONNX files with Keras on every input set and provider."""
+    import onnx
+
+    from .export import internal_encoding
+    from .model import predict
+    from .runtime import OnnxModel, placement_summary
+
+    pre = training.preprocessing
+    references = {
+        "autoencoder": {k: pre.invert(predict(training.autoencoder, pre.apply(x))) for k, x in inputs.items()},
+        "encoder": {k: predict(training.encoder, pre.apply(x)) for k, x in inputs.items()},
+    }
+    results, placement, encoder_check = [], {}, None
+    internal = internal_encoding(onnx.load(str(onnx_paths["autoencoder"]))).SerializeToString()
+    for provider in providers:
+        short = "cuda" if provider.startswith("CUDA") else "cpu"
+        for role, path in onnx_paths.items():
+            session = OnnxModel(path, [provider], name=path.name)
+            placement[f"{role}/{short}"] = placement_summary(session.node_placement())
+            for dataset, x in inputs.items():
+                results.append(compare(references[role][dataset], session.run_windows(x), model=role, provider=short,
+                                       dataset=dataset, tolerance_abs=atol))
+        both = OnnxModel(internal, [provider], name="autoencoder (internal encoding)")
+        encoder = OnnxModel(onnx_paths["encoder"], [provider], name="encoder")
+        x = np.concatenate([inputs["training"], inputs["in_range"], inputs["outside_range"]])
+        check = compare(both.run_windows(x, output=1), encoder.run_windows(x), model="encoder-vs-autoencoder",
+                        provider=short, dataset="internal encoding", tolerance_abs=atol)
+        if encoder_check is None or check.max_abs > encoder_check.max_abs:
+            encoder_check = check
+    return ParityReport(tuple(results), encoder_check, placement)
+
+
+# ---------------------------------------------------------------- export
+
+
+def _versions() -> dict[str, str]:
+    out = {"edgeae": __version__, "python": platform.python_version()}
+    for dist in ("numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def export(training: Training, out: Path, opset: int | None = None, atol: float = DEFAULT_ATOL,
+           providers: str = "all", force: bool = False) -> tuple[Path, ParityReport]:
+    """Export both models, verify them against Keras, and publish the folder only if parity holds."""
+    import onnx
+
+    from .export import DEFAULT_OPSET, describe_io, export_model, opset_of
+    from .model import save
+
+    opset = DEFAULT_OPSET if opset is None else opset
+    if not (isinstance(atol, float) and atol > 0):
+        raise UsageError(f"tolerance must be a positive number, got {atol!r}")
+    config, pre = training.config, training.preprocessing
+    summary = training.summary()
+    provider_list = verification_providers(providers)
+    with staged_folder(Path(out), force) as stage:
+        models: dict[str, Any] = {}
+        paths: dict[str, Path] = {}
+        for role, keras_model in (("autoencoder", training.autoencoder), ("encoder", training.encoder)):
+            proto = export_model(keras_model, role, pre, config.timesteps, config.features, opset,
+                                 training={k: summary[k] for k in ("parameters", "final_loss", "epochs_run")})
+            paths[role] = stage / ONNX_FILES[role]
+            onnx.save(proto, str(paths[role]))
+            ops: dict[str, int] = {}
+            for node in proto.graph.node:
+                ops[node.op_type] = ops.get(node.op_type, 0) + 1
+            models[role] = {"file": ONNX_FILES[role], **describe_io(proto), "opset": opset_of(proto),
+                            "nodes": len(proto.graph.node), "ops": ops}
+        inputs = parity_inputs(training.train_windows, pre, config.seed)
+        report = verify_models(training, paths, inputs, provider_list, atol)
+        if not report:
+            raise ParityError("parity failed, nothing published: " + "; ".join(report.failures()))
+        save(training.autoencoder, stage / KERAS_FILE)
+        np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
+                 validation=training.validation_windows.astype(np.float32))
+        atomic_write_json(stage / PARITY_REPORT_FILE, report.to_dict())
+        files = {name: file_entry(stage / name, role) for name, role in (
+            (ONNX_FILES["autoencoder"], "onnx"), (ONNX_FILES["encoder"], "onnx"), (KERAS_FILE, "keras"),
+            (PARITY_INPUTS_FILE, "data"), (PARITY_REPORT_FILE, "report"))}
+        write_manifest(stage, {
+            "kind": "export",
+            "edgeae_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "files": files,
+            "models": models,
+            "opset": opset,
+            "window": {"timesteps": config.timesteps, "features": config.features, "stride": config.stride},
+            "preprocessing": pre.to_dict(),
+            "training": {**summary, "history": training.history},
+            "parity": {"passed": report.passed, "tolerance_abs": atol, "providers": provider_list,
+                       "summary": report.summary(),
+                       "encoder_matches_autoencoder_max_abs": report.encoder_matches_autoencoder.max_abs,
+                       "report": PARITY_REPORT_FILE},
+            "versions": _versions(),
+        })
+    return Path(out), report
+
+
+def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL) -> ParityReport:
+    """Re-run parity on a published export folder against the Keras model stored in it."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest.get("kind") != "export":
+        raise UsageError(f"{folder} is not an export folder (run edgeae export on it first)")
+    verify_files(folder, manifest)
+    training = load_training(folder)
+    paths = {role: folder / ONNX_FILES[role] for role in ONNX_FILES}
+    inputs = parity_inputs(training.train_windows, training.preprocessing, training.config.seed)
+    return verify_models(training, paths, inputs, verification_providers(providers), atol)
+
+
+def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str, ...] | None = None,
+                 opset: int | None = None, atol: float = DEFAULT_ATOL, providers: str = "all", force: bool = False,
+                 progress: Callable[[int, dict[str, float]], None] | None = None) -> tuple[Path, ParityReport, Training]:
+    """train -> export -> verify -> publish, refusing early if the target exists."""
+    out = Path(out)
+    if out.exists() and not force:
+        from .errors import ExportExistsError
+
+        raise ExportExistsError(f"{out} exists; pass --force to replace it")
+    training = train(config, data, columns, progress)
+    path, report = export(training, out, opset, atol, providers, force)
+    return path, report, training

@@ -1,0 +1,333 @@
+"""What applications and edge devices run: numpy + onnxruntime, nothing else.
+
+Load an exported model set (a folder with a manifest, checked file by file) or a single
+`.onnx` file, choose execution providers honestly, check every input before onnxruntime
+sees it, and run in bounded chunks. This module must never import TensorFlow, Keras,
+tf2onnx or click: a test proves it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .artifacts import read_manifest, verify_file
+from .errors import DataError, InferenceError, IntegrityError, ProviderError, ShapeError, UsageError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA}
+DEFAULT_CHUNK = 4096
+ROLES = ("autoencoder", "encoder")
+ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
+MAX_MODEL_BYTES = 2 * 1024**3
+
+ort.set_default_logger_severity(3)  # onnxruntime's own warnings are replaced by edgeae's errors
+
+
+# ---------------------------------------------------------------- providers
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
+    """Turn "auto" / "cpu" / "cuda" (or full provider names) into onnxruntime's list.
+
+    onnxruntime only warns and runs on the CPU when CUDA is missing; edgeae refuses instead
+    when CUDA was asked for explicitly. CUDA always keeps the CPU behind it, since the CUDA
+    provider hands some nodes (relu LSTMs) back to the CPU.
+    """
+    available = available_providers()
+    if isinstance(providers, str):
+        key = providers.strip().lower()
+        if key == "auto":
+            return [CUDA, CPU] if CUDA in available else [CPU]
+        names = [PROVIDER_ALIASES.get(key, providers)]
+    else:
+        names = [PROVIDER_ALIASES.get(str(p).lower(), str(p)) for p in providers]
+    if not names:
+        raise ProviderError("no execution provider requested")
+    for name in names:
+        if name not in available:
+            raise ProviderError(f"{name} requested; available: {', '.join(available)}")
+    if CPU not in names:
+        names.append(CPU)
+    return names
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def as_windows(x: Any, timesteps: int, features: int) -> tuple[np.ndarray, bool]:
+    """Check raw input and return (float32 C-contiguous (n, timesteps, features), was_single).
+
+    Every way a caller can get this wrong ends here, with expected and actual named,
+    before onnxruntime is called.
+    """
+    expected = f"(batch, {timesteps}, {features}) or ({timesteps}, {features})"
+    if isinstance(x, (str, bytes, dict, set)) or x is None:
+        raise DataError(f"expected a numeric array {expected}, got {type(x).__name__}")
+    if np.ma.isMaskedArray(x) and np.ma.getmaskarray(x).any():
+        raise DataError("input has masked (missing) values")
+    try:
+        array = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(f"expected a numeric array {expected}; could not read input as one: {exc}") from None
+    if array.dtype == object:
+        raise ShapeError(f"expected a numeric array {expected}; got ragged or non-numeric input")
+    if array.dtype.kind not in "iuf":
+        raise DataError(f"expected real numbers, got dtype {array.dtype}")
+    if array.ndim not in (2, 3):
+        raise ShapeError(f"expected {expected}, got {tuple(array.shape)}")
+    single = array.ndim == 2
+    if single:
+        array = array[None]
+    if array.shape[1:] != (timesteps, features):
+        raise ShapeError(f"expected {expected}, got {tuple(array.shape[1 if single else 0:])}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(converted).all():
+        n, t, f = (int(i) for i in np.argwhere(~np.isfinite(converted))[0])
+        original = array[n, t, f]
+        reason = "does not fit in float32" if np.isfinite(original) else "is not finite"
+        where = f"step {t}, feature {f}" if single else f"window {n}, step {t}, feature {f}"
+        raise DataError(f"input value {original!r} at {where} {reason}")
+    return converted, single
+
+
+# ---------------------------------------------------------------- one ONNX model
+
+
+def _check_domains(path: Path) -> None:
+    """Refuse models with custom operator domains or external data pointing anywhere else."""
+    try:
+        import onnx  # optional here: the workstation has it; a device relies on the manifest hash
+    except ImportError:
+        return
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        raise IntegrityError(f"{path.name}: not a valid ONNX model") from None
+    domains = {n.domain for n in proto.graph.node}
+    if not domains <= ALLOWED_DOMAINS:
+        raise IntegrityError(f"{path.name}: uses operator domains edgeae does not produce: {sorted(domains - ALLOWED_DOMAINS)}")
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise IntegrityError(f"{path.name}: refers to external data ({tensor.name}); edgeae exports are self-contained")
+
+
+class OnnxModel:
+    """One onnxruntime session over an edgeae model, with its input contract."""
+
+    def __init__(self, source: Path | bytes, providers: str | Sequence[str] = "auto",
+                 threads: int | None = None, name: str | None = None) -> None:
+        self.providers_requested = resolve_providers(providers)
+        self.name = name or (Path(source).name if isinstance(source, (str, Path)) else "model")
+        self._source = source
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self._options = options
+        self.session = self._open(options)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise IntegrityError(f"{self.name}: expected one input, found {len(inputs)}")
+        spec = inputs[0]
+        if spec.type != "tensor(float)" or len(spec.shape) != 3 or not all(isinstance(d, int) for d in spec.shape[1:]):
+            raise IntegrityError(f"{self.name}: input {spec.name} is {spec.type} {spec.shape}, not float (batch, timesteps, features)")
+        self.input_name = spec.name
+        self.output_names = [o.name for o in outputs]
+        self.timesteps, self.features = int(spec.shape[1]), int(spec.shape[2])
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        used = self.session.get_providers()
+        missing = [p for p in self.providers_requested if p not in used]
+        if missing:
+            raise ProviderError(f"{', '.join(missing)} requested but onnxruntime could not use it; session runs on {', '.join(used)}")
+        self.providers = used
+
+    def _open(self, options) -> ort.InferenceSession:
+        source = self._source
+        try:
+            if isinstance(source, bytes):
+                return ort.InferenceSession(source, options, providers=self.providers_requested)
+            path = Path(source)
+            if not path.is_file():
+                raise UsageError(f"model file not found: {path}")
+            if path.stat().st_size > MAX_MODEL_BYTES:
+                raise IntegrityError(f"{path.name}: implausibly large model file")
+            if path.suffix == ".onnx":
+                _check_domains(path)
+            return ort.InferenceSession(str(path), options, providers=self.providers_requested)
+        except (UsageError, IntegrityError):
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise IntegrityError(f"{self.name}: onnxruntime cannot load it: {first[:200]}") from None
+
+    @property
+    def role(self) -> str:
+        return self.metadata.get("edgeae.role", "")
+
+    def run(self, x: Any, chunk: int = DEFAULT_CHUNK, output: int = 0) -> np.ndarray:
+        """Run on raw input; a single window in gives a single result out."""
+        windows, single = as_windows(x, self.timesteps, self.features)
+        result = self.run_windows(windows, chunk, output)
+        return result[0] if single else result
+
+    def run_windows(self, windows: np.ndarray, chunk: int = DEFAULT_CHUNK, output: int = 0) -> np.ndarray:
+        """Run on checked float32 windows, `chunk` at a time so memory stays flat."""
+        if chunk < 1:
+            raise UsageError(f"chunk size must be at least 1, got {chunk}")
+        name = [self.output_names[output]]
+        parts = []
+        try:
+            for start in range(0, max(len(windows), 1), chunk):
+                part = windows[start:start + chunk]
+                if len(part) == 0:
+                    break
+                parts.append(self.session.run(name, {self.input_name: part})[0])
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InferenceError(f"{self.name}: inference failed: {first[:200]}") from None
+        if not parts:
+            out_shape = self.session.get_outputs()[output].shape[1:]
+            return np.empty((0, *[d if isinstance(d, int) else 0 for d in out_shape]), dtype=np.float32)
+        result = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if not np.isfinite(result).all():
+            raise InferenceError(f"{self.name}: produced non-finite values")
+        return result
+
+    def node_placement(self) -> dict[str, str]:
+        """Which execution provider each node actually ran on (from onnxruntime's profiler)."""
+        with tempfile.TemporaryDirectory(prefix="edgeae-profile-") as tmp:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(tmp, "profile")
+            session = self._open(options)
+            session.run(None, {self.input_name: np.zeros((1, self.timesteps, self.features), np.float32)})
+            with open(session.end_profiling()) as handle:
+                events = json.load(handle)
+        placement: dict[str, str] = {}
+        for event in events:
+            if event.get("cat") == "Node" and "provider" in event.get("args", {}):
+                node = event["name"].rsplit("_kernel_time", 1)[0]
+                placement[node] = event["args"]["provider"]
+        return placement
+
+
+def placement_summary(placement: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for provider in placement.values():
+        counts[provider] = counts.get(provider, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------- a model set
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Per-window reconstruction error (mean squared, in model units) and anomaly flags."""
+
+    scores: np.ndarray
+    threshold: float | None
+    flags: np.ndarray | None
+
+
+def reconstruction_error(x: np.ndarray, reconstruction: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Mean squared error per window, features weighed by the model's scaling.
+
+    The raw input is not clipped here: a value beyond the training range is exactly what
+    an anomaly score must see.
+    """
+    diff = (np.asarray(x, np.float64) - np.asarray(reconstruction, np.float64)) * np.asarray(scale, np.float64)
+    return np.mean(diff * diff, axis=(1, 2))
+
+
+class EdgeModel:
+    """An exported model set: autoencoder and/or encoder, plus what the manifest says."""
+
+    def __init__(self, models: dict[str, OnnxModel], manifest: dict | None = None, folder: Path | None = None) -> None:
+        if not models:
+            raise UsageError("no models to load")
+        self.models = models
+        self.manifest = manifest or {}
+        self.folder = folder
+        first = next(iter(models.values()))
+        self.timesteps, self.features = first.timesteps, first.features
+        for model in models.values():
+            if (model.timesteps, model.features) != (self.timesteps, self.features):
+                raise IntegrityError("autoencoder and encoder disagree on the window shape")
+        pre = self.manifest.get("preprocessing") or json.loads(first.metadata.get("edgeae.preprocessing", "{}") or "{}")
+        self.scale = np.asarray(pre.get("scale", [1.0] * self.features), dtype=np.float32)
+        if self.scale.shape != (self.features,):
+            raise IntegrityError("preprocessing scale does not match the feature count")
+        threshold = (self.manifest.get("detector") or {}).get("threshold")
+        self.threshold = float(threshold) if threshold is not None else None
+
+    @property
+    def providers(self) -> list[str]:
+        return next(iter(self.models.values())).providers
+
+    def _model(self, role: str) -> OnnxModel:
+        if role not in self.models:
+            raise UsageError(f"this model set has no {role} (it has: {', '.join(self.models)})")
+        return self.models[role]
+
+    def encode(self, x: Any, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+        """Raw window(s) -> embedding(s): (n, units), or (units,) for one window."""
+        return self._model("encoder").run(x, chunk)
+
+    def reconstruct(self, x: Any, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+        """Raw window(s) -> reconstruction(s) in raw units."""
+        return self._model("autoencoder").run(x, chunk)
+
+    def score(self, x: Any, chunk: int = DEFAULT_CHUNK, threshold: float | None = None) -> ScoreResult:
+        """Per-window reconstruction error, and flags where the model set has a threshold."""
+        model = self._model("autoencoder")
+        windows, single = as_windows(x, self.timesteps, self.features)
+        scores = reconstruction_error(windows, model.run_windows(windows, chunk), self.scale)
+        limit = self.threshold if threshold is None else float(threshold)
+        flags = scores > limit if limit is not None else None
+        if single:
+            scores = scores[:1]
+            flags = flags[:1] if flags is not None else None
+        return ScoreResult(scores, limit, flags)
+
+    def node_placement(self) -> dict[str, dict[str, str]]:
+        return {role: model.node_placement() for role, model in self.models.items()}
+
+
+def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int | None = None) -> EdgeModel:
+    """Load an export folder (every file checked against the manifest first) or one .onnx file."""
+    resolve_providers(providers)  # an impossible provider request fails before any file is read
+    path = Path(path)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        models = {}
+        for role in ROLES:
+            entry = (manifest.get("models") or {}).get(role)
+            if not entry:
+                continue
+            name = entry.get("file")
+            verified = verify_file(path, name, manifest["files"].get(name))
+            models[role] = OnnxModel(verified, providers, threads, name=name)
+        if not models:
+            raise IntegrityError(f"{path}: the manifest lists no autoencoder or encoder")
+        return EdgeModel(models, manifest, path)
+    if not path.exists():
+        raise UsageError(f"no such model file or folder: {path}")
+    model = OnnxModel(path, providers, threads)
+    role = model.role or ("encoder" if len(model.session.get_outputs()[0].shape) == 2 else "autoencoder")
+    return EdgeModel({role: model})

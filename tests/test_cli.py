@@ -1,0 +1,100 @@
+"""The CLI end to end on a tiny model, and its error contract: one line, the right exit code."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeae.cli import main
+from edgeae.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_PARITY, EXIT_RUNTIME, EXIT_USAGE
+
+TINY = ["--epochs", "3", "--units", "4", "--timesteps", "4", "--features", "2", "--quiet"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, code):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_version_and_help():
+    assert run("--version").output.startswith("edgeae, version")
+    for command in ("train", "export", "verify", "pipeline", "encode", "reconstruct", "score", "inspect"):
+        result = run(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_train_export_verify_end_to_end(tmp_path):
+    result = run("train", *TINY, "--out", tmp_path / "run", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["parameters"] == 4 * 4 * (2 + 4 + 1) + 4 * 4 * (4 + 4 + 1) + 4 * 2 + 2
+    result = run("export", tmp_path / "run", "--out", tmp_path / "exp", "--provider", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["parity"]["passed"]
+    assert {p.name for p in (tmp_path / "exp").iterdir()} >= {"autoencoder.onnx", "encoder.onnx", "model.keras", "manifest.json", "parity.json"}
+    result = run("verify", tmp_path / "exp", "--provider", "cpu")
+    assert result.exit_code == 0 and "parity passed" in result.output
+
+
+def test_pipeline_writes_a_complete_export(tmp_path):
+    out = tmp_path / "exp"
+    result = run("pipeline", *TINY, "--out", out, "--provider", "cpu")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["config"]["epochs"] == 3
+    assert manifest["parity"]["passed"]
+    # a second run without --force keeps the first export
+    before = (out / "manifest.json").read_bytes()
+    one_line_error(run("pipeline", *TINY, "--out", out), EXIT_USAGE)
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_verify_exits_non_zero_naming_model_and_provider(tiny_export):
+    result = run("verify", tiny_export, "--provider", "cpu", "--atol", "1e-12")
+    one_line_error(result, EXIT_PARITY)
+    assert "autoencoder [cpu]" in result.stderr
+
+
+@pytest.mark.parametrize("args, code", [
+    (("verify", "no/such/folder"), EXIT_USAGE),
+    (("export", "no/such/run"), EXIT_USAGE),
+    (("train", "--units", "0", "--quiet"), EXIT_USAGE),
+    (("train", "--epochs", "-3", "--quiet"), EXIT_USAGE),
+    (("train", "--timesteps", "100000000", "--quiet"), EXIT_USAGE),
+    (("train", "--data", "missing.csv", "--quiet"), EXIT_USAGE),
+    (("inspect", "exported", "--provider", "tpu"), EXIT_RUNTIME),
+])
+def test_bad_input_gives_one_line_and_a_code(args, code):
+    one_line_error(run(*args), code)
+
+
+def test_cuda_requested_where_there_is_none(tiny_export):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    result = run("inspect", tiny_export, "--provider", "cuda")
+    one_line_error(result, EXIT_RUNTIME)
+    assert "CUDAExecutionProvider requested; available:" in result.stderr
+
+
+def test_wrong_data_is_bad_data(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n3,x\n")
+    result = run("train", "--data", bad, "--quiet", "--out", tmp_path / "o")
+    one_line_error(result, EXIT_DATA)
+    assert "row 3" in result.stderr and "'b'" in result.stderr
+
+
+def test_tampered_export_is_refused(export_copy):
+    path = export_copy / "encoder.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    result = run("inspect", export_copy, "--provider", "cpu")
+    one_line_error(result, EXIT_INTEGRITY)
+    assert "encoder.onnx" in result.stderr

@@ -1,0 +1,40 @@
+"""The committed reference artifacts load, match their manifest, and reproduce the seed."""
+import json
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeae import runtime
+from edgeae.artifacts import sha256_file
+from edgeae.data import seed_sequence
+
+from .conftest import EXPORTED
+
+
+def test_committed_files_match_the_manifest():
+    manifest = json.loads((EXPORTED / "manifest.json").read_text())
+    assert manifest["kind"] == "export"
+    for name, entry in manifest["files"].items():
+        path = EXPORTED / name
+        assert path.is_file(), name
+        assert sha256_file(path) == entry["sha256"], name
+        assert path.stat().st_size == entry["bytes"]
+    for key in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"):
+        assert manifest["versions"][key]
+    assert manifest["training"]["config"]["epochs"] == 300
+    assert manifest["training"]["parameters"] == 123_305
+    assert manifest["parity"]["passed"]
+
+
+def test_committed_models_load_and_reconstruct_the_seed():
+    manifest = json.loads((EXPORTED / "manifest.json").read_text())
+    for role in ("autoencoder", "encoder"):
+        entry = manifest["models"][role]
+        session = ort.InferenceSession(str(EXPORTED / entry["file"]), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == [i["name"] for i in entry["inputs"]]
+        assert [o.name for o in session.get_outputs()] == [o["name"] for o in entry["outputs"]]
+    model = runtime.load(EXPORTED, "cpu")
+    seq = seed_sequence()
+    recon = model.reconstruct(seq)
+    assert np.abs(recon - seq).max() <= 2.5e-2
+    assert model.encode(seq).shape == (1, 100)

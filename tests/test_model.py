@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from edgeae.errors import UsageError
+from edgeae.model import TrainConfig, build, train
+
+
+def test_default_architecture_is_the_seed_model():
+    config = TrainConfig()
+    autoencoder, encoder = build(config)
+    kinds = [type(layer).__name__ for layer in autoencoder.layers[1:]]
+    assert kinds == ["LSTM", "RepeatVector", "LSTM", "TimeDistributed"]
+    assert [layer.count_params() for layer in autoencoder.layers[1:]] == [42_400, 0, 80_400, 505]
+    assert autoencoder.count_params() == 123_305 == config.parameter_count
+    assert autoencoder.layers[1].activation.__name__ == "relu"
+    assert tuple(autoencoder.input_shape) == (None, 10, 5)
+    assert tuple(encoder.output_shape) == (None, 100)
+
+
+def test_encoder_shares_the_autoencoders_weights():
+    autoencoder, encoder = build(TrainConfig(units=4, timesteps=3, features=2))
+    assert encoder.get_layer("encoder") is autoencoder.get_layer("encoder")
+
+
+def test_every_size_is_a_parameter():
+    config = TrainConfig(timesteps=7, features=2, units=12, activation="tanh")
+    autoencoder, encoder = build(config)
+    assert tuple(autoencoder.output_shape) == (None, 7, 2)
+    assert tuple(encoder.output_shape) == (None, 12)
+    assert autoencoder.count_params() == config.parameter_count
+
+
+def test_training_lowers_the_loss(tiny_training):
+    loss = tiny_training.history["loss"]
+    assert len(loss) == tiny_training.config.epochs
+    assert loss[-1] < 0.5 * loss[0]
+
+
+def test_training_is_deterministic_for_a_seed():
+    from edgeae.data import seed_sequence
+
+    config = TrainConfig(timesteps=4, features=2, units=5, epochs=3, seed=11)
+    x = seed_sequence(4, 2)
+    a, b = train(config, x), train(config, x)
+    for wa, wb in zip(a.autoencoder.get_weights(), b.autoencoder.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    c = train(TrainConfig(timesteps=4, features=2, units=5, epochs=3, seed=12), x)
+    assert any(not np.array_equal(wa, wc) for wa, wc in zip(a.autoencoder.get_weights(), c.autoencoder.get_weights()))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"units": 0}, {"timesteps": -1}, {"epochs": 0}, {"activation": "swishy"}, {"learning_rate": 0.0},
+    {"seed": -5}, {"batch_size": 1.5}, {"validation_fraction": 1.0}, {"features": True},
+])
+def test_impossible_settings_are_refused(kwargs):
+    with pytest.raises(UsageError):
+        TrainConfig(**kwargs)

@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+
+from edgeae import pipeline
+from edgeae.parity import ParityReport, compare
+
+
+def test_compare_reports_abs_and_range_relative_error():
+    ref = np.array([[0.0, 10.0], [5.0, 2.0]])
+    out = ref + np.array([[0.0, 1e-4], [0.0, 0.0]])
+    r = compare(ref, out, model="m", provider="cpu", dataset="d", tolerance_abs=1e-5)
+    assert r.max_abs == pytest.approx(1e-4)
+    assert r.max_rel_range == pytest.approx(1e-5)
+    assert r.value_range == 10.0
+    assert not r and "FAIL" in r.line() and "m [cpu] d" in r.line()
+    assert compare(ref, ref, model="m", provider="cpu", dataset="d")
+
+
+def test_relative_error_stays_put_when_the_range_grows():
+    """The seed's finding, as arithmetic: scale values and error together, the relative error stays."""
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 1, (50, 5))
+    noise = rng.normal(0, 1e-6, ref.shape)
+    small = compare(ref, ref + noise, model="m", provider="cpu", dataset="d")
+    large = compare(ref * 1000, (ref + noise) * 1000, model="m", provider="cpu", dataset="d")
+    assert large.max_abs == pytest.approx(small.max_abs * 1000)
+    assert large.max_rel_range == pytest.approx(small.max_rel_range)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="shape"):
+        compare(np.zeros((2, 3)), np.zeros((3, 2)), model="m", provider="cpu", dataset="d")
+
+
+def test_report_collects_every_failure():
+    ok = compare(np.zeros(3), np.zeros(3), model="a", provider="cpu", dataset="x")
+    bad1 = compare(np.zeros(3), np.ones(3), model="a", provider="cpu", dataset="y")
+    bad2 = compare(np.zeros(3), np.ones(3), model="b", provider="cpu", dataset="y")
+    report = ParityReport((ok, bad1, bad2))
+    assert not report
+    assert len(report.failures()) == 2
+    assert ParityReport((ok,))
+    assert not ParityReport(())
+
+
+def test_export_parity_holds_on_every_input_set(tiny_export):
+    report = json.loads((tiny_export / "parity.json").read_text())
+    assert report["passed"]
+    datasets = {(r["model"], r["dataset"]) for r in report["results"]}
+    for model in ("autoencoder", "encoder"):
+        for dataset in ("training", "single", "in_range", "outside_range"):
+            assert (model, dataset) in datasets
+    batches = {r["batch"] for r in report["results"]}
+    assert 1 in batches and max(batches) >= 256
+    for r in report["results"]:
+        assert r["max_abs"] <= 1e-5
+
+
+def test_standalone_encoder_equals_the_autoencoders_internal_encoding(tiny_export):
+    report = pipeline.verify(tiny_export, providers="cpu")
+    check = report.encoder_matches_autoencoder
+    assert check is not None and check.batch > 300
+    assert check.max_abs == 0.0
+
+
+def test_verify_fails_beyond_a_tight_tolerance(tiny_export):
+    report = pipeline.verify(tiny_export, providers="cpu", atol=1e-12)
+    assert not report
+    assert any("autoencoder [cpu]" in line for line in report.failures())
