@@ -211,9 +211,22 @@ def file_entry(path: Path, role: str) -> dict:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "role": role}
 
 
+def _manifest_checksum(body: dict) -> str:
+    """sha256 of the manifest's canonical JSON without its own checksum field."""
+    canonical = json.dumps({k: v for k, v in body.items() if k != "checksum"}, sort_keys=True,
+                           separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def write_manifest(folder: Path, manifest: dict) -> Path:
-    """Write the manifest (last, atomically); its `files` must already be filled in."""
-    body = {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, **manifest}
+    """Write the manifest (last, atomically), sealed with a checksum of its own content.
+
+    The files' hashes protect the models; the seal protects what the manifest itself
+    tells the runtime (preprocessing, threshold), so an edited manifest is refused too.
+    """
+    body = _finite({"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION,
+                    **{k: v for k, v in manifest.items() if k not in ("format", "format_version", "checksum")}})
+    body["checksum"] = _manifest_checksum(body)
     path = Path(folder) / MANIFEST_NAME
     atomic_write_json(path, body)
     return path
@@ -231,6 +244,10 @@ def read_manifest(folder: Path) -> dict:
             f"manifest format_version {manifest.get('format_version')!r} is not supported "
             f"(this edgeae reads {MANIFEST_VERSION})"
         )
+    if "checksum" not in manifest:
+        raise IntegrityError(f"{folder / MANIFEST_NAME} has no checksum; re-export it with this edgeae")
+    if manifest.get("checksum") != _manifest_checksum(manifest):
+        raise IntegrityError(f"{folder / MANIFEST_NAME} was modified after it was written (checksum mismatch)")
     if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
         raise IntegrityError("manifest lists no files")
     return manifest

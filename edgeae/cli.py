@@ -7,7 +7,6 @@ commands (encode, reconstruct, score, inspect) start without them.
 from __future__ import annotations
 
 import json
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,9 @@ import click
 import numpy as np
 
 from . import __version__
-from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PARITY, EXIT_USAGE, EdgeAEError
+from .errors import (
+    EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EdgeAEError, ExportExistsError, ShapeError,
+)
 
 DEFAULT_EXPORT = Path("exported")
 DEFAULT_TRAINING = Path("runs/train")
@@ -26,26 +27,33 @@ class EdgeGroup(click.Group):
     """Turns every failure into one line on stderr and its documented exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        debug = "--debug" in sys.argv[1:] or bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
-        except EdgeAEError as exc:
-            code, message = exc.exit_code, str(exc)
-        except KeyboardInterrupt:
-            code, message = EXIT_INTERRUPTED, "interrupted; nothing was published"
-        except MemoryError:
-            code, message = EXIT_INTERNAL, "out of memory (try a smaller --chunk or batch)"
-        except OSError as exc:
-            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-            code, message = EXIT_USAGE, f"{exc.strerror or exc}{where}"
-        except Exception as exc:  # a bug: still one line unless --debug
-            code, message = EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (rerun with --debug)"
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error: {message}", err=True)
-        ctx.exit(code)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes one line + a code
+            if isinstance(exc, SystemExit):
+                raise
+            code, message = describe_failure(exc)
+            if ctx.params.get("debug"):
+                traceback.print_exception(exc)
+            click.echo(f"error: {message}", err=True)
+            ctx.exit(code)
+
+
+def describe_failure(exc: BaseException) -> tuple[int, str]:
+    """The exit code and one-line message for any exception (the only such table)."""
+    if isinstance(exc, EdgeAEError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted; nothing was published"
+    if isinstance(exc, MemoryError):
+        return EXIT_INTERNAL, "out of memory (try a smaller --chunk or batch)"
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        return EXIT_USAGE, f"{exc.strerror or exc}{where}"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {first} (rerun with --debug)"
 
 
 def emit(ctx: click.Context, payload: dict, lines: list[str]) -> None:
@@ -90,7 +98,7 @@ def main(debug: bool) -> None:
 
 
 def training_options(fn):
-    from .model import TrainConfig
+    from .model import DATA_PATIENCE, DATA_VALIDATION_FRACTION, TrainConfig
 
     d = TrainConfig()
     options = [
@@ -106,13 +114,18 @@ def training_options(fn):
         click.option("--learning-rate", type=float, default=d.learning_rate, show_default=True),
         click.option("--seed", type=int, default=d.seed, show_default=True, help="Random seed (deterministic on one machine)."),
         click.option("--stride", type=int, default=d.stride, show_default=True, help="Step between windows of a series."),
-        click.option("--validation-fraction", type=float, default=d.validation_fraction, show_default=True,
-                     help="Last part of the series (by time) held out for validation."),
-        click.option("--patience", type=int, default=d.patience, show_default=True,
-                     help="Early stopping on validation loss after this many epochs without improvement (0: off)."),
+        click.option("--validation-fraction", type=float, default=None,
+                     help="Last part of the series (by time) held out for validation and threshold calibration "
+                          f"[default: {DATA_VALIDATION_FRACTION} with --data, else 0]."),
+        click.option("--patience", type=int, default=None,
+                     help="Early stopping on validation loss after this many epochs without improvement, restoring "
+                          f"the best weights (0: off) [default: {DATA_PATIENCE} with a validation part, else 0]."),
         click.option("--clip-quantiles", type=(float, float), default=d.clip_quantiles, show_default=True,
                      help="Quantiles of the training data at which extreme values are clipped."),
         click.option("--scaling", type=click.Choice(["none", "minmax", "standard"]), default=d.scaling, show_default=True),
+        click.option("--threshold-quantile", type=float, default=d.threshold_quantile, show_default=True,
+                     help="Anomaly threshold: this quantile of the validation windows' scores (of the training "
+                          "windows' when there is no validation part)."),
         click.option("--quiet", is_flag=True, help="No progress output."),
     ]
     for option in reversed(options):
@@ -122,13 +135,17 @@ def training_options(fn):
 
 def _config_and_data(kw: dict) -> tuple[Any, Path | None, tuple[str, ...] | None]:
     from .data import load_series
-    from .model import TrainConfig
+    from .model import DATA_PATIENCE, DATA_VALIDATION_FRACTION, TrainConfig
 
     data, columns = kw.pop("data"), kw.pop("columns")
     columns_t = tuple(c.strip() for c in columns.split(",") if c.strip()) if columns else None
     kw.pop("quiet")
     if kw["features"] is None:
         kw["features"] = load_series(data, columns_t).values.shape[-1] if data is not None else TrainConfig.features
+    if kw["validation_fraction"] is None:
+        kw["validation_fraction"] = DATA_VALIDATION_FRACTION if data is not None else 0.0
+    if kw["patience"] is None:
+        kw["patience"] = DATA_PATIENCE if kw["validation_fraction"] > 0 else 0
     return TrainConfig(**kw), data, columns_t
 
 
@@ -138,6 +155,23 @@ def _progress(quiet: bool, epochs: int):
     from .model import print_progress
 
     return print_progress(epochs)
+
+
+def _early_stop_lines(summary: dict) -> list[str]:
+    if summary["epochs_run"] >= summary["config"]["epochs"]:
+        return []
+    return [f"stopped early after {summary['epochs_run']} epochs; kept the weights of epoch {summary['best_epoch']}, "
+            "the best validation loss"]
+
+
+def _detector_lines(folder: Path) -> list[str]:
+    from .artifacts import read_manifest
+
+    d = read_manifest(folder).get("detector")
+    if not d:
+        return []
+    return [f"anomaly threshold {d['threshold']:.4g}: the {d['quantile']:g} quantile of the scores of {d['windows']} "
+            f"{d['calibrated_on']} window(s)" + (" (no validation part: expect more flags)" if "note" in d else "")]
 
 
 def _parity_lines(report) -> list[str]:
@@ -184,6 +218,7 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
     emit(ctx, {"out": str(out), **summary}, [
         f"trained {summary['parameters']:,} parameters for {summary['epochs_run']} epochs: final loss {summary['final_loss']:.3e}, "
         f"training reconstruction max abs error {summary['train_reconstruction_max_abs']:.3e}",
+        *_early_stop_lines(summary),
         f"saved to {out}",
     ])
 
@@ -195,10 +230,12 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="Parity tolerance, max abs error.")
 @click.option("--provider", default="all", show_default=True, help="Providers to verify on: all, cpu or cuda.")
 @click.option("--force", is_flag=True, help="Replace an existing export at --out.")
+@click.option("--threshold-quantile", type=float, default=None,
+              help="Recalibrate the anomaly threshold at this quantile [default: the one chosen at training].")
 @json_option
 @click.pass_context
 def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None, atol: float, provider: str,
-           force: bool, as_json: bool) -> None:
+           force: bool, threshold_quantile: float | None, as_json: bool) -> None:
     """Export a trained model to autoencoder.onnx + encoder.onnx, verify parity, publish to --out.
 
     \b
@@ -207,8 +244,12 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
     """
     from . import pipeline
 
-    path, report = pipeline.export(pipeline.load_training(training_dir), out, opset, atol, provider, force)
-    emit(ctx, {"out": str(path), "parity": report.to_dict()}, [*_parity_lines(report), f"exported to {path}"])
+    from .optimize import folder_lines, folder_variants
+
+    path, report = pipeline.export(pipeline.load_training(training_dir), out, opset, atol, provider, force,
+                                   threshold_quantile)
+    emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": folder_variants(path)},
+         [*_parity_lines(report), *folder_lines(path), *_detector_lines(path), f"exported to {path}"])
 
 
 @main.command()
@@ -234,6 +275,34 @@ def verify(ctx: click.Context, export_dir: Path, atol: float, provider: str, as_
 
 
 @main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
+@click.option("--provider", default="all", show_default=True, help="Providers to check the variants on: all, cpu or cuda.")
+@click.option("--strict", is_flag=True, help="Exit 6 when a variant misses its tolerance (it is left out either way).")
+@json_option
+@click.pass_context
+def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, as_json: bool) -> None:
+    """Rebuild an export's clean graph and its fp16, int8 and ORT-format variants, publish those within tolerance.
+
+    Every file is checked against the manifest first; each variant is compared with Keras
+    on verify's inputs, and one that misses its tolerance is reported and left out.
+    targets.json says which execution providers can run each file, node by node. The
+    folder is replaced in one step, or not at all.
+
+    \b
+    Example:
+      edgeae optimize exported --provider cpu
+    """
+    from . import optimize as api
+    from .errors import ParityError
+
+    result = api.optimize(export_dir, provider)
+    emit(ctx, {"out": str(export_dir), **result.to_dict()}, [*result.lines(), f"published to {export_dir}"])
+    missed = [f"{v.role}/{v.name}" for v in result.variants if not v.published]
+    if strict and missed:
+        raise ParityError(f"variants outside their tolerance, left out: {', '.join(missed)}")
+
+
+@main.command()
 @training_options
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_EXPORT, show_default=True)
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: 17; 14-18].")
@@ -252,18 +321,55 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, prov
       edgeae pipeline --epochs 20 --units 16 --out /tmp/small
     """
     from . import pipeline as api
+    from .optimize import folder_lines, folder_variants
 
     quiet = kw["quiet"]
     config, data, columns = _config_and_data(kw)
     path, report, training = api.run_pipeline(config, out, data, columns, opset, atol, provider, force,
                                               _progress(quiet, config.epochs))
     summary = training.summary()
-    emit(ctx, {"out": str(path), "training": summary, "parity": report.to_dict()}, [
+    emit(ctx, {"out": str(path), "training": summary, "parity": report.to_dict(), "variants": folder_variants(path)}, [
         f"trained {summary['parameters']:,} parameters, {summary['epochs_run']} epochs, final loss {summary['final_loss']:.3e}, "
         f"training reconstruction max abs error {summary['train_reconstruction_max_abs']:.3e}",
+        *_early_stop_lines(summary),
         *_parity_lines(report),
+        *folder_lines(path),
+        *_detector_lines(path),
         f"exported to {path}",
     ])
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
+@click.option("--keras", is_flag=True, help="Also time Keras predict and tf.function (with and without XLA).")
+@click.option("--runs", type=int, default=200, show_default=True, help="Timed rounds at batch 1 (fewer at large batches).")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls per path before timing.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads [default: the library's own].")
+@click.option("--batch", "batches", type=int, multiple=True, default=(64, 4096), show_default=True,
+              help="Throughput batch sizes (repeat the option).")
+@click.option("--no-cold-start", is_flag=True, help="Skip the per-path cold start and peak memory subprocesses.")
+@click.option("--role", type=click.Choice(["autoencoder", "encoder", "both"]), default="both", show_default=True)
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
+@json_option
+@click.pass_context
+def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: int, threads: int | None,
+          batches: tuple[int, ...], no_cold_start: bool, role: str, output: Path | None, as_json: bool) -> None:
+    """Time every model of an export side by side, interleaved, with ratios against the plain export.
+
+    \b
+    Example:
+      edgeae bench exported --keras --runs 300
+      edgeae bench exported --batch 1024 --threads 1 --no-cold-start --json
+    """
+    from .artifacts import atomic_write_json
+    from .bench import run_bench
+
+    roles = ("autoencoder", "encoder") if role == "both" else (role,)
+    report = run_bench(export_dir, keras, runs, warmup, threads, tuple(batches), not no_cold_start, roles,
+                       progress=lambda msg: click.echo(msg, err=True))
+    if output is not None:
+        atomic_write_json(output, report.to_dict())
+    emit(ctx, report.to_dict(), [report.table()])
 
 
 # ---------------------------------------------------------------- runtime commands
@@ -308,7 +414,19 @@ def _read_windows(path: Path, timesteps: int, features: int, stride: int, column
 
     cols = tuple(c.strip() for c in columns.split(",") if c.strip()) if columns else None
     series = load_series(path, cols)
-    return series.values if series.is_windows else make_windows(series.values, timesteps, stride)
+    if series.values.shape[-1] != features:
+        raise ShapeError(f"{series.source}: {series.values.shape[-1]} column(s), the model expects {features} features"
+                         " (choose them with --columns)")
+    return series.values if series.is_windows else make_windows(series.values, timesteps, stride, series.source)
+
+
+def _default_columns(edge: Any, data: Path) -> str | None:
+    """A CSV is read by the column names the model was trained on, when the manifest knows them."""
+    info = (edge.manifest.get("training") or {}).get("data") or {}
+    names = info.get("columns")
+    if data.suffix.lower() == ".csv" and str(info.get("source", "")).lower().endswith(".csv") and names:
+        return ",".join(names)
+    return None
 
 
 def _write_result(ctx: click.Context, payload: dict[str, np.ndarray], output: Path | None) -> None:
@@ -351,16 +469,19 @@ def runtime_command(name: str, doc: str):
     @click.option("--stride", type=int, default=None, help="Window stride for a series [default: the manifest's].")
     @click.option("--columns", default=None, help="Comma-separated CSV columns to use.")
     @click.option("--threshold", type=float, default=None, help="score: flag windows above this (default: the manifest's).")
+    @click.option("--force", is_flag=True, help="Replace an existing --output file.")
     @provider_option
     @json_option
     @click.pass_context
     def command(ctx: click.Context, model: Path, data: Path, output: Path | None, stride: int | None,
-                columns: str | None, threshold: float | None, provider: str, as_json: bool) -> None:
+                columns: str | None, threshold: float | None, force: bool, provider: str, as_json: bool) -> None:
         from . import runtime
 
         edge = runtime.load(model, provider)
         stride = stride or int((edge.manifest.get("window") or {}).get("stride", 1))
-        windows = _read_windows(data, edge.timesteps, edge.features, stride, columns)
+        if output is not None and output.exists() and not force:  # before any work is done
+            raise ExportExistsError(f"{output} exists; pass --force to replace it")
+        windows = _read_windows(data, edge.timesteps, edge.features, stride, columns or _default_columns(edge, data))
         if name == "encode":
             payload = {"embedding": edge.encode(windows)}
         elif name == "reconstruct":
@@ -378,6 +499,104 @@ def runtime_command(name: str, doc: str):
 runtime_command("encode", "Encode windows to embeddings with the encoder.\n\n\b\nExample:\n  edgeae encode exported series.csv -o embeddings.npy")
 runtime_command("reconstruct", "Reconstruct windows (raw units) with the autoencoder.\n\n\b\nExample:\n  edgeae reconstruct exported windows.npy -o recon.npy")
 runtime_command("score", "Per-window reconstruction error, with anomaly flags where a threshold is known.\n\n\b\nExample:\n  edgeae score exported readings.csv -o scores.csv")
+
+
+# ---------------------------------------------------------------- anomaly detection and pictures
+
+
+def _split_columns(columns: str | None) -> tuple[str, ...] | None:
+    return tuple(c.strip() for c in columns.split(",") if c.strip()) if columns else None
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--labels", "labels_column", required=True, help="CSV column holding 1 for anomalous rows, 0 for normal.")
+@click.option("--columns", default=None, help="Comma-separated CSV feature columns (as at training).")
+@click.option("--stride", type=int, default=1, show_default=True, help="Step between scored windows.")
+@click.option("--threshold", type=float, default=None, help="Flag above this [default: the manifest's].")
+@provider_option
+@json_option
+@click.pass_context
+def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: str, columns: str | None, stride: int,
+             threshold: float | None, provider: str, as_json: bool) -> None:
+    """Detection quality on a labelled series: ROC AUC, average precision, precision/recall/F1 at the threshold.
+
+    A window counts as anomalous when any of its rows is labelled 1.
+
+    \b
+    Example:
+      edgeae evaluate exported test.csv --columns temp,pressure --labels is_anomaly
+    """
+    from . import runtime
+    from .data import load_labels, load_series
+    from .detector import evaluate as run_evaluation
+
+    model = runtime.load(export_dir, provider)
+    series = load_series(data, _split_columns(columns))
+    if series.is_windows:
+        raise click.BadParameter("needs a series (one row per time step) with a label column", param_hint="DATA")
+    detection, _ = run_evaluation(model, series.values, load_labels(data, labels_column), stride, threshold)
+    emit(ctx, detection.to_dict(), detection.lines())
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--epochs", type=int, default=None, help="Training epochs [default: 150, with early stopping].")
+@click.option("--units", type=int, default=None, help="LSTM units [default: 32].")
+@click.option("--timesteps", type=int, default=None, help="Window length [default: 64].")
+@click.option("--stride", type=int, default=None, help="Step between training windows [default: 1].")
+@click.option("--threshold-quantile", type=float, default=None, help="Threshold quantile [default: 0.99].")
+@click.option("--force", is_flag=True, help="Replace an existing export at --out.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@json_option
+@click.pass_context
+def demo(ctx: click.Context, out: Path, force: bool, quiet: bool, as_json: bool, **overrides: Any) -> None:
+    """Anomaly detection on a real series: train, export, score on the runtime, report quality.
+
+    The series is InternalBleeding16 from the UCR anomaly archive, shipped inside the aeon
+    package (pip install 'edgeae[dataset]'); nothing is downloaded.
+
+    \b
+    Example:
+      edgeae demo --out runs/demo
+      edgeae report runs/demo
+    """
+    from .datasets import demo as run_demo
+    from .datasets import demo_config
+
+    config = demo_config(**{k: v for k, v in overrides.items() if v is not None})
+    result = run_demo(out, config, force=force, progress=_progress(quiet, config.epochs))
+    emit(ctx, result.to_dict(), result.lines())
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Picture this CSV/NPY series instead of the windows the model was trained on.")
+@click.option("--columns", default=None, help="Comma-separated CSV feature columns (as at training).")
+@click.option("--labels", "labels_column", default=None, help="CSV column marking anomalous rows (1), shown on the score plot.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the PNGs here instead of into the export folder (whose manifest then lists them).")
+@provider_option
+@json_option
+@click.pass_context
+def report(ctx: click.Context, export_dir: Path, data: Path | None, columns: str | None, labels_column: str | None,
+           out: Path | None, provider: str, as_json: bool) -> None:
+    """Draw the export as PNGs: reconstructions, score over time, loss curves, parity.
+
+    Needs matplotlib: pip install 'edgeae[plot]'.
+
+    \b
+    Example:
+      edgeae report exported
+      edgeae report runs/demo --data test.csv --columns value --labels is_anomaly
+    """
+    from .plots import report as write_report
+
+    paths = write_report(export_dir, data, _split_columns(columns), labels_column, out,
+                         "cpu" if provider == "auto" else provider)
+    emit(ctx, {"plots": [str(p) for p in paths]}, [f"wrote {p}" for p in paths])
 
 
 if __name__ == "__main__":  # pragma: no cover

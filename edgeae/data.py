@@ -3,6 +3,9 @@
 The seed's finding drives the preprocessing: with a large input range the absolute
 precision drops, so extreme values are pruned (clipped) to bounds learned from the
 training data, and those bounds travel with the model.
+
+Every check here fails with one line naming the file, and the row and column where it
+can, before anything is trained or written.
 """
 from __future__ import annotations
 
@@ -10,12 +13,14 @@ import csv
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import DataError, ShapeError, UsageError
 
 SCALINGS = ("none", "minmax", "standard")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def seed_sequence(timesteps: int = 10, features: int = 5) -> np.ndarray:
@@ -41,39 +46,71 @@ class Series:
 
 
 def _select_columns(header: list[str], wanted: tuple[str, ...] | None, source: str) -> list[int]:
-    if not wanted:
-        return list(range(len(header)))
-    picked = []
-    for name in wanted:
-        if name in header:
-            picked.append(header.index(name))
-        elif name.isdigit() and int(name) < len(header):
-            picked.append(int(name))
-        else:
-            raise DataError(f"{source}: no column {name!r}; columns are {', '.join(header)}")
+    """Column indices by name (or index); the names kept must be unambiguous."""
+    if wanted:
+        picked = []
+        for name in wanted:
+            if header.count(name) > 1:
+                raise DataError(f"{source}: column name {name!r} appears {header.count(name)} times in the header")
+            if name in header:
+                picked.append(header.index(name))
+            elif name.isdigit() and int(name) < len(header):
+                picked.append(int(name))
+            else:
+                raise DataError(f"{source}: no column {name!r}; columns are {', '.join(header)}")
+    else:
+        picked = list(range(len(header)))
+    names = [header[c] for c in picked]
+    for col, name in zip(picked, names):
+        if not name:
+            raise DataError(f"{source}: column {col + 1} has no name in the header row")
+        if names.count(name) > 1:
+            raise DataError(f"{source}: column {name!r} is used twice; name each feature column once")
     return picked
 
 
+def _looks_numeric(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
 def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
-    """Read a CSV with a header row, one column per feature and one row per time step."""
+    """Read a CSV with a header row, one column per feature and one row per time step.
+
+    Rows are numbered as lines of the file (the header is row 1); blank lines may only
+    trail the data, since one inside it would silently drop a time step.
+    """
     source = Path(path).name
+    if Path(path).stat().st_size == 0:
+        raise DataError(f"{source}: the file is empty")
+    lines: list[tuple[int, list[str]]] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
+            reader = csv.reader(handle)
+            for row in reader:
+                lines.append((reader.line_num, row))
     except UnicodeDecodeError:
-        raise DataError(f"{source}: not a text CSV file") from None
+        raise DataError(f"{source}: not a text CSV file (not UTF-8)") from None
     except csv.Error as exc:
         raise DataError(f"{source}: not a readable CSV file: {exc}") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if not rows:
+    while lines and not any(cell.strip() for cell in lines[-1][1]):
+        lines.pop()
+    if not lines:
         raise DataError(f"{source}: the file is empty")
-    header = [h.strip() for h in rows[0]]
-    if len(rows) == 1:
+    header_line, header_row = lines[0]
+    header = [h.strip() for h in header_row]
+    if all(_looks_numeric(h) for h in header):
+        raise DataError(f"{source}: row {header_line} holds numbers, expected a header row naming the columns")
+    if len(lines) == 1:
         raise DataError(f"{source}: a header row but no data rows")
     picked = _select_columns(header, columns, source)
-    values = np.empty((len(rows) - 1, len(picked)), dtype=np.float64)
-    for i, row in enumerate(rows[1:]):
-        line = i + 2  # 1-based, the header is line 1
+    values = np.empty((len(lines) - 1, len(picked)), dtype=np.float64)
+    for i, (line, row) in enumerate(lines[1:]):
+        if not any(cell.strip() for cell in row):
+            raise DataError(f"{source}: row {line} is empty (a missing time step?)")
         if len(row) != len(header):
             raise DataError(f"{source}: row {line} has {len(row)} cells, the header has {len(header)}")
         for j, col in enumerate(picked):
@@ -87,20 +124,31 @@ def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
                 raise DataError(f"{source}: row {line}, column {name!r}: {cell!r} is not a number") from None
             if not math.isfinite(number):
                 raise DataError(f"{source}: row {line}, column {name!r}: {cell!r} is not a finite number")
+            if abs(number) > FLOAT32_MAX:
+                raise DataError(f"{source}: row {line}, column {name!r}: {cell} does not fit in float32")
             values[i, j] = number
     return Series(values, tuple(header[c] for c in picked), source)
+
+
+def _where(index: tuple[int, ...]) -> str:
+    """An array position in the words a user thinks in (0-based, as numpy counts)."""
+    if len(index) == 2:
+        return f"row {index[0]}, column {index[1]}"
+    return f"window {index[0]}, step {index[1]}, column {index[2]}"
 
 
 def load_npy(path: Path) -> Series:
     """Read an NPY array: (time,) or (time, features) series, or (n, timesteps, features) windows."""
     source = Path(path).name
+    if Path(path).stat().st_size == 0:
+        raise DataError(f"{source}: the file is empty")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{source}: not a readable .npy array: {exc}") from None
     if not isinstance(array, np.ndarray):
         raise DataError(f"{source}: expected one array, got {type(array).__name__}")
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "iuf":
         raise DataError(f"{source}: expected numbers, got dtype {array.dtype}")
     if array.ndim == 1:
         array = array[:, None]
@@ -111,8 +159,12 @@ def load_npy(path: Path) -> Series:
     array = array.astype(np.float64)
     bad = np.argwhere(~np.isfinite(array))
     if len(bad):
-        where = ", ".join(str(int(i)) for i in bad[0])
-        raise DataError(f"{source}: value at index ({where}) is not finite ({array[tuple(bad[0])]})")
+        index = tuple(int(i) for i in bad[0])
+        raise DataError(f"{source}: {_where(index)} (0-based): {array[index]} is not a finite number")
+    big = np.argwhere(np.abs(array) > FLOAT32_MAX)
+    if len(big):
+        index = tuple(int(i) for i in big[0])
+        raise DataError(f"{source}: {_where(index)} (0-based): {array[index]} does not fit in float32")
     columns = tuple(str(i) for i in range(array.shape[-1]))
     return Series(array, columns, source)
 
@@ -125,48 +177,131 @@ def load_series(path: Path, columns: tuple[str, ...] | None = None) -> Series:
     if suffix == ".csv":
         return load_csv(path, columns)
     if suffix == ".npy":
-        if columns:
-            picked = [int(c) for c in columns if c.isdigit()]
-            series = load_npy(path)
-            if len(picked) != len(columns) or any(c >= series.values.shape[-1] for c in picked):
-                raise DataError(f"{path.name}: columns of an .npy file are indices 0..{series.values.shape[-1] - 1}")
-            return Series(series.values[..., picked], tuple(columns), series.source)
-        return load_npy(path)
+        series = load_npy(path)
+        if not columns:
+            return series
+        picked = [int(c) for c in columns if c.isdigit()]
+        if len(picked) != len(columns) or any(c >= series.values.shape[-1] for c in picked):
+            raise DataError(f"{path.name}: columns of an .npy file are indices 0..{series.values.shape[-1] - 1}")
+        if len(set(picked)) != len(picked):
+            raise DataError(f"{path.name}: a column is chosen twice ({','.join(columns)})")
+        return Series(series.values[..., picked], tuple(columns), series.source)
     raise UsageError(f"{path.name}: expected a .csv or .npy file")
+
+
+def load_labels(path: Path, column: str) -> np.ndarray:
+    """A 0/1 anomaly label per row, from one CSV column (true = anomalous)."""
+    labels = load_series(path, (column,))
+    if labels.is_windows:
+        raise DataError(f"{labels.source}: labels must be one value per row, not windows")
+    values = labels.values[:, 0]
+    bad = np.flatnonzero((values != 0) & (values != 1))
+    if len(bad):
+        where = f"row {bad[0] + 2}" if Path(path).suffix.lower() == ".csv" else f"row {bad[0]} (0-based)"
+        raise DataError(f"{labels.source}: {where}, column {column!r}: label {values[bad[0]]:g} is not 0 or 1")
+    return values.astype(bool)
 
 
 # ---------------------------------------------------------------- windowing and splits
 
 
-def make_windows(series: np.ndarray, timesteps: int, stride: int = 1) -> np.ndarray:
-    """Cut a (time, features) series into (n, timesteps, features) windows, `stride` apart."""
+def make_windows(series: np.ndarray, timesteps: int, stride: int = 1, source: str = "the series") -> np.ndarray:
+    """Cut a (time, features) series into (n, timesteps, features) windows, `stride` apart.
+
+    Window i covers rows [i * stride, i * stride + timesteps); rows after the last full
+    window are not covered.
+    """
     if timesteps < 1 or stride < 1:
         raise UsageError(f"window length and stride must be at least 1, got {timesteps} and {stride}")
     if series.ndim != 2:
         raise ShapeError(f"expected a (time, features) series, got shape {series.shape}")
     if len(series) < timesteps:
-        raise DataError(f"the series has {len(series)} rows, fewer than one window of {timesteps}")
+        raise DataError(f"{source} has {len(series)} rows, fewer than one window of {timesteps}")
     view = np.lib.stride_tricks.sliding_window_view(series, timesteps, axis=0)[::stride]
     return np.ascontiguousarray(view.transpose(0, 2, 1))
 
 
-def split_by_time(series: np.ndarray, validation_fraction: float, timesteps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split a series into an earlier training part and a later validation part."""
+def window_starts(rows: int, timesteps: int, stride: int = 1) -> np.ndarray:
+    """The first row of each window `make_windows` cuts from `rows` rows."""
+    return np.arange(0, rows - timesteps + 1, stride)
+
+
+def window_labels(labels: np.ndarray, timesteps: int, stride: int = 1) -> np.ndarray:
+    """A window is anomalous when any of its rows is labelled anomalous."""
+    labels = np.asarray(labels, dtype=bool)
+    return make_windows(labels[:, None].astype(np.int8), timesteps, stride, "the labels").any(axis=(1, 2))
+
+
+def split_by_time(series: np.ndarray, validation_fraction: float, timesteps: int,
+                  source: str = "the series") -> tuple[np.ndarray, np.ndarray]:
+    """Split a series into an earlier training part and a later validation part.
+
+    Splitting rows before windowing means no window straddles the two parts, so nothing
+    the model trained on leaks into the windows the threshold is calibrated on.
+    """
     if not 0.0 <= validation_fraction < 1.0:
         raise UsageError(f"validation fraction must be in [0, 1), got {validation_fraction}")
-    n_val = int(round(len(series) * validation_fraction))
-    if n_val == 0:
+    if validation_fraction == 0.0:
         return series, series[:0]
-    train, val = series[:-n_val], series[-n_val:]
+    n_val = round(len(series) * validation_fraction)
+    train, val = series[:len(series) - n_val], series[len(series) - n_val:]
     if len(train) < timesteps or len(val) < timesteps:
         raise DataError(
-            f"splitting {len(series)} rows with validation fraction {validation_fraction} leaves "
-            f"{len(train)} training and {len(val)} validation rows; each needs at least one window of {timesteps}"
+            f"{source}: splitting {len(series)} rows with validation fraction {validation_fraction} leaves "
+            f"{len(train)} training and {len(val)} validation rows; each needs at least one window of {timesteps} "
+            "(change --validation-fraction; 0 holds nothing out)"
         )
     return train, val
 
 
+@dataclass(frozen=True)
+class Windows:
+    """Raw windows ready for training, and the values the preprocessing learns from."""
+
+    train: np.ndarray
+    validation: np.ndarray  # possibly empty
+    fit_values: np.ndarray  # the training part only: (rows, features) or its windows
+    info: dict[str, Any]
+
+
+def window_series(series: Series, timesteps: int, features: int, stride: int = 1,
+                  validation_fraction: float = 0.0) -> Windows:
+    """Check a loaded series fits the model, split it by time, and cut it into windows."""
+    found = series.values.shape[-1]
+    if found != features:
+        raise ShapeError(
+            f"{series.source}: has {found} feature column(s), the model expects {features} "
+            f"(pass --features {found} or choose columns)"
+        )
+    if series.is_windows:
+        windows = series.values
+        if windows.shape[1] != timesteps:
+            raise ShapeError(f"{series.source}: windows of {windows.shape[1]} steps, the model expects {timesteps}")
+        if not 0.0 <= validation_fraction < 1.0:
+            raise UsageError(f"validation fraction must be in [0, 1), got {validation_fraction}")
+        n_val = round(len(windows) * validation_fraction)
+        if validation_fraction > 0 and (n_val == 0 or n_val == len(windows)):
+            raise DataError(f"{series.source}: {len(windows)} window(s) cannot be split with validation "
+                            f"fraction {validation_fraction} into training and validation windows "
+                            "(change --validation-fraction; 0 holds nothing out)")
+        train, val = windows[:len(windows) - n_val], windows[len(windows) - n_val:]
+        fit_values = train
+    else:
+        train_part, val_part = split_by_time(series.values, validation_fraction, timesteps, series.source)
+        train = make_windows(train_part, timesteps, stride, series.source)
+        val = make_windows(val_part, timesteps, stride, series.source) if len(val_part) else train[:0]
+        fit_values = train_part
+    info = {"source": series.source, "columns": list(series.columns), "rows": int(series.values.shape[0]),
+            "windows": len(train), "validation_windows": len(val)}
+    return Windows(train, val, fit_values, info)
+
+
 # ---------------------------------------------------------------- preprocessing
+
+
+def _f32(values: np.ndarray) -> tuple[float, ...]:
+    """Round to float32 now, so the manifest holds exactly what the graph computes with."""
+    return tuple(float(v) for v in np.asarray(values, dtype=np.float32))
 
 
 @dataclass(frozen=True)
@@ -188,7 +323,12 @@ class Preprocessing:
         scaling: str = "none",
         columns: tuple[str, ...] | None = None,
     ) -> Preprocessing:
-        """Learn bounds at the given quantiles of the training values, then a scaling."""
+        """Learn bounds at the given quantiles of the training values, then a scaling.
+
+        A column without range (constant, or made constant by the quantiles) is refused:
+        the model could learn nothing from it and min-max or standard scaling would divide
+        by zero.
+        """
         lo_q, hi_q = quantiles
         if not 0.0 <= lo_q < hi_q <= 1.0:
             raise UsageError(f"clip quantiles must satisfy 0 <= low < high <= 1, got {lo_q} and {hi_q}")
@@ -197,27 +337,25 @@ class Preprocessing:
         flat = np.asarray(values, dtype=np.float64).reshape(-1, values.shape[-1])
         if len(flat) == 0:
             raise DataError("no training values to learn the preprocessing from")
+        names = columns or tuple(str(i) for i in range(flat.shape[1]))
+        raw_low, raw_high = flat.min(axis=0), flat.max(axis=0)
         low = np.quantile(flat, lo_q, axis=0)
         high = np.quantile(flat, hi_q, axis=0)
-        names = columns or tuple(str(i) for i in range(flat.shape[1]))
-        span = high - low
-        if scaling != "none":
-            flat_zero = np.flatnonzero(span <= 0)
-            if len(flat_zero):
-                raise DataError(f"column {names[flat_zero[0]]!r} is constant (zero range) in the training data; drop it")
+        for j in range(flat.shape[1]):
+            if raw_high[j] == raw_low[j]:
+                raise DataError(f"column {names[j]!r} is constant ({raw_low[j]:g}) in the training data "
+                                f"(zero range); leave it out with --columns")
+            if high[j] <= low[j]:
+                raise DataError(f"column {names[j]!r}: clip quantiles {lo_q:g} and {hi_q:g} of the training data are "
+                                f"both {low[j]:g} (zero range); widen --clip-quantiles")
         clipped = np.clip(flat, low, high)
         if scaling == "minmax":
-            offset, scale = low, 1.0 / span
+            offset, scale = low, 1.0 / (high - low)
         elif scaling == "standard":
-            std = clipped.std(axis=0)
-            bad = np.flatnonzero(std <= 0)
-            if len(bad):
-                raise DataError(f"column {names[bad[0]]!r} is constant (zero spread) in the training data; drop it")
-            offset, scale = clipped.mean(axis=0), 1.0 / std
+            offset, scale = clipped.mean(axis=0), 1.0 / clipped.std(axis=0)
         else:
             offset, scale = np.zeros_like(low), np.ones_like(low)
-        as_tuple = lambda a: tuple(float(v) for v in np.asarray(a, dtype=np.float32))  # noqa: E731
-        return cls(as_tuple(low), as_tuple(high), as_tuple(offset), as_tuple(scale), (float(lo_q), float(hi_q)), scaling)
+        return cls(_f32(low), _f32(high), _f32(offset), _f32(scale), (float(lo_q), float(hi_q)), scaling)
 
     @property
     def features(self) -> int:

@@ -5,7 +5,6 @@ C or mobile included, feeds raw values and gets raw units back.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np

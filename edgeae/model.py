@@ -19,6 +19,10 @@ import numpy as np
 from .errors import DataError, IntegrityError, ShapeError, UsageError, require
 
 ENCODER_LAYER = "encoder"
+# Defaults for a user's own series (the seed's one window has nothing to hold out): keep the
+# last fifth for validation and threshold calibration, and stop once it stops improving.
+DATA_VALIDATION_FRACTION = 0.2
+DATA_PATIENCE = 20
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "softsign", "linear")
 
 
@@ -39,6 +43,7 @@ class TrainConfig:
     stride: int = 1
     clip_quantiles: tuple[float, float] = (0.0, 1.0)
     scaling: str = "none"
+    threshold_quantile: float = 0.99
 
     def __post_init__(self) -> None:
         for name in ("timesteps", "features", "units", "epochs", "batch_size", "stride"):
@@ -59,6 +64,8 @@ class TrainConfig:
             raise UsageError(f"validation fraction must be in [0, 1), got {self.validation_fraction}")
         if self.patience < 0:
             raise UsageError(f"patience must be at least 0, got {self.patience}")
+        if not (isinstance(self.threshold_quantile, (int, float)) and 0.0 < self.threshold_quantile <= 1.0):
+            raise UsageError(f"threshold quantile must be in (0, 1], got {self.threshold_quantile!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,9 +165,13 @@ def train(
     config: TrainConfig,
     windows: np.ndarray,
     validation: np.ndarray | None = None,
-    progress: Callable[[int, dict[str, float]], None] | None = None,
+    progress: Callable[[int | None, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Fit the autoencoder to reproduce `windows` (already preprocessed, model space)."""
+    """Fit the autoencoder to reproduce `windows` (already preprocessed, model space).
+
+    `progress` is called with (epoch, logs) after each epoch and with (None, {}) once
+    training ends, early or not, so a display can close its line.
+    """
     check_windows(windows, config)
     has_val = validation is not None and len(validation) > 0
     if has_val:
@@ -170,7 +181,8 @@ def train(
     callbacks: list[Any] = []
     if progress is not None:
         callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: progress(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
+            on_epoch_end=lambda epoch, logs: progress(epoch + 1, {k: float(v) for k, v in (logs or {}).items()}),
+            on_train_end=lambda logs: progress(None, {}),
         ))
     if has_val and config.patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -221,17 +233,21 @@ def load(path: Path):
     return autoencoder, encoder_of(autoencoder)
 
 
-def print_progress(epochs: int) -> Callable[[int, dict[str, float]], None]:
+def print_progress(epochs: int) -> Callable[[int | None, dict[str, float]], None]:
     """A terminal progress line per epoch: rewritten in place on a TTY, every 10% otherwise."""
     tty = sys.stderr.isatty()
     every = max(1, epochs // 10)
 
-    def report(epoch: int, logs: dict[str, float]) -> None:
+    def report(epoch: int | None, logs: dict[str, float]) -> None:
+        if epoch is None:  # training ended (early stopping may end it before `epochs`)
+            if tty:
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+            return
         if not tty and epoch % every and epoch != epochs:
             return
         text = f"epoch {epoch}/{epochs}  " + "  ".join(f"{k} {v:.3e}" for k, v in logs.items())
-        end = "\n" if (not tty or epoch == epochs) else ""
-        sys.stderr.write(("\r" if tty else "") + text + end)
+        sys.stderr.write("\r" + text + "\x1b[K" if tty else text + "\n")
         sys.stderr.flush()
 
     return report

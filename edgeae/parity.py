@@ -28,6 +28,7 @@ class ParityResult:
     p99_abs: float
     value_range: float
     tolerance_abs: float
+    max_abs_raw: float | None = None
 
     def __bool__(self) -> bool:
         return self.max_abs <= self.tolerance_abs
@@ -47,12 +48,25 @@ class ParityResult:
 
 
 def compare(reference: np.ndarray, actual: np.ndarray, *, model: str, provider: str, dataset: str,
-            tolerance_abs: float = DEFAULT_ATOL) -> ParityResult:
+            tolerance_abs: float = DEFAULT_ATOL, scale: np.ndarray | None = None) -> ParityResult:
+    """Compare two outputs; with `scale`, errors are measured in the model's own units.
+
+    Raw units can span thousands, where float32 alone cannot resolve 1e-5; the network
+    computes in scaled units, so that is where an absolute tolerance means something.
+    The raw-unit error is kept alongside (`max_abs_raw`).
+    """
     reference = np.asarray(reference, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
     if reference.shape != actual.shape:
         raise ValueError(f"{model} [{provider}] {dataset}: reference shape {reference.shape} != output shape {actual.shape}")
-    err = np.abs(reference - actual).ravel()
+    raw_err = np.abs(reference - actual)
+    max_abs_raw = None
+    if scale is not None:
+        scale = np.abs(np.asarray(scale, dtype=np.float64))
+        max_abs_raw = float(raw_err.max()) if raw_err.size else 0.0
+        reference, actual = reference * scale, actual * scale
+        raw_err = raw_err * scale
+    err = raw_err.ravel()
     if err.size == 0:
         raise ValueError(f"{model} [{provider}] {dataset}: nothing to compare")
     value_range = float(reference.max() - reference.min())
@@ -63,7 +77,7 @@ def compare(reference: np.ndarray, actual: np.ndarray, *, model: str, provider: 
         model=model, provider=provider, dataset=dataset, batch=int(reference.shape[0]),
         max_abs=max_abs, max_rel_range=max_abs / denominator, mean_abs=float(err.mean()),
         p50_abs=float(np.percentile(err, 50)), p99_abs=float(np.percentile(err, 99)),
-        value_range=value_range, tolerance_abs=float(tolerance_abs),
+        value_range=value_range, tolerance_abs=float(tolerance_abs), max_abs_raw=max_abs_raw,
     )
 
 

@@ -18,8 +18,8 @@ from . import __version__
 from .artifacts import (
     file_entry, read_json, read_manifest, staged_folder, verify_file, verify_files, write_manifest, atomic_write_json,
 )
-from .data import Preprocessing, Series, load_series, make_windows, seed_sequence, split_by_time
-from .errors import DataError, ParityError, ShapeError, UsageError
+from .data import Preprocessing, Series, Windows, load_series, seed_sequence, window_series
+from .errors import ParityError, UsageError
 from .parity import DEFAULT_ATOL, ParityReport, compare
 
 KERAS_FILE = "model.keras"
@@ -65,41 +65,24 @@ class Training:
 # ---------------------------------------------------------------- data
 
 
-def prepare_windows(config, series: Series | None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def prepare_windows(config, series: Series | None) -> Windows:
     """Raw training and validation windows, from a user's series or the seed data."""
     if series is None:
         windows = seed_sequence(config.timesteps, config.features).astype(np.float64)
-        return windows, windows[:0], {"source": "seed", "description": "np.arange(n)/n, one window", "windows": 1}
-    if series.values.shape[-1] != config.features:
-        raise ShapeError(
-            f"{series.source}: has {series.values.shape[-1]} feature column(s), the model expects {config.features} "
-            f"(pass --features {series.values.shape[-1]} or choose columns)"
-        )
-    if series.is_windows:
-        windows = series.values
-        if windows.shape[1] != config.timesteps:
-            raise ShapeError(f"{series.source}: windows of {windows.shape[1]} steps, the model expects {config.timesteps}")
-        n_val = int(round(len(windows) * config.validation_fraction))
-        train, val = (windows[:-n_val], windows[-n_val:]) if n_val else (windows, windows[:0])
-        if len(train) == 0:
-            raise DataError(f"{series.source}: no training windows left after the validation split")
-    else:
-        train_part, val_part = split_by_time(series.values, config.validation_fraction, config.timesteps)
-        train = make_windows(train_part, config.timesteps, config.stride)
-        val = make_windows(val_part, config.timesteps, config.stride) if len(val_part) else train[:0]
-    info = {"source": series.source, "columns": list(series.columns), "rows": int(series.values.shape[0]),
-            "windows": int(len(train)), "validation_windows": int(len(val))}
-    return train, val, info
+        return Windows(windows, windows[:0], windows,
+                       {"source": "seed", "description": "np.arange(n)/n, one window", "windows": 1})
+    return window_series(series, config.timesteps, config.features, config.stride, config.validation_fraction)
 
 
 def train(config, data: Path | None = None, columns: tuple[str, ...] | None = None,
-          progress: Callable[[int, dict[str, float]], None] | None = None) -> Training:
-    """Learn the preprocessing from the training part, then fit the autoencoder."""
+          progress: Callable[[int | None, dict[str, float]], None] | None = None) -> Training:
+    """Learn the preprocessing from the training part (rows, not overlapping windows), then fit."""
     from . import model
 
     series = load_series(data, columns) if data is not None else None
-    train_w, val_w, info = prepare_windows(config, series)
-    pre = Preprocessing.fit(train_w, config.clip_quantiles, config.scaling,
+    windows = prepare_windows(config, series)
+    train_w, val_w, info = windows.train, windows.validation, windows.info
+    pre = Preprocessing.fit(windows.fit_values, config.clip_quantiles, config.scaling,
                             tuple(series.columns) if series is not None else None)
     result = model.train(config, pre.apply(train_w), pre.apply(val_w) if len(val_w) else None, progress)
     return Training(config, pre, result.autoencoder, result.encoder, result.history, result.epochs_run,
@@ -192,9 +175,10 @@ def verify_models(training: Training, onnx_paths: dict[str, Path], inputs: dict[
         for role, path in onnx_paths.items():
             session = OnnxModel(path, [provider], name=path.name)
             placement[f"{role}/{short}"] = placement_summary(session.node_placement())
+            scale = pre.arrays()["scale"] if role == "autoencoder" else None
             for dataset, x in inputs.items():
                 results.append(compare(references[role][dataset], session.run_windows(x), model=role, provider=short,
-                                       dataset=dataset, tolerance_abs=atol))
+                                       dataset=dataset, tolerance_abs=atol, scale=scale))
         both = OnnxModel(internal, [provider], name="autoencoder (internal encoding)")
         encoder = OnnxModel(onnx_paths["encoder"], [provider], name="encoder")
         x = np.concatenate([inputs["training"], inputs["in_range"], inputs["outside_range"]])
@@ -219,12 +203,19 @@ def _versions() -> dict[str, str]:
 
 
 def export(training: Training, out: Path, opset: int | None = None, atol: float = DEFAULT_ATOL,
-           providers: str = "all", force: bool = False) -> tuple[Path, ParityReport]:
-    """Export both models, verify them against Keras, and publish the folder only if parity holds."""
+           providers: str = "all", force: bool = False,
+           threshold_quantile: float | None = None) -> tuple[Path, ParityReport]:
+    """Export both models, verify them against Keras, and publish the folder only if parity holds.
+
+    The anomaly threshold is calibrated here, at `threshold_quantile` (default: the training
+    configuration's) of the validation windows' scores, and stored in the manifest.
+    """
     import onnx
 
+    from .detector import calibrate
     from .export import DEFAULT_OPSET, describe_io, export_model, opset_of
     from .model import save
+    from .optimize import PLAIN_FILES, TARGETS_FILE, build_variants, clean_graph
 
     opset = DEFAULT_OPSET if opset is None else opset
     if not (isinstance(atol, float) and atol > 0):
@@ -232,12 +223,15 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     config, pre = training.config, training.preprocessing
     summary = training.summary()
     provider_list = verification_providers(providers)
+    detector = calibrate(training, config.threshold_quantile if threshold_quantile is None else threshold_quantile)
     with staged_folder(Path(out), force) as stage:
         models: dict[str, Any] = {}
         paths: dict[str, Path] = {}
         for role, keras_model in (("autoencoder", training.autoencoder), ("encoder", training.encoder)):
             proto = export_model(keras_model, role, pre, config.timesteps, config.features, opset,
                                  training={k: summary[k] for k in ("parameters", "final_loss", "epochs_run")})
+            onnx.save(proto, str(stage / PLAIN_FILES[role]))  # tf2onnx's graph, kept for comparison
+            proto = clean_graph(proto, role)
             paths[role] = stage / ONNX_FILES[role]
             onnx.save(proto, str(paths[role]))
             ops: dict[str, int] = {}
@@ -256,6 +250,8 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
         files = {name: file_entry(stage / name, role) for name, role in (
             (ONNX_FILES["autoencoder"], "onnx"), (ONNX_FILES["encoder"], "onnx"), (KERAS_FILE, "keras"),
             (PARITY_INPUTS_FILE, "data"), (PARITY_REPORT_FILE, "report"))}
+        variants = build_variants(stage, training, inputs, provider_list, atol)
+        files.update(variants.files)
         write_manifest(stage, {
             "kind": "export",
             "edgeae_version": __version__,
@@ -266,10 +262,13 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
             "window": {"timesteps": config.timesteps, "features": config.features, "stride": config.stride},
             "preprocessing": pre.to_dict(),
             "training": {**summary, "history": training.history},
+            "detector": detector,
             "parity": {"passed": report.passed, "tolerance_abs": atol, "providers": provider_list,
                        "summary": report.summary(),
                        "encoder_matches_autoencoder_max_abs": report.encoder_matches_autoencoder.max_abs,
                        "report": PARITY_REPORT_FILE},
+            "variants": variants.manifest_section(),
+            "targets": TARGETS_FILE,
             "versions": _versions(),
         })
     return Path(out), report

@@ -148,7 +148,10 @@ class OnnxModel:
         self.input_name = spec.name
         self.output_names = [o.name for o in outputs]
         self.timesteps, self.features = int(spec.shape[1]), int(spec.shape[2])
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        except (UnicodeDecodeError, ValueError, RuntimeError):
+            raise IntegrityError(f"{self.name}: the model's metadata is unreadable (corrupt file?)") from None
         used = self.session.get_providers()
         missing = [p for p in self.providers_requested if p not in used]
         if missing:
@@ -238,7 +241,10 @@ def placement_summary(placement: dict[str, str]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """Per-window reconstruction error (mean squared, in model units) and anomaly flags."""
+    """Per-window reconstruction error (mean squared, in model units) and anomaly flags.
+
+    For one window the arrays are 0-d; for a batch they have one entry per window.
+    """
 
     scores: np.ndarray
     threshold: float | None
@@ -269,12 +275,23 @@ class EdgeModel:
         for model in models.values():
             if (model.timesteps, model.features) != (self.timesteps, self.features):
                 raise IntegrityError("autoencoder and encoder disagree on the window shape")
-        pre = self.manifest.get("preprocessing") or json.loads(first.metadata.get("edgeae.preprocessing", "{}") or "{}")
-        self.scale = np.asarray(pre.get("scale", [1.0] * self.features), dtype=np.float32)
-        if self.scale.shape != (self.features,):
-            raise IntegrityError("preprocessing scale does not match the feature count")
+        self.scale = self._scale(self.manifest.get("preprocessing") or first.metadata.get("edgeae.preprocessing"))
         threshold = (self.manifest.get("detector") or {}).get("threshold")
-        self.threshold = float(threshold) if threshold is not None else None
+        try:
+            self.threshold = float(threshold) if threshold is not None else None
+        except (TypeError, ValueError):
+            raise IntegrityError(f"detector threshold {threshold!r} is not a number") from None
+
+    def _scale(self, record: dict | str | None) -> np.ndarray:
+        """The per-feature scale the score weighs errors by (from the manifest or the model's metadata)."""
+        try:
+            pre = json.loads(record) if isinstance(record, str) else (record or {})
+            scale = np.asarray(pre.get("scale", [1.0] * self.features), dtype=np.float32)
+        except (ValueError, TypeError, AttributeError):
+            raise IntegrityError("the model's preprocessing record is unreadable") from None
+        if scale.shape != (self.features,) or not np.isfinite(scale).all() or (scale <= 0).any():
+            raise IntegrityError(f"preprocessing scale {scale.tolist()} does not fit {self.features} features")
+        return scale
 
     @property
     def providers(self) -> list[str]:
@@ -300,10 +317,10 @@ class EdgeModel:
         scores = reconstruction_error(windows, model.run_windows(windows, chunk), self.scale)
         limit = self.threshold if threshold is None else float(threshold)
         flags = scores > limit if limit is not None else None
-        if single:
-            scores = scores[:1]
-            flags = flags[:1] if flags is not None else None
-        return ScoreResult(scores, limit, flags)
+        if single:  # one window in, one (0-d) score out, as encode/reconstruct do
+            scores = scores[0]
+            flags = flags[0] if flags is not None else None
+        return ScoreResult(np.asarray(scores), limit, None if flags is None else np.asarray(flags))
 
     def node_placement(self) -> dict[str, dict[str, str]]:
         return {role: model.node_placement() for role, model in self.models.items()}

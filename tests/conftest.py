@@ -5,11 +5,22 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tests parametrised over execution providers: CUDA runs where onnxruntime has it, else is skipped.
+PROVIDERS = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                           reason="CUDAExecutionProvider is not available in this onnxruntime"),
+    ]),
+]
 EXPORTED = REPO / "exported"
 
 
@@ -49,3 +60,21 @@ def export_copy(tiny_export, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def scaled_export(tmp_path_factory) -> Path:
+    """An export whose graph carries real preprocessing: quantile clipping and min-max scaling."""
+    from edgeae import pipeline
+    from edgeae.model import TrainConfig
+
+    folder = tmp_path_factory.mktemp("scaled")
+    t = np.arange(400)
+    series = np.stack([50 + 20 * np.sin(t / 7), 1000 + 300 * np.cos(t / 11), -3 + 0.5 * np.sin(t / 3)], axis=1)
+    np.save(folder / "series.npy", series)
+    config = TrainConfig(timesteps=8, features=3, units=6, epochs=5, learning_rate=0.01, stride=4,
+                         clip_quantiles=(0.05, 0.95), scaling="minmax", seed=5)
+    training = pipeline.train(config, folder / "series.npy")
+    out = folder / "export"
+    pipeline.export(training, out, providers="cpu")
+    return out

@@ -6,6 +6,8 @@ import pytest
 from edgeae import pipeline
 from edgeae.parity import ParityReport, compare
 
+from .conftest import PROVIDERS
+
 
 def test_compare_reports_abs_and_range_relative_error():
     ref = np.array([[0.0, 10.0], [5.0, 2.0]])
@@ -63,6 +65,15 @@ def test_standalone_encoder_equals_the_autoencoders_internal_encoding(tiny_expor
     check = report.encoder_matches_autoencoder
     assert check is not None and check.batch > 300
     assert check.max_abs == 0.0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_verify_on_each_provider(tiny_export, provider):
+    report = pipeline.verify(tiny_export, providers=provider)
+    assert report
+    assert {r.provider for r in report.results} == {provider}
+    placement = report.placement[f"autoencoder/{provider}"]
+    assert sum(placement.values()) > 0
 
 
 def test_verify_fails_beyond_a_tight_tolerance(tiny_export):

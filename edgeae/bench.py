@@ -1,0 +1,282 @@
+"""Side-by-side speed: every deployment path timed in one run, interleaved, against a named baseline.
+
+Timing rounds visit every path in turn, so drift on a shared machine hits all paths
+alike. Keras and TensorFlow are imported only when Keras paths are asked for; over ONNX
+files this needs nothing beyond the runtime install.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import read_manifest, verify_files
+from .errors import UsageError
+
+BASELINE_SUFFIX = ".plain.onnx"
+DEFAULT_BATCHES = (64, 4096)
+KERAS_PATHS = ("keras-predict", "keras-tf.function", "keras-tf.function-xla")
+
+
+def lstm_flops(inputs: int, units: int, steps: int) -> int:
+    """Multiply-adds of one LSTM over a sequence, counted as 2 FLOPs each (4 gates)."""
+    return 2 * 4 * units * (inputs + units) * steps
+
+
+def model_flops(role: str, timesteps: int, features: int, units: int) -> int:
+    """FLOPs per sequence: 2.45 M for the seed autoencoder, 0.84 M for its encoder."""
+    encoder = lstm_flops(features, units, timesteps)
+    if role == "encoder":
+        return encoder
+    return encoder + lstm_flops(units, units, timesteps) + 2 * units * features * timesteps
+
+
+def matmul_rate(size: int = 1024, repeats: int = 5) -> float:
+    """This machine's float32 matmul rate in FLOP/s (best of a few), the yardstick for throughput."""
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    b = a.T.copy()
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+@dataclass
+class PathResult:
+    """One deployment path's figures; ratios are against the baseline of the same role."""
+
+    name: str
+    role: str
+    kind: str
+    size_bytes: int | None
+    latency_us_median: float | None = None
+    latency_us_p99: float | None = None
+    throughput: dict[str, float] = field(default_factory=dict)  # batch -> sequences/s
+    percent_of_matmul: dict[str, float] = field(default_factory=dict)
+    latency_ratio: float | None = None
+    throughput_ratio: dict[str, float] = field(default_factory=dict)
+    cold_start_s: float | None = None
+    peak_rss_mb: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class BenchReport:
+    machine_matmul_gflops: float
+    runs: int
+    threads: int | None
+    batches: tuple[int, ...]
+    baseline: dict[str, str]
+    results: list[PathResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "results": [asdict(r) for r in self.results]}
+
+    def table(self) -> str:
+        head = (f"{'path':34} {'size KB':>8} {'b1 med us':>10} {'b1 p99 us':>10} {'x base':>7}"
+                + "".join(f" {'b' + str(b) + ' seq/s':>13} {'x base':>7} {'%mm':>5}" for b in self.batches)
+                + f" {'cold s':>7} {'peak MB':>8}")
+        lines = [f"float32 matmul rate: {self.machine_matmul_gflops:.0f} GFLOP/s; baselines: "
+                 + ", ".join(f"{r} = {n}" for r, n in self.baseline.items()), head, "-" * len(head)]
+        fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+        for r in self.results:
+            if r.error:
+                lines.append(f"{r.role + '/' + r.name:34} failed: {r.error}")
+                continue
+            row = (f"{r.role + '/' + r.name:34} {fmt(r.size_bytes and r.size_bytes / 1024, '8.0f'):>8} "
+                   f"{fmt(r.latency_us_median, '10.1f'):>10} {fmt(r.latency_us_p99, '10.1f'):>10} {fmt(r.latency_ratio, '7.2f'):>7}")
+            for b in self.batches:
+                key = str(b)
+                row += (f" {fmt(r.throughput.get(key), '13,.0f'):>13} {fmt(r.throughput_ratio.get(key), '7.2f'):>7}"
+                        f" {fmt(r.percent_of_matmul.get(key), '5.1f'):>5}")
+            row += f" {fmt(r.cold_start_s, '7.2f'):>7} {fmt(r.peak_rss_mb, '8.0f'):>8}"
+            lines.append(row)
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the paths
+
+
+def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path]]:
+    """(name, role, file) for every ONNX/ORT model the export folder lists, baseline first."""
+    found = []
+    for name, entry in manifest["files"].items():
+        if name.endswith((".onnx", ".ort")):
+            role = name.split(".")[0]
+            if role in ("autoencoder", "encoder"):
+                found.append((name, role, folder / name))
+    return sorted(found, key=lambda t: (t[1], not t[0].endswith(BASELINE_SUFFIX), t[0]))
+
+
+def _onnx_runner(path: Path, threads: int | None) -> Callable[[np.ndarray], Any]:
+    from .runtime import OnnxModel
+
+    model = OnnxModel(path, "cpu", threads=threads)
+    session, name = model.session, model.input_name
+    return lambda x: session.run(None, {name: x})
+
+
+def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Callable[[np.ndarray], Any]]:
+    """Keras predict, and the model under tf.function with and without XLA; raw in, raw out."""
+    from . import model as km
+    from .data import Preprocessing
+
+    tf, _ = km.import_keras()
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass  # already initialised in this process
+    manifest = read_manifest(folder)
+    pre = Preprocessing.from_dict(manifest["preprocessing"])
+    autoencoder, encoder = km.load(folder / "model.keras")
+    net = autoencoder if role == "autoencoder" else encoder
+    post = pre.invert if role == "autoencoder" else (lambda y: y)
+    graph = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
+    xla = tf.function(lambda x: net(x, training=False), jit_compile=True, reduce_retracing=True)
+    return {
+        "keras-predict": lambda x: post(net.predict(pre.apply(x), batch_size=len(x), verbose=0)),
+        "keras-tf.function": lambda x: post(graph(pre.apply(x)).numpy()),
+        "keras-tf.function-xla": lambda x: post(xla(pre.apply(x)).numpy()),
+    }
+
+
+_COLD_CHILD = """
+import sys, time, json, resource
+kind, folder, target, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+import numpy as np
+if kind == "onnx":
+    from edgeae.runtime import OnnxModel
+    m = OnnxModel(target, "cpu")
+    x = np.zeros((batch, m.timesteps, m.features), np.float32)
+    m.run_windows(x)
+else:
+    from edgeae.bench import _keras_runners
+    role, path = target.split(":")
+    run = _keras_runners(__import__("pathlib").Path(folder), role, None)[path]
+    w = json.load(open(folder + "/manifest.json"))["window"]
+    run(np.zeros((batch, w["timesteps"], w["features"]), np.float32))
+done = time.time()
+try:  # VmHWM is this process image's own peak; ru_maxrss would include the parent's, inherited over fork
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"done": done, "peak_rss_kb": peak}))
+"""
+
+
+def cold_start(kind: str, folder: Path, target: str, batch: int = 64) -> tuple[float, float]:
+    """Process start to first result (s), and the process's peak RSS (MB), in a fresh interpreter."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-c", _COLD_CHILD, kind, str(folder), target, str(batch)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["failed"])[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out["done"] - start, out["peak_rss_kb"] / 1024
+
+
+# ---------------------------------------------------------------- timing
+
+
+def _time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int) -> dict[str, np.ndarray]:
+    """Interleaved: each round calls every path once, in a rotating order."""
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup):
+            runners[name](x)
+    samples = {name: np.empty(runs) for name in names}
+    for r in range(runs):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            runners[name](x)
+            samples[name][r] = time.perf_counter() - start
+    return samples
+
+
+def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 10, threads: int | None = None,
+              batches: tuple[int, ...] = DEFAULT_BATCHES, cold: bool = True, roles: tuple[str, ...] = ("autoencoder", "encoder"),
+              progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Time every path of an export folder (and Keras, if asked), side by side."""
+    folder = Path(folder)
+    if runs < 3 or warmup < 0:
+        raise UsageError(f"runs must be at least 3 and warm-up at least 0, got {runs} and {warmup}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads must be at least 1, got {threads}")
+    if not batches or any(b < 1 for b in batches):
+        raise UsageError(f"batch sizes must be at least 1, got {batches}")
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest)
+    window = manifest["window"]
+    units = int(manifest["training"]["config"]["units"])
+    say = progress or (lambda _msg: None)
+    rate = matmul_rate()
+    results: list[PathResult] = []
+    baseline: dict[str, str] = {}
+    for role in roles:
+        candidates = [p for p in onnx_paths(folder, manifest) if p[1] == role]
+        if not candidates:
+            continue
+        baseline[role] = candidates[0][0]
+        runners: dict[str, Callable] = {}
+        entries: dict[str, PathResult] = {}
+        for name, _, path in candidates:
+            try:
+                runners[name] = _onnx_runner(path, threads)
+            except Exception as exc:  # a variant this onnxruntime cannot run is reported, not fatal
+                entries[name] = PathResult(name, role, "onnx", path.stat().st_size, error=str(exc).splitlines()[0][:160])
+                continue
+            entries[name] = PathResult(name, role, "onnx", path.stat().st_size)
+        if keras:
+            for name, runner in _keras_runners(folder, role, threads).items():
+                runners[name] = runner
+                entries[name] = PathResult(name, role, "keras", (folder / "model.keras").stat().st_size)
+        flops = model_flops(role, window["timesteps"], window["features"], units)
+        shape = (window["timesteps"], window["features"])
+        rng = np.random.default_rng(0)
+        say(f"{role}: batch 1, {runs} interleaved rounds over {len(runners)} paths")
+        lat = _time_rounds(runners, rng.uniform(0, 1, (1, *shape)).astype(np.float32), runs, warmup)
+        for name, s in lat.items():
+            entries[name].latency_us_median = float(np.median(s) * 1e6)
+            entries[name].latency_us_p99 = float(np.percentile(s, 99) * 1e6)
+        for batch in batches:
+            big_runs = max(3, min(runs, int(runs * 64 / batch) + 3))
+            say(f"{role}: batch {batch}, {big_runs} interleaved rounds")
+            samples = _time_rounds(runners, rng.uniform(0, 1, (batch, *shape)).astype(np.float32), big_runs, min(warmup, 2))
+            for name, s in samples.items():
+                seq_s = batch / float(np.median(s))
+                entries[name].throughput[str(batch)] = seq_s
+                entries[name].percent_of_matmul[str(batch)] = 100 * seq_s * flops / rate
+        base = entries[baseline[role]]
+        for entry in entries.values():
+            if entry.error or base.latency_us_median is None:
+                continue
+            entry.latency_ratio = entry.latency_us_median / base.latency_us_median
+            entry.throughput_ratio = {b: entry.throughput[b] / base.throughput[b] for b in entry.throughput}
+        if cold:
+            for name, entry in entries.items():
+                if entry.error:
+                    continue
+                say(f"{role}: cold start of {name}")
+                try:
+                    target = str(folder / name) if entry.kind == "onnx" else f"{role}:{name}"
+                    entry.cold_start_s, entry.peak_rss_mb = cold_start(entry.kind, folder, target)
+                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                    entry.error = f"cold start failed: {exc}"[:160]
+        results.extend(entries.values())
+    if not results:
+        raise UsageError(f"{folder}: no autoencoder or encoder ONNX files to benchmark")
+    return BenchReport(rate / 1e9, runs, threads, tuple(batches), baseline, results)

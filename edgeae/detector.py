@@ -1,0 +1,182 @@
+"""Anomaly detection on the reconstruction error: calibrate a threshold, measure detection.
+
+The score is `runtime.reconstruction_error`, the one formula the device uses too. The
+training side computes it from Keras reconstructions, the device from onnxruntime's; the
+threshold is placed midway between calibration scores, never on one, so the tiny parity
+error between the two cannot flip a calibration window from one side to the other.
+
+Only numpy is needed here (Keras is reached through the training object passed in).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError, UsageError
+
+SCORE_DESCRIPTION = "mean squared reconstruction error per window, each feature scaled as the model sees it"
+RULE = "anomalous when score > threshold"
+
+
+def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
+    """The threshold that leaves the lowest `quantile` of calibration scores unflagged.
+
+    With n scores, k = ceil(quantile * n) of them stay at or below the threshold, which
+    lies midway between the k-th smallest score and the next larger one (or, when none
+    is larger, above the largest by half its gap to the one below), so at most
+    (1 - quantile) of the calibration windows are flagged and none sits on the threshold.
+    """
+    if not 0.0 < quantile <= 1.0:
+        raise UsageError(f"threshold quantile must be in (0, 1], got {quantile!r}")
+    s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    if len(s) == 0:
+        raise DataError("no windows to calibrate the threshold on")
+    if not np.isfinite(s).all():
+        raise DataError("calibration scores are not all finite")
+    k = min(max(math.ceil(quantile * len(s) - 1e-9), 1), len(s))
+    kept = s[k - 1]
+    above = s[k:][s[k:] > kept]
+    if len(above):
+        middle = (kept + above[0]) / 2
+    else:
+        below = s[s < kept]
+        middle = kept + (kept - below[-1] if len(below) else max(abs(kept), 1e-12)) / 2
+    return float(max(middle, np.nextafter(kept, np.inf)))  # scores a float apart have no middle
+
+
+def keras_scores(training: Any, windows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Scores of raw windows as the training side sees them: Keras reconstructions, same formula."""
+    from .model import predict
+    from .runtime import reconstruction_error
+
+    pre = training.preprocessing
+    x = np.asarray(windows, dtype=np.float32)  # what the device's input check turns any input into
+    reconstruction = pre.invert(predict(training.autoencoder, pre.apply(x), batch_size))
+    return reconstruction_error(x, reconstruction, pre.arrays()["scale"])
+
+
+def calibrate(training: Any, quantile: float) -> dict[str, Any]:
+    """The manifest's `detector` record, calibrated on the validation windows if there are any."""
+    windows, on = training.validation_windows, "validation"
+    if len(windows) == 0:
+        windows, on = training.train_windows, "training"
+    scores = keras_scores(training, windows)
+    threshold = calibrate_threshold(scores, quantile)
+    record = {
+        "score": SCORE_DESCRIPTION,
+        "rule": RULE,
+        "threshold": threshold,
+        "quantile": float(quantile),
+        "calibrated_on": on,
+        "windows": len(scores),
+        "flagged": int((scores > threshold).sum()),
+        "scores": {"min": float(scores.min()), "median": float(np.median(scores)),
+                   "mean": float(scores.mean()), "max": float(scores.max())},
+    }
+    if on == "training":
+        record["note"] = ("no validation windows: calibrated on the training windows, whose errors are optimistic, "
+                          "so expect more flags on new data; train with --validation-fraction to calibrate honestly")
+    return record
+
+
+# ---------------------------------------------------------------- detection quality
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve: the chance an anomalous window outscores a normal one (ties count half)."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        raise DataError(f"ROC AUC needs anomalous and normal windows; got {positives} and {negatives}")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends):  # tied scores share their average rank
+        ranks[order[start:end]] = (start + end + 1) / 2
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Precision averaged over the recall steps of the ranking by score (highest first)."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    if not labels.any():
+        raise DataError("average precision needs at least one anomalous window")
+    order = np.argsort(-scores, kind="mergesort")
+    hits = labels[order]
+    # Tied scores are one threshold: evaluate only at the last window of each tie group.
+    last = np.r_[scores[order][1:] != scores[order][:-1], True]
+    tp = np.cumsum(hits)[last]
+    seen = (np.arange(1, len(scores) + 1))[last]
+    recall_steps = np.diff(np.r_[0, tp]) / labels.sum()
+    return float(np.sum(recall_steps * tp / seen))
+
+
+@dataclass(frozen=True)
+class Detection:
+    """How well flags and scores separate labelled anomalous windows from normal ones."""
+
+    windows: int
+    anomalous_windows: int
+    threshold: float
+    roc_auc: float
+    average_precision: float
+    precision: float
+    recall: float
+    f1: float
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    true_negatives: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.windows} windows, {self.anomalous_windows} labelled anomalous",
+            f"ROC AUC {self.roc_auc:.4f}, average precision {self.average_precision:.4f}",
+            (f"at threshold {self.threshold:.4g}: precision {self.precision:.4f}, recall {self.recall:.4f}, "
+             f"F1 {self.f1:.4f} (TP {self.true_positives}, FP {self.false_positives}, "
+             f"FN {self.false_negatives}, TN {self.true_negatives})"),
+        ]
+
+
+def detection_quality(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Detection:
+    """Ranking quality (ROC AUC, average precision) and flag quality at `threshold`."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    if scores.shape != labels.shape:
+        raise DataError(f"{len(scores)} scores but {len(labels)} labels")
+    flags = scores > threshold
+    tp, fp = int((flags & labels).sum()), int((flags & ~labels).sum())
+    fn, tn = int((~flags & labels).sum()), int((~flags & ~labels).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return Detection(len(scores), int(labels.sum()), float(threshold), roc_auc(scores, labels),
+                     average_precision(scores, labels), precision, recall, f1, tp, fp, fn, tn)
+
+
+def evaluate(model: Any, values: np.ndarray, labels: np.ndarray, stride: int = 1,
+             threshold: float | None = None) -> tuple[Detection, np.ndarray]:
+    """Score a labelled (time, features) series on the device runtime: (quality, window scores).
+
+    A window counts as anomalous when any of its rows is labelled anomalous.
+    """
+    from .data import make_windows, window_labels
+
+    if len(values) != len(labels):
+        raise DataError(f"{len(values)} rows of values but {len(labels)} labels")
+    windows = make_windows(np.asarray(values), model.timesteps, stride)
+    result = model.score(windows, threshold=threshold)
+    if result.threshold is None:
+        raise UsageError("this model set has no calibrated threshold; pass one, or export it again")
+    truth = window_labels(labels, model.timesteps, stride)
+    return detection_quality(result.scores, truth, result.threshold), result.scores

@@ -1,0 +1,257 @@
+"""Pictures of an export: windows against their reconstructions, the score over time with
+the threshold, the loss curves, and Keras-against-onnxruntime parity.
+
+matplotlib is optional (`edgeae[plot]`) and imported only here, inside the functions; the
+figures are drawn on matplotlib's Agg canvas directly, never through pyplot, so no global
+backend or figure state is touched. Scoring uses the device runtime, so a report needs
+numpy, onnxruntime and matplotlib, never TensorFlow.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError, UsageError, require
+
+PLOT_FILES = {
+    "reconstruction": "reconstruction.png",
+    "scores": "scores.png",
+    "loss": "loss.png",
+    "parity": "parity.png",
+}
+MAX_FEATURES_SHOWN = 6
+DPI = 100
+
+
+def _figure(width: float, height: float):
+    require("matplotlib", "plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def reconstruction_png(windows: np.ndarray, reconstructions: np.ndarray, columns: Sequence[str],
+                       titles: Sequence[str]) -> bytes:
+    """One column per window, one row per feature (the first few): input against reconstruction."""
+    windows, reconstructions = np.asarray(windows), np.asarray(reconstructions)
+    if windows.shape != reconstructions.shape or windows.ndim != 3 or len(windows) == 0:
+        raise DataError(f"need matching (n, timesteps, features) windows, got {windows.shape} "
+                        f"and {reconstructions.shape}")
+    n, steps, features = windows.shape
+    shown = min(features, MAX_FEATURES_SHOWN)
+    figure = _figure(3.2 * n + 0.8, 1.9 * shown + 0.8)
+    axes = figure.subplots(shown, n, squeeze=False, sharex=True)
+    for i in range(n):
+        for j in range(shown):
+            ax = axes[j, i]
+            ax.plot(np.arange(steps), windows[i, :, j], color="tab:blue", label="input")
+            ax.plot(np.arange(steps), reconstructions[i, :, j], color="tab:orange", linestyle="--",
+                    label="reconstruction")
+            if i == 0:
+                ax.set_ylabel(str(columns[j]) if j < len(columns) else f"feature {j}")
+            if j == 0:
+                ax.set_title(titles[i], fontsize=9)
+        axes[-1, i].set_xlabel("step")
+    axes[0, 0].legend(fontsize=8, loc="best")
+    note = f" (first {shown} of {features} features)" if shown < features else ""
+    figure.suptitle("Input windows and their reconstructions (onnxruntime)" + note)
+    return _png(figure)
+
+
+def scores_png(starts: np.ndarray, scores: np.ndarray, threshold: float | None,
+               labels: np.ndarray | None = None, spans: Sequence[tuple[float, float, str]] = (),
+               xlabel: str = "first row of the window") -> bytes:
+    """Score per window against its first row, the threshold line, flags, labelled anomalies."""
+    starts, scores = np.asarray(starts, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    figure = _figure(11, 4)
+    ax = figure.subplots()
+    for start, end, name in spans:
+        ax.axvspan(start, end, color="0.92", zorder=0)
+        ax.text((start + end) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+    if labels is not None and np.asarray(labels).any():
+        labelled = np.asarray(labels, dtype=bool)
+        ax.scatter(starts[labelled], scores[labelled], s=36, facecolors="none", edgecolors="tab:green",
+                   label="labelled anomalous", zorder=3)
+    ax.plot(starts, scores, color="tab:blue", marker="." if len(scores) < 200 else None, linewidth=0.8, label="score")
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.3g}")
+        flagged = scores > threshold
+        if flagged.any():
+            ax.scatter(starts[flagged], scores[flagged], s=10, color="tab:red", zorder=4,
+                       label=f"flagged ({int(flagged.sum())})")
+    if (scores > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("reconstruction error")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Anomaly score over time" + ("" if threshold is not None else " (no threshold in the manifest)"),
+                 pad=14 if spans else 6)
+    return _png(figure)
+
+
+def loss_png(history: dict[str, Sequence[float]], best_epoch: int | None = None) -> bytes:
+    """Training and validation loss per epoch, with the epoch whose weights were kept."""
+    if not history.get("loss"):
+        raise DataError("the training history has no loss values")
+    figure = _figure(8, 4)
+    ax = figure.subplots()
+    for key, name in (("loss", "training loss"), ("val_loss", "validation loss")):
+        values = np.asarray(history.get(key) or [], dtype=np.float64)
+        if len(values):
+            ax.plot(np.arange(1, len(values) + 1), values, marker="." if len(values) < 60 else None, label=name)
+    if best_epoch:
+        ax.axvline(best_epoch, color="0.5", linestyle=":", label=f"kept: epoch {best_epoch}")
+    all_values = np.concatenate([np.asarray(v, dtype=np.float64) for v in history.values() if len(v)])
+    if (all_values > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean squared error (model units)")
+    ax.legend(fontsize=8)
+    ax.set_title("Training history")
+    return _png(figure)
+
+
+def parity_png(report: dict[str, Any]) -> bytes:
+    """Max abs and range-relative error of every ONNX-against-Keras comparison, with the tolerance."""
+    results = list(report.get("results") or [])
+    check = report.get("encoder_matches_autoencoder")
+    if check:
+        results.append(check)
+    if not results:
+        raise DataError("the parity report holds no comparisons")
+    names = [f"{r['model']} [{r['provider']}] {r['dataset']}" for r in results]
+    floor = 1e-12  # an exact match (0) still needs a visible bar on a log axis
+    figure = _figure(11, 1.2 + 0.32 * len(results))
+    left, right = figure.subplots(1, 2, sharey=True)
+    y = np.arange(len(results))
+    for ax, key, title in ((left, "max_abs", "max abs error"), (right, "max_rel_range", "max error / output range")):
+        exact = [float(r[key]) for r in results]
+        colours = ["tab:green" if r.get("passed", True) else "tab:red" for r in results]
+        ax.barh(y, np.maximum(exact, floor), color=colours, left=floor / 10)
+        for row, value in zip(y, exact):
+            ax.text(max(value, floor), row, f" {value:.1e}" if value else " exact (0)", va="center", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+    tolerance = float(results[0]["tolerance_abs"])
+    left.axvline(tolerance, color="tab:red", linestyle="--", label=f"tolerance {tolerance:.0e}")
+    left.legend(fontsize=8, loc="lower right")
+    left.set_yticks(y, names, fontsize=8)
+    left.invert_yaxis()
+    verdict = "passed" if report.get("passed") else "FAILED"
+    figure.suptitle(f"onnxruntime against Keras: parity {verdict}")
+    return _png(figure)
+
+
+# ---------------------------------------------------------------- the report command
+
+
+def _pick_windows(scores: np.ndarray, count: int) -> np.ndarray:
+    """Windows worth looking at: the typical one, the worst one, and between."""
+    order = np.argsort(scores, kind="mergesort")
+    positions = np.unique(np.round(np.linspace(0.5, 1.0, max(count, 1)) * (len(order) - 1)).astype(int))
+    return order[positions]
+
+
+def _series_scores(model: Any, data: Path, columns: tuple[str, ...] | None, labels_column: str | None,
+                   stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+    """Windows of a user's series, their first rows, scores and (optional) labels."""
+    from .data import load_labels, load_series, make_windows, window_labels, window_starts
+
+    series = load_series(data, columns)
+    labels = load_labels(data, labels_column) if labels_column else None
+    if series.is_windows:
+        if labels is not None:
+            raise UsageError("--labels needs a series (one row per time step), not ready-made windows")
+        windows, starts = series.values, np.arange(len(series.values), dtype=np.float64)
+    else:
+        windows = make_windows(series.values, model.timesteps, stride, series.source)
+        starts = window_starts(len(series.values), model.timesteps, stride).astype(np.float64)
+        if labels is not None:
+            labels = window_labels(labels, model.timesteps, stride)
+    return windows, starts, np.asarray(model.score(windows).scores), labels, list(series.columns)
+
+
+def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] | None = None,
+           labels: str | None = None, out: Path | None = None, provider: str = "cpu",
+           windows_shown: int = 4) -> list[Path]:
+    """Write the four PNGs into the export folder (listed in its manifest) or into `out`.
+
+    Without `data`, the windows the model was trained and calibrated on are pictured.
+    Adding files to a published export happens under its lock: every listed file is
+    checked first, the PNGs are written atomically, and the manifest is rewritten last.
+    """
+    from . import runtime
+    from .artifacts import (
+        atomic_write_bytes, file_entry, folder_lock, read_json, read_manifest, verify_file, verify_files, write_manifest,
+    )
+
+    require("matplotlib", "plot")
+    export_dir = Path(export_dir).absolute()
+    if not export_dir.is_dir():
+        raise UsageError(f"export folder not found: {export_dir}")
+    # Only adding files to the export needs its lock; a read-only export can still be pictured elsewhere.
+    with folder_lock(export_dir) if out is None else contextlib.nullcontext():
+        manifest = read_manifest(export_dir)
+        if manifest.get("kind") != "export":
+            raise UsageError(f"{export_dir} is not an export folder (run edgeae export first)")
+        verify_files(export_dir, manifest)
+        model = runtime.load(export_dir, provider)
+        stride = int((manifest.get("window") or {}).get("stride", 1))
+        threshold = model.threshold
+        spans: list[tuple[float, float, str]] = []
+        xlabel = "first row of the window"
+        if data is not None:
+            windows, starts, scores, window_flags, names = _series_scores(model, Path(data), columns, labels, stride)
+        else:
+            with np.load(verify_file(export_dir, "parity_inputs.npz", manifest["files"].get("parity_inputs.npz")),
+                         allow_pickle=False) as saved:
+                train_w, val_w = saved["training"], saved["validation"]
+            windows = np.concatenate([train_w, val_w]) if len(val_w) else train_w
+            scores = np.asarray(model.score(windows).scores)
+            starts, window_flags = np.arange(len(windows), dtype=np.float64), None
+            spans = [(-0.5, len(train_w) - 0.5, "training windows")]
+            if len(val_w):
+                spans.append((len(train_w) - 0.5, len(windows) - 0.5, "validation windows (calibration)"))
+            names = list((manifest.get("training") or {}).get("data", {}).get("columns") or [])
+            xlabel = "window, in time order"
+        picked = _pick_windows(scores, windows_shown)
+        titles = [f"window at {starts[i]:g}: score {scores[i]:.3g}"
+                  + (" FLAGGED" if threshold is not None and scores[i] > threshold else "") for i in picked]
+        training = manifest.get("training") or {}
+        parity = read_json(verify_file(export_dir, "parity.json", manifest["files"].get("parity.json")), "parity report")
+        images = {
+            "reconstruction": reconstruction_png(windows[picked], model.reconstruct(windows[picked]), names, titles),
+            "scores": scores_png(starts, scores, threshold, window_flags, spans, xlabel),
+            "loss": loss_png(training.get("history") or {"loss": [training.get("final_loss")]},
+                             training.get("best_epoch")),
+            "parity": parity_png(parity),
+        }
+        target = export_dir if out is None else Path(out)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create {target}: {exc.strerror}") from None
+        written = []
+        for key, image in images.items():
+            path = target / PLOT_FILES[key]
+            atomic_write_bytes(path, image)
+            written.append(path)
+        if out is None:
+            for path in written:
+                manifest["files"][path.name] = file_entry(path, "plot")
+            write_manifest(export_dir, manifest)
+    return written

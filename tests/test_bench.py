@@ -1,0 +1,70 @@
+"""The benchmark runs and reports every path; no timing assertions (shared, noisy machines)."""
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from edgeae.bench import KERAS_PATHS, model_flops, run_bench
+from edgeae.cli import main
+from edgeae.errors import UsageError
+
+
+def test_flop_counts_match_the_seed_model():
+    assert model_flops("autoencoder", 10, 5, 100) == pytest.approx(2.45e6, rel=0.01)
+    assert model_flops("encoder", 10, 5, 100) == pytest.approx(0.84e6, rel=0.01)
+
+
+def test_bench_reports_every_path_with_ratios(tiny_export):
+    report = run_bench(tiny_export, keras=True, runs=5, warmup=1, batches=(8,), cold=False)
+    names = {(r.role, r.name) for r in report.results}
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    onnx_files = [n for n in manifest["files"] if n.endswith((".onnx", ".ort"))]
+    for name in onnx_files:
+        assert (name.split(".")[0], name) in names
+    for role in ("autoencoder", "encoder"):
+        for path in KERAS_PATHS:
+            assert (role, path) in names
+        base = next(r for r in report.results if r.role == role and r.name == report.baseline[role])
+        assert base.latency_ratio == pytest.approx(1.0)
+    for r in report.results:
+        assert r.error is None, r
+        assert r.latency_us_median > 0 and r.latency_us_p99 >= r.latency_us_median
+        assert r.throughput["8"] > 0 and r.percent_of_matmul["8"] > 0
+        assert r.latency_ratio > 0 and r.throughput_ratio["8"] > 0
+    assert report.machine_matmul_gflops > 0
+    assert "x base" in report.table()
+
+
+def test_cold_start_and_peak_memory_per_path(tiny_export):
+    report = run_bench(tiny_export, keras=True, runs=3, warmup=0, batches=(4,), cold=True, roles=("encoder",))
+    by_name = {r.name: r for r in report.results}
+    onnx, keras = by_name["encoder.onnx"], by_name["keras-predict"]
+    for r in (onnx, keras):
+        assert r.cold_start_s > 0 and r.peak_rss_mb > 10
+    # the runtime path never loads TensorFlow, so its process is far smaller
+    assert onnx.peak_rss_mb < keras.peak_rss_mb
+
+
+def test_bench_over_onnx_needs_no_tensorflow(tiny_export):
+    code = ("import sys\n"
+            "from edgeae.bench import run_bench\n"
+            f"run_bench({str(tiny_export)!r}, runs=3, warmup=0, batches=(2,), cold=False)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("kwargs", [{"runs": 1}, {"threads": 0}, {"batches": (0,)}])
+def test_bad_bench_options(tiny_export, kwargs):
+    with pytest.raises(UsageError):
+        run_bench(tiny_export, **kwargs)
+
+
+def test_bench_cli_json(tiny_export, tmp_path):
+    result = CliRunner().invoke(main, ["bench", str(tiny_export), "--runs", "3", "--warmup", "0", "--batch", "2",
+                                       "--no-cold-start", "--json", "--output", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["results"] and json.loads((tmp_path / "b.json").read_text()) == payload

@@ -1,0 +1,236 @@
+"""Edge variants: the clean graph, fp16, int8 and ORT format, their parity, publication and target report."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from edgeae import optimize
+from edgeae.artifacts import read_manifest, verify_files, write_manifest
+from edgeae.cli import main
+from edgeae.errors import EXIT_PARITY, IntegrityError
+from edgeae.model import predict
+from edgeae.optimize import DEFAULT_TOLERANCES, Tolerance
+
+CLEAN_OPS = {
+    "autoencoder": ["Min", "Max", "Transpose", "LSTM", "Expand", "LSTM", "Squeeze", "MatMul", "Add", "Transpose"],
+    "encoder": ["Min", "Max", "Transpose", "LSTM", "Squeeze"],
+}
+SCAFFOLDING = {"Shape", "Slice", "Concat", "Unsqueeze", "Tile", "Reshape", "Cast", "Gather"}
+CPU = ["CPUExecutionProvider"]
+
+
+def ops(path):
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def run(path, x):
+    return ort.InferenceSession(str(path), providers=CPU).run(None, {"sequence": x})[0]
+
+
+@pytest.fixture(scope="module")
+def parity_inputs(tiny_training):
+    from edgeae import pipeline
+
+    return pipeline.parity_inputs(tiny_training.train_windows, tiny_training.preprocessing, tiny_training.config.seed)
+
+
+# ---------------------------------------------------------------- the clean graph
+
+
+@pytest.mark.parametrize("role", ["autoencoder", "encoder"])
+def test_clean_graph_is_minimal_and_plain_export_is_kept(tiny_export, role):
+    assert ops(tiny_export / f"{role}.onnx") == CLEAN_OPS[role]
+    plain = ops(tiny_export / f"{role}.plain.onnx")
+    assert len(plain) > len(CLEAN_OPS[role]) and SCAFFOLDING & set(plain)
+    graph = onnx.load(str(tiny_export / f"{role}.onnx")).graph
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.input, *graph.output)]
+    assert all(d[0] == "batch" for d in dims)
+    assert [o.name for o in graph.output] == ["reconstruction" if role == "autoencoder" else "embedding"]
+    lstm = next(n for n in graph.node if n.op_type == "LSTM")
+    assert len(lstm.input) == 4 and lstm.output[0] == ""  # default zero state; the encoder's Y is not computed
+
+
+def test_clean_graph_keeps_scaling_and_matches_plain(scaled_export, rng):
+    auto = ops(scaled_export / "autoencoder.onnx")
+    assert auto[:4] == ["Min", "Max", "Sub", "Mul"] and auto[-2:] == ["Div", "Add"]
+    assert auto.count("MatMul") == 1 and not SCAFFOLDING & set(auto)
+    x = rng.uniform(-2000, 2000, (64, 8, 3)).astype(np.float32)
+    for role in ("autoencoder", "encoder"):
+        np.testing.assert_allclose(run(scaled_export / f"{role}.onnx", x), run(scaled_export / f"{role}.plain.onnx", x),
+                                   rtol=1e-6, atol=1e-5)
+
+
+def test_clean_graph_refuses_a_graph_it_does_not_know(tiny_export):
+    plain = onnx.load(str(tiny_export / "encoder.plain.onnx"))
+    with pytest.raises(optimize.GraphError, match="expected 2 LSTM"):
+        optimize.clean_graph(plain, "autoencoder")
+
+
+# ---------------------------------------------------------------- variants and their parity
+
+
+def test_manifest_records_every_variant(tiny_export):
+    manifest = read_manifest(tiny_export)
+    verify_files(tiny_export, manifest)
+    for role in ("autoencoder", "encoder"):
+        variants = manifest["variants"][role]
+        assert set(variants) == {"plain", "fp32", "fp16", "int8", "ort"}
+        assert variants["fp32"]["file"] == f"{role}.onnx" and variants["fp32"]["default"]
+        assert variants["fp32"]["source"] == f"{role}.plain.onnx"
+        for name, v in variants.items():
+            assert v["tolerance"] == DEFAULT_TOLERANCES[name].to_dict()
+            assert (v["file"] in manifest["files"]) == v["published"] == (tiny_export / v["file"]).exists()
+            assert v["bytes"] > 0 and v["nodes"] > 0 and v["opsets"]["ai.onnx"] == manifest["opset"]
+            tol = Tolerance(**v["tolerance"])
+            within = all((tol.abs is None or d["max_abs"] <= tol.abs) and
+                         (tol.rel_range is None or d["max_rel_range"] <= tol.rel_range)
+                         for d in v["parity"]["datasets"].values())
+            assert within == v["parity"]["passed"]
+            if name != "plain":
+                assert v["published"] == v["parity"]["passed"], v["parity"]["failures"]
+        assert variants["fp32"]["published"] and variants["ort"]["published"]
+        assert ("score" in variants["fp16"]["parity"]) == (role == "autoencoder")
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16", "int8", "ort"])
+def test_published_variants_match_keras_within_their_tolerance(tiny_export, tiny_training, parity_inputs, name):
+    manifest = read_manifest(tiny_export)
+    pre = tiny_training.preprocessing
+    scale = pre.arrays()["scale"]
+    tol = DEFAULT_TOLERANCES[name]
+    for role, keras_model in (("autoencoder", tiny_training.autoencoder), ("encoder", tiny_training.encoder)):
+        v = manifest["variants"][role][name]
+        if not v["published"]:
+            assert v["parity"]["failures"] and not (tiny_export / v["file"]).exists()
+            continue
+        for x in parity_inputs.values():
+            ref, out = predict(keras_model, pre.apply(x)), run(tiny_export / v["file"], x)
+            if role == "autoencoder":  # compared in model units, as verify does
+                ref, out = pre.invert(ref) * scale, out * scale
+            err = float(np.abs(out.astype(np.float64) - ref).max())
+            value_range = float(ref.max() - ref.min()) or max(float(np.abs(ref).max()), 1.0)
+            assert tol.abs is None or err <= tol.abs
+            assert tol.rel_range is None or err / value_range <= tol.rel_range
+
+
+def test_fp16_stores_half_weights_behind_float32_io(tiny_export):
+    model = onnx.load(str(tiny_export / "autoencoder.fp16.onnx"))
+    session = ort.InferenceSession(str(tiny_export / "autoencoder.fp16.onnx"), providers=CPU)
+    assert [i.type for i in session.get_inputs()] == ["tensor(float)"]
+    assert [o.type for o in session.get_outputs()] == ["tensor(float)"]
+    lstm_weights = {i for n in model.graph.node if n.op_type == "LSTM" for i in n.input[1:4]}
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert {types[w] for w in lstm_weights} == {onnx.TensorProto.FLOAT16}
+    assert types["preprocess/clip_low"] == onnx.TensorProto.FLOAT
+
+
+def test_int8_quantizes_the_lstms(tiny_export):
+    model = onnx.load(str(tiny_export / "encoder.int8.onnx"))
+    assert [n.op_type for n in model.graph.node].count("DynamicQuantizeLSTM") == 1
+    assert {o.domain: o.version for o in model.opset_import}.get("com.microsoft") == 1
+
+
+def test_ort_format_loads_and_matches_its_source(tiny_export, rng):
+    x = rng.uniform(-3, 3, (50, 6, 3)).astype(np.float32)
+    for role in ("autoencoder", "encoder"):
+        np.testing.assert_array_equal(run(tiny_export / f"{role}.ort", x), run(tiny_export / f"{role}.onnx", x))
+    config = (tiny_export / optimize.ORT_CONFIG_FILE).read_text()
+    assert "LSTM" in config and "/" not in "".join(line for line in config.splitlines() if line.startswith("# - "))
+
+
+# ---------------------------------------------------------------- target report
+
+
+def test_target_report_lists_every_node_and_provider(tiny_export):
+    targets = json.loads((tiny_export / optimize.TARGETS_FILE).read_text())
+    manifest = read_manifest(tiny_export)
+    published = {v["file"] for variants in manifest["variants"].values() for name, v in variants.items()
+                 if v["published"] and name != "plain"}
+    assert set(targets["models"]) == published
+    for file, report in targets["models"].items():
+        assert report["bytes"] == (tiny_export / file).stat().st_size
+        if file.endswith(".onnx"):
+            assert [row["name"] for row in report["node_list"]] == [n.name for n in onnx.load(str(tiny_export / file)).graph.node]
+        for row in report["node_list"]:
+            assert set(row["providers"]) == {"CPU", "CUDA", "NNAPI", "CoreML-MLProgram", "CoreML-NeuralNetwork"}
+            if "LSTM" in row["op"]:
+                assert row["providers"]["CUDA"] == "cpu-fallback" and row["providers"]["NNAPI"] == "no"
+        assert sum(report["summary"]["CPU"].values()) == report["nodes"] == len(report["node_list"])
+
+
+# ---------------------------------------------------------------- optimize on a folder
+
+
+def test_variant_missing_its_tolerance_is_not_published(export_copy):
+    result = optimize.optimize(export_copy, providers="cpu", tolerances={"int8": Tolerance(rel_range=1e-9)})
+    manifest = read_manifest(export_copy)
+    verify_files(export_copy, manifest)
+    for role in ("autoencoder", "encoder"):
+        entry = manifest["variants"][role]["int8"]
+        assert not entry["published"] and entry["parity"]["failures"]
+        assert not (export_copy / f"{role}.int8.onnx").exists() and f"{role}.int8.onnx" not in manifest["files"]
+        assert manifest["variants"][role]["fp16"]["published"]
+    assert any("int8" in line and "NOT published" in line for line in result.lines())
+    assert not any(f.endswith(".int8.onnx") for f in json.loads((export_copy / "targets.json").read_text())["models"])
+
+
+def test_optimize_upgrades_an_export_made_before_variants(export_copy):
+    manifest = read_manifest(export_copy)
+    for role in ("autoencoder", "encoder"):  # what an older export held: tf2onnx's graph as the default
+        (export_copy / f"{role}.plain.onnx").replace(export_copy / f"{role}.onnx")
+    for name in list(manifest["files"]):
+        if name.endswith((".plain.onnx", ".fp16.onnx", ".int8.onnx", ".ort", ".config")) or name == "targets.json":
+            (export_copy / name).unlink(missing_ok=True)
+            del manifest["files"][name]
+    from edgeae.artifacts import file_entry
+
+    for role in ("autoencoder", "encoder"):
+        manifest["files"][f"{role}.onnx"] = file_entry(export_copy / f"{role}.onnx", "onnx")
+        manifest["models"][role]["nodes"] = len(ops(export_copy / f"{role}.onnx"))
+    del manifest["variants"], manifest["targets"]
+    write_manifest(export_copy, manifest)
+    optimize.optimize(export_copy, providers="cpu")
+    after = read_manifest(export_copy)
+    verify_files(export_copy, after)
+    assert ops(export_copy / "autoencoder.onnx") == CLEAN_OPS["autoencoder"]
+    assert after["models"]["autoencoder"]["nodes"] == len(CLEAN_OPS["autoencoder"])
+    assert after["parity"]["passed"] and after["preprocessing"] == manifest["preprocessing"]
+    assert set(after["variants"]["encoder"]) == {"plain", "fp32", "fp16", "int8", "ort"}
+
+
+def test_optimize_refuses_a_tampered_export_and_changes_nothing(export_copy):
+    path = export_copy / "encoder.fp16.onnx"
+    path.write_bytes(path.read_bytes()[:-10])
+    before = {p.name: p.read_bytes() for p in export_copy.iterdir()}
+    with pytest.raises(IntegrityError, match="encoder.fp16.onnx"):
+        optimize.optimize(export_copy, providers="cpu")
+    assert {p.name: p.read_bytes() for p in export_copy.iterdir()} == before
+
+
+def test_cli_optimize_prints_variants_and_targets(export_copy):
+    runner = CliRunner()
+    assert "Example" in runner.invoke(main, ["optimize", "--help"]).output
+    result = runner.invoke(main, ["optimize", str(export_copy), "--provider", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "autoencoder/int8" in result.output and "NNAPI" in result.output and "published to" in result.output
+    result = runner.invoke(main, ["optimize", str(export_copy), "--provider", "cpu", "--json"], catch_exceptions=False)
+    payload = json.loads(result.stdout)
+    assert payload["variants"]["encoder"]["ort"]["published"]
+
+
+def test_strict_optimize_fails_when_a_variant_is_left_out(export_copy, monkeypatch):
+    monkeypatch.setitem(optimize.DEFAULT_TOLERANCES, "fp16", Tolerance(rel_range=1e-12))
+    result = CliRunner().invoke(main, ["optimize", str(export_copy), "--provider", "cpu", "--strict"])
+    assert result.exit_code == EXIT_PARITY
+    assert "fp16" in result.stderr and not (export_copy / "encoder.fp16.onnx").exists()
+
+
+def test_runtime_does_not_import_the_optimizer():
+    code = "import sys, edgeae.runtime; print('edgeae.optimize' in sys.modules, 'onnxruntime.quantization' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -1,0 +1,216 @@
+"""Artifacts exist whole and verified or not at all; every failure exits cleanly."""
+import errno
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeae import artifacts, pipeline, runtime
+from edgeae.cli import main
+from edgeae.errors import (
+    EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_USAGE, ExportExistsError, IntegrityError, LockedError, ParityError, UsageError,
+)
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def assert_untouched(folder, before):
+    assert snapshot(folder) == before
+    leftovers = [p.name for p in folder.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
+
+
+@pytest.fixture()
+def existing(export_copy):
+    return export_copy, snapshot(export_copy)
+
+
+def test_existing_export_is_kept_without_force(tiny_training, existing):
+    folder, before = existing
+    with pytest.raises(ExportExistsError, match="--force"):
+        pipeline.export(tiny_training, folder, providers="cpu")
+    assert_untouched(folder, before)
+
+
+def test_force_replaces_the_whole_folder(tiny_training, existing):
+    folder, _ = existing
+    (folder / "stray.txt").write_text("from an older export")
+    pipeline.export(tiny_training, folder, providers="cpu", force=True)
+    assert not (folder / "stray.txt").exists()
+    manifest = artifacts.read_manifest(folder)
+    artifacts.verify_files(folder, manifest)
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_parity_publishes_nothing(tiny_training, existing):
+    folder, before = existing
+    with pytest.raises(ParityError, match="nothing published"):
+        pipeline.export(tiny_training, folder, providers="cpu", atol=1e-15, force=True)
+    assert_untouched(folder, before)
+
+
+def test_interrupt_mid_export_keeps_the_old_export(tiny_training, existing, monkeypatch):
+    folder, before = existing
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "verify_models", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.export(tiny_training, folder, providers="cpu", force=True)
+    assert_untouched(folder, before)
+
+
+def test_full_disk_while_writing_the_manifest(tiny_training, existing, monkeypatch):
+    folder, before = existing
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_manifest", no_space)
+    with pytest.raises(OSError):
+        pipeline.export(tiny_training, folder, providers="cpu", force=True)
+    assert_untouched(folder, before)
+
+
+def test_full_disk_in_an_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError):
+        artifacts.atomic_write_json(target, {"new": 1})
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_unwritable_target_is_a_usage_error(tiny_training, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    with pytest.raises(UsageError, match="cannot write"):
+        pipeline.export(tiny_training, tmp_path / "out", providers="cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_target_under_a_file_is_a_usage_error(tiny_training, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError):
+        pipeline.export(tiny_training, tmp_path / "file" / "out", providers="cpu")
+    with pytest.raises(UsageError, match="not a folder"):
+        pipeline.export(tiny_training, tmp_path / "file", providers="cpu", force=True)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_second_writer_fails_on_the_lock(tiny_training, existing):
+    folder, before = existing
+    with artifacts.folder_lock(folder):
+        with pytest.raises(LockedError, match="another edgeae process"):
+            pipeline.export(tiny_training, folder, providers="cpu", force=True)
+        # and from another process, through the CLI
+        proc = subprocess.run([sys.executable, "-m", "edgeae.cli", "pipeline", "--epochs", "1", "--units", "2",
+                               "--quiet", "--force", "--out", str(folder)], capture_output=True, text=True)
+        assert proc.returncode == EXIT_USAGE, proc.stderr
+        assert "another edgeae process" in proc.stderr and "Traceback" not in proc.stderr
+    assert_untouched(folder, before)
+
+
+def test_interrupt_exit_code_and_debug_traceback(monkeypatch, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "train", interrupted)
+    result = CliRunner().invoke(main, ["pipeline", "--quiet", "--out", str(tmp_path / "x")])
+    assert result.exit_code == EXIT_INTERRUPTED
+    assert result.stderr.strip() == "error: interrupted; nothing was published"
+    result = CliRunner().invoke(main, ["--debug", "pipeline", "--quiet", "--out", str(tmp_path / "x")])
+    assert result.exit_code == EXIT_INTERRUPTED and "Traceback" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- safe loading
+
+
+def test_keras_model_with_a_lambda_layer_is_refused(tmp_path):
+    import keras
+
+    from edgeae import model
+
+    inputs = keras.Input((4, 2))
+    x = keras.layers.Lambda(lambda t: t * 2, name="encoder")(inputs)
+    unsafe = keras.Model(inputs, x)
+    unsafe.save(str(tmp_path / "model.keras"))
+    with pytest.raises(IntegrityError, match="model.keras"):
+        model.load(tmp_path / "model.keras")
+
+
+def test_export_refuses_an_unsafe_training_folder(tmp_path, tiny_export):
+    """A tampered model.keras in a training folder: refused by checksum, then by safe mode."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_export, run)
+    (run / "model.keras").write_bytes(b"PK\x03\x04 definitely not a keras archive")
+    result = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "out")])
+    assert result.exit_code == EXIT_INTEGRITY and "model.keras" in result.stderr
+    manifest = artifacts.read_manifest(run)
+    manifest["files"]["model.keras"] = artifacts.file_entry(run / "model.keras", "keras")
+    artifacts.write_manifest(run, manifest)
+    result = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "out")])
+    assert result.exit_code == EXIT_INTEGRITY and "model.keras" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _tiny_onnx(tmp_path, name, domain="", external=None):
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [2.0])
+    if external:
+        weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1])
+        weight.data_location = TensorProto.EXTERNAL
+        weight.external_data.add(key="location", value=external)
+    node = helper.make_node("Mul", ["sequence", "w"], ["out"], domain=domain)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("sequence", TensorProto.FLOAT, ["batch", 2, 2])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 2, 2])], [weight])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    path = tmp_path / name
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+    return path
+
+
+def test_external_data_outside_the_folder_is_refused(tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.float32(3).tobytes())
+    (tmp_path / "models").mkdir()
+    path = _tiny_onnx(tmp_path / "models", "m.onnx", external="../secret.bin")
+    with pytest.raises(IntegrityError, match="external data"):
+        runtime.load(path, "cpu")
+
+
+def test_foreign_operator_domain_is_refused(tmp_path):
+    path = _tiny_onnx(tmp_path, "m.onnx", domain="com.example.evil")
+    with pytest.raises(IntegrityError, match="com.example.evil"):
+        runtime.load(path, "cpu")
+    ok = _tiny_onnx(tmp_path, "ok.onnx")
+    assert runtime.OnnxModel(ok, "cpu").run(np.ones((2, 2))).tolist() == [[2, 2], [2, 2]]
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_same_seed_same_weights_same_onnx_outputs(tiny_config, tiny_training, tiny_export, tmp_path):
+    again = pipeline.train(tiny_config)
+    for a, b in zip(tiny_training.autoencoder.get_weights(), again.autoencoder.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    pipeline.export(again, tmp_path / "again", providers="cpu")
+    x = np.random.default_rng(0).uniform(0, 1, (50, 6, 3))
+    first, second = runtime.load(tiny_export, "cpu"), runtime.load(tmp_path / "again", "cpu")
+    np.testing.assert_array_equal(first.reconstruct(x), second.reconstruct(x))
+    np.testing.assert_array_equal(first.encode(x), second.encode(x))

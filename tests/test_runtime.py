@@ -1,0 +1,274 @@
+"""The runtime: numpy + onnxruntime only, preprocessing inside the graph, honest providers,
+every input checked before onnxruntime sees it."""
+import json
+import subprocess
+import sys
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgeae import runtime
+from edgeae.data import Preprocessing
+from edgeae.errors import DataError, IntegrityError, ProviderError, ShapeError, UsageError
+
+from .conftest import PROVIDERS, REPO
+
+HEAVY = ("tensorflow", "keras", "tf2onnx", "tf_keras")
+
+
+def test_importing_the_runtime_loads_no_tensorflow():
+    code = ("import sys, edgeae.runtime, edgeae.cli; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_runtime_cli_commands_load_no_tensorflow(tiny_export, tmp_path):
+    """encode/score through the real CLI entry point, with heavy modules made unimportable."""
+    np.save(tmp_path / "w.npy", np.zeros((2, 6, 3)))
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {HEAVY!r}: raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from edgeae.cli import main\n"
+        "main()\n"
+    )
+    for command in ("encode", "score", "reconstruct", "inspect"):
+        args = [command, str(tiny_export)] + ([str(tmp_path / "w.npy")] if command != "inspect" else []) + ["--provider", "cpu"]
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_default_install_has_no_training_dependencies():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = {d.split(">")[0].split("=")[0].split("[")[0].strip().lower() for d in project["dependencies"]}
+    assert names == {"numpy", "onnxruntime", "click"}
+    assert not names & {"tensorflow", "keras", "tf2onnx", "onnx", "tf-keras"}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_api_on_the_committed_export(provider):
+    model = runtime.load(REPO / "exported", provider)
+    seq = (np.arange(50) / 50).reshape(10, 5)
+    assert model.encode(seq).shape == (100,)
+    assert model.encode(np.stack([seq] * 3)).shape == (3, 100)
+    assert model.reconstruct(seq).shape == (10, 5)
+    assert np.abs(model.reconstruct(seq) - seq).max() <= 2.5e-2
+    single = model.score(seq)
+    assert single.scores.shape == ()
+    batch = model.score(np.stack([seq, seq * 3]))
+    assert batch.scores.shape == (2,) and batch.scores[1] > batch.scores[0]
+    assert float(single.scores) == pytest.approx(float(batch.scores[0]))
+
+
+def test_single_onnx_file_loads_without_a_manifest(tiny_export):
+    model = runtime.load(tiny_export / "encoder.onnx", "cpu")
+    assert list(model.models) == ["encoder"]
+    with pytest.raises(UsageError, match="no autoencoder"):
+        model.reconstruct(np.zeros((6, 3)))
+
+
+def _keras_side(export):
+    from edgeae import model as keras_model
+    from edgeae.pipeline import load_training
+
+    training = load_training(export)
+    pre = training.preprocessing
+    return training, pre, keras_model
+
+
+def test_preprocessing_parity_inside_and_far_outside_the_training_range(scaled_export, rng):
+    training, pre, km = _keras_side(scaled_export)
+    assert not pre.is_identity_scale and pre.clip_quantiles == (0.05, 0.95)
+    low, high = np.array(pre.clip_low), np.array(pre.clip_high)
+    span = high - low
+    inside = rng.uniform(low, high, (200, 8, 3))
+    outside = rng.uniform(low - 1000 * span, high + 1000 * span, (200, 8, 3))
+    model = runtime.load(scaled_export, "cpu")
+    for x in (inside, outside):
+        expected = pre.invert(km.predict(training.autoencoder, pre.apply(x)))
+        got = model.reconstruct(x)
+        assert np.abs(got - expected).max() <= 1e-5 * max(1.0, float(span.max()))
+        np.testing.assert_allclose(model.encode(x), km.predict(training.encoder, pre.apply(x)), atol=1e-5)
+    # far outside, clipping makes the model see the bounds: reconstructions stay in a sane range
+    assert np.abs(model.reconstruct(outside)).max() < 10 * np.abs(np.concatenate([low, high])).max()
+
+
+def test_manifest_records_the_preprocessing_in_plain_numbers(scaled_export):
+    manifest = json.loads((scaled_export / "manifest.json").read_text())
+    pre = Preprocessing.from_dict(manifest["preprocessing"])
+    assert pre.scaling == "minmax" and len(pre.clip_low) == 3
+    x = np.linspace(-5000, 5000, 8 * 3).reshape(1, 8, 3)
+    scaled = pre.apply(x)
+    assert scaled.min() >= -1e-6 and scaled.max() <= 1 + 1e-6
+
+
+def test_chunked_runs_match_one_big_run(tiny_export, rng):
+    model = runtime.load(tiny_export, "cpu")
+    x = rng.uniform(0, 1, (1001, 6, 3))
+    whole = model.reconstruct(x, chunk=4096)
+    np.testing.assert_array_equal(model.reconstruct(x, chunk=7), whole)
+    np.testing.assert_array_equal(model.encode(x, chunk=1), model.encode(x))
+    with pytest.raises(UsageError):
+        model.encode(x, chunk=0)
+
+
+def test_one_model_many_threads_same_results(tiny_export, rng):
+    model = runtime.load(tiny_export, "cpu")
+    batches = [rng.uniform(0, 1, (n, 6, 3)) for n in range(1, 41)]
+    serial = [model.reconstruct(b) for b in batches]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parallel = list(pool.map(model.reconstruct, batches))
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_node_placement_names_every_node(tiny_export):
+    import onnx
+
+    model = runtime.load(tiny_export, "cpu")
+    placement = model.models["autoencoder"].node_placement()
+    graph = onnx.load(str(tiny_export / "autoencoder.onnx")).graph
+    lstms = {n.name for n in graph.node if n.op_type == "LSTM"}
+    assert placement and set(placement.values()) == {"CPUExecutionProvider"}
+    assert set(placement) <= {n.name for n in graph.node}
+    assert len(lstms) == 2 and lstms <= set(placement)
+
+
+def test_providers_resolve_honestly(monkeypatch):
+    assert runtime.resolve_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(runtime, "available_providers", lambda: ["CPUExecutionProvider"])
+    assert runtime.resolve_providers("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(ProviderError, match="CUDAExecutionProvider requested; available: CPUExecutionProvider"):
+        runtime.resolve_providers("cuda")
+    with pytest.raises(ProviderError):
+        runtime.resolve_providers("tensorrt")
+    with pytest.raises(ProviderError):
+        runtime.resolve_providers([])
+    monkeypatch.setattr(runtime, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert runtime.resolve_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert runtime.resolve_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_silent_cuda_fallback_is_an_error(tiny_export, monkeypatch):
+    """onnxruntime would quietly run on the CPU; edgeae must not."""
+    monkeypatch.setattr(runtime, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine really has CUDA")
+    with pytest.raises(ProviderError):
+        runtime.load(tiny_export, "cuda")
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+BAD_INPUTS = [
+    ("str", "hello", DataError),
+    ("none", None, DataError),
+    ("dict", {"a": 1}, DataError),
+    ("bool dtype", np.ones((6, 3), dtype=bool), DataError),
+    ("complex", np.ones((6, 3), dtype=complex), DataError),
+    ("strings array", np.full((6, 3), "x"), DataError),
+    ("ragged list", [[1, 2, 3], [1, 2]], ShapeError),
+    ("scalar", 3.0, ShapeError),
+    ("1-d", np.ones(18), ShapeError),
+    ("4-d", np.ones((1, 1, 6, 3)), ShapeError),
+    ("wrong steps", np.ones((2, 7, 3)), ShapeError),
+    ("wrong features", np.ones((2, 6, 4)), ShapeError),
+    ("transposed", np.ones((3, 6)), ShapeError),
+    ("nan", np.where(np.eye(6, 3) > 0, np.nan, 0.0), DataError),
+    ("inf", np.full((2, 6, 3), np.inf), DataError),
+    ("overflows float32", np.full((6, 3), 1e300), DataError),
+    ("masked", np.ma.masked_array(np.ones((6, 3)), mask=np.eye(6, 3)), DataError),
+]
+
+
+@pytest.mark.parametrize("label, value, error", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_inputs_fail_clearly_before_onnxruntime(tiny_export, label, value, error):
+    model = runtime.load(tiny_export, "cpu")
+    for call in (model.encode, model.reconstruct, model.score):
+        with pytest.raises(error) as info:
+            call(value)
+        message = str(info.value)
+        assert "\n" not in message and len(message) < 300
+
+
+def test_shape_error_names_expected_and_actual(tiny_export):
+    model = runtime.load(tiny_export, "cpu")
+    with pytest.raises(ShapeError, match=r"expected \(batch, 6, 3\) or \(6, 3\), got \(3, 7, 3\)"):
+        model.encode(np.ones((3, 7, 3)))
+
+
+def test_odd_but_valid_inputs_work(tiny_export, rng):
+    model = runtime.load(tiny_export, "cpu")
+    x = rng.uniform(0, 1, (5, 6, 3))
+    expected = model.reconstruct(x.astype(np.float32))
+    variants = {
+        "float64": x,
+        "fortran order": np.asfortranarray(x),
+        "strided view": np.repeat(x, 2, axis=0)[::2],
+        "big-endian": x.astype(">f4"),
+        "read-only": np.require(x, requirements=["O"]).copy(),
+        "list": x.tolist(),
+        "float16": x.astype(np.float16),
+    }
+    variants["read-only"].setflags(write=False)
+    for label, value in variants.items():
+        tol = 1e-3 if label == "float16" else 1e-6
+        np.testing.assert_allclose(model.reconstruct(value), expected, atol=tol, err_msg=label)
+    assert model.reconstruct(np.zeros((5, 6, 3), dtype=np.int64)).shape == (5, 6, 3)
+    empty = model.encode(np.zeros((0, 6, 3)))
+    assert empty.shape == (0, 8)
+    assert model.score(np.zeros((0, 6, 3))).scores.shape == (0,)
+
+
+# ---------------------------------------------------------------- integrity
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "missing", "empty", "replace"])
+def test_damaged_files_are_refused_on_load(export_copy, damage):
+    path = export_copy / "autoencoder.onnx"
+    data = path.read_bytes()
+    if damage == "flip":
+        path.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    elif damage == "truncate":
+        path.write_bytes(data[: len(data) // 3])
+    elif damage == "missing":
+        path.unlink()
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_bytes((export_copy / "encoder.onnx").read_bytes())
+    with pytest.raises(IntegrityError) as info:
+        runtime.load(export_copy, "cpu")
+    assert "autoencoder.onnx" in str(info.value)
+
+
+def test_manifest_damage_is_refused(export_copy):
+    manifest = export_copy / "manifest.json"
+    edited = json.loads(manifest.read_text())
+    edited["detector"] = {"threshold": 1e9}
+    manifest.write_text(json.dumps(edited))
+    with pytest.raises(IntegrityError, match="modified after it was written"):
+        runtime.load(export_copy, "cpu")
+    manifest.write_text("{not json")
+    with pytest.raises(IntegrityError, match="not valid JSON"):
+        runtime.load(export_copy, "cpu")
+    from edgeae.artifacts import write_manifest
+
+    write_manifest(export_copy, {"files": {"../outside.onnx": {"sha256": "0" * 64}},
+                                 "models": {"encoder": {"file": "../outside.onnx"}}})
+    with pytest.raises(IntegrityError, match="outside its folder"):
+        runtime.load(export_copy, "cpu")
+
+
+def test_a_file_that_is_not_a_model_is_refused(tmp_path):
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"\x08\x07garbage" * 50)
+    with pytest.raises(IntegrityError, match="bogus.onnx"):
+        runtime.load(bogus, "cpu")
