@@ -91,7 +91,7 @@ def read_json(path: Path, what: str) -> dict:
     """Read a JSON object, turning every way it can be broken into one IntegrityError."""
     path = Path(path)
     if not path.is_file():
-        raise IntegrityError(f"{what} not found: {path}")
+        raise IntegrityError(f"{what} not found: {path} (not an edgeae folder, or the file is missing)")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise IntegrityError(f"{what} is implausibly large ({path.stat().st_size} bytes): {path}")
     try:
@@ -163,6 +163,27 @@ def publish_folder(stage: Path, target: Path) -> None:
         os.rename(stage, target)
         shutil.rmtree(old)
     _fsync_dir(target.parent)
+
+
+def check_target(target: Path, force: bool = False) -> None:
+    """Refuse early a target that staged_folder would refuse at the end of a long run."""
+    target = Path(target).absolute()
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target} exists and is not a folder")
+    if target.exists() and not force:
+        raise ExportExistsError(f"{target} exists; pass --force to replace it")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot create {target}: {parent} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to {parent}: {exc.strerror}") from None
+    with folder_lock(target) if target.parent.exists() else contextlib.nullcontext():
+        pass
 
 
 @contextlib.contextmanager

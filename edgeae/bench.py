@@ -1,7 +1,7 @@
 """Side-by-side speed: every deployment path timed in one run, interleaved, against a named baseline.
 
-Timing rounds visit every path in turn, so drift on a shared machine hits all paths
-alike. Keras and TensorFlow are imported only when Keras paths are asked for; over ONNX
+Timing rounds visit every path in turn (in short blocks), so drift on a shared machine
+hits all paths alike. Keras and TensorFlow are imported only when Keras paths are asked for; over ONNX
 files this needs nothing beyond the runtime install.
 """
 from __future__ import annotations
@@ -111,7 +111,7 @@ class BenchReport:
 def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path]]:
     """(name, role, file) for every ONNX/ORT model the export folder lists, baseline first."""
     found = []
-    for name, entry in manifest["files"].items():
+    for name in manifest["files"]:
         if name.endswith((".onnx", ".ort")):
             role = name.split(".")[0]
             if role in ("autoencoder", "encoder"):
@@ -119,12 +119,22 @@ def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path]]:
     return sorted(found, key=lambda t: (t[1], not t[0].endswith(BASELINE_SUFFIX), t[0]))
 
 
-def _onnx_runner(path: Path, threads: int | None) -> Callable[[np.ndarray], Any]:
+def _onnx_runner(path: Path, threads: int | None, baseline: bool) -> Callable[[np.ndarray], Any]:
+    """The baseline is what a user gets by hand: one onnxruntime session, one run per batch.
+    edgeae's own files run through `edgeae.runtime`, as an application would use them."""
+    import onnxruntime as ort
+
     from .runtime import OnnxModel
 
+    if baseline:
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x})
     model = OnnxModel(path, "cpu", threads=threads)
-    session, name = model.session, model.input_name
-    return lambda x: session.run(None, {name: x})
+    return model.run_windows
 
 
 def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Callable[[np.ndarray], Any]]:
@@ -191,20 +201,32 @@ def cold_start(kind: str, folder: Path, target: str, batch: int = 64) -> tuple[f
 # ---------------------------------------------------------------- timing
 
 
+BLOCK = 10
+
+
 def _time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int) -> dict[str, np.ndarray]:
-    """Interleaved: each round calls every path once, in a rotating order."""
+    """Interleaved in blocks: each round gives every path, in rotating order, one untimed call
+    and then up to BLOCK timed ones.
+
+    onnxruntime's idle pool threads keep spinning for a moment after a run; the untimed
+    call lets the previous path's threads go quiet, so no path is timed while another's
+    threads hold the cores, while drift over the run still hits every path alike.
+    """
     names = list(runners)
     for name in names:
         for _ in range(warmup):
             runners[name](x)
-    samples = {name: np.empty(runs) for name in names}
-    for r in range(runs):
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    rounds = -(-runs // BLOCK)
+    for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            start = time.perf_counter()
             runners[name](x)
-            samples[name][r] = time.perf_counter() - start
-    return samples
+            for _ in range(min(BLOCK, runs - r * BLOCK)):
+                start = time.perf_counter()
+                runners[name](x)
+                samples[name].append(time.perf_counter() - start)
+    return {name: np.asarray(values) for name, values in samples.items()}
 
 
 def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 10, threads: int | None = None,
@@ -235,7 +257,7 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         entries: dict[str, PathResult] = {}
         for name, _, path in candidates:
             try:
-                runners[name] = _onnx_runner(path, threads)
+                runners[name] = _onnx_runner(path, threads, baseline=name == baseline[role])
             except Exception as exc:  # a variant this onnxruntime cannot run is reported, not fatal
                 entries[name] = PathResult(name, role, "onnx", path.stat().st_size, error=str(exc).splitlines()[0][:160])
                 continue

@@ -15,8 +15,9 @@ import click
 import numpy as np
 
 from . import __version__
+from .artifacts import check_target
 from .errors import (
-    EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EdgeAEError, ExportExistsError, ShapeError,
+    EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EdgeAEError, ExportExistsError, ParityError, ShapeError,
 )
 
 DEFAULT_EXPORT = Path("exported")
@@ -78,6 +79,8 @@ def _jsonable(value: Any) -> Any:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 provider_option = click.option("--provider", default="auto", show_default=True,
                                help="auto (CUDA if available, else CPU), cpu or cuda.")
+variant_option = click.option("--variant", default="fp32", show_default=True,
+                              help="Which published model to run: fp32, fp16, int8, ort or plain.")
 
 
 @click.group(cls=EdgeGroup, context_settings={"help_option_names": ["-h", "--help"]},
@@ -208,10 +211,7 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
 
     quiet = kw["quiet"]
     config, data, columns = _config_and_data(kw)
-    if out.exists() and not force:
-        from .errors import ExportExistsError
-
-        raise ExportExistsError(f"{out} exists; pass --force to replace it")
+    check_target(out, force)  # fail before training, not after
     training = pipeline.train(config, data, columns, _progress(quiet, config.epochs))
     pipeline.save_training(training, out, force)
     summary = training.summary()
@@ -266,7 +266,6 @@ def verify(ctx: click.Context, export_dir: Path, atol: float, provider: str, as_
       edgeae verify exported --provider cpu --atol 1e-6
     """
     from . import pipeline
-    from .errors import ParityError
 
     report = pipeline.verify(export_dir, provider, atol)
     emit(ctx, report.to_dict(), _parity_lines(report))
@@ -293,7 +292,6 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
       edgeae optimize exported --provider cpu
     """
     from . import optimize as api
-    from .errors import ParityError
 
     result = api.optimize(export_dir, provider)
     emit(ctx, {"out": str(export_dir), **result.to_dict()}, [*result.lines(), f"published to {export_dir}"])
@@ -378,18 +376,19 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
 @provider_option
+@variant_option
 @json_option
 @click.pass_context
-def inspect(ctx: click.Context, model: Path, provider: str, as_json: bool) -> None:
+def inspect(ctx: click.Context, model: Path, provider: str, variant: str, as_json: bool) -> None:
     """Show an export's models, inputs/outputs and which provider runs each node.
 
     \b
     Example:
-      edgeae inspect exported --provider cuda
+      edgeae inspect exported --provider cuda --variant int8
     """
     from . import runtime
 
-    edge = runtime.load(model, provider)
+    edge = runtime.load(model, provider, variant=variant)
     info: dict[str, Any] = {"providers_available": runtime.available_providers(), "models": {}}
     lines = [f"available providers: {', '.join(info['providers_available'])}"]
     for role, m in edge.models.items():
@@ -471,13 +470,15 @@ def runtime_command(name: str, doc: str):
     @click.option("--threshold", type=float, default=None, help="score: flag windows above this (default: the manifest's).")
     @click.option("--force", is_flag=True, help="Replace an existing --output file.")
     @provider_option
+    @variant_option
     @json_option
     @click.pass_context
     def command(ctx: click.Context, model: Path, data: Path, output: Path | None, stride: int | None,
-                columns: str | None, threshold: float | None, force: bool, provider: str, as_json: bool) -> None:
+                columns: str | None, threshold: float | None, force: bool, provider: str, variant: str,
+                as_json: bool) -> None:
         from . import runtime
 
-        edge = runtime.load(model, provider)
+        edge = runtime.load(model, provider, variant=variant)
         stride = stride or int((edge.manifest.get("window") or {}).get("stride", 1))
         if output is not None and output.exists() and not force:  # before any work is done
             raise ExportExistsError(f"{output} exists; pass --force to replace it")

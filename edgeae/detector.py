@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,11 +59,37 @@ def keras_scores(training: Any, windows: np.ndarray, batch_size: int = 1024) -> 
     return reconstruction_error(x, reconstruction, pre.arrays()["scale"])
 
 
+def calibration_windows(training: Any) -> tuple[np.ndarray, str]:
+    """The validation windows, or the training windows (and a word saying so) when there are none."""
+    if len(training.validation_windows):
+        return training.validation_windows, "validation"
+    return training.train_windows, "training"
+
+
+def variant_thresholds(folder: Path, variants: dict[str, Any], training: Any, quantile: float) -> dict[str, Any]:
+    """A threshold per published autoencoder variant, calibrated on that variant's own scores.
+
+    fp16 and int8 reconstruct slightly differently from Keras; a threshold calibrated on
+    Keras scores would flag a different share of the same windows on a device running them.
+    """
+    from .runtime import OnnxModel, reconstruction_error
+
+    windows, _ = calibration_windows(training)
+    x = np.asarray(windows, dtype=np.float32)
+    scale = training.preprocessing.arrays()["scale"]
+    out: dict[str, Any] = {}
+    for name, entry in variants.items():
+        if name == "fp32" or not entry.get("published"):
+            continue
+        scores = reconstruction_error(x, OnnxModel(Path(folder) / entry["file"], "cpu").run_windows(x), scale)
+        threshold = calibrate_threshold(scores, quantile)
+        out[name] = {"threshold": threshold, "flagged": int((scores > threshold).sum())}
+    return out
+
+
 def calibrate(training: Any, quantile: float) -> dict[str, Any]:
     """The manifest's `detector` record, calibrated on the validation windows if there are any."""
-    windows, on = training.validation_windows, "validation"
-    if len(windows) == 0:
-        windows, on = training.train_windows, "training"
+    windows, on = calibration_windows(training)
     scores = keras_scores(training, windows)
     threshold = calibrate_threshold(scores, quantile)
     record = {

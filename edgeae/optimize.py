@@ -810,6 +810,11 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
         files.update(result.files)
         body = {k: v for k, v in manifest.items() if k not in ("format", "format_version")}
         body.update(files=files, models=models, variants=result.manifest_section(), targets=TARGETS_FILE)
+        if body.get("detector"):
+            from .detector import variant_thresholds
+
+            body["detector"] = {**body["detector"], "variants": variant_thresholds(
+                stage, result.manifest_section()["autoencoder"], training, body["detector"]["quantile"])}
         body["parity"] = {**parity, "passed": report.passed, "tolerance_abs": atol, "providers": provider_list,
                           "summary": report.summary(), "report": pipeline.PARITY_REPORT_FILE,
                           "encoder_matches_autoencoder_max_abs": report.encoder_matches_autoencoder.max_abs}

@@ -13,6 +13,17 @@ import numpy as np
 DEFAULT_ATOL = 1e-5
 
 
+def check_tolerance(atol: float) -> float:
+    """A tolerance must be a positive, finite number: anything else could never pass, or always would."""
+    import math
+
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not math.isfinite(atol) or atol <= 0:
+        from .errors import UsageError
+
+        raise UsageError(f"tolerance must be a positive number, got {atol!r}")
+    return float(atol)
+
+
 @dataclass(frozen=True)
 class ParityResult:
     """One comparison: a model, a provider, an input set."""

@@ -16,11 +16,12 @@ import numpy as np
 
 from . import __version__
 from .artifacts import (
-    file_entry, read_json, read_manifest, staged_folder, verify_file, verify_files, write_manifest, atomic_write_json,
+    atomic_write_json, check_target, file_entry, read_json, read_manifest, staged_folder, verify_file, verify_files,
+    write_manifest,
 )
 from .data import Preprocessing, Series, Windows, load_series, seed_sequence, window_series
 from .errors import ParityError, UsageError
-from .parity import DEFAULT_ATOL, ParityReport, compare
+from .parity import DEFAULT_ATOL, ParityReport, check_tolerance, compare
 
 KERAS_FILE = "model.keras"
 TRAINING_FILE = "training.json"
@@ -212,14 +213,13 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     """
     import onnx
 
-    from .detector import calibrate
+    from .detector import calibrate, variant_thresholds
     from .export import DEFAULT_OPSET, describe_io, export_model, opset_of
     from .model import save
     from .optimize import PLAIN_FILES, TARGETS_FILE, build_variants, clean_graph
 
     opset = DEFAULT_OPSET if opset is None else opset
-    if not (isinstance(atol, float) and atol > 0):
-        raise UsageError(f"tolerance must be a positive number, got {atol!r}")
+    atol = check_tolerance(atol)
     config, pre = training.config, training.preprocessing
     summary = training.summary()
     provider_list = verification_providers(providers)
@@ -252,6 +252,8 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
             (PARITY_INPUTS_FILE, "data"), (PARITY_REPORT_FILE, "report"))}
         variants = build_variants(stage, training, inputs, provider_list, atol)
         files.update(variants.files)
+        detector["variants"] = variant_thresholds(stage, variants.manifest_section()["autoencoder"], training,
+                                                  detector["quantile"])
         write_manifest(stage, {
             "kind": "export",
             "edgeae_version": __version__,
@@ -276,6 +278,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
 
 def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL) -> ParityReport:
     """Re-run parity on a published export folder against the Keras model stored in it."""
+    atol = check_tolerance(atol)
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest.get("kind") != "export":
@@ -292,10 +295,8 @@ def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str
                  progress: Callable[[int, dict[str, float]], None] | None = None) -> tuple[Path, ParityReport, Training]:
     """train -> export -> verify -> publish, refusing early if the target exists."""
     out = Path(out)
-    if out.exists() and not force:
-        from .errors import ExportExistsError
-
-        raise ExportExistsError(f"{out} exists; pass --force to replace it")
+    check_target(out, force)  # fail before minutes of training, not after
+    atol = check_tolerance(atol)
     training = train(config, data, columns, progress)
     path, report = export(training, out, opset, atol, providers, force)
     return path, report, training

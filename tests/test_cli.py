@@ -23,7 +23,8 @@ def one_line_error(result, code):
 
 def test_version_and_help():
     assert run("--version").output.startswith("edgeae, version")
-    for command in ("train", "export", "verify", "pipeline", "encode", "reconstruct", "score", "inspect"):
+    for command in ("train", "export", "verify", "pipeline", "encode", "reconstruct", "score", "inspect",
+                    "optimize", "bench", "evaluate", "demo", "report"):
         result = run(command, "--help")
         assert result.exit_code == 0 and "Example" in result.output
 

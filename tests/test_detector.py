@@ -125,7 +125,11 @@ def _new_readings(rows=200):
 def test_manifest_detector_record(sensor_export):
     training, out = sensor_export
     detector = json.loads((out / "manifest.json").read_text())["detector"]
-    assert set(detector) == {"score", "rule", "threshold", "quantile", "calibrated_on", "windows", "flagged", "scores"}
+    assert set(detector) == {"score", "rule", "threshold", "quantile", "calibrated_on", "windows", "flagged", "scores",
+                             "variants"}
+    assert set(detector["variants"]) == {"plain", "fp16", "int8", "ort"}
+    for record in detector["variants"].values():
+        assert record["threshold"] > 0 and record["flagged"] <= 0.05 * detector["windows"]
     assert detector["calibrated_on"] == "validation"
     assert detector["quantile"] == 0.95
     assert detector["windows"] == len(training.validation_windows) == (120 - 8) // 2 + 1

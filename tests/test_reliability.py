@@ -214,3 +214,27 @@ def test_same_seed_same_weights_same_onnx_outputs(tiny_config, tiny_training, ti
     first, second = runtime.load(tiny_export, "cpu"), runtime.load(tmp_path / "again", "cpu")
     np.testing.assert_array_equal(first.reconstruct(x), second.reconstruct(x))
     np.testing.assert_array_equal(first.encode(x), second.encode(x))
+
+
+def test_pipeline_refuses_a_bad_target_before_training(tiny_config, tmp_path, monkeypatch):
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("trained although the target could never be written")
+
+    monkeypatch.setattr(pipeline, "train", must_not_train)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportExistsError):
+        pipeline.run_pipeline(tiny_config, tmp_path / "taken")
+    with pytest.raises(UsageError, match="not a folder"):
+        pipeline.run_pipeline(tiny_config, tmp_path / "file" / "out")
+    with artifacts.folder_lock(tmp_path / "busy"):
+        with pytest.raises(LockedError):
+            pipeline.run_pipeline(tiny_config, tmp_path / "busy")
+    with pytest.raises(UsageError, match="tolerance"):
+        pipeline.run_pipeline(tiny_config, tmp_path / "new", atol=-1.0)
+
+
+@pytest.mark.parametrize("atol", [0.0, -1e-5, float("nan"), float("inf")])
+def test_impossible_tolerances_are_usage_errors(tiny_export, atol):
+    with pytest.raises(UsageError, match="tolerance"):
+        pipeline.verify(tiny_export, providers="cpu", atol=atol)

@@ -272,3 +272,38 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path):
     bogus.write_bytes(b"\x08\x07garbage" * 50)
     with pytest.raises(IntegrityError, match="bogus.onnx"):
         runtime.load(bogus, "cpu")
+
+
+@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8", "ort", "plain"])
+def test_every_published_variant_loads_and_scores_with_its_own_threshold(tiny_export, variant, rng):
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    model = runtime.load(tiny_export, "cpu", variant=variant)
+    assert model.variant == variant
+    expected_file = (manifest["models"]["autoencoder"]["file"] if variant == "fp32"
+                     else manifest["variants"]["autoencoder"][variant]["file"])
+    assert model.models["autoencoder"].name == expected_file
+    detector = manifest["detector"]
+    expected = detector["threshold"] if variant == "fp32" else detector["variants"][variant]["threshold"]
+    assert model.threshold == expected
+    x = rng.uniform(0, 1, (20, 6, 3))
+    reference = runtime.load(tiny_export, "cpu").reconstruct(x)
+    assert np.abs(model.reconstruct(x) - reference).max() < 0.05
+    result = model.score(x)
+    np.testing.assert_array_equal(result.flags, result.scores > expected)
+
+
+def test_variant_flags_agree_with_their_calibration(tiny_export):
+    """On the calibration windows each variant flags what its manifest record says it flags."""
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    with np.load(tiny_export / "parity_inputs.npz") as saved:
+        windows = saved["validation"] if len(saved["validation"]) else saved["training"]
+    for name, record in manifest["detector"]["variants"].items():
+        flags = runtime.load(tiny_export, "cpu", variant=name).score(windows).flags
+        assert int(flags.sum()) == record["flagged"], name
+
+
+def test_unknown_variant_is_a_usage_error(tiny_export):
+    with pytest.raises(UsageError, match="this export has: .*int8"):
+        runtime.load(tiny_export, "cpu", variant="int4")
+    with pytest.raises(UsageError):
+        runtime.load(tiny_export / "encoder.onnx", "cpu", variant="int8")
