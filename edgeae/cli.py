@@ -249,7 +249,7 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
     path, report = pipeline.export(pipeline.load_training(training_dir), out, opset, atol, provider, force,
                                    threshold_quantile)
     emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": folder_variants(path)},
-         [*_parity_lines(report), *folder_lines(path), *_detector_lines(path), f"exported to {path}"])
+         [*_parity_lines(report), *folder_lines(path, targets=False), *_detector_lines(path), f"exported to {path}"])
 
 
 @main.command()
@@ -331,7 +331,7 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, prov
         f"training reconstruction max abs error {summary['train_reconstruction_max_abs']:.3e}",
         *_early_stop_lines(summary),
         *_parity_lines(report),
-        *folder_lines(path),
+        *folder_lines(path, targets=False),
         *_detector_lines(path),
         f"exported to {path}",
     ])
@@ -408,7 +408,9 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, as_jso
     emit(ctx, info, lines)
 
 
-def _read_windows(path: Path, timesteps: int, features: int, stride: int, columns: str | None) -> np.ndarray:
+def _read_windows(path: Path, timesteps: int, features: int, stride: int,
+                  columns: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Windows from a file, and for a series the 0-based data row each window starts at."""
     from .data import load_series, make_windows
 
     cols = tuple(c.strip() for c in columns.split(",") if c.strip()) if columns else None
@@ -416,7 +418,10 @@ def _read_windows(path: Path, timesteps: int, features: int, stride: int, column
     if series.values.shape[-1] != features:
         raise ShapeError(f"{series.source}: {series.values.shape[-1]} column(s), the model expects {features} features"
                          " (choose them with --columns)")
-    return series.values if series.is_windows else make_windows(series.values, timesteps, stride, series.source)
+    if series.is_windows:
+        return series.values, None
+    windows = make_windows(series.values, timesteps, stride, series.source)
+    return windows, np.arange(len(windows)) * stride
 
 
 def _default_columns(edge: Any, data: Path) -> str | None:
@@ -482,7 +487,8 @@ def runtime_command(name: str, doc: str):
         stride = stride or int((edge.manifest.get("window") or {}).get("stride", 1))
         if output is not None and output.exists() and not force:  # before any work is done
             raise ExportExistsError(f"{output} exists; pass --force to replace it")
-        windows = _read_windows(data, edge.timesteps, edge.features, stride, columns or _default_columns(edge, data))
+        windows, starts = _read_windows(data, edge.timesteps, edge.features, stride,
+                                        columns or _default_columns(edge, data))
         if name == "encode":
             payload = {"embedding": edge.encode(windows)}
         elif name == "reconstruct":
@@ -492,6 +498,8 @@ def runtime_command(name: str, doc: str):
             payload = {"score": result.scores}
             if result.flags is not None:
                 payload["anomaly"] = result.flags.astype(np.int8)
+            if starts is not None:
+                payload["window_start"] = starts
         _write_result(ctx, payload, output)
 
     return command

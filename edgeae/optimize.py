@@ -827,8 +827,8 @@ def folder_variants(folder: Path) -> dict[str, Any]:
     return read_manifest(Path(folder)).get("variants") or {}
 
 
-def folder_lines(folder: Path) -> list[str]:
-    """The variants and target report of a published export, for the terminal."""
+def folder_lines(folder: Path, targets: bool = True) -> list[str]:
+    """The variants (and, unless `targets` is False, the target report) of a published export."""
     from .artifacts import read_json
 
     manifest = read_manifest(Path(folder))
@@ -836,5 +836,10 @@ def folder_lines(folder: Path) -> list[str]:
              for name in VARIANTS if name in variants]
     if not lines:
         return []
-    targets = read_json(Path(folder) / manifest["targets"], "target report") if manifest.get("targets") else {}
-    return ["variants (parity against Keras on verify's inputs):", *lines, *target_lines(targets)]
+    head = ["variants (parity against Keras on verify's inputs):", *lines]
+    if not manifest.get("targets"):
+        return head
+    if not targets:
+        return [*head, f"target report (providers per node, mobile checks): {Path(folder) / manifest['targets']}"
+                       " (edgeae optimize prints it)"]
+    return [*head, *target_lines(read_json(Path(folder) / manifest["targets"], "target report"))]

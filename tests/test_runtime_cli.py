@@ -50,10 +50,11 @@ def test_score_to_csv_with_flags(tiny_export, series_csv, tmp_path):
     result = run("score", tiny_export, path, "-o", out, "--threshold", "0.01")
     assert result.exit_code == 0, result.output
     lines = out.read_text().splitlines()
-    assert lines[0] == "score,anomaly" and len(lines) == 16
-    for line in lines[1:]:
-        score, flag = line.split(",")
+    assert lines[0] == "score,anomaly,window_start" and len(lines) == 16
+    for row, line in enumerate(lines[1:]):
+        score, flag, start = line.split(",")
         assert float(flag) == float(float(score) > 0.01)
+        assert float(start) == row
 
 
 def test_existing_output_is_kept_without_force(tiny_export, series_csv, tmp_path):
