@@ -316,7 +316,7 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, prov
     \b
     Example:
       edgeae pipeline --force                      # regenerate exported/
-      edgeae pipeline --epochs 20 --units 16 --out /tmp/small
+      edgeae pipeline --epochs 20 --units 16 --out runs/small
     """
     from . import pipeline as api
     from .optimize import folder_lines, folder_variants

@@ -238,3 +238,24 @@ def test_pipeline_refuses_a_bad_target_before_training(tiny_config, tmp_path, mo
 def test_impossible_tolerances_are_usage_errors(tiny_export, atol):
     with pytest.raises(UsageError, match="tolerance"):
         pipeline.verify(tiny_export, providers="cpu", atol=atol)
+
+
+def test_real_ctrl_c_during_export_keeps_the_old_export(existing):
+    """A real SIGINT to a running `edgeae pipeline --force`, sent while it writes its staging folder."""
+    import signal
+    import time
+
+    folder, before = existing
+    proc = subprocess.Popen([sys.executable, "-m", "edgeae.cli", "pipeline", "--epochs", "2", "--units", "4",
+                             "--timesteps", "6", "--features", "3", "--quiet", "--force", "--provider", "cpu",
+                             "--out", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(p.name.startswith(f".{folder.name}.staging-") for p in folder.parent.iterdir()):
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.01)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert stderr.strip().splitlines()[-1] == "error: interrupted; nothing was published"
+    assert_untouched(folder, before)
