@@ -256,18 +256,22 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
 @click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="Parity tolerance, max abs error.")
 @click.option("--provider", default="all", show_default=True, help="Providers to verify on: all, cpu or cuda.")
+@click.option("--against", type=click.Choice(["auto", "keras", "stored"]), default="auto", show_default=True,
+              help="keras: run the stored Keras model; stored: the Keras outputs saved at export (no TensorFlow "
+                   "needed); auto: keras where TensorFlow is installed.")
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, export_dir: Path, atol: float, provider: str, as_json: bool) -> None:
+def verify(ctx: click.Context, export_dir: Path, atol: float, provider: str, against: str, as_json: bool) -> None:
     """Re-check an export: files against the manifest, ONNX against Keras on every provider.
 
     \b
     Example:
       edgeae verify exported --provider cpu --atol 1e-6
+      edgeae verify exported --provider cuda --against stored   # on a device without TensorFlow
     """
     from . import pipeline
 
-    report = pipeline.verify(export_dir, provider, atol)
+    report = pipeline.verify(export_dir, provider, atol, against)
     emit(ctx, report.to_dict(), _parity_lines(report))
     if not report:
         raise ParityError("; ".join(report.failures()))

@@ -490,17 +490,6 @@ def write_ort_config(ort_files: list[Path], path: Path) -> None:
 # ---------------------------------------------------------------- parity
 
 
-def keras_references(training: Any, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Keras outputs on verify's inputs, in raw units, computed once for every variant."""
-    from .model import predict
-
-    pre = training.preprocessing
-    return {
-        "autoencoder": {k: pre.invert(predict(training.autoencoder, pre.apply(x))) for k, x in inputs.items()},
-        "encoder": {k: predict(training.encoder, pre.apply(x)) for k, x in inputs.items()},
-    }
-
-
 def variant_parity(path: Path, role: str, references: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
                    providers: list[str], tolerance: Tolerance, scale: np.ndarray) -> VariantParity:
     """Run one file on every input set and provider; the autoencoder in model units, as verify does."""
@@ -709,7 +698,8 @@ def target_lines(targets: dict[str, Any]) -> list[str]:
 
 
 def build_variants(stage: Path, training: Any, inputs: dict[str, np.ndarray], providers: list[str],
-                   atol: float = DEFAULT_ATOL, tolerances: dict[str, Tolerance] | None = None) -> Optimized:
+                   atol: float = DEFAULT_ATOL, tolerances: dict[str, Tolerance] | None = None,
+                   references: dict[str, dict[str, np.ndarray]] | None = None) -> Optimized:
     """Make fp16, int8 and ORT files from the clean graphs in `stage`, check every file, write the reports.
 
     `stage` must already hold `<role>.plain.onnx` and the clean `<role>.onnx`. A built variant
@@ -722,7 +712,9 @@ def build_variants(stage: Path, training: Any, inputs: dict[str, np.ndarray], pr
     if unknown:
         raise UsageError(f"no variant named {', '.join(sorted(unknown))} (variants: {', '.join(VARIANTS)})")
     tolerance = {**DEFAULT_TOLERANCES, **{n: Tolerance(abs=atol) for n in ("plain", "fp32", "ort")}, **(tolerances or {})}
-    references = keras_references(training, inputs)
+    from .pipeline import keras_references
+
+    references = references or keras_references(training, inputs)
     scale = training.preprocessing.arrays()["scale"]
     variants: list[Variant] = []
     described: dict[str, tuple[Any, str]] = {}
@@ -800,11 +792,12 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
         atol = float(parity.get("tolerance_abs", DEFAULT_ATOL))
         provider_list = pipeline.verification_providers(providers)
         inputs = pipeline.parity_inputs(training.train_windows, training.preprocessing, training.config.seed)
-        report = pipeline.verify_models(training, paths, inputs, provider_list, atol)
+        references = pipeline.keras_references(training, inputs)
+        report = pipeline.verify_models(training.preprocessing, references, paths, inputs, provider_list, atol)
         if not report:
             raise ParityError("the clean graph fails parity, nothing published: " + "; ".join(report.failures()))
         atomic_write_json(stage / pipeline.PARITY_REPORT_FILE, report.to_dict())
-        result = build_variants(stage, training, inputs, provider_list, atol, tolerances)
+        result = build_variants(stage, training, inputs, provider_list, atol, tolerances, references)
         files.update({path.name: file_entry(path, "onnx") for path in paths.values()})
         files[pipeline.PARITY_REPORT_FILE] = file_entry(stage / pipeline.PARITY_REPORT_FILE, "report")
         files.update(result.files)

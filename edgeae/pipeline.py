@@ -20,13 +20,14 @@ from .artifacts import (
     write_manifest,
 )
 from .data import Preprocessing, Series, Windows, load_series, seed_sequence, window_series
-from .errors import ParityError, UsageError
+from .errors import IntegrityError, ParityError, UsageError
 from .parity import DEFAULT_ATOL, ParityReport, check_tolerance, compare
 
 KERAS_FILE = "model.keras"
 TRAINING_FILE = "training.json"
 PARITY_INPUTS_FILE = "parity_inputs.npz"
 PARITY_REPORT_FILE = "parity.json"
+REFERENCE_FILE = "parity_reference.npz"
 ONNX_FILES = {"autoencoder": "autoencoder.onnx", "encoder": "encoder.onnx"}
 PARITY_SAMPLE = 1024
 RANDOM_BATCH = 300
@@ -155,22 +156,54 @@ def verification_providers(which: str) -> list[str]:
     return [resolve_providers(which)[0]]
 
 
-def verify_models(training: Training, onnx_paths: dict[str, Path], inputs: dict[str, np.ndarray],
-                  providers: list[str], atol: float = DEFAULT_ATOL) -> ParityReport:
-    """Compare both ONNX files with Keras on every input set and provider."""
-    import onnx
-
-    from .export import internal_encoding
+def keras_references(training: Training, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Keras outputs on verify's inputs, raw units: computed once, used for every file and stored."""
     from .model import predict
-    from .runtime import OnnxModel, placement_summary
 
     pre = training.preprocessing
-    references = {
+    return {
         "autoencoder": {k: pre.invert(predict(training.autoencoder, pre.apply(x))) for k, x in inputs.items()},
         "encoder": {k: predict(training.encoder, pre.apply(x)) for k, x in inputs.items()},
     }
+
+
+def save_references(path: Path, references: dict[str, dict[str, np.ndarray]]) -> None:
+    np.savez(path, **{f"{role}__{name}": out for role, outs in references.items() for name, out in outs.items()})
+
+
+def load_references(folder: Path, manifest: dict) -> dict[str, dict[str, np.ndarray]]:
+    """The Keras outputs stored at export, so a machine without TensorFlow can re-check parity."""
+    if REFERENCE_FILE not in manifest["files"]:
+        raise UsageError(f"{folder} holds no stored Keras outputs ({REFERENCE_FILE}); export it again with this edgeae")
+    references: dict[str, dict[str, np.ndarray]] = {}
+    try:
+        with np.load(verify_file(folder, REFERENCE_FILE, manifest["files"][REFERENCE_FILE]), allow_pickle=False) as saved:
+            for key in saved.files:
+                role, name = key.split("__", 1)
+                references.setdefault(role, {})[name] = saved[key]
+    except (ValueError, OSError) as exc:
+        raise IntegrityError(f"{REFERENCE_FILE}: unreadable ({exc})") from None
+    return references
+
+
+def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray]], onnx_paths: dict[str, Path],
+                  inputs: dict[str, np.ndarray], providers: list[str], atol: float = DEFAULT_ATOL,
+                  internal_check: bool = True) -> ParityReport:
+    """Compare both ONNX files with the Keras outputs on every input set and provider.
+
+    `internal_check` also proves the encoder equals the autoencoder's own encoding; it
+    edits the graph with onnx, which a runtime-only machine may not have.
+    """
+    from .runtime import OnnxModel, placement_summary
+
     results, placement, encoder_check = [], {}, None
-    internal = internal_encoding(onnx.load(str(onnx_paths["autoencoder"]))).SerializeToString()
+    internal = None
+    if internal_check:
+        import onnx
+
+        from .export import internal_encoding
+
+        internal = internal_encoding(onnx.load(str(onnx_paths["autoencoder"]))).SerializeToString()
     for provider in providers:
         short = "cuda" if provider.startswith("CUDA") else "cpu"
         for role, path in onnx_paths.items():
@@ -180,6 +213,8 @@ def verify_models(training: Training, onnx_paths: dict[str, Path], inputs: dict[
             for dataset, x in inputs.items():
                 results.append(compare(references[role][dataset], session.run_windows(x), model=role, provider=short,
                                        dataset=dataset, tolerance_abs=atol, scale=scale))
+        if internal is None:
+            continue
         both = OnnxModel(internal, [provider], name="autoencoder (internal encoding)")
         encoder = OnnxModel(onnx_paths["encoder"], [provider], name="encoder")
         x = np.concatenate([inputs["training"], inputs["in_range"], inputs["outside_range"]])
@@ -240,17 +275,19 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
             models[role] = {"file": ONNX_FILES[role], **describe_io(proto), "opset": opset_of(proto),
                             "nodes": len(proto.graph.node), "ops": ops}
         inputs = parity_inputs(training.train_windows, pre, config.seed)
-        report = verify_models(training, paths, inputs, provider_list, atol)
+        references = keras_references(training, inputs)
+        report = verify_models(pre, references, paths, inputs, provider_list, atol)
         if not report:
             raise ParityError("parity failed, nothing published: " + "; ".join(report.failures()))
         save(training.autoencoder, stage / KERAS_FILE)
         np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
                  validation=training.validation_windows.astype(np.float32))
+        save_references(stage / REFERENCE_FILE, references)
         atomic_write_json(stage / PARITY_REPORT_FILE, report.to_dict())
         files = {name: file_entry(stage / name, role) for name, role in (
             (ONNX_FILES["autoencoder"], "onnx"), (ONNX_FILES["encoder"], "onnx"), (KERAS_FILE, "keras"),
-            (PARITY_INPUTS_FILE, "data"), (PARITY_REPORT_FILE, "report"))}
-        variants = build_variants(stage, training, inputs, provider_list, atol)
+            (PARITY_INPUTS_FILE, "data"), (REFERENCE_FILE, "reference"), (PARITY_REPORT_FILE, "report"))}
+        variants = build_variants(stage, training, inputs, provider_list, atol, references=references)
         files.update(variants.files)
         detector["variants"] = variant_thresholds(stage, variants.manifest_section()["autoencoder"], training,
                                                   detector["quantile"])
@@ -276,18 +313,47 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     return Path(out), report
 
 
-def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL) -> ParityReport:
-    """Re-run parity on a published export folder against the Keras model stored in it."""
+def _installed(module: str) -> bool:
+    """Whether a module can be imported, without importing it (a broken install counts as absent)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, against: str = "auto") -> ParityReport:
+    """Re-run parity on a published export folder.
+
+    against="keras" runs the Keras model stored in the folder (needs edgeae[train]);
+    against="stored" compares with the Keras outputs saved at export, so a device or a GPU
+    machine with only the runtime installed can prove parity on its own providers;
+    "auto" takes Keras where TensorFlow is installed, the stored outputs otherwise.
+    """
     atol = check_tolerance(atol)
+    if against not in ("auto", "keras", "stored"):
+        raise UsageError(f"verify against 'auto', 'keras' or 'stored', got {against!r}")
+    if against == "auto":
+        against = "keras" if _installed("tensorflow") else "stored"
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest.get("kind") != "export":
         raise UsageError(f"{folder} is not an export folder (run edgeae export on it first)")
     verify_files(folder, manifest)
-    training = load_training(folder)
     paths = {role: folder / ONNX_FILES[role] for role in ONNX_FILES}
-    inputs = parity_inputs(training.train_windows, training.preprocessing, training.config.seed)
-    return verify_models(training, paths, inputs, verification_providers(providers), atol)
+    provider_list = verification_providers(providers)
+    if against == "keras":
+        training = load_training(folder)
+        inputs = parity_inputs(training.train_windows, training.preprocessing, training.config.seed)
+        return verify_models(training.preprocessing, keras_references(training, inputs), paths, inputs,
+                             provider_list, atol)
+    pre = Preprocessing.from_dict(manifest["preprocessing"])
+    with np.load(folder / PARITY_INPUTS_FILE, allow_pickle=False) as saved:
+        train_windows = saved["training"].astype(np.float64)
+    inputs = parity_inputs(train_windows, pre, int(manifest["training"]["config"]["seed"]))
+    return verify_models(pre, load_references(folder, manifest), paths, inputs, provider_list, atol,
+                         internal_check=_installed("onnx"))
 
 
 def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str, ...] | None = None,

@@ -80,3 +80,38 @@ def test_verify_fails_beyond_a_tight_tolerance(tiny_export):
     report = pipeline.verify(tiny_export, providers="cpu", atol=1e-12)
     assert not report
     assert any("autoencoder [cpu]" in line for line in report.failures())
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_stored_references_verify_without_tensorflow(tiny_export, provider):
+    """What a GPU machine or a device runs: parity against the Keras outputs saved at export,
+    with TensorFlow, Keras and tf2onnx unimportable."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'onnx'): raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from edgeae.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, "verify", str(tiny_export), "--provider", provider,
+                           "--against", "stored", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    stored = json.loads(proc.stdout)
+    keras = pipeline.verify(tiny_export, providers=provider, against="keras").to_dict()
+    assert stored["passed"] and stored["summary"].keys() == keras["summary"].keys()
+    for key, s in stored["summary"].items():
+        assert s["max_abs"] == pytest.approx(keras["summary"][key]["max_abs"], rel=1e-3, abs=1e-9)
+
+
+def test_stored_references_are_checked(export_copy):
+    from edgeae.errors import IntegrityError
+
+    path = export_copy / "parity_reference.npz"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(IntegrityError, match="parity_reference.npz"):
+        pipeline.verify(export_copy, providers="cpu", against="stored")
