@@ -50,10 +50,23 @@ def _umask() -> int:
     return mask
 
 
+def check_output_file(path: Path) -> Path:
+    """An output file's folder must exist and the path must not be a folder: checked before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
+    return path
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the new, never a torn one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path = check_output_file(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make a shared export unreadable
         with os.fdopen(fd, "wb") as handle:
@@ -160,9 +173,32 @@ def publish_folder(stage: Path, target: Path) -> None:
     else:
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.rename(target, old / target.name)
-        os.rename(stage, target)
+        try:
+            os.rename(stage, target)
+        except BaseException:
+            os.rename(old / target.name, target)  # put the previous export back before giving up
+            shutil.rmtree(old, ignore_errors=True)
+            raise
         shutil.rmtree(old)
     _fsync_dir(target.parent)
+
+
+def _check_replaceable(target: Path) -> None:
+    """--force replaces an edgeae folder or an empty one, never a folder of someone else's files."""
+    cwd = Path.cwd().resolve()
+    resolved = target.resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UsageError(f"refusing to replace {target}: it is the current folder or contains it")
+    if not any(target.iterdir()):
+        return
+    try:
+        manifest = json.loads((target / MANIFEST_NAME).read_text(encoding="utf-8"))
+        ours = isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+    except (OSError, UnicodeDecodeError, ValueError):
+        ours = False
+    if not ours:
+        raise UsageError(f"refusing to replace {target}: it is not an edgeae folder (no edgeae manifest.json); "
+                         "choose another --out or empty it yourself")
 
 
 def check_target(target: Path, force: bool = False) -> None:
@@ -172,6 +208,8 @@ def check_target(target: Path, force: bool = False) -> None:
         raise UsageError(f"{target} exists and is not a folder")
     if target.exists() and not force:
         raise ExportExistsError(f"{target} exists; pass --force to replace it")
+    if target.exists():
+        _check_replaceable(target)
     parent = target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -205,6 +243,8 @@ def staged_folder(target: Path, force: bool = False) -> Iterator[Path]:
     with folder_lock(target):
         if target.exists() and not force:
             raise ExportExistsError(f"{target} exists; pass --force to replace it")
+        if target.exists():
+            _check_replaceable(target)
         stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
         try:
             os.chmod(stage, 0o777 & ~_umask())
@@ -255,8 +295,10 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
 
 def read_manifest(folder: Path) -> dict:
     folder = Path(folder)
+    if folder.is_file():
+        raise UsageError(f"{folder} is a file; expected an edgeae folder (a training run or an export)")
     if not folder.is_dir():
-        raise UsageError(f"export folder not found: {folder}")
+        raise UsageError(f"folder not found: {folder}")
     manifest = read_json(folder / MANIFEST_NAME, "manifest")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise IntegrityError(f"{folder / MANIFEST_NAME} is not an edgeae manifest")

@@ -7,6 +7,7 @@ commands (encode, reconstruct, score, inspect) start without them.
 from __future__ import annotations
 
 import json
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ import click
 import numpy as np
 
 from . import __version__
-from .artifacts import check_target
+from .artifacts import check_output_file, check_target
 from .errors import (
-    EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EdgeAEError, ExportExistsError, ParityError, ShapeError,
+    EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EdgeAEError, ExportExistsError, ParityError,
+    UsageError,
 )
 
 DEFAULT_EXPORT = Path("exported")
@@ -26,6 +28,21 @@ DEFAULT_TRAINING = Path("runs/train")
 
 class EdgeGroup(click.Group):
     """Turns every failure into one line on stderr and its documented exit code."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """click's own usage errors (bad option, missing argument) become one `error:` line too."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()} (see --help)", err=True)
+            code = exc.exit_code
+        except click.exceptions.Abort:
+            click.echo("error: interrupted; nothing was published", err=True)
+            code = EXIT_INTERRUPTED
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -108,15 +125,15 @@ def training_options(fn):
         click.option("--data", type=click.Path(path_type=Path), default=None,
                      help="CSV (header, a column per feature) or NPY series/windows. Default: the seed sequence."),
         click.option("--columns", default=None, help="Comma-separated CSV column names (or indices) to use."),
-        click.option("--timesteps", type=int, default=d.timesteps, show_default=True, help="Window length."),
+        click.option("--timesteps", type=click.IntRange(1, 10**9), default=d.timesteps, show_default=True, help="Window length."),
         click.option("--features", type=int, default=None, help="Features per step [default: 5, or the data's column count]."),
-        click.option("--units", type=int, default=d.units, show_default=True, help="LSTM units (the embedding size)."),
+        click.option("--units", type=click.IntRange(1, 10**9), default=d.units, show_default=True, help="LSTM units (the embedding size)."),
         click.option("--activation", default=d.activation, show_default=True, help="LSTM activation."),
-        click.option("--epochs", type=int, default=d.epochs, show_default=True),
-        click.option("--batch-size", type=int, default=d.batch_size, show_default=True),
+        click.option("--epochs", type=click.IntRange(1, 10**9), default=d.epochs, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1, 10**9), default=d.batch_size, show_default=True),
         click.option("--learning-rate", type=float, default=d.learning_rate, show_default=True),
         click.option("--seed", type=int, default=d.seed, show_default=True, help="Random seed (deterministic on one machine)."),
-        click.option("--stride", type=int, default=d.stride, show_default=True, help="Step between windows of a series."),
+        click.option("--stride", type=click.IntRange(1, 10**9), default=d.stride, show_default=True, help="Step between windows of a series."),
         click.option("--validation-fraction", type=float, default=None,
                      help="Last part of the series (by time) held out for validation and threshold calibration "
                           f"[default: {DATA_VALIDATION_FRACTION} with --data, else 0]."),
@@ -246,6 +263,7 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
 
     from .optimize import folder_lines, folder_variants
 
+    check_target(out, force)  # before TensorFlow loads and the model runs
     path, report = pipeline.export(pipeline.load_training(training_dir), out, opset, atol, provider, force,
                                    threshold_quantile)
     emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": folder_variants(path)},
@@ -344,10 +362,10 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, prov
 @main.command()
 @click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
 @click.option("--keras", is_flag=True, help="Also time Keras predict and tf.function (with and without XLA).")
-@click.option("--runs", type=int, default=200, show_default=True, help="Timed rounds at batch 1 (fewer at large batches).")
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed calls per path before timing.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads [default: the library's own].")
-@click.option("--batch", "batches", type=int, multiple=True, default=(64, 4096), show_default=True,
+@click.option("--runs", type=click.IntRange(3, 10**7), default=200, show_default=True, help="Timed rounds at batch 1 (fewer at large batches).")
+@click.option("--warmup", type=click.IntRange(0, 10**6), default=10, show_default=True, help="Untimed calls per path before timing.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Intra-op threads [default: the library's own].")
+@click.option("--batch", "batches", type=click.IntRange(1, 10**9), multiple=True, default=(64, 4096), show_default=True,
               help="Throughput batch sizes (repeat the option).")
 @click.option("--no-cold-start", is_flag=True, help="Skip the per-path cold start and peak memory subprocesses.")
 @click.option("--role", type=click.Choice(["autoencoder", "encoder", "both"]), default="both", show_default=True)
@@ -367,6 +385,8 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
     from .bench import run_bench
 
     roles = ("autoencoder", "encoder") if role == "both" else (role,)
+    if output is not None:
+        check_output_file(output)
     report = run_bench(export_dir, keras, runs, warmup, threads, tuple(batches), not no_cold_start, roles,
                        progress=lambda msg: click.echo(msg, err=True))
     if output is not None:
@@ -412,58 +432,74 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, as_jso
     emit(ctx, info, lines)
 
 
-def _read_windows(path: Path, timesteps: int, features: int, stride: int,
+def _read_windows(edge: Any, path: Path, stride: int,
                   columns: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Windows from a file, and for a series the 0-based data row each window starts at."""
-    from .data import load_series, make_windows
+    from .data import load_features, make_windows, trained_columns, window_starts
 
-    cols = tuple(c.strip() for c in columns.split(",") if c.strip()) if columns else None
-    series = load_series(path, cols)
-    if series.values.shape[-1] != features:
-        raise ShapeError(f"{series.source}: {series.values.shape[-1]} column(s), the model expects {features} features"
-                         " (choose them with --columns)")
+    series = load_features(path, edge.features, _split_columns(columns), trained_columns(edge.manifest))
     if series.is_windows:
         return series.values, None
-    windows = make_windows(series.values, timesteps, stride, series.source)
-    return windows, np.arange(len(windows)) * stride
+    windows = make_windows(series.values, edge.timesteps, stride, series.source)
+    return windows, window_starts(len(series.values), edge.timesteps, stride)
 
 
-def _default_columns(edge: Any, data: Path) -> str | None:
-    """A CSV is read by the column names the model was trained on, when the manifest knows them."""
-    info = (edge.manifest.get("training") or {}).get("data") or {}
-    names = info.get("columns")
-    if data.suffix.lower() == ".csv" and str(info.get("source", "")).lower().endswith(".csv") and names:
-        return ",".join(names)
-    return None
+OUTPUT_SUFFIXES = (".csv", ".npy", ".npz", ".json")
+
+
+def _check_output(output: Path | None, force: bool, single_array: bool) -> None:
+    """Every way an --output can fail is found before any work is done."""
+    from .artifacts import check_output_file
+
+    if output is None:
+        return
+    check_output_file(output)
+    suffix = output.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise UsageError(f"{output.name}: --output must end in {', '.join(OUTPUT_SUFFIXES)}")
+    if suffix == ".npy" and not single_array:
+        raise UsageError(f"{output.name}: this command writes several arrays; use .csv, .json or .npz")
+    if output.exists() and not force:
+        raise ExportExistsError(f"{output} exists; pass --force to replace it")
+
+
+def _csv_bytes(payload: dict[str, np.ndarray]) -> bytes:
+    """One row per window; integer columns (flags, start rows) stay integers."""
+    rows = len(next(iter(payload.values())))
+    header: list[str] = []
+    columns: list[list[str]] = []
+    for key, value in payload.items():
+        flat = np.asarray(value).reshape(rows, -1)
+        header += [key] if flat.shape[1] == 1 else [f"{key}_{i}" for i in range(flat.shape[1])]
+        text = str if flat.dtype.kind in "iub" else (lambda v: repr(float(v)))
+        columns += [[text(v) for v in flat[:, j]] for j in range(flat.shape[1])]
+    lines = [",".join(header)] + [",".join(cells) for cells in zip(*columns)]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _write_result(ctx: click.Context, payload: dict[str, np.ndarray], output: Path | None) -> None:
+    import io
+
     from .artifacts import atomic_write_bytes, dumps_json
 
     if output is None:
         emit(ctx, {k: v for k, v in payload.items()}, [json.dumps({k: _jsonable(v) for k, v in payload.items()})])
         return
     suffix = output.suffix.lower()
-    main_value = next(iter(payload.values()))
-    if suffix == ".npy":
-        import io
-
+    rows = len(next(iter(payload.values())))
+    if suffix in (".npy", ".npz"):
         buffer = io.BytesIO()
-        np.save(buffer, main_value)
+        if suffix == ".npy":
+            np.save(buffer, next(iter(payload.values())))
+        else:
+            np.savez(buffer, **payload)
         atomic_write_bytes(output, buffer.getvalue())
     elif suffix == ".csv":
-        table = np.column_stack([np.asarray(v, dtype=np.float64).reshape(len(main_value), -1) for v in payload.values()])
-        header = []
-        for k, v in payload.items():
-            width = int(np.prod(np.asarray(v).shape[1:]))
-            header += [k] if width == 1 else [f"{k}_{i}" for i in range(width)]
-        body = "\n".join(",".join(repr(float(x)) for x in row) for row in table)
-        atomic_write_bytes(output, (",".join(header) + "\n" + body + "\n").encode())
-    elif suffix == ".json":
-        atomic_write_bytes(output, dumps_json({k: _jsonable(v) for k, v in payload.items()}).encode())
+        atomic_write_bytes(output, _csv_bytes(payload))
     else:
-        raise click.BadParameter(f"{output.name}: write .csv, .npy or .json", param_hint="--output")
-    click.echo(f"wrote {len(main_value)} rows to {output}", err=True)
+        atomic_write_bytes(output, dumps_json({k: _jsonable(v) for k, v in payload.items()}).encode())
+    emit(ctx, {"output": str(output), "rows": rows, "arrays": list(payload)}, [])
+    click.echo(f"wrote {rows} rows to {output}", err=True)
 
 
 def runtime_command(name: str, doc: str):
@@ -473,8 +509,8 @@ def runtime_command(name: str, doc: str):
     @click.argument("model", type=click.Path(path_type=Path))
     @click.argument("data", type=click.Path(path_type=Path))
     @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-                  help="Write .csv, .npy or .json (default: JSON on stdout).")
-    @click.option("--stride", type=int, default=None, help="Window stride for a series [default: the manifest's].")
+                  help="Write .csv, .json, .npz, or .npy for one array (default: JSON on stdout).")
+    @click.option("--stride", type=click.IntRange(1, 10**9), default=None, help="Window stride for a series [default: the manifest's].")
     @click.option("--columns", default=None, help="Comma-separated CSV columns to use.")
     @click.option("--threshold", type=float, default=None, help="score: flag windows above this (default: the manifest's).")
     @click.option("--force", is_flag=True, help="Replace an existing --output file.")
@@ -488,11 +524,10 @@ def runtime_command(name: str, doc: str):
         from . import runtime
 
         edge = runtime.load(model, provider, variant=variant)
-        stride = stride or int((edge.manifest.get("window") or {}).get("stride", 1))
-        if output is not None and output.exists() and not force:  # before any work is done
-            raise ExportExistsError(f"{output} exists; pass --force to replace it")
-        windows, starts = _read_windows(data, edge.timesteps, edge.features, stride,
-                                        columns or _default_columns(edge, data))
+        if stride is None:
+            stride = int((edge.manifest.get("window") or {}).get("stride", 1))
+        _check_output(output, force, single_array=name != "score")
+        windows, starts = _read_windows(edge, data, stride, columns)
         if name == "encode":
             payload = {"embedding": edge.encode(windows)}
         elif name == "reconstruct":
@@ -526,7 +561,7 @@ def _split_columns(columns: str | None) -> tuple[str, ...] | None:
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--labels", "labels_column", required=True, help="CSV column holding 1 for anomalous rows, 0 for normal.")
 @click.option("--columns", default=None, help="Comma-separated CSV feature columns (as at training).")
-@click.option("--stride", type=int, default=1, show_default=True, help="Step between scored windows.")
+@click.option("--stride", type=click.IntRange(1, 10**9), default=1, show_default=True, help="Step between scored windows.")
 @click.option("--threshold", type=float, default=None, help="Flag above this [default: the manifest's].")
 @provider_option
 @json_option
@@ -542,23 +577,24 @@ def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: st
       edgeae evaluate exported test.csv --columns temp,pressure --labels is_anomaly
     """
     from . import runtime
-    from .data import load_labels, load_series
+    from .data import load_features, load_labels, trained_columns
     from .detector import evaluate as run_evaluation
 
     model = runtime.load(export_dir, provider)
-    series = load_series(data, _split_columns(columns))
+    series = load_features(data, model.features, _split_columns(columns), trained_columns(model.manifest),
+                           exclude=(labels_column,))
     if series.is_windows:
-        raise click.BadParameter("needs a series (one row per time step) with a label column", param_hint="DATA")
+        raise UsageError(f"{series.source}: evaluate needs a series (one row per time step) with a label column")
     detection, _ = run_evaluation(model, series.values, load_labels(data, labels_column), stride, threshold)
     emit(ctx, detection.to_dict(), detection.lines())
 
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--epochs", type=int, default=None, help="Training epochs [default: 150, with early stopping].")
-@click.option("--units", type=int, default=None, help="LSTM units [default: 32].")
-@click.option("--timesteps", type=int, default=None, help="Window length [default: 64].")
-@click.option("--stride", type=int, default=None, help="Step between training windows [default: 1].")
+@click.option("--epochs", type=click.IntRange(1, 10**9), default=None, help="Training epochs [default: 150, with early stopping].")
+@click.option("--units", type=click.IntRange(1, 10**9), default=None, help="LSTM units [default: 32].")
+@click.option("--timesteps", type=click.IntRange(1, 10**9), default=None, help="Window length [default: 64].")
+@click.option("--stride", type=click.IntRange(1, 10**9), default=None, help="Step between training windows [default: 1].")
 @click.option("--threshold-quantile", type=float, default=None, help="Threshold quantile [default: 0.99].")
 @click.option("--force", is_flag=True, help="Replace an existing export at --out.")
 @click.option("--quiet", is_flag=True, help="No progress output.")

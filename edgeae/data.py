@@ -102,6 +102,9 @@ def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
         raise DataError(f"{source}: the file is empty")
     header_line, header_row = lines[0]
     header = [h.strip() for h in header_row]
+    if len(header) == 1 and any(sep in header[0] for sep in (";", "\t")):
+        raise DataError(f"{source}: the header is one column {header[0][:40]!r}; edgeae reads comma-separated "
+                        "files, and this one looks separated by ';' or tabs")
     if all(_looks_numeric(h) for h in header):
         raise DataError(f"{source}: row {header_line} holds numbers, expected a header row naming the columns")
     if len(lines) == 1:
@@ -187,6 +190,33 @@ def load_series(path: Path, columns: tuple[str, ...] | None = None) -> Series:
             raise DataError(f"{path.name}: a column is chosen twice ({','.join(columns)})")
         return Series(series.values[..., picked], tuple(columns), series.source)
     raise UsageError(f"{path.name}: expected a .csv or .npy file")
+
+
+def trained_columns(manifest: dict) -> tuple[str, ...] | None:
+    """The CSV columns a model was trained on, as its manifest records them (None for other data)."""
+    info = (manifest.get("training") or {}).get("data") or {}
+    names = info.get("columns")
+    if names and str(info.get("source", "")).lower().endswith(".csv"):
+        return tuple(str(n) for n in names)
+    return None
+
+
+def load_features(path: Path, features: int, columns: tuple[str, ...] | None = None,
+                  trained: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> Series:
+    """A model's input columns from a data file, checked against the feature count it expects.
+
+    The columns asked for win; else a CSV is read by the columns the model was trained on;
+    else every column but `exclude` (a label column is never a feature).
+    """
+    path = Path(path)
+    chosen = columns or (trained if path.suffix.lower() == ".csv" else None)
+    series = load_series(path, chosen)
+    if not chosen and exclude and set(exclude) & set(series.columns):
+        series = load_series(path, tuple(c for c in series.columns if c not in exclude))
+    if series.values.shape[-1] != features:
+        raise ShapeError(f"{series.source}: {series.values.shape[-1]} feature column(s), the model expects {features}"
+                         " (choose them with --columns)")
+    return series
 
 
 def load_labels(path: Path, column: str) -> np.ndarray:

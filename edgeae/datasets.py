@@ -127,14 +127,13 @@ def demo(out: Path, config: Any = None, providers: str = "cpu", force: bool = Fa
          progress: Callable[[int | None, dict[str, float]], None] | None = None) -> DemoResult:
     """Train on the normal part, export with a calibrated threshold, score the rest on the runtime."""
     from . import pipeline, runtime
+    from .artifacts import check_target
     from .detector import evaluate
-    from .errors import ExportExistsError
 
     dataset = internal_bleeding()
     config = config or demo_config()
     out = Path(out)
-    if out.exists() and not force:
-        raise ExportExistsError(f"{out} exists; pass --force to replace it")
+    check_target(out, force)  # before minutes of training
     start = time.perf_counter()
     training = pipeline.train(config, dataset.train_file, dataset.columns, progress)
     train_seconds = time.perf_counter() - start

@@ -48,15 +48,12 @@ def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
     return float(max(middle, np.nextafter(kept, np.inf)))  # scores a float apart have no middle
 
 
-def keras_scores(training: Any, windows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def keras_scores(training: Any, windows: np.ndarray) -> np.ndarray:
     """Scores of raw windows as the training side sees them: Keras reconstructions, same formula."""
-    from .model import predict
     from .runtime import reconstruction_error
 
-    pre = training.preprocessing
     x = np.asarray(windows, dtype=np.float32)  # what the device's input check turns any input into
-    reconstruction = pre.invert(predict(training.autoencoder, pre.apply(x), batch_size))
-    return reconstruction_error(x, reconstruction, pre.arrays()["scale"])
+    return reconstruction_error(x, training.reconstruct(x), training.preprocessing.arrays()["scale"])
 
 
 def calibration_windows(training: Any) -> tuple[np.ndarray, str]:

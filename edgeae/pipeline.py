@@ -6,6 +6,7 @@ Each public function here is what one CLI command calls. Folders are written thr
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import platform
 from dataclasses import dataclass
 from importlib import metadata
@@ -48,10 +49,16 @@ class Training:
     validation_windows: np.ndarray  # raw units, possibly empty
     data: dict[str, Any]
 
-    def summary(self) -> dict[str, Any]:
+    def reconstruct(self, windows: np.ndarray) -> np.ndarray:
+        """Keras reconstructions of raw windows, in raw units: the training side's reference."""
         from .model import predict
 
-        recon = self.preprocessing.invert(predict(self.autoencoder, self.preprocessing.apply(self.train_windows)))
+        pre = self.preprocessing
+        return pre.invert(predict(self.autoencoder, pre.apply(windows)))
+
+    @functools.cached_property
+    def _summary(self) -> dict[str, Any]:
+        recon = self.reconstruct(self.train_windows)
         return {
             "config": self.config.to_dict(),
             "parameters": int(self.autoencoder.count_params()),
@@ -62,6 +69,10 @@ class Training:
             "train_reconstruction_max_abs": float(np.abs(recon - self.train_windows).max()),
             "data": self.data,
         }
+
+    def summary(self) -> dict[str, Any]:
+        """What the manifest and the terminal say about the training (computed once)."""
+        return dict(self._summary)
 
 
 # ---------------------------------------------------------------- data
@@ -162,7 +173,7 @@ def keras_references(training: Training, inputs: dict[str, np.ndarray]) -> dict[
 
     pre = training.preprocessing
     return {
-        "autoencoder": {k: pre.invert(predict(training.autoencoder, pre.apply(x))) for k, x in inputs.items()},
+        "autoencoder": {k: training.reconstruct(x) for k, x in inputs.items()},
         "encoder": {k: predict(training.encoder, pre.apply(x)) for k, x in inputs.items()},
     }
 
@@ -249,9 +260,9 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     import onnx
 
     from .detector import calibrate, variant_thresholds
-    from .export import DEFAULT_OPSET, describe_io, export_model, opset_of
+    from .export import DEFAULT_OPSET, export_model
     from .model import save
-    from .optimize import PLAIN_FILES, TARGETS_FILE, build_variants, clean_graph
+    from .optimize import PLAIN_FILES, TARGETS_FILE, build_variants, clean_graph, model_entry
 
     opset = DEFAULT_OPSET if opset is None else opset
     atol = check_tolerance(atol)
@@ -269,11 +280,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
             proto = clean_graph(proto, role)
             paths[role] = stage / ONNX_FILES[role]
             onnx.save(proto, str(paths[role]))
-            ops: dict[str, int] = {}
-            for node in proto.graph.node:
-                ops[node.op_type] = ops.get(node.op_type, 0) + 1
-            models[role] = {"file": ONNX_FILES[role], **describe_io(proto), "opset": opset_of(proto),
-                            "nodes": len(proto.graph.node), "ops": ops}
+            models[role] = model_entry(proto, ONNX_FILES[role])
         inputs = parity_inputs(training.train_windows, pre, config.seed)
         references = keras_references(training, inputs)
         report = verify_models(pre, references, paths, inputs, provider_list, atol)

@@ -169,9 +169,10 @@ def _pick_windows(scores: np.ndarray, count: int) -> np.ndarray:
 def _series_scores(model: Any, data: Path, columns: tuple[str, ...] | None, labels_column: str | None,
                    stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
     """Windows of a user's series, their first rows, scores and (optional) labels."""
-    from .data import load_labels, load_series, make_windows, window_labels, window_starts
+    from .data import load_features, load_labels, make_windows, trained_columns, window_labels, window_starts
 
-    series = load_series(data, columns)
+    series = load_features(data, model.features, columns, trained_columns(model.manifest),
+                           exclude=(labels_column,) if labels_column else ())
     labels = load_labels(data, labels_column) if labels_column else None
     if series.is_windows:
         if labels is not None:

@@ -193,8 +193,8 @@ class OnnxModel:
 
     def run_windows(self, windows: np.ndarray, chunk: int = DEFAULT_CHUNK, output: int = 0) -> np.ndarray:
         """Run on checked float32 windows, `chunk` at a time so memory stays flat."""
-        if chunk < 1:
-            raise UsageError(f"chunk size must be at least 1, got {chunk}")
+        if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+            raise UsageError(f"chunk size must be a whole number of at least 1, got {chunk!r}")
         if len(windows) == 0:
             out_shape = self.session.get_outputs()[output].shape[1:]
             return np.empty((0, *[d if isinstance(d, int) else 0 for d in out_shape]), dtype=np.float32)
@@ -263,6 +263,16 @@ def reconstruction_error(x: np.ndarray, reconstruction: np.ndarray, scale: np.nd
     return np.mean(diff * diff, axis=(1, 2))
 
 
+def _check_threshold(threshold: Any) -> float:
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise UsageError(f"threshold must be a number, got {threshold!r}") from None
+    if not np.isfinite(value):
+        raise UsageError(f"threshold must be a finite number, got {threshold!r}")
+    return value
+
+
 class EdgeModel:
     """An exported model set: autoencoder and/or encoder, plus what the manifest says."""
 
@@ -320,9 +330,14 @@ class EdgeModel:
     def score(self, x: Any, chunk: int = DEFAULT_CHUNK, threshold: float | None = None) -> ScoreResult:
         """Per-window reconstruction error, and flags where the model set has a threshold."""
         model = self._model("autoencoder")
+        limit = self.threshold if threshold is None else _check_threshold(threshold)
         windows, single = as_windows(x, self.timesteps, self.features)
-        scores = reconstruction_error(windows, model.run_windows(windows, chunk), self.scale)
-        limit = self.threshold if threshold is None else float(threshold)
+        if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+            raise UsageError(f"chunk size must be a whole number of at least 1, got {chunk!r}")
+        scores = np.concatenate([  # chunk by chunk: no full-size reconstruction is ever held
+            reconstruction_error(part, model.run_windows(part, chunk), self.scale)
+            for part in (windows[i:i + chunk] for i in range(0, len(windows), chunk))
+        ]) if len(windows) else np.empty(0)
         flags = scores > limit if limit is not None else None
         if single:  # one window in, one (0-d) score out, as encode/reconstruct do
             scores = scores[0]
@@ -356,6 +371,8 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
     path = Path(path)
     if path.is_dir():
         manifest = read_manifest(path)
+        if manifest.get("kind") == "training":
+            raise UsageError(f"{path} is a training folder; export it first: edgeae export {path}")
         models = {}
         for role in ROLES:
             name = _variant_file(manifest, role, variant)
@@ -370,6 +387,8 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
         raise UsageError("variant applies to an export folder; a single file is loaded as it is")
     if not path.exists():
         raise UsageError(f"no such model file or folder: {path}")
+    if path.suffix.lower() not in (".onnx", ".ort"):
+        raise UsageError(f"{path.name}: expected an export folder, an .onnx or an .ort file")
     model = OnnxModel(path, providers, threads)
     role = model.role or ("encoder" if len(model.session.get_outputs()[0].shape) == 2 else "autoencoder")
     return EdgeModel({role: model})

@@ -203,3 +203,14 @@ def test_cli_refuses_an_impossible_threshold_quantile(tmp_path):
     assert result.exit_code == EXIT_USAGE
     assert "threshold quantile must be in (0, 1]" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_reads_the_trained_columns_and_never_the_label(sensor_export, tmp_path):
+    """The README's example: no --columns, a label column beside the features."""
+    _, out = sensor_export
+    values, labels = _new_readings()
+    _write_csv(tmp_path / "new.csv", values, labels)
+    result = CliRunner().invoke(main, ["evaluate", str(out), str(tmp_path / "new.csv"), "--labels", "is_anomaly",
+                                       "--provider", "cpu", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["windows"] == 193

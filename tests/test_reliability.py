@@ -259,3 +259,44 @@ def test_real_ctrl_c_during_export_keeps_the_old_export(existing):
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert stderr.strip().splitlines()[-1] == "error: interrupted; nothing was published"
     assert_untouched(folder, before)
+
+
+def test_force_never_replaces_a_folder_of_other_files(tiny_training, tmp_path, monkeypatch):
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.txt").write_text("precious")
+    for call in (lambda: pipeline.export(tiny_training, mine, providers="cpu", force=True),
+                 lambda: pipeline.save_training(tiny_training, mine, force=True),
+                 lambda: artifacts.check_target(mine, force=True)):
+        with pytest.raises(UsageError, match="not an edgeae folder"):
+            call()
+    assert (mine / "chapter1.txt").read_text() == "precious"
+    monkeypatch.chdir(mine)
+    with pytest.raises(UsageError, match="current folder"):
+        artifacts.check_target(mine, force=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pipeline.save_training(tiny_training, empty, force=True)
+    assert (empty / "manifest.json").is_file()
+
+
+def test_fallback_swap_puts_the_old_export_back(tmp_path, monkeypatch):
+    """Where renameat2 cannot exchange, a failed second rename must not lose the old export."""
+    target, stage = tmp_path / "export", tmp_path / "stage"
+    target.mkdir()
+    (target / "manifest.json").write_text("old")
+    stage.mkdir()
+    (stage / "manifest.json").write_text("new")
+    monkeypatch.setattr(artifacts, "_exchange", lambda a, b: False)
+    real_rename = os.rename
+
+    def failing(src, dst):
+        if str(src) == str(stage):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(OSError):
+        artifacts.publish_folder(stage, target)
+    assert (target / "manifest.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "stage"]

@@ -68,7 +68,7 @@ def test_existing_output_is_kept_without_force(tiny_export, series_csv, tmp_path
 
 
 @pytest.mark.parametrize("content, code, words", [
-    ("a,b\n1,2\n" * 1, EXIT_DATA, "expects 3 features"),
+    ("a,b\n1,2\n", EXIT_DATA, "the model expects 3"),
     ("a,b,c\n1,2,3\n", EXIT_DATA, "fewer than one window"),
     ("", EXIT_DATA, "empty"),
 ])
@@ -84,3 +84,77 @@ def test_unknown_output_format(tiny_export, series_csv, tmp_path):
     path, _ = series_csv
     result = run("encode", tiny_export, path, "-o", tmp_path / "out.xlsx")
     assert result.exit_code == EXIT_USAGE and not (tmp_path / "out.xlsx").exists()
+
+
+def one_line(result, code):
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [
+    ("train", "--scaling", "bogus"), ("train", "--stride", "0"), ("train", "--epochs", "0"),
+    ("score", "MODEL", "DATA", "--stride", "0"), ("score", "MODEL", "DATA", "--stride", "99999999999999999999999"),
+    ("bench", "MODEL", "--runs", "2"), ("bench", "MODEL", "--threads", "0"), ("bench", "MODEL", "--batch", "0"),
+    ("score",), ("nonsense",),
+])
+def test_click_usage_errors_are_one_line_too(tiny_export, series_csv, args):
+    path, _ = series_csv
+    args = [str(tiny_export) if a == "MODEL" else str(path) if a == "DATA" else a for a in args]
+    one_line(run(*args), EXIT_USAGE)
+
+
+def test_score_outputs_keep_every_column(tiny_export, series_csv, tmp_path):
+    path, _ = series_csv
+    assert "several arrays" in one_line(run("score", tiny_export, path, "-o", tmp_path / "s.npy"), EXIT_USAGE)
+    assert not (tmp_path / "s.npy").exists()
+    result = run("score", tiny_export, path, "--threshold", "0.01", "-o", tmp_path / "s.npz", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {"output": str(tmp_path / "s.npz"), "rows": 15,
+                                         "arrays": ["score", "anomaly", "window_start"]}
+    with np.load(tmp_path / "s.npz") as saved:
+        assert saved["score"].shape == saved["anomaly"].shape == saved["window_start"].shape == (15,)
+    run("score", tiny_export, path, "--threshold", "0.01", "-o", tmp_path / "s.csv")
+    first = (tmp_path / "s.csv").read_text().splitlines()[1].split(",")
+    assert first[1] in ("0", "1") and first[2] == "0"
+
+
+@pytest.mark.parametrize("target, words", [("nodir/x.csv", "does not exist"), (".", "is a folder"),
+                                           ("out.txt", "must end in")])
+def test_bad_output_paths_fail_before_any_work(tiny_export, series_csv, tmp_path, monkeypatch, target, words):
+    from edgeae import runtime as rt
+
+    path, _ = series_csv
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(rt.EdgeModel, "encode", lambda *a, **k: pytest.fail("ran although the output was unusable"))
+    assert words in one_line(run("encode", tiny_export, path, "-o", target), EXIT_USAGE)
+
+
+def test_nan_threshold_and_bad_chunks_are_refused(tiny_export):
+    from edgeae.errors import UsageError
+
+    model = runtime.load(tiny_export, "cpu")
+    x = np.zeros((3, 6, 3))
+    for bad in (float("nan"), float("inf"), "abc", [1, 2]):
+        with pytest.raises(UsageError):
+            model.score(x, threshold=bad)
+    for chunk in (2.5, None, 0, True):
+        with pytest.raises(UsageError):
+            model.encode(x, chunk=chunk)
+    np.testing.assert_allclose(model.score(x, chunk=1).scores, model.score(x).scores)
+
+
+def test_training_folder_and_foreign_files_are_usage_errors(tiny_training, tiny_export, series_csv, tmp_path):
+    from edgeae import pipeline
+    from edgeae.errors import UsageError
+
+    pipeline.save_training(tiny_training, tmp_path / "run")
+    with pytest.raises(UsageError, match="training folder; export it first"):
+        runtime.load(tmp_path / "run", "cpu")
+    path, _ = series_csv
+    assert "expected an export folder" in one_line(run("inspect", path), EXIT_USAGE)
+    assert "is a file" in one_line(run("export", path, "--out", tmp_path / "x"), EXIT_USAGE)
+    semi = tmp_path / "semi.csv"
+    semi.write_text("a;b;c\n1;2;3\n")
+    assert "';' or tabs" in one_line(run("score", tiny_export, semi), EXIT_DATA)
