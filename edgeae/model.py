@@ -87,15 +87,13 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What `train` returns: both models (sharing weights), the history, the epochs run and the one kept."""
+
     autoencoder: Any
     encoder: Any
     history: dict[str, list[float]] = field(default_factory=dict)
     epochs_run: int = 0
     best_epoch: int = 0
-
-    @property
-    def final_loss(self) -> float:
-        return float(self.history["loss"][-1])
 
 
 @contextlib.contextmanager

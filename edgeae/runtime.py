@@ -141,7 +141,6 @@ class OnnxModel:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = int(threads)
-        self._options = options
         self.session = self._open(options)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
