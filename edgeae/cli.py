@@ -37,7 +37,10 @@ class EdgeGroup(click.Group):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:
-            click.echo(f"error: {exc.format_message()} (see --help)", err=True)
+            if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+                click.echo(exc.format_message(), err=True)  # a bare `edgeae` shows its help, as ever
+            else:
+                click.echo(f"error: {exc.format_message()} (see --help)", err=True)
             code = exc.exit_code
         except click.exceptions.Abort:
             click.echo("error: interrupted; nothing was published", err=True)

@@ -99,3 +99,9 @@ def test_tampered_export_is_refused(export_copy):
     result = run("inspect", export_copy, "--provider", "cpu")
     one_line_error(result, EXIT_INTEGRITY)
     assert "encoder.onnx" in result.stderr
+
+
+def test_bare_command_shows_its_help_not_an_error():
+    result = CliRunner().invoke(main, [])
+    assert "Commands:" in result.output and "pipeline" in result.output
+    assert "error:" not in result.output
