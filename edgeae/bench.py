@@ -108,23 +108,41 @@ class BenchReport:
 # ---------------------------------------------------------------- the paths
 
 
-def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path]]:
-    """(name, role, file) for every ONNX/ORT model the export folder lists, baseline first."""
+def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Path | None]]:
+    """(name, role, file, single-window file) for every model the export lists, baseline first.
+
+    A graph the runtime runs only for single windows is timed inside the path it serves
+    (named `file+b1`), since that is what an application loading the variant gets.
+    """
+    singles = {role: {entry["file"]: entry["single_window_file"] for entry in by_name.values()
+                      if isinstance(entry, dict) and entry.get("single_window_file")}
+               for role, by_name in (manifest.get("variants") or {}).items()}
+    served = {single for by_file in singles.values() for single in by_file.values()}
     found = []
     for name in manifest["files"]:
-        if name.endswith((".onnx", ".ort")):
+        if name.endswith((".onnx", ".ort")) and name not in served:
             role = name.split(".")[0]
             if role in ("autoencoder", "encoder"):
-                found.append((name, role, folder / name))
+                single = singles.get(role, {}).get(name)
+                label = f"{name}+{single.split('.')[-2]}" if single else name
+                found.append((label, role, folder / name, folder / single if single else None))
     return sorted(found, key=lambda t: (t[1], not t[0].endswith(BASELINE_SUFFIX), t[0]))
 
 
-def _onnx_runner(path: Path, threads: int | None, baseline: bool) -> Callable[[np.ndarray], Any]:
+def _onnx_model(path: Path, single: Path | None, threads: int | None) -> Any:
+    """An edgeae file as an application loads it: the runtime's model, its single-window graph attached."""
+    from .runtime import OnnxModel
+
+    model = OnnxModel(path, "cpu", threads=threads)
+    if single is not None:
+        model.attach_single_window(OnnxModel(single, "cpu", threads=threads))
+    return model
+
+
+def _onnx_runner(path: Path, single: Path | None, threads: int | None, baseline: bool) -> Callable[[np.ndarray], Any]:
     """The baseline is what a user gets by hand: one onnxruntime session, one run per batch.
     edgeae's own files run through `edgeae.runtime`, as an application would use them."""
     import onnxruntime as ort
-
-    from .runtime import OnnxModel
 
     if baseline:
         options = ort.SessionOptions()
@@ -133,8 +151,7 @@ def _onnx_runner(path: Path, threads: int | None, baseline: bool) -> Callable[[n
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})
-    model = OnnxModel(path, "cpu", threads=threads)
-    return model.run_windows
+    return _onnx_model(path, single, threads).run_windows
 
 
 def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Callable[[np.ndarray], Any]]:
@@ -164,11 +181,12 @@ def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Ca
 
 _COLD_CHILD = """
 import sys, time, json, resource
-kind, folder, target, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+kind, folder, target, batch, single = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 import numpy as np
 if kind == "onnx":
-    from edgeae.runtime import OnnxModel
-    m = OnnxModel(target, "cpu")
+    from pathlib import Path
+    from edgeae.bench import _onnx_model
+    m = _onnx_model(Path(target), Path(single) if single else None, None)
     x = np.zeros((batch, m.timesteps, m.features), np.float32)
     m.run_windows(x)
 else:
@@ -186,11 +204,11 @@ print(json.dumps({"done": done, "peak_rss_kb": peak}))
 """
 
 
-def cold_start(kind: str, folder: Path, target: str, batch: int = 64) -> tuple[float, float]:
+def cold_start(kind: str, folder: Path, target: str, batch: int = 64, single: Path | None = None) -> tuple[float, float]:
     """Process start to first result (s), and the process's peak RSS (MB), in a fresh interpreter."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     start = time.time()
-    proc = subprocess.run([sys.executable, "-c", _COLD_CHILD, kind, str(folder), target, str(batch)],
+    proc = subprocess.run([sys.executable, "-c", _COLD_CHILD, kind, str(folder), target, str(batch), str(single or "")],
                           capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError((proc.stderr.strip().splitlines() or ["failed"])[-1])
@@ -255,13 +273,15 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         baseline[role] = candidates[0][0]
         runners: dict[str, Callable] = {}
         entries: dict[str, PathResult] = {}
-        for name, _, path in candidates:
+        files = {name: (path, single) for name, _, path, single in candidates}
+        for name, (path, single) in files.items():
+            size = path.stat().st_size + (single.stat().st_size if single else 0)  # what a device stores
             try:
-                runners[name] = _onnx_runner(path, threads, baseline=name == baseline[role])
+                runners[name] = _onnx_runner(path, single, threads, baseline=name == baseline[role])
             except Exception as exc:  # a variant this onnxruntime cannot run is reported, not fatal
-                entries[name] = PathResult(name, role, "onnx", path.stat().st_size, error=str(exc).splitlines()[0][:160])
+                entries[name] = PathResult(name, role, "onnx", size, error=str(exc).splitlines()[0][:160])
                 continue
-            entries[name] = PathResult(name, role, "onnx", path.stat().st_size)
+            entries[name] = PathResult(name, role, "onnx", size)
         if keras:
             for name, runner in _keras_runners(folder, role, threads).items():
                 runners[name] = runner
@@ -294,8 +314,9 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
                     continue
                 say(f"{role}: cold start of {name}")
                 try:
-                    target = str(folder / name) if entry.kind == "onnx" else f"{role}:{name}"
-                    entry.cold_start_s, entry.peak_rss_mb = cold_start(entry.kind, folder, target)
+                    path, single = files.get(name, (None, None))
+                    target = str(path) if entry.kind == "onnx" else f"{role}:{name}"
+                    entry.cold_start_s, entry.peak_rss_mb = cold_start(entry.kind, folder, target, single=single)
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                     entry.error = f"cold start failed: {exc}"[:160]
         results.extend(entries.values())

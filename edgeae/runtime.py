@@ -8,9 +8,10 @@ tf2onnx or click: a test proves it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,21 @@ def _check_domains(path: Path) -> None:
             raise IntegrityError(f"{path.name}: refers to external data ({tensor.name}); edgeae exports are self-contained")
 
 
+def _fast_run(session: ort.InferenceSession) -> Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]:
+    """session.run without its per-call wrapper work, when the binding exposes it.
+
+    onnxruntime's Python `run` re-validates the feed names and retries on a provider
+    failure with its fallback providers on every call; edgeae feeds checked inputs by their
+    known name and never falls back silently, so it calls the binding directly (1.5-2 µs of
+    a 30 µs call here), and the public method where a build has no such binding.
+    """
+    binding = getattr(session, "_sess", None)
+    if binding is None or not callable(getattr(binding, "run", None)):
+        return session.run
+    options = ort.RunOptions()
+    return lambda names, feed: binding.run(names, feed, options)
+
+
 class OnnxModel:
     """One onnxruntime session over an edgeae model, with its input contract."""
 
@@ -148,9 +164,14 @@ class OnnxModel:
         spec = inputs[0]
         if spec.type != "tensor(float)" or len(spec.shape) != 3 or not all(isinstance(d, int) for d in spec.shape[1:]):
             raise IntegrityError(f"{self.name}: input {spec.name} is {spec.type} {spec.shape}, not float (batch, timesteps, features)")
+        if isinstance(spec.shape[0], int) and spec.shape[0] != 1:
+            raise IntegrityError(f"{self.name}: input batch is fixed at {spec.shape[0]}; edgeae runs a free batch or one window")
         self.input_name = spec.name
         self.output_names = [o.name for o in outputs]
         self.timesteps, self.features = int(spec.shape[1]), int(spec.shape[2])
+        self.one_window = spec.shape[0] == 1  # a single-window graph: run window by window
+        self.single: OnnxModel | None = None  # the single-window graph this model hands batch-1 runs to
+        self._call = _fast_run(self.session)
         try:
             self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         except (UnicodeDecodeError, ValueError, RuntimeError):
@@ -190,24 +211,39 @@ class OnnxModel:
         result = self.run_windows(windows, chunk, output)
         return result[0] if single else result
 
+    def attach_single_window(self, single: OnnxModel) -> None:
+        """Hand every one-window run to `single`, a graph made for batch 1 with the same contract."""
+        if not single.one_window or (single.timesteps, single.features) != (self.timesteps, self.features):
+            raise IntegrityError(f"{single.name}: not a single-window graph for {self.name}")
+        if [o.shape[1:] for o in single.session.get_outputs()] != [o.shape[1:] for o in self.session.get_outputs()]:
+            raise IntegrityError(f"{single.name}: its outputs differ from {self.name}'s")
+        self.single = single
+
     def run_windows(self, windows: np.ndarray, chunk: int = DEFAULT_CHUNK, output: int = 0) -> np.ndarray:
         """Run on checked float32 windows, `chunk` at a time so memory stays flat."""
         if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
             raise UsageError(f"chunk size must be a whole number of at least 1, got {chunk!r}")
-        if len(windows) == 0:
+        count = len(windows)
+        if count == 1 and self.single is not None:
+            return self.single.run_windows(windows, 1, output)
+        if count == 0:
             out_shape = self.session.get_outputs()[output].shape[1:]
             return np.empty((0, *[d if isinstance(d, int) else 0 for d in out_shape]), dtype=np.float32)
+        if self.one_window:
+            chunk = 1
         name = [self.output_names[output]]
         try:
-            if len(windows) <= chunk:  # one call: the latency-critical path stays lean
-                result = self.session.run(name, {self.input_name: windows})[0]
+            if count <= chunk:  # one call: the latency-critical path stays lean
+                result = self._call(name, {self.input_name: windows})[0]
             else:
-                result = np.concatenate([self.session.run(name, {self.input_name: windows[start:start + chunk]})[0]
-                                         for start in range(0, len(windows), chunk)])
+                result = np.concatenate([self._call(name, {self.input_name: windows[start:start + chunk]})[0]
+                                         for start in range(0, count, chunk)])
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InferenceError(f"{self.name}: inference failed: {first[:200]}") from None
-        if not np.isfinite(result).all():
+        # A float32 sum is finite when every value is (one cheap reduction); only an overflowing
+        # or NaN sum pays for the exact element-wise check.
+        if not math.isfinite(result.sum()) and not np.isfinite(result).all():
             raise InferenceError(f"{self.name}: produced non-finite values")
         return result
 
@@ -347,24 +383,38 @@ class EdgeModel:
         return {role: model.node_placement() for role, model in self.models.items()}
 
 
+def _published(manifest: dict) -> list[str]:
+    names = {n for by_name in (manifest.get("variants") or {}).values() for n, e in by_name.items() if e.get("published")}
+    return sorted(names | {DEFAULT_VARIANT})
+
+
 def _variant_file(manifest: dict, role: str, variant: str) -> str | None:
-    """The file holding `role` in `variant`, or None where the set has no such model."""
+    """The file holding `role` in `variant`; None where that variant is not made for the role
+    (the single-window graph exists for the autoencoder only)."""
     if variant == DEFAULT_VARIANT:
         return ((manifest.get("models") or {}).get(role) or {}).get("file")
-    by_name = (manifest.get("variants") or {}).get(role) or {}
-    entry = by_name.get(variant)
-    if not entry or not entry.get("published"):
-        published = [n for n, e in by_name.items() if e.get("published")] or [DEFAULT_VARIANT]
-        raise UsageError(f"no published {variant!r} variant of the {role}; this export has: {', '.join(published)}")
+    entry = ((manifest.get("variants") or {}).get(role) or {}).get(variant)
+    if entry is None:
+        return None
+    if not entry.get("published"):
+        raise UsageError(f"the {variant!r} variant of the {role} missed its tolerance and was not published; "
+                         f"this export has: {', '.join(_published(manifest))}")
     return entry.get("file")
+
+
+def _single_window_file(manifest: dict, role: str, variant: str) -> str | None:
+    """The graph the manifest says runs `variant`'s one-window calls, if it has one."""
+    entry = ((manifest.get("variants") or {}).get(role) or {}).get(variant) or {}
+    return entry.get("single_window_file")
 
 
 def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int | None = None,
          variant: str = DEFAULT_VARIANT) -> EdgeModel:
     """Load an export folder (every file checked against the manifest first) or one .onnx/.ort file.
 
-    `variant` picks among what the export published: "fp32" (the default clean graph),
-    "fp16", "int8", "ort" or "plain" (tf2onnx's own graph).
+    `variant` picks among what the export published: "fp32" (the default clean graph, which
+    hands single-window runs to its batch-1 graph where the manifest names one), "b1" (that
+    graph alone), "fp16", "int8", "ort" or "plain" (tf2onnx's own graph).
     """
     resolve_providers(providers)  # an impossible provider request fails before any file is read
     path = Path(path)
@@ -377,8 +427,13 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
             name = _variant_file(manifest, role, variant)
             if not name:
                 continue
-            verified = verify_file(path, name, manifest["files"].get(name))
-            models[role] = OnnxModel(verified, providers, threads, name=name)
+            models[role] = OnnxModel(verify_file(path, name, manifest["files"].get(name)), providers, threads, name=name)
+            single = _single_window_file(manifest, role, variant)
+            if single:
+                models[role].attach_single_window(
+                    OnnxModel(verify_file(path, single, manifest["files"].get(single)), providers, threads, name=single))
+        if not models and variant != DEFAULT_VARIANT:
+            raise UsageError(f"no published {variant!r} variant; this export has: {', '.join(_published(manifest))}")
         if not models:
             raise IntegrityError(f"{path}: the manifest lists no autoencoder or encoder")
         return EdgeModel(models, manifest, path, variant)

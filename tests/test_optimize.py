@@ -29,7 +29,11 @@ def ops(path):
 
 
 def run(path, x):
-    return ort.InferenceSession(str(path), providers=CPU).run(None, {"sequence": x})[0]
+    """onnxruntime on its own (not edgeae's runtime); a single-window graph gets one window per run."""
+    session = ort.InferenceSession(str(path), providers=CPU)
+    if session.get_inputs()[0].shape[0] == 1:
+        return np.concatenate([session.run(None, {"sequence": x[i:i + 1]})[0] for i in range(len(x))])
+    return session.run(None, {"sequence": x})[0]
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +83,11 @@ def test_manifest_records_every_variant(tiny_export):
     verify_files(tiny_export, manifest)
     for role in ("autoencoder", "encoder"):
         variants = manifest["variants"][role]
-        assert set(variants) == {"plain", "fp32", "fp16", "int8", "ort"}
+        single = {"b1"} if role == "autoencoder" else set()
+        assert set(variants) == {"plain", "fp32", "fp16", "int8", "ort"} | single
         assert variants["fp32"]["file"] == f"{role}.onnx" and variants["fp32"]["default"]
+        assert variants["fp32"].get("single_window_file") == ("autoencoder.b1.onnx" if single else None)
+        assert {n: v["batch"] for n, v in variants.items()} == {n: 1 if n == "b1" else "any" for n in variants}
         assert variants["fp32"]["source"] == f"{role}.plain.onnx"
         for name, v in variants.items():
             assert v["tolerance"] == DEFAULT_TOLERANCES[name].to_dict()
@@ -97,13 +104,16 @@ def test_manifest_records_every_variant(tiny_export):
         assert ("score" in variants["fp16"]["parity"]) == (role == "autoencoder")
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp16", "int8", "ort"])
+@pytest.mark.parametrize("name", ["fp32", "b1", "fp16", "int8", "ort"])
 def test_published_variants_match_keras_within_their_tolerance(tiny_export, tiny_training, parity_inputs, name):
+    """Every graph the runtime may choose, the single-window one included, holds parity with Keras."""
     manifest = read_manifest(tiny_export)
     pre = tiny_training.preprocessing
     scale = pre.arrays()["scale"]
     tol = DEFAULT_TOLERANCES[name]
     for role, keras_model in (("autoencoder", tiny_training.autoencoder), ("encoder", tiny_training.encoder)):
+        if name == "b1" and role == "encoder":
+            continue  # made for the autoencoder only
         v = manifest["variants"][role][name]
         if not v["published"]:
             assert v["parity"]["failures"] and not (tiny_export / v["file"]).exists()
@@ -133,6 +143,29 @@ def test_int8_quantizes_the_lstms(tiny_export):
     model = onnx.load(str(tiny_export / "encoder.int8.onnx"))
     assert [n.op_type for n in model.graph.node].count("DynamicQuantizeLSTM") == 1
     assert {o.domain: o.version for o in model.opset_import}.get("com.microsoft") == 1
+
+
+def test_single_window_graph_moves_the_decoder_input_projection_out_of_the_lstm(tiny_export):
+    graph = onnx.load(str(tiny_export / "autoencoder.b1.onnx")).graph
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.input, *graph.output)]
+    assert dims == [[1, 6, 3], [1, 6, 3]]
+    assert [n.op_type for n in graph.node] == ["Min", "Max", "Reshape", "LSTM", "Reshape", "Gemm", "Concat", "LSTM",
+                                               "Reshape", "Gemm", "Reshape"]
+    decoder = next(n for n in graph.node if n.name == "decoder/LSTM")
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    assert shapes[decoder.input[1]] == [1, 4 * 8, 1]  # W of a width-1 zero input: no per-step projection left
+    assert decoder.input[3] not in shapes  # the bias is computed per window: the encoding's projection
+    assert optimize.single_window_graph(onnx.load(str(tiny_export / "encoder.onnx")), "encoder") is None
+    with pytest.raises(optimize.GraphError, match="not a clean graph"):
+        optimize.single_window_graph(onnx.load(str(tiny_export / "autoencoder.plain.onnx")), "autoencoder")
+
+
+def test_single_window_graph_keeps_scaling_and_matches_the_batch_graph(scaled_export, rng):
+    auto = ops(scaled_export / "autoencoder.b1.onnx")
+    assert auto[:4] == ["Min", "Max", "Sub", "Mul"] and auto[-2:] == ["Div", "Add"]
+    x = rng.uniform(-2000, 2000, (40, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(run(scaled_export / "autoencoder.b1.onnx", x), run(scaled_export / "autoencoder.onnx", x),
+                               rtol=1e-6, atol=1e-5)
 
 
 def test_ort_format_loads_and_matches_its_source(tiny_export, rng):
@@ -184,7 +217,7 @@ def test_optimize_upgrades_an_export_made_before_variants(export_copy):
     for role in ("autoencoder", "encoder"):  # what an older export held: tf2onnx's graph as the default
         (export_copy / f"{role}.plain.onnx").replace(export_copy / f"{role}.onnx")
     for name in list(manifest["files"]):
-        if name.endswith((".plain.onnx", ".fp16.onnx", ".int8.onnx", ".ort", ".config")) or name == "targets.json":
+        if name.endswith((".plain.onnx", ".b1.onnx", ".fp16.onnx", ".int8.onnx", ".ort", ".config")) or name == "targets.json":
             (export_copy / name).unlink(missing_ok=True)
             del manifest["files"][name]
     from edgeae.artifacts import file_entry

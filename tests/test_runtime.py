@@ -4,13 +4,16 @@ import json
 import subprocess
 import sys
 import tomllib
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 from edgeae import runtime
+from edgeae.artifacts import read_manifest, write_manifest
 from edgeae.data import Preprocessing
 from edgeae.errors import DataError, IntegrityError, ProviderError, ShapeError, UsageError
 
@@ -259,7 +262,6 @@ def test_manifest_damage_is_refused(export_copy):
     manifest.write_text("{not json")
     with pytest.raises(IntegrityError, match="not valid JSON"):
         runtime.load(export_copy, "cpu")
-    from edgeae.artifacts import write_manifest
 
     write_manifest(export_copy, {"files": {"../outside.onnx": {"sha256": "0" * 64}},
                                  "models": {"encoder": {"file": "../outside.onnx"}}})
@@ -274,7 +276,7 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path):
         runtime.load(bogus, "cpu")
 
 
-@pytest.mark.parametrize("variant", ["fp32", "fp16", "int8", "ort", "plain"])
+@pytest.mark.parametrize("variant", ["fp32", "b1", "fp16", "int8", "ort", "plain"])
 def test_every_published_variant_loads_and_scores_with_its_own_threshold(tiny_export, variant, rng):
     manifest = json.loads((tiny_export / "manifest.json").read_text())
     model = runtime.load(tiny_export, "cpu", variant=variant)
@@ -300,6 +302,82 @@ def test_variant_flags_agree_with_their_calibration(tiny_export):
     for name, record in manifest["detector"]["variants"].items():
         flags = runtime.load(tiny_export, "cpu", variant=name).score(windows).flags
         assert int(flags.sum()) == record["flagged"], name
+
+
+def _count_runs(model: runtime.OnnxModel, counts: dict, key: str) -> None:
+    call = model._call
+    def counted(names, feed):
+        counts[key] += 1
+        return call(names, feed)
+    model._call = counted
+
+
+def test_single_windows_run_on_the_single_window_graph(tiny_export, rng):
+    model = runtime.load(tiny_export, "cpu")
+    auto = model.models["autoencoder"]
+    assert auto.single is not None and auto.single.name == "autoencoder.b1.onnx"
+    assert model.models["encoder"].single is None  # no single-window graph for the encoder
+    counts = {"single": 0, "batch": 0}
+    _count_runs(auto.single, counts, "single")
+    _count_runs(auto, counts, "batch")
+    x = rng.uniform(0, 1, (5, 6, 3))
+    batch = model.reconstruct(x)
+    assert counts == {"single": 0, "batch": 1}
+    one = model.reconstruct(x[2])
+    assert counts == {"single": 1, "batch": 1} and one.shape == (6, 3)
+    np.testing.assert_allclose(one, batch[2], atol=1e-6)
+    np.testing.assert_allclose(model.reconstruct(x[2:3]), batch[2:3], atol=1e-6)
+    assert float(model.score(x[4]).scores) == pytest.approx(float(model.score(x).scores[4]), rel=1e-5, abs=1e-12)
+    assert counts == {"single": 3, "batch": 2}
+
+
+def test_a_single_window_graph_alone_runs_any_batch_window_by_window(tiny_export, rng):
+    x = rng.uniform(0, 1, (7, 6, 3))
+    alone = runtime.load(tiny_export / "autoencoder.b1.onnx", "cpu")
+    np.testing.assert_allclose(alone.reconstruct(x), runtime.load(tiny_export / "autoencoder.onnx", "cpu").reconstruct(x),
+                               atol=1e-6)
+    variant = runtime.load(tiny_export, "cpu", variant="b1")
+    assert set(variant.models) == {"autoencoder"} and variant.models["autoencoder"].one_window
+    np.testing.assert_array_equal(variant.reconstruct(x), alone.reconstruct(x))
+
+
+def test_an_export_without_a_single_window_graph_runs_single_windows_on_the_batch_graph(export_copy, rng):
+    manifest = read_manifest(export_copy)
+    del manifest["variants"]["autoencoder"]["fp32"]["single_window_file"]
+    write_manifest(export_copy, manifest)
+    model = runtime.load(export_copy, "cpu")
+    assert model.models["autoencoder"].single is None
+    x = rng.uniform(0, 1, (3, 6, 3))
+    np.testing.assert_allclose(model.reconstruct(x[1]), model.reconstruct(x)[1], atol=1e-6)
+
+
+def test_a_tampered_single_window_graph_is_refused(export_copy):
+    path = export_copy / "autoencoder.b1.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="autoencoder.b1.onnx"):
+        runtime.load(export_copy, "cpu")
+
+
+def test_graphs_that_cannot_serve_single_windows_are_refused(tiny_export, tmp_path):
+    auto = runtime.OnnxModel(tiny_export / "autoencoder.onnx", "cpu")
+    with pytest.raises(IntegrityError, match="not a single-window graph"):
+        auto.attach_single_window(runtime.OnnxModel(tiny_export / "encoder.onnx", "cpu"))
+    proto = onnx.load(str(tiny_export / "autoencoder.onnx"))
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(proto, str(tmp_path / "fixed4.onnx"))
+    with pytest.raises(IntegrityError, match="fixed at 4"):
+        runtime.load(tmp_path / "fixed4.onnx", "cpu")
+
+
+def test_runs_through_the_public_method_where_the_binding_is_hidden(tiny_export, rng):
+    session = ort.InferenceSession(str(tiny_export / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    public = types.SimpleNamespace(run=session.run)
+    assert runtime._fast_run(public) == session.run
+    x = rng.uniform(0, 1, (4, 6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(runtime._fast_run(session)(["embedding"], {"sequence": x})[0],
+                                  session.run(["embedding"], {"sequence": x})[0])
 
 
 def test_unknown_variant_is_a_usage_error(tiny_export):
