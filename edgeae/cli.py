@@ -100,7 +100,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 provider_option = click.option("--provider", default="auto", show_default=True,
                                help="auto (CUDA if available, else CPU), cpu or cuda.")
 variant_option = click.option("--variant", default="fp32", show_default=True,
-                              help="Which published model to run: fp32, b1 (fp32, one window per run), fp16, int8, ort or plain.")
+                              help="Which published model to run: fp32, fp16, int8, ort, plain, or fp32-b1 (the one-window graph alone).")
 
 
 @click.group(cls=EdgeGroup, context_settings={"help_option_names": ["-h", "--help"]},

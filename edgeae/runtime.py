@@ -412,9 +412,10 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
          variant: str = DEFAULT_VARIANT) -> EdgeModel:
     """Load an export folder (every file checked against the manifest first) or one .onnx/.ort file.
 
-    `variant` picks among what the export published: "fp32" (the default clean graph, which
-    hands single-window runs to its batch-1 graph where the manifest names one), "b1" (that
-    graph alone), "fp16", "int8", "ort" or "plain" (tf2onnx's own graph).
+    `variant` picks among what the export published: "fp32" (the default clean graph),
+    "fp16", "int8", "ort" or "plain" (tf2onnx's own graph). fp32 hands single-window runs to
+    the one-window graph its manifest entry names (`single_window_file`); "fp32-b1" loads
+    that graph alone.
     """
     resolve_providers(providers)  # an impossible provider request fails before any file is read
     path = Path(path)

@@ -20,10 +20,11 @@ def test_bench_reports_every_path_with_ratios(tiny_export):
     report = run_bench(tiny_export, keras=True, runs=5, warmup=1, batches=(8,), cold=False)
     names = {(r.role, r.name) for r in report.results}
     manifest = json.loads((tiny_export / "manifest.json").read_text())
-    singles = {v["fp32"]["file"]: v["fp32"]["single_window_file"] for v in manifest["variants"].values()
-               if v["fp32"].get("single_window_file")}
+    singles = {e["file"]: e["single_window_file"] for by_name in manifest["variants"].values()
+               for e in by_name.values() if e.get("single_window_file")}
+    assert singles == {"autoencoder.onnx": "autoencoder.b1.onnx"}
     onnx_files = [n for n in manifest["files"] if n.endswith((".onnx", ".ort")) and n not in singles.values()]
-    for name in onnx_files:  # a single-window graph is timed inside the fp32 path it serves
+    for name in onnx_files:  # a single-window graph is timed inside the path it serves
         assert (name.split(".")[0], f"{name}+b1" if name in singles else name) in names
     assert ("autoencoder", "autoencoder.onnx+b1") in names and ("encoder", "encoder.onnx") in names
     assert len(names) == len(onnx_files) + 2 * len(KERAS_PATHS)

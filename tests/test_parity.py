@@ -74,6 +74,9 @@ def test_verify_on_each_provider(tiny_export, provider):
     assert {r.provider for r in report.results} == {provider}
     placement = report.placement[f"autoencoder/{provider}"]
     assert sum(placement.values()) > 0
+    # the one-window graph the runtime runs single windows on is checked too, window by window
+    assert set(report.summary()) == {f"{m}/{provider}" for m in ("autoencoder", "autoencoder (one window)", "encoder")}
+    assert {r.batch for r in report.results if r.model == "autoencoder (one window)"} > {1}
 
 
 def test_verify_fails_beyond_a_tight_tolerance(tiny_export):

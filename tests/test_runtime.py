@@ -276,7 +276,7 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path):
         runtime.load(bogus, "cpu")
 
 
-@pytest.mark.parametrize("variant", ["fp32", "b1", "fp16", "int8", "ort", "plain"])
+@pytest.mark.parametrize("variant", ["fp32", "fp32-b1", "fp16", "int8", "ort", "plain"])
 def test_every_published_variant_loads_and_scores_with_its_own_threshold(tiny_export, variant, rng):
     manifest = json.loads((tiny_export / "manifest.json").read_text())
     model = runtime.load(tiny_export, "cpu", variant=variant)
@@ -316,6 +316,7 @@ def test_single_windows_run_on_the_single_window_graph(tiny_export, rng):
     model = runtime.load(tiny_export, "cpu")
     auto = model.models["autoencoder"]
     assert auto.single is not None and auto.single.name == "autoencoder.b1.onnx"
+    assert runtime.load(tiny_export, "cpu", variant="int8").models["autoencoder"].single is None
     assert model.models["encoder"].single is None  # no single-window graph for the encoder
     counts = {"single": 0, "batch": 0}
     _count_runs(auto.single, counts, "single")
@@ -336,7 +337,7 @@ def test_a_single_window_graph_alone_runs_any_batch_window_by_window(tiny_export
     alone = runtime.load(tiny_export / "autoencoder.b1.onnx", "cpu")
     np.testing.assert_allclose(alone.reconstruct(x), runtime.load(tiny_export / "autoencoder.onnx", "cpu").reconstruct(x),
                                atol=1e-6)
-    variant = runtime.load(tiny_export, "cpu", variant="b1")
+    variant = runtime.load(tiny_export, "cpu", variant="fp32-b1")
     assert set(variant.models) == {"autoencoder"} and variant.models["autoencoder"].one_window
     np.testing.assert_array_equal(variant.reconstruct(x), alone.reconstruct(x))
 
