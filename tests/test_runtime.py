@@ -381,6 +381,25 @@ def test_runs_through_the_public_method_where_the_binding_is_hidden(tiny_export,
                                   session.run(["embedding"], {"sequence": x})[0])
 
 
+@pytest.mark.parametrize("bias, error", [(1e20, None), (np.inf, "produced non-finite values"),
+                                         (np.nan, "produced non-finite values")])
+def test_non_finite_outputs_are_an_error_and_huge_finite_ones_are_not(tiny_export, tmp_path, rng, bias, error):
+    """Squares of 1e20 overflow float32: the cheap check must fall back to the exact one, not cry wolf."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(tiny_export / "autoencoder.onnx"))
+    tensor = next(t for t in proto.graph.initializer if t.name == "dense/bias")
+    tensor.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(tensor).shape, bias, np.float32), tensor.name))
+    onnx.save(proto, str(tmp_path / "odd.onnx"))
+    model = runtime.load(tmp_path / "odd.onnx", "cpu")
+    for x in (rng.uniform(0, 1, (6, 3)), rng.uniform(0, 1, (300, 6, 3))):  # one call, and chunked
+        if error is None:
+            assert np.all(model.reconstruct(x) > 1e19)
+        else:
+            with pytest.raises(runtime.InferenceError, match=error):
+                model.reconstruct(x)
+
+
 def test_unknown_variant_is_a_usage_error(tiny_export):
     with pytest.raises(UsageError, match="this export has: .*int8"):
         runtime.load(tiny_export, "cpu", variant="int4")
