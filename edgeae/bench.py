@@ -220,15 +220,18 @@ def cold_start(kind: str, folder: Path, target: str, batch: int = 64, single: Pa
 
 
 BLOCK = 10
+SETTLE_S = 0.05  # after a block: longer than onnxruntime's and TensorFlow's pool threads spin when idle
 
 
 def _time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int) -> dict[str, np.ndarray]:
-    """Interleaved in blocks: each round gives every path, in rotating order, one untimed call
-    and then up to BLOCK timed ones.
+    """Interleaved in blocks: each round gives every path, in a fresh random order, one untimed
+    call, up to BLOCK timed ones, and then a pause.
 
-    onnxruntime's idle pool threads keep spinning for a moment after a run; the untimed
-    call lets the previous path's threads go quiet, so no path is timed while another's
-    threads hold the cores, while drift over the run still hits every path alike.
+    Idle pool threads (onnxruntime's, TensorFlow's) keep working or spinning for a while after
+    a run and slow whatever runs next. The pause lets them go quiet, and the order changes
+    every round, so whatever is left of that hits every path alike instead of always the one
+    after Keras; the untimed call wakes the path's own threads, as in an application that
+    runs steadily. Drift over the run hits every path alike too.
     """
     names = list(runners)
     for name in names:
@@ -236,14 +239,15 @@ def _time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup:
             runners[name](x)
     samples: dict[str, list[float]] = {name: [] for name in names}
     rounds = -(-runs // BLOCK)
+    shuffle = np.random.default_rng(0)
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
+        for name in shuffle.permutation(names):
             runners[name](x)
             for _ in range(min(BLOCK, runs - r * BLOCK)):
                 start = time.perf_counter()
                 runners[name](x)
                 samples[name].append(time.perf_counter() - start)
+            time.sleep(SETTLE_S)
     return {name: np.asarray(values) for name, values in samples.items()}
 
 
