@@ -88,7 +88,8 @@ class BenchReport:
                 + "".join(f" {'b' + str(b) + ' seq/s':>13} {'x base':>7} {'%mm':>5}" for b in self.batches)
                 + f" {'cold s':>7} {'peak MB':>8}")
         lines = [f"float32 matmul rate: {self.machine_matmul_gflops:.0f} GFLOP/s; baselines: "
-                 + ", ".join(f"{r} = {n}" for r, n in self.baseline.items()), head, "-" * len(head)]
+                 + ", ".join(f"{r} = {n}" for r, n in self.baseline.items())
+                 + "; x base: median of per-round ratios to the baseline", head, "-" * len(head)]
         fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
         for r in self.results:
             if r.error:
@@ -223,7 +224,7 @@ BLOCK = 10
 SETTLE_S = 0.05  # after a block: longer than onnxruntime's and TensorFlow's pool threads spin when idle
 
 
-def _time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int) -> dict[str, np.ndarray]:
+def _time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int) -> dict[str, list[np.ndarray]]:
     """Interleaved in blocks: each round gives every path, in a fresh random order, one untimed
     call, up to BLOCK timed ones, and then a pause.
 
@@ -231,24 +232,37 @@ def _time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup:
     a run and slow whatever runs next. The pause lets them go quiet, and the order changes
     every round, so whatever is left of that hits every path alike instead of always the one
     after Keras; the untimed call wakes the path's own threads, as in an application that
-    runs steadily. Drift over the run hits every path alike too.
+    runs steadily. Drift over the run hits every path alike too. Returns each path's times,
+    round by round, so ratios can be taken between paths timed in the same round.
     """
     names = list(runners)
     for name in names:
         for _ in range(warmup):
             runners[name](x)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    rounds = -(-runs // BLOCK)
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    block = max(1, min(BLOCK, runs // 5))  # at least five rounds, so drift is shared out at large batches too
+    rounds = -(-runs // block)
     shuffle = np.random.default_rng(0)
     for r in range(rounds):
         for name in shuffle.permutation(names):
             runners[name](x)
-            for _ in range(min(BLOCK, runs - r * BLOCK)):
+            times = []
+            for _ in range(min(block, runs - r * block)):
                 start = time.perf_counter()
                 runners[name](x)
-                samples[name].append(time.perf_counter() - start)
+                times.append(time.perf_counter() - start)
+            samples[name].append(np.asarray(times))
             time.sleep(SETTLE_S)
-    return {name: np.asarray(values) for name, values in samples.items()}
+    return samples
+
+
+def paired_ratio(path: list[np.ndarray], base: list[np.ndarray]) -> float:
+    """Median over rounds of (the path's median time / the baseline's, in the same round).
+
+    A shared machine changes speed over seconds; comparing within a round cancels that,
+    where a ratio of two overall medians would compare different moments.
+    """
+    return float(np.median([np.median(p) / np.median(b) for p, b in zip(path, base)]))
 
 
 def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 10, threads: int | None = None,
@@ -293,25 +307,25 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         flops = model_flops(role, window["timesteps"], window["features"], units)
         shape = (window["timesteps"], window["features"])
         rng = np.random.default_rng(0)
-        say(f"{role}: batch 1, {runs} interleaved rounds over {len(runners)} paths")
-        lat = _time_rounds(runners, rng.uniform(0, 1, (1, *shape)).astype(np.float32), runs, warmup)
-        for name, s in lat.items():
+        say(f"{role}: batch 1, {runs} timed runs per path, interleaved over {len(runners)} paths")
+        timed = {1: _time_rounds(runners, rng.uniform(0, 1, (1, *shape)).astype(np.float32), runs, warmup)}
+        for name, rounds in timed[1].items():
+            s = np.concatenate(rounds)
             entries[name].latency_us_median = float(np.median(s) * 1e6)
             entries[name].latency_us_p99 = float(np.percentile(s, 99) * 1e6)
         for batch in batches:
-            big_runs = max(3, min(runs, int(runs * 64 / batch) + 3))
-            say(f"{role}: batch {batch}, {big_runs} interleaved rounds")
-            samples = _time_rounds(runners, rng.uniform(0, 1, (batch, *shape)).astype(np.float32), big_runs, min(warmup, 2))
-            for name, s in samples.items():
-                seq_s = batch / float(np.median(s))
+            big_runs = max(5, min(runs, int(runs * 64 / batch) + 5))
+            say(f"{role}: batch {batch}, {big_runs} timed runs per path, interleaved")
+            timed[batch] = _time_rounds(runners, rng.uniform(0, 1, (batch, *shape)).astype(np.float32), big_runs,
+                                        min(warmup, 2))
+            for name, rounds in timed[batch].items():
+                seq_s = batch / float(np.median(np.concatenate(rounds)))
                 entries[name].throughput[str(batch)] = seq_s
                 entries[name].percent_of_matmul[str(batch)] = 100 * seq_s * flops / rate
-        base = entries[baseline[role]]
-        for entry in entries.values():
-            if entry.error or base.latency_us_median is None:
-                continue
-            entry.latency_ratio = entry.latency_us_median / base.latency_us_median
-            entry.throughput_ratio = {b: entry.throughput[b] / base.throughput[b] for b in entry.throughput}
+        base = baseline[role]
+        for name in runners:
+            entries[name].latency_ratio = paired_ratio(timed[1][name], timed[1][base])
+            entries[name].throughput_ratio = {str(b): 1 / paired_ratio(timed[b][name], timed[b][base]) for b in batches}
         if cold:
             for name, entry in entries.items():
                 if entry.error:
