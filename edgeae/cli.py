@@ -418,12 +418,16 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, as_jso
     edge = runtime.load(model, provider, variant=variant)
     info: dict[str, Any] = {"providers_available": runtime.available_providers(), "models": {}}
     lines = [f"available providers: {', '.join(info['providers_available'])}"]
-    for role, m in edge.models.items():
+    graphs = [(role, m) for role, m in edge.models.items()]
+    graphs += [(f"{role} (one window)", m.single) for role, m in edge.models.items() if m.single is not None]
+    for role, m in graphs:
         placement = m.node_placement()
         info["models"][role] = {"file": m.name, "input": m.input_name, "outputs": m.output_names,
-                                "window": [m.timesteps, m.features], "session_providers": m.providers,
+                                "batch": 1 if m.one_window else "any", "window": [m.timesteps, m.features],
+                                "session_providers": m.providers,
                                 "placement": placement, "placement_summary": runtime.placement_summary(placement)}
-        lines.append(f"{role} ({m.name}): {m.input_name} (batch, {m.timesteps}, {m.features}) -> {', '.join(m.output_names)}")
+        batch = "1" if m.one_window else "batch"
+        lines.append(f"{role} ({m.name}): {m.input_name} ({batch}, {m.timesteps}, {m.features}) -> {', '.join(m.output_names)}")
         lines.append(f"  session providers: {', '.join(m.providers)}")
         for prov, count in runtime.placement_summary(placement).items():
             lines.append(f"  {count} nodes ran on {prov}")

@@ -105,3 +105,13 @@ def test_bare_command_shows_its_help_not_an_error():
     result = CliRunner().invoke(main, [])
     assert "Commands:" in result.output and "pipeline" in result.output
     assert "error:" not in result.output
+
+
+def test_inspect_shows_the_one_window_graph_and_where_it_ran(tiny_export):
+    result = run("inspect", tiny_export, "--provider", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    models = json.loads(result.stdout)["models"]
+    assert set(models) == {"autoencoder", "encoder", "autoencoder (one window)"}
+    single = models["autoencoder (one window)"]
+    assert single["file"] == "autoencoder.b1.onnx" and single["batch"] == 1 and models["autoencoder"]["batch"] == "any"
+    assert sum(single["placement_summary"].values()) == 11
