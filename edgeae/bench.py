@@ -84,7 +84,7 @@ class BenchReport:
         return {**asdict(self), "results": [asdict(r) for r in self.results]}
 
     def table(self) -> str:
-        head = (f"{'path':34} {'size KB':>8} {'b1 med us':>10} {'b1 p99 us':>10} {'x base':>7}"
+        head = (f"{'path':42} {'size KB':>8} {'b1 med us':>10} {'b1 p99 us':>10} {'x base':>7}"
                 + "".join(f" {'b' + str(b) + ' seq/s':>13} {'x base':>7} {'%mm':>5}" for b in self.batches)
                 + f" {'cold s':>7} {'peak MB':>8}")
         lines = [f"float32 matmul rate: {self.machine_matmul_gflops:.0f} GFLOP/s; baselines: "
@@ -93,9 +93,9 @@ class BenchReport:
         fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
         for r in self.results:
             if r.error:
-                lines.append(f"{r.role + '/' + r.name:34} failed: {r.error}")
+                lines.append(f"{r.role + '/' + r.name:42} failed: {r.error}")
                 continue
-            row = (f"{r.role + '/' + r.name:34} {fmt(r.size_bytes and r.size_bytes / 1024, '8.0f'):>8} "
+            row = (f"{r.role + '/' + r.name:42} {fmt(r.size_bytes and r.size_bytes / 1024, '8.0f'):>8} "
                    f"{fmt(r.latency_us_median, '10.1f'):>10} {fmt(r.latency_us_p99, '10.1f'):>10} {fmt(r.latency_ratio, '7.2f'):>7}")
             for b in self.batches:
                 key = str(b)
@@ -109,38 +109,44 @@ class BenchReport:
 # ---------------------------------------------------------------- the paths
 
 
-def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Path | None]]:
-    """(name, role, file, single-window file) for every model the export lists, baseline first.
+Routes = list[tuple[int, int | None, Path]]  # (first, last batch size, file) the runtime hands to another graph
 
-    A graph the runtime runs only for single windows is timed inside the path it serves
-    (named `file+b1`), since that is what an application loading the variant gets.
+
+def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Routes]]:
+    """(name, role, file, its batch routes) for every model the export lists, baseline first.
+
+    Graphs the runtime runs for some batch sizes of a variant are timed inside the path they
+    serve (named `file+b1+unrolled`), since that is what an application loading it gets.
     """
-    singles = {role: {entry["file"]: entry["single_window_file"] for entry in by_name.values()
-                      if isinstance(entry, dict) and entry.get("single_window_file")}
-               for role, by_name in (manifest.get("variants") or {}).items()}
-    served = {single for by_file in singles.values() for single in by_file.values()}
-    found = []
+    from .runtime import batch_routes
+
+    routes: dict[str, Routes] = {}
+    for role, by_name in (manifest.get("variants") or {}).items():
+        for name, entry in by_name.items():
+            if isinstance(entry, dict) and entry.get("by_batch"):
+                routes[entry["file"]] = [(a, b, folder / f) for a, b, f in batch_routes(manifest, role, name)]
+    served = {path.name for found in routes.values() for _, _, path in found}
+    paths = []
     for name in manifest["files"]:
-        if name.endswith((".onnx", ".ort")) and name not in served:
-            role = name.split(".")[0]
-            if role in ("autoencoder", "encoder"):
-                single = singles.get(role, {}).get(name)
-                label = f"{name}+{single.split('.')[-2]}" if single else name
-                found.append((label, role, folder / name, folder / single if single else None))
-    return sorted(found, key=lambda t: (t[1], not t[0].endswith(BASELINE_SUFFIX), t[0]))
+        role = name.split(".")[0]
+        if name.endswith((".onnx", ".ort")) and name not in served and role in ("autoencoder", "encoder"):
+            found = routes.get(name, [])
+            label = "+".join([name, *(path.name.split(".")[-2] for _, _, path in found)])
+            paths.append((label, role, folder / name, found))
+    return sorted(paths, key=lambda t: (t[1], not t[0].endswith(BASELINE_SUFFIX), t[0]))
 
 
-def _onnx_model(path: Path, single: Path | None, threads: int | None) -> Any:
-    """An edgeae file as an application loads it: the runtime's model, its single-window graph attached."""
+def _onnx_model(path: Path, routes: Routes, threads: int | None) -> Any:
+    """An edgeae file as an application loads it: the runtime's model, with its batch routes."""
     from .runtime import OnnxModel
 
     model = OnnxModel(path, "cpu", threads=threads)
-    if single is not None:
-        model.attach_single_window(OnnxModel(single, "cpu", threads=threads))
+    for first, last, other in routes:
+        model.route(OnnxModel(other, "cpu", threads=threads), first, last)
     return model
 
 
-def _onnx_runner(path: Path, single: Path | None, threads: int | None, baseline: bool) -> Callable[[np.ndarray], Any]:
+def _onnx_runner(path: Path, routes: Routes, threads: int | None, baseline: bool) -> Callable[[np.ndarray], Any]:
     """The baseline is what a user gets by hand: one onnxruntime session, one run per batch.
     edgeae's own files run through `edgeae.runtime`, as an application would use them."""
     import onnxruntime as ort
@@ -152,7 +158,7 @@ def _onnx_runner(path: Path, single: Path | None, threads: int | None, baseline:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})
-    return _onnx_model(path, single, threads).run_windows
+    return _onnx_model(path, routes, threads).run_windows
 
 
 def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Callable[[np.ndarray], Any]]:
@@ -182,12 +188,12 @@ def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Ca
 
 _COLD_CHILD = """
 import sys, time, json, resource
-kind, folder, target, batch, single = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+kind, folder, target, batch, routes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])
 import numpy as np
 if kind == "onnx":
     from pathlib import Path
     from edgeae.bench import _onnx_model
-    m = _onnx_model(Path(target), Path(single) if single else None, None)
+    m = _onnx_model(Path(target), [(a, b, Path(f)) for a, b, f in routes], None)
     x = np.zeros((batch, m.timesteps, m.features), np.float32)
     m.run_windows(x)
 else:
@@ -205,11 +211,12 @@ print(json.dumps({"done": done, "peak_rss_kb": peak}))
 """
 
 
-def cold_start(kind: str, folder: Path, target: str, batch: int = 64, single: Path | None = None) -> tuple[float, float]:
+def cold_start(kind: str, folder: Path, target: str, batch: int = 64, routes: Routes = ()) -> tuple[float, float]:
     """Process start to first result (s), and the process's peak RSS (MB), in a fresh interpreter."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     start = time.time()
-    proc = subprocess.run([sys.executable, "-c", _COLD_CHILD, kind, str(folder), target, str(batch), str(single or "")],
+    routes_arg = json.dumps([(a, b, str(f)) for a, b, f in routes])
+    proc = subprocess.run([sys.executable, "-c", _COLD_CHILD, kind, str(folder), target, str(batch), routes_arg],
                           capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError((proc.stderr.strip().splitlines() or ["failed"])[-1])
@@ -291,11 +298,11 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         baseline[role] = candidates[0][0]
         runners: dict[str, Callable] = {}
         entries: dict[str, PathResult] = {}
-        files = {name: (path, single) for name, _, path, single in candidates}
-        for name, (path, single) in files.items():
-            size = path.stat().st_size + (single.stat().st_size if single else 0)  # what a device stores
+        files = {name: (path, routes) for name, _, path, routes in candidates}
+        for name, (path, routes) in files.items():
+            size = path.stat().st_size + sum(other.stat().st_size for _, _, other in routes)  # what a device stores
             try:
-                runners[name] = _onnx_runner(path, single, threads, baseline=name == baseline[role])
+                runners[name] = _onnx_runner(path, routes, threads, baseline=name == baseline[role])
             except Exception as exc:  # a variant this onnxruntime cannot run is reported, not fatal
                 entries[name] = PathResult(name, role, "onnx", size, error=str(exc).splitlines()[0][:160])
                 continue
@@ -332,9 +339,9 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
                     continue
                 say(f"{role}: cold start of {name}")
                 try:
-                    path, single = files.get(name, (None, None))
+                    path, routes = files.get(name, (None, []))
                     target = str(path) if entry.kind == "onnx" else f"{role}:{name}"
-                    entry.cold_start_s, entry.peak_rss_mb = cold_start(entry.kind, folder, target, single=single)
+                    entry.cold_start_s, entry.peak_rss_mb = cold_start(entry.kind, folder, target, routes=routes)
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                     entry.error = f"cold start failed: {exc}"[:160]
         results.extend(entries.values())

@@ -100,7 +100,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 provider_option = click.option("--provider", default="auto", show_default=True,
                                help="auto (CUDA if available, else CPU), cpu or cuda.")
 variant_option = click.option("--variant", default="fp32", show_default=True,
-                              help="Which published model to run: fp32, fp16, int8, ort, plain, or fp32-b1 (the one-window graph alone).")
+                              help="Which published model to run: fp32, fp16, int8, ort, plain, or one of "
+                                   "fp32's batch graphs alone: fp32-b1, fp32-unrolled.")
 
 
 @click.group(cls=EdgeGroup, context_settings={"help_option_names": ["-h", "--help"]},
@@ -419,7 +420,8 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, as_jso
     info: dict[str, Any] = {"providers_available": runtime.available_providers(), "models": {}}
     lines = [f"available providers: {', '.join(info['providers_available'])}"]
     graphs = [(role, m) for role, m in edge.models.items()]
-    graphs += [(f"{role} (one window)", m.single) for role, m in edge.models.items() if m.single is not None]
+    graphs += [(f"{role} ({runtime.batch_label(first, last)})", other)
+               for role, m in edge.models.items() for first, last, other in m.routes]
     for role, m in graphs:
         placement = m.node_placement()
         info["models"][role] = {"file": m.name, "input": m.input_name, "outputs": m.output_names,

@@ -199,13 +199,13 @@ def load_references(folder: Path, manifest: dict) -> dict[str, dict[str, np.ndar
 
 def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray]], onnx_paths: dict[str, Path],
                   inputs: dict[str, np.ndarray], providers: list[str], atol: float = DEFAULT_ATOL,
-                  internal_check: bool = True, single_window: dict[str, Path] | None = None) -> ParityReport:
+                  internal_check: bool = True, batch_graphs: list[tuple[str, str, Path]] | None = None) -> ParityReport:
     """Compare both ONNX files with the Keras outputs on every input set and provider.
 
-    `single_window` adds, per role, the one-window graph the runtime runs single windows on
-    (run window by window). `internal_check` also proves the encoder equals the
-    autoencoder's own encoding; it edits the graph with onnx, which a runtime-only machine
-    may not have.
+    `batch_graphs` adds (role, label, file) for each graph the runtime hands some batch
+    sizes to; a one-window graph runs window by window. `internal_check` also proves the
+    encoder equals the autoencoder's own encoding; it edits the graph with onnx, which a
+    runtime-only machine may not have.
     """
     from .runtime import OnnxModel, placement_summary
 
@@ -220,7 +220,7 @@ def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray
     for provider in providers:
         short = "cuda" if provider.startswith("CUDA") else "cpu"
         models = [(role, role, path) for role, path in onnx_paths.items()]
-        models += [(role, f"{role} (one window)", path) for role, path in (single_window or {}).items()]
+        models += list(batch_graphs or [])
         for role, label, path in models:
             session = OnnxModel(path, [provider], name=path.name)
             placement[f"{label}/{short}"] = placement_summary(session.node_placement())
@@ -342,6 +342,8 @@ def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, aga
     machine with only the runtime installed can prove parity on its own providers;
     "auto" takes Keras where TensorFlow is installed, the stored outputs otherwise.
     """
+    from .runtime import batch_label, batch_routes
+
     atol = check_tolerance(atol)
     if against not in ("auto", "keras", "stored"):
         raise UsageError(f"verify against 'auto', 'keras' or 'stored', got {against!r}")
@@ -353,21 +355,20 @@ def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, aga
         raise UsageError(f"{folder} is not an export folder (run edgeae export on it first)")
     verify_files(folder, manifest)
     paths = {role: folder / ONNX_FILES[role] for role in ONNX_FILES}
-    singles = {role: folder / by_name["fp32"]["single_window_file"]
-               for role, by_name in (manifest.get("variants") or {}).items()
-               if (by_name.get("fp32") or {}).get("single_window_file")}
+    extra = [(role, f"{role} ({batch_label(first, last)})", folder / file)
+             for role in ONNX_FILES for first, last, file in batch_routes(manifest, role, "fp32")]
     provider_list = verification_providers(providers)
     if against == "keras":
         training = load_training(folder)
         inputs = parity_inputs(training.train_windows, training.preprocessing, training.config.seed)
         return verify_models(training.preprocessing, keras_references(training, inputs), paths, inputs,
-                             provider_list, atol, single_window=singles)
+                             provider_list, atol, batch_graphs=extra)
     pre = Preprocessing.from_dict(manifest["preprocessing"])
     with np.load(folder / PARITY_INPUTS_FILE, allow_pickle=False) as saved:
         train_windows = saved["training"].astype(np.float64)
     inputs = parity_inputs(train_windows, pre, int(manifest["training"]["config"]["seed"]))
     return verify_models(pre, load_references(folder, manifest), paths, inputs, provider_list, atol,
-                         internal_check=_installed("onnx"), single_window=singles)
+                         internal_check=_installed("onnx"), batch_graphs=extra)
 
 
 def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str, ...] | None = None,

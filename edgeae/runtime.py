@@ -176,7 +176,7 @@ class OnnxModel:
         self._output_lists = [[name] for name in self.output_names]
         self.timesteps, self.features = int(spec.shape[1]), int(spec.shape[2])
         self.one_window = spec.shape[0] == 1  # a single-window graph: run window by window
-        self.single: OnnxModel | None = None  # the single-window graph this model hands batch-1 runs to
+        self.routes: list[tuple[int, int | None, OnnxModel]] = []  # graphs this model hands some batch sizes to
         self._call = _fast_run(self.session)
         try:
             self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
@@ -217,13 +217,21 @@ class OnnxModel:
         result = self.run_windows(windows, chunk, output)
         return result[0] if single else result
 
-    def attach_single_window(self, single: OnnxModel) -> None:
-        """Hand every one-window run to `single`, a graph made for batch 1 with the same contract."""
-        if not single.one_window or (single.timesteps, single.features) != (self.timesteps, self.features):
-            raise IntegrityError(f"{single.name}: not a single-window graph for {self.name}")
-        if [o.shape[1:] for o in single.session.get_outputs()] != [o.shape[1:] for o in self.session.get_outputs()]:
-            raise IntegrityError(f"{single.name}: its outputs differ from {self.name}'s")
-        self.single = single
+    def route(self, other: OnnxModel, first: int, last: int | None) -> None:
+        """Hand every run of `first` to `last` windows (no limit: None) to `other`, an equivalent graph."""
+        if (other.timesteps, other.features) != (self.timesteps, self.features) or (
+                [o.shape[1:] for o in other.session.get_outputs()] != [o.shape[1:] for o in self.session.get_outputs()]):
+            raise IntegrityError(f"{other.name}: its inputs or outputs differ from {self.name}'s")
+        if other.one_window and (first, last) != (1, 1):
+            raise IntegrityError(f"{other.name}: a one-window graph cannot run batches of {first} to {last or 'any'}")
+        self.routes.append((first, last, other))
+
+    def graph_for(self, count: int) -> OnnxModel:
+        """The graph that runs `count` windows in one call: a routed one, or this model's own."""
+        for first, last, other in self.routes:
+            if first <= count and (last is None or count <= last):
+                return other
+        return self
 
     def run_windows(self, windows: np.ndarray, chunk: int = DEFAULT_CHUNK, output: int = 0) -> np.ndarray:
         """Run on checked float32 windows, `chunk` at a time so memory stays flat.
@@ -233,19 +241,22 @@ class OnnxModel:
         if type(chunk) is not int or chunk < 1:
             check_chunk(chunk)
         count = len(windows)
-        model = self.single if count == 1 and self.single is not None else self
         if count == 0:
             out_shape = self.session.get_outputs()[output].shape[1:]
             return np.empty((0, *[d if isinstance(d, int) else 0 for d in out_shape]), dtype=np.float32)
-        if model.one_window:
+        if self.one_window:
             chunk = 1
-        names, feed = model._output_lists[output], model.input_name
+        model = self.graph_for(min(count, chunk)) if self.routes else self
         try:
             if count <= chunk:  # one call: the latency-critical path
-                result = model._call(names, {feed: windows})[0]
+                result = model._call(model._output_lists[output], {model.input_name: windows})[0]
             else:
-                result = np.concatenate([model._call(names, {feed: windows[start:start + chunk]})[0]
-                                         for start in range(0, count, chunk)])
+                parts = []
+                for start in range(0, count, chunk):
+                    part = windows[start:start + chunk]
+                    model = self.graph_for(len(part))
+                    parts.append(model._call(model._output_lists[output], {model.input_name: part})[0])
+                result = np.concatenate(parts)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InferenceError(f"{model.name}: inference failed: {first[:200]}") from None
@@ -397,7 +408,7 @@ def _published(manifest: dict) -> list[str]:
 
 def _variant_file(manifest: dict, role: str, variant: str) -> str | None:
     """The file holding `role` in `variant`; None where that variant is not made for the role
-    (the single-window graph exists for the autoencoder only)."""
+    (the batch graphs exist for the autoencoder only)."""
     if variant == DEFAULT_VARIANT:
         return ((manifest.get("models") or {}).get(role) or {}).get("file")
     entry = ((manifest.get("variants") or {}).get(role) or {}).get(variant)
@@ -409,10 +420,28 @@ def _variant_file(manifest: dict, role: str, variant: str) -> str | None:
     return entry.get("file")
 
 
-def _single_window_file(manifest: dict, role: str, variant: str) -> str | None:
-    """The graph the manifest says runs `variant`'s one-window calls, if it has one."""
+def batch_label(first: int, last: int | None) -> str:
+    """'batch 1', 'batches 2-31', 'batches 32+'."""
+    if first == last:
+        return f"batch {first}"
+    return f"batches {first}+" if last is None else f"batches {first}-{last}"
+
+
+def batch_routes(manifest: dict, role: str, variant: str) -> list[tuple[int, int | None, str]]:
+    """(first, last, file) for each batch range the manifest gives `variant` to another graph."""
     entry = ((manifest.get("variants") or {}).get(role) or {}).get(variant) or {}
-    return entry.get("single_window_file")
+    routes = []
+    for route in entry.get("by_batch") or []:
+        try:
+            (first, last), file = route["batches"], str(route["file"])
+            valid = isinstance(first, int) and first >= 1 and (last is None or (isinstance(last, int) and last >= first))
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise IntegrityError(f"manifest: {role}/{variant} has a malformed by_batch entry: {route!r}")
+        if file != entry.get("file"):
+            routes.append((first, last, file))
+    return routes
 
 
 def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int | None = None,
@@ -420,9 +449,9 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
     """Load an export folder (every file checked against the manifest first) or one .onnx/.ort file.
 
     `variant` picks among what the export published: "fp32" (the default clean graph),
-    "fp16", "int8", "ort" or "plain" (tf2onnx's own graph). fp32 hands single-window runs to
-    the one-window graph its manifest entry names (`single_window_file`); "fp32-b1" loads
-    that graph alone.
+    "fp16", "int8", "ort" or "plain" (tf2onnx's own graph). fp32 hands some batch sizes to
+    the equivalent graphs its manifest entry names (`by_batch`): one window to the one-window
+    graph, many to the unrolled one; "fp32-b1" and "fp32-unrolled" load one of those alone.
     """
     resolve_providers(providers)  # an impossible provider request fails before any file is read
     path = Path(path)
@@ -436,10 +465,9 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
             if not name:
                 continue
             models[role] = OnnxModel(verify_file(path, name, manifest["files"].get(name)), providers, threads, name=name)
-            single = _single_window_file(manifest, role, variant)
-            if single:
-                models[role].attach_single_window(
-                    OnnxModel(verify_file(path, single, manifest["files"].get(single)), providers, threads, name=single))
+            for first, last, file in batch_routes(manifest, role, variant):
+                models[role].route(OnnxModel(verify_file(path, file, manifest["files"].get(file)), providers, threads,
+                                             name=file), first, last)
         if not models and variant != DEFAULT_VARIANT:
             raise UsageError(f"no published {variant!r} variant; this export has: {', '.join(_published(manifest))}")
         if not models:

@@ -20,13 +20,13 @@ def test_bench_reports_every_path_with_ratios(tiny_export):
     report = run_bench(tiny_export, keras=True, runs=5, warmup=1, batches=(8,), cold=False)
     names = {(r.role, r.name) for r in report.results}
     manifest = json.loads((tiny_export / "manifest.json").read_text())
-    singles = {e["file"]: e["single_window_file"] for by_name in manifest["variants"].values()
-               for e in by_name.values() if e.get("single_window_file")}
-    assert singles == {"autoencoder.onnx": "autoencoder.b1.onnx"}
-    onnx_files = [n for n in manifest["files"] if n.endswith((".onnx", ".ort")) and n not in singles.values()]
-    for name in onnx_files:  # a single-window graph is timed inside the path it serves
-        assert (name.split(".")[0], f"{name}+b1" if name in singles else name) in names
-    assert ("autoencoder", "autoencoder.onnx+b1") in names and ("encoder", "encoder.onnx") in names
+    routed = {e["file"]: [r["file"] for r in e["by_batch"] if r["file"] != e["file"]]
+              for by_name in manifest["variants"].values() for e in by_name.values() if e.get("by_batch")}
+    assert routed == {"autoencoder.onnx": ["autoencoder.b1.onnx", "autoencoder.unrolled.onnx"]}
+    served = {f for files in routed.values() for f in files}
+    onnx_files = [n for n in manifest["files"] if n.endswith((".onnx", ".ort")) and n not in served]
+    for name in onnx_files:  # the graphs a variant hands some batch sizes to are timed inside its path
+        assert (name.split(".")[0], "autoencoder.onnx+b1+unrolled" if name in routed else name) in names
     assert len(names) == len(onnx_files) + 2 * len(KERAS_PATHS)
     for role in ("autoencoder", "encoder"):
         for path in KERAS_PATHS:

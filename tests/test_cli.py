@@ -6,6 +6,7 @@ from click.testing import CliRunner
 
 from edgeae.cli import main
 from edgeae.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_PARITY, EXIT_RUNTIME, EXIT_USAGE
+from edgeae.optimize import UNROLLED_FROM
 
 TINY = ["--epochs", "3", "--units", "4", "--timesteps", "4", "--features", "2", "--quiet"]
 
@@ -107,11 +108,12 @@ def test_bare_command_shows_its_help_not_an_error():
     assert "error:" not in result.output
 
 
-def test_inspect_shows_the_one_window_graph_and_where_it_ran(tiny_export):
+def test_inspect_shows_the_batch_graphs_and_where_they_ran(tiny_export):
     result = run("inspect", tiny_export, "--provider", "cpu", "--json")
     assert result.exit_code == 0, result.output
     models = json.loads(result.stdout)["models"]
-    assert set(models) == {"autoencoder", "encoder", "autoencoder (one window)"}
-    single = models["autoencoder (one window)"]
+    assert set(models) == {"autoencoder", "encoder", "autoencoder (batch 1)", f"autoencoder (batches {UNROLLED_FROM}+)"}
+    single, unrolled = models["autoencoder (batch 1)"], models[f"autoencoder (batches {UNROLLED_FROM}+)"]
     assert single["file"] == "autoencoder.b1.onnx" and single["batch"] == 1 and models["autoencoder"]["batch"] == "any"
     assert sum(single["placement_summary"].values()) == 11
+    assert unrolled["file"] == "autoencoder.unrolled.onnx" and unrolled["batch"] == "any"

@@ -83,11 +83,11 @@ def test_manifest_records_every_variant(tiny_export):
     verify_files(tiny_export, manifest)
     for role in ("autoencoder", "encoder"):
         variants = manifest["variants"][role]
-        single = {"fp32-b1"} if role == "autoencoder" else set()
-        assert set(variants) == {"plain", "fp32", "fp16", "int8", "ort"} | single
+        batch_graphs = {"fp32-b1", "fp32-unrolled"} if role == "autoencoder" else set()
+        assert set(variants) == {"plain", "fp32", "fp16", "int8", "ort"} | batch_graphs
         assert variants["fp32"]["file"] == f"{role}.onnx" and variants["fp32"]["default"]
-        assert variants["fp32"].get("single_window_file") == ("autoencoder.b1.onnx" if single else None)
-        assert {n: v["batch"] for n, v in variants.items()} == {n: 1 if n in single else "any" for n in variants}
+        assert bool(variants["fp32"].get("by_batch")) == bool(batch_graphs)
+        assert {n: v["batch"] for n, v in variants.items()} == {n: 1 if n == "fp32-b1" else "any" for n in variants}
         assert variants["fp32"]["source"] == f"{role}.plain.onnx"
         for name, v in variants.items():
             assert v["tolerance"] == DEFAULT_TOLERANCES[name].to_dict()
@@ -104,15 +104,15 @@ def test_manifest_records_every_variant(tiny_export):
         assert ("score" in variants["fp16"]["parity"]) == (role == "autoencoder")
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp32-b1", "fp16", "int8", "ort"])
+@pytest.mark.parametrize("name", ["fp32", "fp32-b1", "fp32-unrolled", "fp16", "int8", "ort"])
 def test_published_variants_match_keras_within_their_tolerance(tiny_export, tiny_training, parity_inputs, name):
-    """Every graph the runtime may choose, the single-window one included, holds parity with Keras."""
+    """Every graph the runtime may choose, for any batch size, holds parity with Keras."""
     manifest = read_manifest(tiny_export)
     pre = tiny_training.preprocessing
     scale = pre.arrays()["scale"]
     tol = DEFAULT_TOLERANCES[name]
     for role, keras_model in (("autoencoder", tiny_training.autoencoder), ("encoder", tiny_training.encoder)):
-        if name.endswith("-b1") and role == "encoder":
+        if name.startswith("fp32-") and role == "encoder":
             continue  # made for the autoencoder only
         v = manifest["variants"][role][name]
         if not v["published"]:
@@ -168,6 +168,47 @@ def test_single_window_graph_keeps_scaling_and_matches_the_batch_graph(scaled_ex
                                rtol=1e-6, atol=1e-5)
 
 
+def test_unrolled_graph_projects_the_encoding_once_and_steps_with_gemms(tiny_export):
+    graph = onnx.load(str(tiny_export / "autoencoder.unrolled.onnx")).graph
+    kinds = [n.op_type for n in graph.node]
+    assert kinds.count("LSTM") == 1  # the encoder's; the decoder is written out
+    assert kinds.count("Gemm") == 4 + 4 * (6 - 1)  # the projection per gate, then one per gate and later step
+    assert "Transpose" in kinds[:4] and "Transpose" not in kinds[4:] and "Expand" not in kinds  # output batch-major
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.input, *graph.output)]
+    assert dims == [["batch", 6, 3], ["batch", 6, 3]]
+    clean = onnx.load(str(tiny_export / "autoencoder.onnx"))
+    assert optimize.unrolled_graph(onnx.load(str(tiny_export / "encoder.onnx")), "encoder") is None
+    odd = onnx.ModelProto()
+    odd.CopyFrom(clean)
+    decoder = next(n for n in odd.graph.node if n.name == "decoder/LSTM")
+    decoder.attribute.append(onnx.helper.make_attribute("clip", 3.0))
+    assert optimize.unrolled_graph(odd, "autoencoder") is None  # a setting the unrolled steps do not cover
+    with pytest.raises(optimize.GraphError, match="not a clean graph"):
+        optimize.unrolled_graph(onnx.load(str(tiny_export / "autoencoder.plain.onnx")), "autoencoder")
+
+
+def test_unrolled_graph_keeps_scaling_and_matches_the_clean_graph(scaled_export, rng):
+    auto = ops(scaled_export / "autoencoder.unrolled.onnx")
+    assert auto[:4] == ["Min", "Max", "Sub", "Mul"] and auto[-2:] == ["Div", "Add"]
+    x = rng.uniform(-2000, 2000, (300, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(run(scaled_export / "autoencoder.unrolled.onnx", x), run(scaled_export / "autoencoder.onnx", x),
+                               rtol=1e-6, atol=1e-5)
+
+
+def test_batch_routes_cover_every_batch_size_once():
+    files = {"fp32": {"file": "a.onnx"}, "fp32-b1": {"file": "a.b1.onnx", "published": True},
+             "fp32-unrolled": {"file": "a.u.onnx", "published": True}}
+    graphs = (("fp32-b1", 1, 1), ("fp32-unrolled", 128, None))
+    assert optimize.batch_routes(files, "fp32", graphs) == [
+        {"batches": [1, 1], "file": "a.b1.onnx"}, {"batches": [2, 127], "file": "a.onnx"},
+        {"batches": [128, None], "file": "a.u.onnx"}]
+    files["fp32-b1"]["published"] = False
+    assert optimize.batch_routes(files, "fp32", graphs) == [
+        {"batches": [1, 127], "file": "a.onnx"}, {"batches": [128, None], "file": "a.u.onnx"}]
+    files["fp32-unrolled"]["published"] = False
+    assert optimize.batch_routes(files, "fp32", graphs) == []
+
+
 def test_ort_format_loads_and_matches_its_source(tiny_export, rng):
     x = rng.uniform(-3, 3, (50, 6, 3)).astype(np.float32)
     for role in ("autoencoder", "encoder"):
@@ -217,7 +258,8 @@ def test_optimize_upgrades_an_export_made_before_variants(export_copy):
     for role in ("autoencoder", "encoder"):  # what an older export held: tf2onnx's graph as the default
         (export_copy / f"{role}.plain.onnx").replace(export_copy / f"{role}.onnx")
     for name in list(manifest["files"]):
-        if name.endswith((".plain.onnx", ".b1.onnx", ".fp16.onnx", ".int8.onnx", ".ort", ".config")) or name == "targets.json":
+        if name.endswith((".plain.onnx", ".b1.onnx", ".unrolled.onnx", ".fp16.onnx", ".int8.onnx", ".ort", ".config")) \
+                or name == "targets.json":
             (export_copy / name).unlink(missing_ok=True)
             del manifest["files"][name]
     from edgeae.artifacts import file_entry

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from edgeae import pipeline
+from edgeae.optimize import UNROLLED_FROM
 from edgeae.parity import ParityReport, compare
 
 from .conftest import PROVIDERS
@@ -74,9 +75,10 @@ def test_verify_on_each_provider(tiny_export, provider):
     assert {r.provider for r in report.results} == {provider}
     placement = report.placement[f"autoencoder/{provider}"]
     assert sum(placement.values()) > 0
-    # the one-window graph the runtime runs single windows on is checked too, window by window
-    assert set(report.summary()) == {f"{m}/{provider}" for m in ("autoencoder", "autoencoder (one window)", "encoder")}
-    assert {r.batch for r in report.results if r.model == "autoencoder (one window)"} > {1}
+    # the graphs the runtime hands some batch sizes to are checked too (the one-window graph window by window)
+    graphs = ("autoencoder", "autoencoder (batch 1)", f"autoencoder (batches {UNROLLED_FROM}+)", "encoder")
+    assert set(report.summary()) == {f"{m}/{provider}" for m in graphs}
+    assert {r.batch for r in report.results if r.model == "autoencoder (batch 1)"} > {1}
 
 
 def test_verify_fails_beyond_a_tight_tolerance(tiny_export):

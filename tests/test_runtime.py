@@ -16,6 +16,7 @@ from edgeae import runtime
 from edgeae.artifacts import read_manifest, write_manifest
 from edgeae.data import Preprocessing
 from edgeae.errors import DataError, IntegrityError, ProviderError, ShapeError, UsageError
+from edgeae.optimize import UNROLLED_FROM
 
 from .conftest import PROVIDERS, REPO
 
@@ -114,8 +115,9 @@ def test_manifest_records_the_preprocessing_in_plain_numbers(scaled_export):
 def test_chunked_runs_match_one_big_run(tiny_export, rng):
     model = runtime.load(tiny_export, "cpu")
     x = rng.uniform(0, 1, (1001, 6, 3))
-    whole = model.reconstruct(x, chunk=4096)
-    np.testing.assert_array_equal(model.reconstruct(x, chunk=7), whole)
+    whole = model.reconstruct(x, chunk=4096)  # on the unrolled graph; 7 and 13 at a time on the clean one
+    np.testing.assert_array_equal(model.reconstruct(x, chunk=7), model.reconstruct(x, chunk=13))
+    np.testing.assert_allclose(model.reconstruct(x, chunk=7), whole, atol=1e-6)
     np.testing.assert_array_equal(model.encode(x, chunk=1), model.encode(x))
     with pytest.raises(UsageError):
         model.encode(x, chunk=0)
@@ -276,7 +278,7 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path):
         runtime.load(bogus, "cpu")
 
 
-@pytest.mark.parametrize("variant", ["fp32", "fp32-b1", "fp16", "int8", "ort", "plain"])
+@pytest.mark.parametrize("variant", ["fp32", "fp32-b1", "fp32-unrolled", "fp16", "int8", "ort", "plain"])
 def test_every_published_variant_loads_and_scores_with_its_own_threshold(tiny_export, variant, rng):
     manifest = json.loads((tiny_export / "manifest.json").read_text())
     model = runtime.load(tiny_export, "cpu", variant=variant)
@@ -312,59 +314,90 @@ def _count_runs(model: runtime.OnnxModel, counts: dict, key: str) -> None:
     model._call = counted
 
 
-def test_single_windows_run_on_the_single_window_graph(tiny_export, rng):
+def test_each_batch_size_runs_on_the_graph_the_manifest_names(tiny_export, rng):
+    manifest = read_manifest(tiny_export)
+    assert manifest["variants"]["autoencoder"]["fp32"]["by_batch"] == [
+        {"batches": [1, 1], "file": "autoencoder.b1.onnx"},
+        {"batches": [2, UNROLLED_FROM - 1], "file": "autoencoder.onnx"},
+        {"batches": [UNROLLED_FROM, None], "file": "autoencoder.unrolled.onnx"}]
     model = runtime.load(tiny_export, "cpu")
     auto = model.models["autoencoder"]
-    assert auto.single is not None and auto.single.name == "autoencoder.b1.onnx"
-    assert runtime.load(tiny_export, "cpu", variant="int8").models["autoencoder"].single is None
-    assert model.models["encoder"].single is None  # no single-window graph for the encoder
-    counts = {"single": 0, "batch": 0}
-    _count_runs(auto.single, counts, "single")
-    _count_runs(auto, counts, "batch")
-    x = rng.uniform(0, 1, (5, 6, 3))
-    batch = model.reconstruct(x)
-    assert counts == {"single": 0, "batch": 1}
+    assert [(a, b, m.name) for a, b, m in auto.routes] == [(1, 1, "autoencoder.b1.onnx"),
+                                                          (UNROLLED_FROM, None, "autoencoder.unrolled.onnx")]
+    assert not model.models["encoder"].routes and not runtime.load(tiny_export, "cpu", variant="int8").models["autoencoder"].routes
+    counts = {"one": 0, "clean": 0, "unrolled": 0}
+    _count_runs(auto.routes[0][2], counts, "one")
+    _count_runs(auto, counts, "clean")
+    _count_runs(auto.routes[1][2], counts, "unrolled")
+    x = rng.uniform(0, 1, (300, 6, 3))
+    alone = runtime.load(tiny_export / "autoencoder.onnx", "cpu").reconstruct(x)  # the clean graph for everything
+    expected = {"one": 0, "clean": 0, "unrolled": 0}
+    for batch, chunk, graphs in [(1, 256, ["one"]), (5, 256, ["clean"]), (UNROLLED_FROM - 1, 256, ["clean"]),
+                                 (UNROLLED_FROM, 256, ["unrolled"]), (300, 256, ["unrolled", "clean"]),
+                                 (257, 256, ["unrolled", "one"]), (3, 2, ["clean", "one"])]:
+        out = model.reconstruct(x[:batch], chunk=chunk)
+        for graph in graphs:
+            expected[graph] += 1
+        assert counts == expected, (batch, chunk)
+        np.testing.assert_allclose(out, alone[:batch], atol=1e-6)
     one = model.reconstruct(x[2])
-    assert counts == {"single": 1, "batch": 1} and one.shape == (6, 3)
-    np.testing.assert_allclose(one, batch[2], atol=1e-6)
-    np.testing.assert_allclose(model.reconstruct(x[2:3]), batch[2:3], atol=1e-6)
-    assert float(model.score(x[4]).scores) == pytest.approx(float(model.score(x).scores[4]), rel=1e-5, abs=1e-12)
-    assert counts == {"single": 3, "batch": 2}
+    assert one.shape == (6, 3) and counts["one"] == expected["one"] + 1
+    assert float(model.score(x[4]).scores) == pytest.approx(float(model.score(x[:5]).scores[4]), rel=1e-5, abs=1e-12)
 
 
-def test_a_single_window_graph_alone_runs_any_batch_window_by_window(tiny_export, rng):
+@pytest.mark.parametrize("variant, file", [("fp32-b1", "autoencoder.b1.onnx"), ("fp32-unrolled", "autoencoder.unrolled.onnx")])
+def test_a_batch_graph_alone_runs_any_batch(tiny_export, rng, variant, file):
     x = rng.uniform(0, 1, (7, 6, 3))
-    alone = runtime.load(tiny_export / "autoencoder.b1.onnx", "cpu")
+    alone = runtime.load(tiny_export / file, "cpu")
     np.testing.assert_allclose(alone.reconstruct(x), runtime.load(tiny_export / "autoencoder.onnx", "cpu").reconstruct(x),
                                atol=1e-6)
-    variant = runtime.load(tiny_export, "cpu", variant="fp32-b1")
-    assert set(variant.models) == {"autoencoder"} and variant.models["autoencoder"].one_window
-    np.testing.assert_array_equal(variant.reconstruct(x), alone.reconstruct(x))
+    assert alone.models["autoencoder"].one_window == (variant == "fp32-b1")  # that one runs window by window
+    loaded = runtime.load(tiny_export, "cpu", variant=variant)
+    assert set(loaded.models) == {"autoencoder"} and not loaded.models["autoencoder"].routes
+    np.testing.assert_array_equal(loaded.reconstruct(x), alone.reconstruct(x))
 
 
-def test_an_export_without_a_single_window_graph_runs_single_windows_on_the_batch_graph(export_copy, rng):
+def test_an_export_without_batch_graphs_runs_every_batch_on_its_own_graph(export_copy, rng):
     manifest = read_manifest(export_copy)
-    del manifest["variants"]["autoencoder"]["fp32"]["single_window_file"]
+    del manifest["variants"]["autoencoder"]["fp32"]["by_batch"]
     write_manifest(export_copy, manifest)
     model = runtime.load(export_copy, "cpu")
-    assert model.models["autoencoder"].single is None
+    assert model.models["autoencoder"].routes == []
     x = rng.uniform(0, 1, (3, 6, 3))
     np.testing.assert_allclose(model.reconstruct(x[1]), model.reconstruct(x)[1], atol=1e-6)
 
 
-def test_a_tampered_single_window_graph_is_refused(export_copy):
-    path = export_copy / "autoencoder.b1.onnx"
+@pytest.mark.parametrize("file", ["autoencoder.b1.onnx", "autoencoder.unrolled.onnx"])
+def test_a_tampered_batch_graph_is_refused(export_copy, file):
+    path = export_copy / file
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="autoencoder.b1.onnx"):
+    with pytest.raises(IntegrityError, match=file.replace(".", r"\.")):
         runtime.load(export_copy, "cpu")
 
 
-def test_graphs_that_cannot_serve_single_windows_are_refused(tiny_export, tmp_path):
+@pytest.mark.parametrize("routes", [[{"batches": [0, 1], "file": "autoencoder.b1.onnx"}],
+                                    [{"batches": [5, 2], "file": "autoencoder.unrolled.onnx"}],
+                                    [{"batches": "all", "file": "autoencoder.b1.onnx"}],
+                                    [{"file": "autoencoder.b1.onnx"}],
+                                    [{"batches": [2, None], "file": "autoencoder.b1.onnx"}],
+                                    [{"batches": [2, None], "file": "encoder.onnx"}],
+                                    [{"batches": [2, None], "file": "missing.onnx"}]])
+def test_a_malformed_batch_route_is_refused(export_copy, routes):
+    manifest = read_manifest(export_copy)
+    manifest["variants"]["autoencoder"]["fp32"]["by_batch"] = routes
+    write_manifest(export_copy, manifest)
+    with pytest.raises(IntegrityError):
+        runtime.load(export_copy, "cpu")
+
+
+def test_graphs_that_cannot_serve_a_batch_range_are_refused(tiny_export, tmp_path):
     auto = runtime.OnnxModel(tiny_export / "autoencoder.onnx", "cpu")
-    with pytest.raises(IntegrityError, match="not a single-window graph"):
-        auto.attach_single_window(runtime.OnnxModel(tiny_export / "encoder.onnx", "cpu"))
+    with pytest.raises(IntegrityError, match="differ"):
+        auto.route(runtime.OnnxModel(tiny_export / "encoder.onnx", "cpu"), 2, None)
+    with pytest.raises(IntegrityError, match="one-window graph"):
+        auto.route(runtime.OnnxModel(tiny_export / "autoencoder.b1.onnx", "cpu"), 1, 4)
     proto = onnx.load(str(tiny_export / "autoencoder.onnx"))
     proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
     onnx.save(proto, str(tmp_path / "fixed4.onnx"))
