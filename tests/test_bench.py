@@ -38,8 +38,9 @@ def test_bench_reports_every_path_with_ratios(tiny_export):
         assert r.latency_us_median > 0 and r.latency_us_p99 >= r.latency_us_median
         assert r.throughput["8"] > 0 and r.percent_of_matmul["8"] > 0
         assert r.latency_ratio > 0 and r.throughput_ratio["8"] > 0
+        assert (set(r.versus_xla) == {"1", "8"} and min(r.versus_xla.values()) > 0) == (r.kind == "onnx")
     assert report.machine_matmul_gflops > 0
-    assert "x base" in report.table()
+    assert "x base" in report.table() and "times faster than keras-tf.function-xla" in report.table()
 
 
 def test_cold_start_and_peak_memory_per_path(tiny_export):
