@@ -99,7 +99,8 @@ class BenchReport:
                 lines.append(f"{r.role + '/' + r.name:42} failed: {r.error}")
                 continue
             row = (f"{r.role + '/' + r.name:42} {fmt(r.size_bytes and r.size_bytes / 1024, '8.0f'):>8} "
-                   f"{fmt(r.latency_us_median, '10.1f'):>10} {fmt(r.latency_us_p99, '10.1f'):>10} {fmt(r.latency_ratio, '7.2f'):>7}")
+                   f"{fmt(r.latency_us_median, '10.1f'):>10} {fmt(r.latency_us_p99, '10.1f'):>10} "
+                   f"{fmt(r.latency_ratio, '7.2f'):>7}")
             for b in self.batches:
                 key = str(b)
                 row += (f" {fmt(r.throughput.get(key), '13,.0f'):>13} {fmt(r.throughput_ratio.get(key), '7.2f'):>7}"

@@ -306,7 +306,7 @@ def verify(ctx: click.Context, export_dir: Path, atol: float, provider: str, aga
 @json_option
 @click.pass_context
 def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, as_json: bool) -> None:
-    """Rebuild an export's clean graph and its fp16, int8 and ORT-format variants, publish those within tolerance.
+    """Rebuild an export's clean graph, its batch graphs and fp16, int8 and ORT-format variants; publish those within tolerance.
 
     Every file is checked against the manifest first; each variant is compared with Keras
     on verify's inputs, and one that misses its tolerance is reported and left out.

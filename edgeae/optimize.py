@@ -1,10 +1,12 @@
-"""Edge variants of an export: a clean fp32 graph, fp16, int8 and ORT format.
+"""Edge variants of an export: a clean fp32 graph and its batch graphs, fp16, int8 and ORT format.
 
 tf2onnx writes Keras 3's TimeDistributed(Dense) as one MatMul per time step wrapped in
 Slice/Squeeze/Unsqueeze, and builds each LSTM's zero initial state from Shape/Cast/Expand
 chains; a device pays for every one of those nodes on every call. `clean_graph` rebuilds
 the same computation from the LSTM and Dense weights in the fewest nodes onnxruntime can
-run it in, keeping the preprocessing nodes export put around the network. Every variant
+run it in, keeping the preprocessing nodes export put around the network. Two equivalent
+graphs serve batch sizes the clean one is slower at: `single_window_graph` (one window per
+run) and `unrolled_graph` (many), and the manifest says which runs which sizes. Every variant
 is compared with Keras on the inputs verify uses and is published only within its
 tolerance; `targets.json` says, node by node, which execution providers can run each file.
 
@@ -366,6 +368,41 @@ def clean_graph(plain, role: str):
     return clean
 
 
+@dataclass(frozen=True)
+class _CleanAutoencoder:
+    """What the batch-graph builders read from a clean autoencoder graph."""
+
+    graph: Any
+    arrays: dict[str, np.ndarray]
+    nodes: dict[str, Any]
+    decoder_attrs: dict[str, Any]
+    fixed_pre: list
+    fixed_post: list
+    core_out: str  # the network's output, before any postprocessing
+    units: int
+    timesteps: int
+    features: int
+
+
+def _clean_autoencoder(clean, role: str) -> _CleanAutoencoder:
+    require("onnx", "train")
+    from onnx import helper, numpy_helper
+
+    graph = clean.graph
+    arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    nodes = {n.name: n for n in graph.node}
+    if not {"encoder/LSTM", "decoder/LSTM", "batch_major"} <= set(nodes) or "decoder/W" not in arrays:
+        raise GraphError(f"{role}: not a clean graph (run clean_graph first)")
+    attrs = {a.name: helper.get_attribute_value(a) for a in nodes["decoder/LSTM"].attribute}
+    dims = graph.input[0].type.tensor_type.shape.dim
+    return _CleanAutoencoder(
+        graph, arrays, nodes, attrs,
+        fixed_pre=[n for n in graph.node if n.name.startswith(FIXED_PREFIXES[0])],
+        fixed_post=[n for n in graph.node if n.name.startswith(FIXED_PREFIXES[1])],
+        core_out=nodes["batch_major"].output[0], units=int(attrs["hidden_size"]),
+        timesteps=dims[1].dim_value, features=dims[2].dim_value)
+
+
 def single_window_graph(clean, role: str):
     """The clean autoencoder specialised to one window per run: same numbers, less work at batch 1.
 
@@ -380,23 +417,12 @@ def single_window_graph(clean, role: str):
     """
     if role != "autoencoder":
         return None
-    onnx = require("onnx", "train")
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = clean.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    by_name = {n.name: n for n in graph.node}
-    encoder, decoder = by_name.get("encoder/LSTM"), by_name.get("decoder/LSTM")
-    if encoder is None or decoder is None or "decoder/W" not in inits:
-        raise GraphError(f"{role}: not a clean graph (run clean_graph first)")
-    attrs = {a.name: helper.get_attribute_value(a) for a in decoder.attribute}
-    units = int(attrs["hidden_size"])
-    dims = graph.input[0].type.tensor_type.shape.dim
-    timesteps, features = dims[1].dim_value, dims[2].dim_value
-    dec_w, dec_b = inits["decoder/W"][0], inits["decoder/B"][0]  # (4u, u), (8u,): Wb then Rb
-    fixed_pre = [n for n in graph.node if n.name.startswith(FIXED_PREFIXES[0])]
-    fixed_post = [n for n in graph.node if n.name.startswith(FIXED_PREFIXES[1])]
-    core_out = by_name["batch_major"].output[0]
+    c = _clean_autoencoder(clean, role)
+    graph, units, timesteps, features, attrs = c.graph, c.units, c.timesteps, c.features, c.decoder_attrs
+    dec_w, dec_b = c.arrays["decoder/W"][0], c.arrays["decoder/B"][0]  # (4u, u), (8u,): Wb then Rb
+    encoder, fixed_pre, fixed_post, core_out = c.nodes["encoder/LSTM"], c.fixed_pre, c.fixed_post, c.core_out
     constants = {
         "single/time_major": np.array([timesteps, 1, features], np.int64),
         "single/row": np.array([1, units], np.int64),
@@ -434,16 +460,22 @@ def single_window_graph(clean, role: str):
     def one_window(value):
         return helper.make_tensor_value_info(value.name, TensorProto.FLOAT, [1, timesteps, features])
 
-    single = helper.make_model(
-        helper.make_graph(nodes, graph.name, [one_window(graph.input[0])], [one_window(graph.output[0])], initializers),
-        opset_imports=list(clean.opset_import), producer_name=clean.producer_name,
-        producer_version=clean.producer_version, doc_string=clean.doc_string,
-    )
-    single.ir_version = clean.ir_version
-    single.metadata_props.extend(clean.metadata_props)
-    _set_variant(single, "fp32-b1")
-    onnx.checker.check_model(single, full_check=True)
-    return single
+    return _sibling(clean, helper.make_graph(nodes, graph.name, [one_window(graph.input[0])], [one_window(graph.output[0])],
+                                             initializers), "fp32-b1")
+
+
+def _sibling(clean, graph, variant: str):
+    """A model around `graph` that carries the clean graph's opsets, producer and metadata, checked."""
+    onnx = require("onnx", "train")
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=list(clean.opset_import), producer_name=clean.producer_name,
+                              producer_version=clean.producer_version, doc_string=clean.doc_string)
+    model.ir_version = clean.ir_version
+    model.metadata_props.extend(clean.metadata_props)
+    _set_variant(model, variant)
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
 ONNX_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu"}
@@ -456,31 +488,24 @@ def unrolled_graph(clean, role: str):
     (it cannot know its input repeats); here that projection is made once, one Gemm per gate,
     and each step is one Gemm per gate on the previous hidden state with the projection as
     its bias, which onnxruntime fuses with the gate's activation. That saves a third of the
-    autoencoder's arithmetic, which pays from a few dozen windows per run, where the extra
-    nodes cost less than the work saved. The encoder stays a fused LSTM: its input is narrow.
+    autoencoder's arithmetic, which pays from about 128 windows per run (UNROLLED_FROM), where
+    the extra nodes cost less than the work saved. The encoder stays a fused LSTM: its input is narrow.
     The output comes out batch-major, so no Transpose is needed. Returns None for the encoder
     and for LSTM settings this writing does not cover (clip, input_forget, other activations).
     """
     if role != "autoencoder":
         return None
-    onnx = require("onnx", "train")
     from onnx import helper, numpy_helper
 
-    graph = clean.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    by_name = {n.name: n for n in graph.node}
-    decoder = by_name.get("decoder/LSTM")
-    if decoder is None or "encoder/LSTM" not in by_name or "decoder/W" not in inits:
-        raise GraphError(f"{role}: not a clean graph (run clean_graph first)")
-    attrs = {a.name: helper.get_attribute_value(a) for a in decoder.attribute}
+    c = _clean_autoencoder(clean, role)
+    graph, attrs, by_name = c.graph, c.decoder_attrs, c.nodes
     names = [a.decode() if isinstance(a, bytes) else str(a) for a in attrs.get("activations", [b"Sigmoid", b"Tanh", b"Tanh"])]
     acts = [ONNX_ACTIVATIONS.get(a.lower()) for a in names]
     if set(attrs) - {"activations", "direction", "hidden_size"} or None in acts or len(acts) != 3:
         return None
     gate_act, cell_act, out_act = acts
-    units = int(attrs["hidden_size"])
-    timesteps = graph.input[0].type.tensor_type.shape.dim[1].dim_value
-    w, r, b = inits["decoder/W"][0], inits["decoder/R"][0], inits["decoder/B"][0]
+    units, timesteps = c.units, c.timesteps
+    w, r, b = c.arrays["decoder/W"][0], c.arrays["decoder/R"][0], c.arrays["decoder/B"][0]
     bias = b[:4 * units] + b[4 * units:]
     constants = {"axes/0": np.array([0], np.int64), "decoder/steps_shape": np.array([0, timesteps, units], np.int64)}
     gates = "iofc"  # ONNX's order of the four gates in W, R and B
@@ -489,11 +514,8 @@ def unrolled_graph(clean, role: str):
         constants[f"decoder/W_{gate}"] = np.ascontiguousarray(w[rows].T, dtype=np.float32)
         constants[f"decoder/b_{gate}"] = bias[rows].astype(np.float32)
         constants[f"decoder/R_{gate}"] = np.ascontiguousarray(r[rows].T, dtype=np.float32)
-    fixed_pre = [n for n in graph.node if n.name.startswith(FIXED_PREFIXES[0])]
-    fixed_post = [n for n in graph.node if n.name.startswith(FIXED_PREFIXES[1])]
-    core_out = by_name["batch_major"].output[0]
     node = helper.make_node
-    nodes = [*fixed_pre, by_name["encoder/time_major"], by_name["encoder/LSTM"],
+    nodes = [*c.fixed_pre, by_name["encoder/time_major"], by_name["encoder/LSTM"],
              node("Squeeze", ["encoder/h", "axes/0"], ["encoder/h2"], name="encoder/embedding")]
     nodes += [node("Gemm", ["encoder/h2", f"decoder/W_{g}", f"decoder/b_{g}"], [f"decoder/x_{g}"], name=f"decoder/input_{g}")
               for g in gates]
@@ -518,21 +540,13 @@ def unrolled_graph(clean, role: str):
     nodes += [node("Concat", hidden, ["decoder/h_all"], name="decoder/steps", axis=1),
               node("Reshape", ["decoder/h_all", "decoder/steps_shape"], ["decoder/h"], name="decoder/batch_major"),
               node("MatMul", ["decoder/h", "dense/kernel"], ["dense/product"], name="dense/matmul"),
-              node("Add", ["dense/product", "dense/bias"], [core_out], name="dense/add"),
-              *fixed_post]
+              node("Add", ["dense/product", "dense/bias"], [c.core_out], name="dense/add"),
+              *c.fixed_post]
     kept = {name for n in nodes for name in n.input}
     initializers = [t for t in graph.initializer if t.name in kept and t.name not in constants]
     initializers += [numpy_helper.from_array(value, name) for name, value in constants.items()]
-    unrolled = helper.make_model(
-        helper.make_graph(nodes, graph.name, list(graph.input), list(graph.output), initializers),
-        opset_imports=list(clean.opset_import), producer_name=clean.producer_name,
-        producer_version=clean.producer_version, doc_string=clean.doc_string,
-    )
-    unrolled.ir_version = clean.ir_version
-    unrolled.metadata_props.extend(clean.metadata_props)
-    _set_variant(unrolled, "fp32-unrolled")
-    onnx.checker.check_model(unrolled, full_check=True)
-    return unrolled
+    return _sibling(clean, helper.make_graph(nodes, graph.name, list(graph.input), list(graph.output), initializers),
+                    "fp32-unrolled")
 
 
 def _dense_weights(graph, inits: dict[str, Any]) -> tuple[Any, Any]:
@@ -906,7 +920,7 @@ def target_lines(targets: dict[str, Any]) -> list[str]:
 def build_variants(stage: Path, training: Any, inputs: dict[str, np.ndarray], providers: list[str],
                    atol: float = DEFAULT_ATOL, tolerances: dict[str, Tolerance] | None = None,
                    references: dict[str, dict[str, np.ndarray]] | None = None) -> Optimized:
-    """Make fp16, int8 and ORT files from the clean graphs in `stage`, check every file, write the reports.
+    """Make the batch graphs, fp16, int8 and ORT files from the clean graphs in `stage`, check every file, write the reports.
 
     `stage` must already hold `<role>.plain.onnx` and the clean `<role>.onnx`. A built variant
     that misses its tolerance is deleted again and recorded as not published.
