@@ -268,6 +268,9 @@ def test_optimize_upgrades_an_export_made_before_variants(export_copy):
     assert after["models"]["autoencoder"]["nodes"] == len(CLEAN_OPS["autoencoder"])
     assert after["parity"]["passed"] and after["preprocessing"] == manifest["preprocessing"]
     assert set(after["variants"]["encoder"]) == {"plain", "fp32", "fp16", "int8", "ort"}
+    assert {"fp32-b1", "fp32-unrolled"} <= set(after["variants"]["autoencoder"])  # the batch graphs come too
+    assert [r["file"] for r in after["variants"]["autoencoder"]["fp32"]["by_batch"]] == [
+        "autoencoder.b1.onnx", "autoencoder.onnx", "autoencoder.unrolled.onnx"]
 
 
 def test_optimize_refuses_a_tampered_export_and_changes_nothing(export_copy):
