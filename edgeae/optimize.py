@@ -417,9 +417,9 @@ def single_window_graph(clean, role: str):
     """
     if role != "autoencoder":
         return None
+    c = _clean_autoencoder(clean, role)  # first: it makes sure onnx is there
     from onnx import TensorProto, helper, numpy_helper
 
-    c = _clean_autoencoder(clean, role)
     graph, units, timesteps, features, attrs = c.graph, c.units, c.timesteps, c.features, c.decoder_attrs
     dec_w, dec_b = c.arrays["decoder/W"][0], c.arrays["decoder/B"][0]  # (4u, u), (8u,): Wb then Rb
     encoder, fixed_pre, fixed_post, core_out = c.nodes["encoder/LSTM"], c.fixed_pre, c.fixed_post, c.core_out
@@ -495,9 +495,9 @@ def unrolled_graph(clean, role: str):
     """
     if role != "autoencoder":
         return None
+    c = _clean_autoencoder(clean, role)  # first: it makes sure onnx is there
     from onnx import helper, numpy_helper
 
-    c = _clean_autoencoder(clean, role)
     graph, attrs, by_name = c.graph, c.decoder_attrs, c.nodes
     names = [a.decode() if isinstance(a, bytes) else str(a) for a in attrs.get("activations", [b"Sigmoid", b"Tanh", b"Tanh"])]
     acts = [ONNX_ACTIVATIONS.get(a.lower()) for a in names]
