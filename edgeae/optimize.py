@@ -52,7 +52,6 @@ SUFFIXES = {"plain": ".plain.onnx", "fp32": ".onnx", "fp32-b1": ".b1.onnx", "fp3
 # faster and would double the int8 files' size.
 UNROLLED_FROM = 128
 BATCH_GRAPHS = {"fp32": (("fp32-b1", 1, 1), ("fp32-unrolled", UNROLLED_FROM, None))}
-FIXED_BATCH = {"fp32-b1": 1}  # graphs whose input takes exactly this many windows
 PLAIN_FILES = {role: role + SUFFIXES["plain"] for role in ROLES}
 TARGETS_FILE = "targets.json"
 ORT_CONFIG_FILE = "ort_operators.config"
@@ -174,12 +173,13 @@ class Variant:
     nodes: int
     ops: dict[str, int]
     opsets: dict[str, int]
+    batch: int | str  # windows the input takes: a fixed number, or "any"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "file": self.file, "source": self.source, "precision": PRECISION[self.name],
             "format": "ort" if self.file.endswith(".ort") else "onnx", "default": self.name == "fp32",
-            "batch": FIXED_BATCH.get(self.name, "any"),
+            "batch": self.batch,
             "published": self.published, "bytes": self.bytes, "nodes": self.nodes, "ops": self.ops,
             "opsets": self.opsets, "tolerance": self.parity.tolerance.to_dict(), "parity": self.parity.to_dict(),
         }
@@ -958,8 +958,9 @@ def build_variants(stage: Path, training: Any, inputs: dict[str, np.ndarray], pr
                                     tolerance[name], scale)
             published = bool(parity) or name not in BUILT
             nodes, ops, opsets = _describe(protos[name])
+            batch = protos[name].graph.input[0].type.tensor_type.shape.dim[0].dim_value or "any"
             variants.append(Variant(role, name, file, sources[name], parity, published, (stage / file).stat().st_size,
-                                    nodes, ops, opsets))
+                                    nodes, ops, opsets, batch))
             if not published:
                 (stage / file).unlink()
             elif name != "plain":

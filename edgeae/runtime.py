@@ -246,7 +246,7 @@ class OnnxModel:
             return np.empty((0, *[d if isinstance(d, int) else 0 for d in out_shape]), dtype=np.float32)
         if self.one_window:
             chunk = 1
-        model = self.graph_for(min(count, chunk)) if self.routes else self
+        model = self.graph_for(min(count, chunk))
         try:
             if count <= chunk:  # one call: the latency-critical path
                 result = model._call(model._output_lists[output], {model.input_name: windows})[0]
@@ -406,12 +406,16 @@ def _published(manifest: dict) -> list[str]:
     return sorted(names | {DEFAULT_VARIANT})
 
 
+def _variant_entry(manifest: dict, role: str, variant: str) -> dict | None:
+    return ((manifest.get("variants") or {}).get(role) or {}).get(variant)
+
+
 def _variant_file(manifest: dict, role: str, variant: str) -> str | None:
     """The file holding `role` in `variant`; None where that variant is not made for the role
     (the batch graphs exist for the autoencoder only)."""
     if variant == DEFAULT_VARIANT:
         return ((manifest.get("models") or {}).get(role) or {}).get("file")
-    entry = ((manifest.get("variants") or {}).get(role) or {}).get(variant)
+    entry = _variant_entry(manifest, role, variant)
     if entry is None:
         return None
     if not entry.get("published"):
@@ -429,7 +433,7 @@ def batch_label(first: int, last: int | None) -> str:
 
 def batch_routes(manifest: dict, role: str, variant: str) -> list[tuple[int, int | None, str]]:
     """(first, last, file) for each batch range the manifest gives `variant` to another graph."""
-    entry = ((manifest.get("variants") or {}).get(role) or {}).get(variant) or {}
+    entry = _variant_entry(manifest, role, variant) or {}
     routes = []
     for route in entry.get("by_batch") or []:
         try:
