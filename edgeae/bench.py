@@ -238,18 +238,22 @@ def cold_start(kind: str, folder: Path, target: str, batch: int = 64, routes: Ro
 
 BLOCK = 10
 SETTLE_S = 0.05  # after a block: longer than onnxruntime's and TensorFlow's pool threads spin when idle
+WARM_S = 0.01  # untimed calls before a block: a core idle for the pause needs milliseconds to reach full speed
 
 
 def _time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int) -> dict[str, list[np.ndarray]]:
-    """Interleaved in blocks: each round gives every path, in a fresh random order, one untimed
-    call, up to BLOCK timed ones, and then a pause.
+    """Interleaved in blocks: each round gives every path, in a fresh random order, WARM_S of
+    untimed calls (at least one), up to BLOCK timed ones, and then a pause.
 
     Idle pool threads (onnxruntime's, TensorFlow's) keep working or spinning for a while after
     a run and slow whatever runs next. The pause lets them go quiet, and the order changes
     every round, so whatever is left of that hits every path alike instead of always the one
-    after Keras; the untimed call wakes the path's own threads, as in an application that
-    runs steadily. Drift over the run hits every path alike too. Returns each path's times,
-    round by round, so ratios can be taken between paths timed in the same round.
+    after Keras. After the pause the core itself is slow for a few milliseconds (one call of
+    30-100 µs measured up to 1.7x its steady time, and not the same for every path), so the
+    untimed calls bring it, and the path's own threads, back to the steady speed of an
+    application that runs continuously. Drift over the run hits every path alike too.
+    Returns each path's times, round by round, so ratios can be taken between paths timed
+    in the same round.
     """
     names = list(runners)
     for name in names:
@@ -261,11 +265,15 @@ def _time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup:
     shuffle = np.random.default_rng(0)
     for r in range(rounds):
         for name in shuffle.permutation(names):
-            runners[name](x)
+            run = runners[name]
+            warm_until = time.perf_counter() + WARM_S
+            run(x)
+            while time.perf_counter() < warm_until:
+                run(x)
             times = []
             for _ in range(min(block, runs - r * block)):
                 start = time.perf_counter()
-                runners[name](x)
+                run(x)
                 times.append(time.perf_counter() - start)
             samples[name].append(np.asarray(times))
             time.sleep(SETTLE_S)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from edgeae import optimize
 from edgeae.artifacts import read_manifest, verify_files, write_manifest
 from edgeae.cli import main
-from edgeae.errors import EXIT_PARITY, IntegrityError
+from edgeae.errors import EXIT_PARITY, IntegrityError, UsageError
 from edgeae.model import predict
 from edgeae.optimize import DEFAULT_TOLERANCES, Tolerance
 
@@ -139,10 +139,39 @@ def test_fp16_stores_half_weights_behind_float32_io(tiny_export):
     assert types["preprocess/clip_low"] == onnx.TensorProto.FLOAT
 
 
+def _weight_scale_shapes(model) -> set[tuple[int, ...]]:
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return {shapes[i] for n in model.graph.node if n.op_type == "DynamicQuantizeLSTM" for i in n.input if i.endswith("_scale")}
+
+
 def test_int8_quantizes_the_lstms(tiny_export):
+    """One weight scale per tensor, the faster of the two, whenever it holds the tolerance (it does here)."""
     model = onnx.load(str(tiny_export / "encoder.int8.onnx"))
     assert [n.op_type for n in model.graph.node].count("DynamicQuantizeLSTM") == 1
     assert {o.domain: o.version for o in model.opset_import}.get("com.microsoft") == 1
+    assert _weight_scale_shapes(model) == {(1,)}
+    assert {p.key: p.value for p in model.metadata_props}["edgeae.int8_weights"] == "per-tensor"
+    assert all(read_manifest(tiny_export)["variants"][role]["int8"]["weights"] == "per-tensor"
+               for role in ("autoencoder", "encoder"))
+
+
+def test_int8_falls_back_to_per_channel_weights_when_per_tensor_misses_the_tolerance(tiny_export, tmp_path):
+    clean = onnx.load(str(tiny_export / "encoder.onnx"))
+    tried = []
+
+    def parity_of(path):  # stands in for the parity run: per tensor fails, per channel holds
+        model = onnx.load(str(path))
+        tried.append(_weight_scale_shapes(model))
+        return {p.key: p.value for p in model.metadata_props}["edgeae.int8_weights"] == "per-channel"
+
+    weights, parity = optimize._int8_within_tolerance(clean, tmp_path / "encoder.int8.onnx", parity_of)
+    assert (weights, parity) == ("per-channel", True)
+    assert tried == [{(1,)}, {(1, 4 * 8)}]  # one scale, then one per gate row
+    assert _weight_scale_shapes(onnx.load(str(tmp_path / "encoder.int8.onnx"))) == {(1, 4 * 8)}
+    weights, parity = optimize._int8_within_tolerance(clean, tmp_path / "encoder.int8.onnx", lambda path: False)
+    assert (weights, parity) == ("per-channel", False)  # none holds: the last one tried, reported as failing
+    with pytest.raises(UsageError, match="per-tensor or per-channel"):
+        optimize.to_int8(clean, tmp_path / "x.onnx", "per-row")
 
 
 def test_single_window_graph_moves_the_decoder_input_projection_out_of_the_lstm(tiny_export):
@@ -238,7 +267,7 @@ def test_variant_missing_its_tolerance_is_not_published(export_copy):
     verify_files(export_copy, manifest)
     for role in ("autoencoder", "encoder"):
         entry = manifest["variants"][role]["int8"]
-        assert not entry["published"] and entry["parity"]["failures"]
+        assert not entry["published"] and entry["parity"]["failures"] and entry["weights"] == "per-channel"
         assert not (export_copy / f"{role}.int8.onnx").exists() and f"{role}.int8.onnx" not in manifest["files"]
         assert manifest["variants"][role]["fp16"]["published"]
     assert any("int8" in line and "NOT published" in line for line in result.lines())
