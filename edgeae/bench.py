@@ -146,12 +146,20 @@ def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Route
 
 
 def _onnx_model(path: Path, routes: Routes, threads: int | None) -> Any:
-    """An edgeae file as an application loads it: the runtime's model, with its batch routes."""
-    from .runtime import OnnxModel
+    """An edgeae file as an application loads it from its export folder: the runtime's model,
+    with its batch routes and what the manifest proves about its values."""
+    from .runtime import DEFAULT_VARIANT, OnnxModel, proven_finite
 
+    manifest = read_manifest(path.parent)
+    role = path.name.split(".")[0]
+    default = ((manifest.get("models") or {}).get(role) or {}).get("file")
+    variant = next((name for name, entry in ((manifest.get("variants") or {}).get(role) or {}).items()
+                    if isinstance(entry, dict) and entry.get("file") == path.name),
+                   DEFAULT_VARIANT if path.name == default else "")
     model = OnnxModel(path, "cpu", threads=threads)
     for first, last, other in routes:
         model.route(OnnxModel(other, "cpu", threads=threads), first, last)
+    model.set_proven_finite(proven_finite(manifest, role, variant))
     return model
 
 

@@ -36,6 +36,7 @@ from .artifacts import (
     verify_files,
     write_manifest,
 )
+from .bounds import bound_entry
 from .errors import ParityError, UsageError, require
 from .export import ExportError
 from .parity import DEFAULT_ATOL, ParityResult, compare
@@ -764,11 +765,13 @@ def _describe(proto) -> tuple[int, dict[str, int], dict[str, int]]:
 
 
 def model_entry(proto, file: str) -> dict[str, Any]:
-    """A manifest `models` entry: file, inputs/outputs, opset, node and op counts."""
+    """A manifest `models` entry: file, inputs/outputs, opset, node and op counts, and the value
+    bound that proves its float32 graphs cannot overflow (bounds.py)."""
     from .export import describe_io, opset_of
 
     nodes, ops, _ = _describe(proto)
-    return {"file": file, **describe_io(proto), "opset": opset_of(proto), "nodes": nodes, "ops": ops}
+    return {"file": file, **describe_io(proto), "opset": opset_of(proto), "nodes": nodes, "ops": ops,
+            **bound_entry(proto)}
 
 
 # ---------------------------------------------------------------- target report

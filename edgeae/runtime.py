@@ -30,6 +30,7 @@ ROLES = ("autoencoder", "encoder")
 DEFAULT_VARIANT = "fp32"
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 MAX_MODEL_BYTES = 2 * 1024**3
+FINITE_PROOF_LIMIT = 1e30  # float32 tops out at 3.4e38: a proven bound below this leaves 8 orders of magnitude
 
 ort.set_default_logger_severity(3)  # onnxruntime's own warnings are replaced by edgeae's errors
 
@@ -176,6 +177,7 @@ class OnnxModel:
         self._output_lists = [[name] for name in self.output_names]
         self.timesteps, self.features = int(spec.shape[1]), int(spec.shape[2])
         self.one_window = spec.shape[0] == 1  # a single-window graph: run window by window
+        self.proven_finite = False  # set by load() where the manifest proves no value can overflow
         self.routes: list[tuple[int, int | None, OnnxModel]] = []  # graphs this model hands some batch sizes to
         self._call = _fast_run(self.session)
         try:
@@ -226,6 +228,11 @@ class OnnxModel:
             raise IntegrityError(f"{other.name}: a one-window graph cannot run batches of {first} to {last or 'any'}")
         self.routes.append((first, last, other))
 
+    def set_proven_finite(self, proven: bool) -> None:
+        """Say whether this graph, and the graphs it routes to, are proven unable to overflow."""
+        for graph in (self, *(other for _, _, other in self.routes)):
+            graph.proven_finite = proven
+
     def graph_for(self, count: int) -> OnnxModel:
         """The graph that runs `count` windows in one call: a routed one, or this model's own."""
         for first, last, other in self.routes:
@@ -234,7 +241,8 @@ class OnnxModel:
         return self
 
     def run_windows(self, windows: np.ndarray, chunk: int = DEFAULT_CHUNK, output: int = 0) -> np.ndarray:
-        """Run on checked float32 windows, `chunk` at a time so memory stays flat.
+        """Run on checked float32 windows (as_windows: finite, the right shape), `chunk` at a
+        time so memory stays flat.
 
         Kept lean: at batch 1 every microsecond here is a few percent of the whole call.
         """
@@ -260,9 +268,10 @@ class OnnxModel:
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InferenceError(f"{model.name}: inference failed: {first[:200]}") from None
-        # A sum of squares is finite when every value is (one BLAS call); only an overflowing or
-        # NaN sum pays for the exact element-wise check.
-        if not math.isfinite(np.vdot(result, result)) and not np.isfinite(result).all():
+        # A graph proven not to overflow (bounds.py) cannot give inf or NaN from checked input.
+        # Otherwise: a sum of squares is finite when every value is (one BLAS call); only an
+        # overflowing or NaN sum pays for the exact element-wise check.
+        if not model.proven_finite and not math.isfinite(np.vdot(result, result)) and not np.isfinite(result).all():
             raise InferenceError(f"{model.name}: produced non-finite values")
         return result
 
@@ -424,6 +433,15 @@ def _variant_file(manifest: dict, role: str, variant: str) -> str | None:
     return entry.get("file")
 
 
+def proven_finite(manifest: dict, role: str, variant: str) -> bool:
+    """Whether the export's value bound (bounds.py) proves that `role` in `variant` cannot
+    overflow: float32 graphs only, with the bound far below float32's largest value."""
+    entry = _variant_entry(manifest, role, variant) or {}
+    precision = entry.get("precision", "fp32" if variant == DEFAULT_VARIANT else None)
+    bound = ((manifest.get("models") or {}).get(role) or {}).get("value_bound")
+    return precision == "fp32" and type(bound) in (int, float) and 0 <= bound < FINITE_PROOF_LIMIT
+
+
 def batch_label(first: int, last: int | None) -> str:
     """'batch 1', 'batches 2-31', 'batches 32+'."""
     if first == last:
@@ -472,6 +490,7 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
             for first, last, file in batch_routes(manifest, role, variant):
                 models[role].route(OnnxModel(verify_file(path, file, manifest["files"].get(file)), providers, threads,
                                              name=file), first, last)
+            models[role].set_proven_finite(proven_finite(manifest, role, variant))
         if not models and variant != DEFAULT_VARIANT:
             raise UsageError(f"no published {variant!r} variant; this export has: {', '.join(_published(manifest))}")
         if not models:
