@@ -426,11 +426,13 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, as_jso
         placement = m.node_placement()
         info["models"][role] = {"file": m.name, "input": m.input_name, "outputs": m.output_names,
                                 "batch": 1 if m.one_window else "any", "window": [m.timesteps, m.features],
-                                "session_providers": m.providers,
+                                "session_providers": m.providers, "proven_finite": m.proven_finite,
                                 "placement": placement, "placement_summary": runtime.placement_summary(placement)}
         batch = "1" if m.one_window else "batch"
         lines.append(f"{role} ({m.name}): {m.input_name} ({batch}, {m.timesteps}, {m.features}) -> {', '.join(m.output_names)}")
         lines.append(f"  session providers: {', '.join(m.providers)}")
+        lines.append("  outputs: " + ("proven finite by the export's value bound, not checked per call" if m.proven_finite
+                                      else "checked for inf/NaN on every call"))
         for prov, count in runtime.placement_summary(placement).items():
             lines.append(f"  {count} nodes ran on {prov}")
         for node, prov in placement.items():

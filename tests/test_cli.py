@@ -117,3 +117,6 @@ def test_inspect_shows_the_batch_graphs_and_where_they_ran(tiny_export):
     assert single["file"] == "autoencoder.b1.onnx" and single["batch"] == 1 and models["autoencoder"]["batch"] == "any"
     assert sum(single["placement_summary"].values()) == 11
     assert unrolled["file"] == "autoencoder.unrolled.onnx" and unrolled["batch"] == "any"
+    assert all(m["proven_finite"] for m in models.values())
+    int8 = run("inspect", tiny_export, "--provider", "cpu", "--variant", "int8")
+    assert int8.output.count("checked for inf/NaN on every call") == 2 and "proven finite" not in int8.output
