@@ -6,6 +6,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from edgeae import bench
 from edgeae.bench import KERAS_PATHS, model_flops, run_bench
 from edgeae.cli import main
 from edgeae.errors import UsageError
@@ -41,6 +42,33 @@ def test_bench_reports_every_path_with_ratios(tiny_export):
         assert (set(r.versus_xla) == {"1", "8"} and min(r.versus_xla.values()) > 0) == (r.kind == "onnx")
     assert report.machine_matmul_gflops > 0
     assert "x base" in report.table() and "times faster than keras-tf.function-xla" in report.table()
+
+
+def test_each_block_is_warm_interleaved_and_paired_by_round(monkeypatch):
+    """Every timed block follows WARM_S of untimed calls of the same path and ends in a pause,
+    each round gives every path one block, and each path gets one array of times per round."""
+    calls: list[tuple[str, float]] = []
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: calls.append(("pause", seconds)))
+    runners = {name: (lambda x, name=name: calls.append((name, bench.time.perf_counter())))
+               for name in ("a", "b", "c")}
+    samples = bench._time_rounds(runners, None, runs=20, warmup=2)
+    rounds, block = 5, 4  # at least five rounds
+    assert {name: [len(r) for r in arrays] for name, arrays in samples.items()} == {name: [block] * rounds for name in runners}
+    blocks: list[list[tuple[str, float]]] = [[]]
+    for call in calls[3 * 2:]:  # after each path's warm-up calls
+        if call[0] == "pause":
+            assert call[1] == bench.SETTLE_S
+            blocks.append([])
+        else:
+            blocks[-1].append(call)
+    assert blocks.pop() == [] and len(blocks) == 3 * rounds
+    for r in range(rounds):
+        assert sorted(b[0][0] for b in blocks[3 * r:3 * r + 3]) == ["a", "b", "c"]
+    for calls_in_block in blocks:
+        assert len({name for name, _ in calls_in_block}) == 1
+        times = [at for _, at in calls_in_block]
+        untimed = len(times) - block
+        assert untimed >= 1 and times[untimed] - times[0] >= bench.WARM_S
 
 
 def test_cold_start_and_peak_memory_per_path(tiny_export):
