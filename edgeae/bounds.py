@@ -18,8 +18,7 @@ import numpy as np
 
 from .errors import require
 
-SQUASHING = {"sigmoid", "tanh"}  # outputs within [-1, 1]
-SUPPORTED_ACTIVATIONS = SQUASHING | {"relu"}
+SUPPORTED_ACTIVATIONS = {"sigmoid", "tanh", "relu"}  # Keras's LSTM defaults and the seed's relu
 
 
 def _largest(*values: Any) -> float:
