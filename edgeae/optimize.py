@@ -652,10 +652,11 @@ def to_int8(clean, path: Path, weights: str = "per-tensor") -> None:
 
     Weights are int8 with one scale per tensor or per output channel; activations are
     quantized on the fly, per tensor, so a window's result depends slightly on the other
-    windows in its batch. One scale per tensor ran 10-12% faster at batch 1 here and costs a little accuracy (seed, verify's inputs:
-    4.9e-3 against 4.7e-3 of range); per channel is the fallback for a model whose gate rows differ too
-    much in scale. The Dense layer (under 1% of the weights) stays float32: quantizing it
-    adds four nodes and error and saves nothing measurable.
+    windows in its batch. One scale per tensor ran 10-12% faster at batch 1 here and costs
+    a little accuracy (seed, verify's inputs: 4.9e-3 against 4.7e-3 of range); per channel
+    is the fallback for a model whose gate rows differ too much in scale. The Dense layer
+    (under 1% of the weights) stays float32: quantizing it adds four nodes and error and
+    saves nothing measurable.
     """
     if weights not in INT8_WEIGHTS:
         raise UsageError(f"int8 weights are quantized {' or '.join(INT8_WEIGHTS)}, not {weights!r}")
