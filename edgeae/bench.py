@@ -145,25 +145,21 @@ def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Route
     return sorted(paths, key=lambda t: (t[1], not t[0].endswith(BASELINE_SUFFIX), t[0]))
 
 
-def _onnx_model(path: Path, routes: Routes, threads: int | None) -> Any:
+def _onnx_model(path: Path, routes: Routes, threads: int | None, manifest: dict) -> Any:
     """An edgeae file as an application loads it from its export folder: the runtime's model,
     with its batch routes and what the manifest proves about its values."""
-    from .runtime import DEFAULT_VARIANT, OnnxModel, proven_finite
+    from .runtime import OnnxModel, proven_finite, variant_of_file
 
-    manifest = read_manifest(path.parent)
     role = path.name.split(".")[0]
-    default = ((manifest.get("models") or {}).get(role) or {}).get("file")
-    variant = next((name for name, entry in ((manifest.get("variants") or {}).get(role) or {}).items()
-                    if isinstance(entry, dict) and entry.get("file") == path.name),
-                   DEFAULT_VARIANT if path.name == default else "")
     model = OnnxModel(path, "cpu", threads=threads)
     for first, last, other in routes:
         model.route(OnnxModel(other, "cpu", threads=threads), first, last)
-    model.set_proven_finite(proven_finite(manifest, role, variant))
+    model.set_proven_finite(proven_finite(manifest, role, variant_of_file(manifest, role, path.name)))
     return model
 
 
-def _onnx_runner(path: Path, routes: Routes, threads: int | None, baseline: bool) -> Callable[[np.ndarray], Any]:
+def _onnx_runner(path: Path, routes: Routes, threads: int | None, baseline: bool,
+                 manifest: dict) -> Callable[[np.ndarray], Any]:
     """The baseline is what a user gets by hand: one onnxruntime session, one run per batch.
     edgeae's own files run through `edgeae.runtime`, as an application would use them."""
     import onnxruntime as ort
@@ -175,7 +171,7 @@ def _onnx_runner(path: Path, routes: Routes, threads: int | None, baseline: bool
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})
-    return _onnx_model(path, routes, threads).run_windows
+    return _onnx_model(path, routes, threads, manifest).run_windows
 
 
 def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Callable[[np.ndarray], Any]]:
@@ -209,8 +205,9 @@ kind, folder, target, batch, routes = sys.argv[1], sys.argv[2], sys.argv[3], int
 import numpy as np
 if kind == "onnx":
     from pathlib import Path
+    from edgeae.artifacts import read_manifest
     from edgeae.bench import _onnx_model
-    m = _onnx_model(Path(target), [(a, b, Path(f)) for a, b, f in routes], None)
+    m = _onnx_model(Path(target), [(a, b, Path(f)) for a, b, f in routes], None, read_manifest(Path(folder)))
     x = np.zeros((batch, m.timesteps, m.features), np.float32)
     m.run_windows(x)
 else:
@@ -327,7 +324,7 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         for name, (path, routes) in files.items():
             size = path.stat().st_size + sum(other.stat().st_size for _, _, other in routes)  # what a device stores
             try:
-                runners[name] = _onnx_runner(path, routes, threads, baseline=name == baseline[role])
+                runners[name] = _onnx_runner(path, routes, threads, name == baseline[role], manifest)
             except Exception as exc:  # a variant this onnxruntime cannot run is reported, not fatal
                 entries[name] = PathResult(name, role, "onnx", size, error=str(exc).splitlines()[0][:160])
                 continue

@@ -433,7 +433,15 @@ def _variant_file(manifest: dict, role: str, variant: str) -> str | None:
     return entry.get("file")
 
 
-def proven_finite(manifest: dict, role: str, variant: str) -> bool:
+def variant_of_file(manifest: dict, role: str, file: str) -> str | None:
+    """The variant `file` holds for `role` (the inverse of _variant_file); None if none names it."""
+    for name, entry in ((manifest.get("variants") or {}).get(role) or {}).items():
+        if isinstance(entry, dict) and entry.get("file") == file:
+            return name
+    return DEFAULT_VARIANT if file == _variant_file(manifest, role, DEFAULT_VARIANT) else None
+
+
+def proven_finite(manifest: dict, role: str, variant: str | None) -> bool:
     """Whether the export's value bound (bounds.py) proves that `role` in `variant` cannot
     overflow: float32 graphs only, with the bound far below float32's largest value."""
     entry = _variant_entry(manifest, role, variant) or {}

@@ -77,6 +77,9 @@ def test_runtime_skips_the_output_check_only_where_the_manifest_proves_float32_f
     for variant in ("fp16", "int8"):  # float16 tops out at 65504; int8 is not covered by the analysis
         assert not any(m.proven_finite for m in runtime.load(tiny_export, "cpu", variant=variant).models.values())
     assert not runtime.load(tiny_export / "autoencoder.onnx", "cpu").models["autoencoder"].proven_finite  # no manifest
+    files = {"autoencoder.onnx": "fp32", "autoencoder.b1.onnx": "fp32-b1", "autoencoder.int8.onnx": "int8",
+             "autoencoder.plain.onnx": "plain", "encoder.onnx": None}  # the benchmark's view: file -> variant
+    assert {f: runtime.variant_of_file(manifest, "autoencoder", f) for f in files} == files
 
     for bound in (None, runtime.FINITE_PROOF_LIMIT, -1.0, True, "1"):
         manifest["models"]["autoencoder"]["value_bound"] = bound
