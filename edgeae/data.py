@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,11 @@ from .errors import DataError, ShapeError, UsageError
 
 SCALINGS = ("none", "minmax", "standard")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32; below it precision drains away
+# The largest value the model may be fed. Training squares reconstruction errors in float32,
+# which overflows beyond 1.8e19, and sums hundreds of squares per batch: past 1e18 the loss
+# is inf or a few batches from it. Standard or min-max scaling brings any float32 series far below.
+MODEL_INPUT_LIMIT = 1e18
 
 
 def seed_sequence(timesteps: int = 10, features: int = 5) -> np.ndarray:
@@ -45,36 +52,57 @@ class Series:
         return self.values.ndim == 3
 
 
+def _listing(names: list[str], limit: int = 10) -> str:
+    """Names for a message, capped: a header of thousands of columns must still fit one line."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"
+
+
 def _select_columns(header: list[str], wanted: tuple[str, ...] | None, source: str) -> list[int]:
-    """Column indices by name (or index); the names kept must be unambiguous."""
+    """Column indices by name (or index); the names kept must be unambiguous.
+
+    Counts and positions are looked up in dicts, so a header of 200,000 columns costs
+    linear time, not quadratic.
+    """
     if wanted:
+        counts = Counter(header)
+        first: dict[str, int] = {}
+        for index, name in enumerate(header):
+            first.setdefault(name, index)
         picked = []
         for name in wanted:
-            if header.count(name) > 1:
-                raise DataError(f"{source}: column name {name!r} appears {header.count(name)} times in the header")
-            if name in header:
-                picked.append(header.index(name))
+            if counts[name] > 1:
+                raise DataError(f"{source}: column name {name!r} appears {counts[name]} times in the header")
+            if name in first:
+                picked.append(first[name])
             elif name.isdigit() and int(name) < len(header):
                 picked.append(int(name))
             else:
-                raise DataError(f"{source}: no column {name!r}; columns are {', '.join(header)}")
+                raise DataError(f"{source}: no column {name!r}; columns are {_listing(header)}")
     else:
         picked = list(range(len(header)))
     names = [header[c] for c in picked]
+    used = Counter(names)
     for col, name in zip(picked, names):
         if not name:
             raise DataError(f"{source}: column {col + 1} has no name in the header row")
-        if names.count(name) > 1:
+        if used[name] > 1:
             raise DataError(f"{source}: column {name!r} is used twice; name each feature column once")
     return picked
 
 
-def _looks_numeric(cell: str) -> bool:
+def _parse_number(cell: str) -> float | None:
+    """The cell as a float, or None when it is not a plain number.
+
+    Python's float() also takes '1_000' and non-ASCII digits; a data file means neither,
+    so both count as text like any other.
+    """
+    if "_" in cell or not cell.isascii():
+        return None
     try:
-        float(cell)
+        return float(cell)
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
@@ -105,7 +133,7 @@ def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
     if len(header) == 1 and any(sep in header[0] for sep in (";", "\t")):
         raise DataError(f"{source}: the header is one column {header[0][:40]!r}; edgeae reads comma-separated "
                         "files, and this one looks separated by ';' or tabs")
-    if all(_looks_numeric(h) for h in header):
+    if all(_parse_number(h) is not None for h in header):
         raise DataError(f"{source}: row {header_line} holds numbers, expected a header row naming the columns")
     if len(lines) == 1:
         raise DataError(f"{source}: a header row but no data rows")
@@ -121,10 +149,9 @@ def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
             name = header[col]
             if cell == "":
                 raise DataError(f"{source}: row {line}, column {name!r}: missing value")
-            try:
-                number = float(cell)
-            except ValueError:
-                raise DataError(f"{source}: row {line}, column {name!r}: {cell!r} is not a number") from None
+            number = _parse_number(cell)
+            if number is None:
+                raise DataError(f"{source}: row {line}, column {name!r}: {cell!r} is not a number")
             if not math.isfinite(number):
                 raise DataError(f"{source}: row {line}, column {name!r}: {cell!r} is not a finite number")
             if abs(number) > FLOAT32_MAX:
@@ -140,26 +167,65 @@ def _where(index: tuple[int, ...]) -> str:
     return f"window {index[0]}, step {index[1]}, column {index[2]}"
 
 
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _npy_header(path: Path, source: str) -> tuple[int, ...]:
+    """The shape an .npy header claims, checked (with its dtype) against the bytes the file holds.
+
+    np.load allocates what the header claims before it reads a byte, so a 500-byte file
+    claiming 1e10 rows would exhaust memory: every claim is checked here first.
+    """
+    fmt = np.lib.format
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    try:
+        with open(path, "rb") as handle:
+            version = fmt.read_magic(handle)
+            if version not in readers:  # 3.0 exists only for structured dtypes with non-ASCII field names
+                raise ValueError(f"format version {version[0]}.{version[1]} holds no plain numbers")
+            shape, _, dtype = readers[version](handle)
+            have = os.fstat(handle.fileno()).st_size - handle.tell()
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{source}: not a readable .npy array: {exc}") from None
+    if dtype.kind not in "iuf":
+        raise DataError(f"{source}: expected numbers, got dtype {dtype}")
+    if len(shape) not in (1, 2, 3):
+        raise ShapeError(f"{source}: expected (time, features) or (n, timesteps, features), got shape {shape}")
+    count = math.prod(shape)
+    if count == 0:
+        raise DataError(f"{source}: the array is empty (shape {shape})")
+    need = count * dtype.itemsize
+    if need != have:
+        only = "only " if have < need else ""
+        raise DataError(f"{source}: the header claims shape {shape}, {count} values ({need} bytes), "
+                        f"but the file holds {only}{have} bytes of data (truncated or corrupt)")
+    need += 0 if dtype == np.float64 else count * 8  # the float64 copy load_npy makes of any other dtype
+    memory = _memory_bytes()
+    if memory is not None and need > memory:
+        raise DataError(f"{source}: {count} values are too many to load: they need {need / 1e9:.1f} GB, "
+                        f"this machine has {memory / 1e9:.1f} GB")
+    return shape
+
+
 def load_npy(path: Path) -> Series:
     """Read an NPY array: (time,) or (time, features) series, or (n, timesteps, features) windows."""
     source = Path(path).name
     if Path(path).stat().st_size == 0:
         raise DataError(f"{source}: the file is empty")
+    shape = _npy_header(Path(path), source)
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False).astype(np.float64, copy=False)
+    except MemoryError:
+        raise DataError(f"{source}: shape {shape} is too large to load into this machine's free memory") from None
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{source}: not a readable .npy array: {exc}") from None
-    if not isinstance(array, np.ndarray):
-        raise DataError(f"{source}: expected one array, got {type(array).__name__}")
-    if array.dtype.kind not in "iuf":
-        raise DataError(f"{source}: expected numbers, got dtype {array.dtype}")
     if array.ndim == 1:
         array = array[:, None]
-    if array.ndim not in (2, 3):
-        raise ShapeError(f"{source}: expected (time, features) or (n, timesteps, features), got shape {array.shape}")
-    if array.size == 0:
-        raise DataError(f"{source}: the array is empty (shape {array.shape})")
-    array = array.astype(np.float64)
     bad = np.argwhere(~np.isfinite(array))
     if len(bad):
         index = tuple(int(i) for i in bad[0])
@@ -175,6 +241,8 @@ def load_npy(path: Path) -> Series:
 def load_series(path: Path, columns: tuple[str, ...] | None = None) -> Series:
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # a folder, pipe or device: reading it would fail or never end
+            raise UsageError(f"data file is not a regular file: {path}")
         raise UsageError(f"data file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -357,7 +425,7 @@ class Preprocessing:
 
         A column without range (constant, or made constant by the quantiles) is refused:
         the model could learn nothing from it and min-max or standard scaling would divide
-        by zero.
+        by zero. So is a column float32 cannot carry through the scaling and training.
         """
         lo_q, hi_q = quantiles
         if not 0.0 <= lo_q < hi_q <= 1.0:
@@ -379,13 +447,44 @@ class Preprocessing:
                 raise DataError(f"column {names[j]!r}: clip quantiles {lo_q:g} and {hi_q:g} of the training data are "
                                 f"both {low[j]:g} (zero range); widen --clip-quantiles")
         clipped = np.clip(flat, low, high)
-        if scaling == "minmax":
-            offset, scale = low, 1.0 / (high - low)
-        elif scaling == "standard":
-            offset, scale = clipped.mean(axis=0), 1.0 / clipped.std(axis=0)
-        else:
-            offset, scale = np.zeros_like(low), np.ones_like(low)
-        return cls(_f32(low), _f32(high), _f32(offset), _f32(scale), (float(lo_q), float(hi_q)), scaling)
+        with np.errstate(divide="ignore", over="ignore"):  # a scale beyond float32 is refused just below
+            if scaling == "minmax":
+                offset, scale = low, 1.0 / (high - low)
+            elif scaling == "standard":
+                offset, scale = clipped.mean(axis=0), 1.0 / clipped.std(axis=0)
+            else:
+                offset, scale = np.zeros_like(low), np.ones_like(low)
+        narrow = np.flatnonzero(~(scale <= FLOAT32_MAX))
+        if len(narrow):
+            j = narrow[0]
+            raise DataError(f"column {names[j]!r}: its training range ({low[j]:g} to {high[j]:g}) is too narrow to "
+                            f"scale in float32 (as good as zero range); leave it out with --columns")
+        pre = cls(_f32(low), _f32(high), _f32(offset), _f32(scale), (float(lo_q), float(hi_q)), scaling)
+        pre._check_float32(names)
+        return pre
+
+    def _check_float32(self, names: tuple[str, ...]) -> None:
+        """Refuse what the float32 graph and training cannot compute, before anything is trained.
+
+        The model only ever sees inputs clipped to the bounds, so the scaled bounds are the
+        whole range it meets: they must survive float32 (no range rounded away, no overflow
+        in x - offset, no subnormal scale) and stay below MODEL_INPUT_LIMIT.
+        """
+        a = self.arrays()
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows as inf, refused by name
+            ends = np.abs(self.apply(np.stack([a["clip_low"], a["clip_high"]])))
+        for j, name in enumerate(names):
+            low, high = a["clip_low"][j], a["clip_high"][j]
+            if not high > low:
+                raise DataError(f"column {name!r}: its training range ({low:g} to {high:g}) rounds to zero range in "
+                                "float32; leave it out with --columns or rescale it")
+            if not np.isfinite(ends[:, j]).all() or (self.scaling != "none" and a["scale"][j] < FLOAT32_TINY):
+                raise DataError(f"column {name!r}: its training range ({low:g} to {high:g}) is too wide to scale in "
+                                "float32; rescale the data")
+            if ends[:, j].max() > MODEL_INPUT_LIMIT:
+                raise DataError(f"column {name!r}: values as large as {ends[:, j].max():g} would reach the model, "
+                                f"beyond the {MODEL_INPUT_LIMIT:g} float32 training can square without overflow; "
+                                "use --scaling standard or rescale the data")
 
     @property
     def features(self) -> int:
@@ -412,7 +511,8 @@ class Preprocessing:
         if self.is_identity_scale:
             return np.asarray(y, dtype=np.float32)
         a = self.arrays()
-        return (np.asarray(y, dtype=np.float32) / a["scale"] + a["offset"]).astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # as in the graph, an overflow is inf; callers check outputs are finite
+            return (np.asarray(y, dtype=np.float32) / a["scale"] + a["offset"]).astype(np.float32, copy=False)
 
     def to_dict(self) -> dict:
         return asdict(self)

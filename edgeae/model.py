@@ -7,12 +7,13 @@ deterministic, and recurrent layers traced on a GPU become cuDNN ops tf2onnx can
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 
@@ -159,6 +160,32 @@ def check_windows(windows: np.ndarray, config: TrainConfig, what: str = "trainin
         raise DataError(f"{what}: contain non-finite values")
 
 
+def _divergence_guard(keras):
+    """A callback that stops training at the first epoch whose loss is not finite.
+
+    Past that point every weight turns NaN, so the remaining epochs would be wasted and
+    the model useless; `diverged` records (epoch, which loss, its value) for the error.
+    """
+
+    class DivergenceGuard(keras.callbacks.Callback):
+        diverged: tuple[int, str, float] | None = None
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            for name, value in (logs or {}).items():
+                if self.diverged is None and not math.isfinite(float(value)):
+                    self.diverged = (epoch + 1, name, float(value))
+                    self.model.stop_training = True
+
+    return DivergenceGuard()
+
+
+def _diverged(config: TrainConfig, what: str) -> NoReturn:
+    """Refuse a diverged model: nothing of it may be saved, and the user needs to know why."""
+    hint = "use --scaling standard or rescale the data" if config.scaling == "none" else "rescale the data"
+    raise DataError(f"training diverged ({what}): the values are too large for the model or the learning rate "
+                    f"({config.learning_rate:g}) too high; {hint}, or lower --learning-rate")
+
+
 def train(
     config: TrainConfig,
     windows: np.ndarray,
@@ -186,6 +213,8 @@ def train(
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience, restore_best_weights=True
         ))
+    guard = _divergence_guard(keras)
+    callbacks.insert(0, guard)
     x = windows.astype(np.float32)
     fit = autoencoder.fit(
         x, x,
@@ -196,6 +225,11 @@ def train(
         validation_data=(validation.astype(np.float32),) * 2 if has_val else None,
         callbacks=callbacks,
     )
+    if guard.diverged is not None:
+        epoch, name, value = guard.diverged
+        _diverged(config, f"{name} became {value} at epoch {epoch}")
+    if not all(np.isfinite(w).all() for w in autoencoder.get_weights()):  # the last update, after the last loss
+        _diverged(config, f"the weights became non-finite at epoch {len(fit.history['loss'])}")
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     monitor = history.get("val_loss") if has_val else history["loss"]
     best = int(np.argmin(monitor)) + 1 if config.patience > 0 and has_val else len(history["loss"])

@@ -20,8 +20,8 @@ from .artifacts import (
     atomic_write_json, check_target, file_entry, read_json, read_manifest, staged_folder, verify_file, verify_files,
     write_manifest,
 )
-from .data import Preprocessing, Series, Windows, load_series, seed_sequence, window_series
-from .errors import IntegrityError, ParityError, UsageError
+from .data import FLOAT32_MAX, Preprocessing, Series, Windows, load_series, seed_sequence, window_series
+from .errors import DataError, IntegrityError, ParityError, UsageError
 from .parity import DEFAULT_ATOL, ParityReport, check_tolerance, compare
 
 KERAS_FILE = "model.keras"
@@ -98,8 +98,13 @@ def train(config, data: Path | None = None, columns: tuple[str, ...] | None = No
     pre = Preprocessing.fit(windows.fit_values, config.clip_quantiles, config.scaling,
                             tuple(series.columns) if series is not None else None)
     result = model.train(config, pre.apply(train_w), pre.apply(val_w) if len(val_w) else None, progress)
-    return Training(config, pre, result.autoencoder, result.encoder, result.history, result.epochs_run,
-                    result.best_epoch, train_w, val_w, info)
+    training = Training(config, pre, result.autoencoder, result.encoder, result.history, result.epochs_run,
+                        result.best_epoch, train_w, val_w, info)
+    # Unscaling multiplies by the range: near float32's limit a reconstruction can overflow to inf.
+    if not np.isfinite(training.summary()["train_reconstruction_max_abs"]):
+        raise DataError("the model's reconstructions of the training data overflow float32 once unscaled "
+                        "(the values lie too close to the float32 limit); rescale the data")
+    return training
 
 
 def save_training(training: Training, out: Path, force: bool = False) -> Path:
@@ -149,12 +154,14 @@ def parity_inputs(train_windows: np.ndarray, pre: Preprocessing, seed: int) -> d
     rng = np.random.default_rng(seed)
     low, high = np.asarray(pre.clip_low), np.asarray(pre.clip_high)
     span = np.where(high > low, high - low, 1.0)
+    # "Far outside" stops at the float32 limits: beyond them no input can exist, and casting would give inf.
+    far_low, far_high = np.maximum(low - 10 * span, -FLOAT32_MAX), np.minimum(high + 10 * span, FLOAT32_MAX)
     shape = (RANDOM_BATCH, *train_windows.shape[1:])
     return {
         "training": train_windows[:PARITY_SAMPLE].astype(np.float32),
         "single": train_windows[:1].astype(np.float32),
         "in_range": rng.uniform(low, high, size=shape).astype(np.float32),
-        "outside_range": rng.uniform(low - 10 * span, high + 10 * span, size=shape).astype(np.float32),
+        "outside_range": rng.uniform(far_low, far_high, size=shape).astype(np.float32),
     }
 
 
