@@ -13,11 +13,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import ExportExistsError, IntegrityError, LockedError, UsageError
 
@@ -25,6 +26,7 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "edgeae-manifest"
 MANIFEST_VERSION = 1
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+ROLES = ("autoencoder", "encoder")
 
 
 def sha256_file(path: Path) -> str:
@@ -51,8 +53,12 @@ def _umask() -> int:
 
 
 def check_output_file(path: Path) -> Path:
-    """An output file's folder must exist and the path must not be a folder: checked before any work."""
+    """An output file's folder must exist and the path must be neither a folder nor a symbolic
+    link (the atomic write would replace the link itself, even a dangling one that no
+    existence check sees): checked before any work."""
     path = Path(path)
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link; give the real file")
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give a file name")
     if not path.parent.is_dir():
@@ -183,6 +189,13 @@ def publish_folder(stage: Path, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
+def _check_not_symlink(target: Path) -> None:
+    """Refuse a target folder that is a symbolic link: publishing swaps the link itself away
+    (the user's link gone, the old export stranded) instead of replacing what it points to."""
+    if target.is_symlink():
+        raise UsageError(f"{target} is a symbolic link; give the real folder")
+
+
 def _check_replaceable(target: Path) -> None:
     """--force replaces an edgeae folder or an empty one, never a folder of someone else's files."""
     cwd = Path.cwd().resolve()
@@ -191,10 +204,10 @@ def _check_replaceable(target: Path) -> None:
         raise UsageError(f"refusing to replace {target}: it is the current folder or contains it")
     if not any(target.iterdir()):
         return
-    try:
-        manifest = json.loads((target / MANIFEST_NAME).read_text(encoding="utf-8"))
+    try:  # a linked manifest proves nothing about this folder's own files
+        manifest = json.loads(_safe_member(target, MANIFEST_NAME).read_text(encoding="utf-8"))
         ours = isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (IntegrityError, OSError, UnicodeDecodeError, ValueError):
         ours = False
     if not ours:
         raise UsageError(f"refusing to replace {target}: it is not an edgeae folder (no edgeae manifest.json); "
@@ -204,6 +217,7 @@ def _check_replaceable(target: Path) -> None:
 def check_target(target: Path, force: bool = False) -> None:
     """Refuse early a target that staged_folder would refuse at the end of a long run."""
     target = Path(target).absolute()
+    _check_not_symlink(target)
     if target.exists() and not target.is_dir():
         raise UsageError(f"{target} exists and is not a folder")
     if target.exists() and not force:
@@ -232,6 +246,7 @@ def staged_folder(target: Path, force: bool = False) -> Iterator[Path]:
     whatever was at `target` before stays exactly as it was.
     """
     target = Path(target).absolute()
+    _check_not_symlink(target)
     if target.exists() and not target.is_dir():
         raise UsageError(f"{target} exists and is not a folder")
     try:
@@ -294,26 +309,194 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
 
 
 def read_manifest(folder: Path) -> dict:
+    """Read, unseal and schema-check a folder's manifest: what it returns is safe to index."""
     folder = Path(folder)
     if folder.is_file():
         raise UsageError(f"{folder} is a file; expected an edgeae folder (a training run or an export)")
     if not folder.is_dir():
         raise UsageError(f"folder not found: {folder}")
-    manifest = read_json(folder / MANIFEST_NAME, "manifest")
+    path = _safe_member(folder, MANIFEST_NAME)
+    manifest = read_json(path, "manifest")
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise IntegrityError(f"{folder / MANIFEST_NAME} is not an edgeae manifest")
+        raise IntegrityError(f"{path} is not an edgeae manifest")
     if manifest.get("format_version") != MANIFEST_VERSION:
         raise IntegrityError(
             f"manifest format_version {manifest.get('format_version')!r} is not supported "
             f"(this edgeae reads {MANIFEST_VERSION})"
         )
     if "checksum" not in manifest:
-        raise IntegrityError(f"{folder / MANIFEST_NAME} has no checksum; re-export it with this edgeae")
+        raise IntegrityError(f"{path} has no checksum; re-export it with this edgeae")
     if manifest.get("checksum") != _manifest_checksum(manifest):
-        raise IntegrityError(f"{folder / MANIFEST_NAME} was modified after it was written (checksum mismatch)")
+        raise IntegrityError(f"{path} was modified after it was written (checksum mismatch)")
     if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
         raise IntegrityError("manifest lists no files")
+    check_manifest_schema(manifest)
     return manifest
+
+
+# ---------------------------------------------------------------- manifest schema
+#
+# The checksum proves a manifest is the one written, not that the tool (or version) that
+# wrote it wrote what this one reads: every field edgeae reads is checked here once, so
+# each reader can index it without guarding against a wrong type.
+
+Check = Callable[[str, Any], None]
+
+
+def _refuse(path: str, expected: str, value: Any) -> NoReturn:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise IntegrityError(f"manifest field {path} must be {expected}, got {shown}")
+
+
+def _member(path: str, key: str) -> str:
+    """`detector.threshold`; `files['model.keras']` where the key itself has a dot."""
+    return f"{path}[{key!r}]" if "." in key else f"{path}.{key}" if path else key
+
+
+def _text(path: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        _refuse(path, "a non-empty string", value)
+
+
+def _flag(path: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _refuse(path, "true or false", value)
+
+
+def _sha256(path: str, value: Any) -> None:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        _refuse(path, "64 lowercase hex digits", value)
+
+
+def _whole(minimum: int) -> Check:
+    def check(path: str, value: Any) -> None:
+        if type(value) is not int or value < minimum:  # JSON true is no count
+            _refuse(path, f"a whole number ≥ {minimum}", value)
+    return check
+
+
+def _real(low: float, high: float = math.inf, above: bool = False) -> Check:
+    """A finite JSON number in [low, high] ((low, high] when `above`); true and false are not numbers."""
+    expected = ("a finite number" + (f" {'>' if above else '≥'} {low:g}" if low > -math.inf else "")
+                + (f" and ≤ {high:g}" if high < math.inf else ""))
+
+    def check(path: str, value: Any) -> None:
+        try:
+            number = float(value) if type(value) in (int, float) else math.nan
+        except OverflowError:  # an integer beyond float: readers would fail converting it
+            number = math.nan
+        if not (math.isfinite(number) and low <= number <= high) or (above and number == low):
+            _refuse(path, expected, value)
+    return check
+
+
+def _nullable(check: Check) -> Check:
+    def nullable(path: str, value: Any) -> None:
+        if value is not None:
+            check(path, value)
+    return nullable
+
+
+def _one_of(*allowed: str) -> Check:
+    def check(path: str, value: Any) -> None:
+        if value not in allowed:
+            _refuse(path, " or ".join(repr(a) for a in allowed), value)
+    return check
+
+
+def _list_of(item: Check) -> Check:
+    def check(path: str, value: Any) -> None:
+        if not isinstance(value, list):
+            _refuse(path, "a list", value)
+        for index, element in enumerate(value):
+            item(f"{path}[{index}]", element)
+    return check
+
+
+def _map_of(item: Check) -> Check:
+    def check(path: str, value: Any) -> None:
+        if not isinstance(value, dict):
+            _refuse(path, "an object", value)
+        for key, element in value.items():
+            item(_member(path, key), element)
+    return check
+
+
+def _record(fields: dict[str, Check], required: tuple[str, ...] = ()) -> Check:
+    """An object whose listed fields, where present, pass their checks; other fields are not read."""
+    def check(path: str, value: Any) -> None:
+        if not isinstance(value, dict):
+            _refuse(path, "an object", value)
+        for key in required:
+            if key not in value:
+                raise IntegrityError(f"manifest field {_member(path, key)} is missing")
+        for key, field in fields.items():
+            if key in value:
+                field(_member(path, key), value[key])
+    return check
+
+
+def _batches(path: str, value: Any) -> None:
+    """[first, last]: the batch sizes a route serves, `last` null for no limit."""
+    if (not isinstance(value, list) or len(value) != 2 or type(value[0]) is not int or value[0] < 1
+            or not (value[1] is None or (type(value[1]) is int and value[1] >= value[0]))):
+        _refuse(path, "[first, last] batch sizes with 1 ≤ first ≤ last (last null for no limit)", value)
+
+
+_FINITE = _real(-math.inf)
+_VECTOR = _list_of(_FINITE)
+_PREPROCESSING = _record({"clip_low": _VECTOR, "clip_high": _VECTOR, "offset": _VECTOR,
+                          "scale": _list_of(_real(0, above=True)), "clip_quantiles": _list_of(_real(0, 1)),
+                          "scaling": _text}, required=("clip_low", "clip_high", "offset", "scale"))
+_VARIANT = _record({"file": _text, "published": _flag, "precision": _text,
+                    "by_batch": _list_of(_record({"batches": _batches, "file": _text}, required=("batches", "file")))},
+                   required=("file", "published"))
+_THRESHOLD = _real(0)
+_MANIFEST = _record({
+    "kind": _one_of("training", "export"),
+    "edgeae_version": _text,
+    "created": _text,
+    "opset": _whole(1),
+    "targets": _text,
+    "files": _map_of(_record({"sha256": _sha256, "bytes": _whole(0), "role": _text}, required=("sha256",))),
+    "models": _record({role: _record({"file": _text, "value_bound": _nullable(_real(0))}, required=("file",))
+                       for role in ROLES}),
+    "window": _record({"timesteps": _whole(1), "features": _whole(1), "stride": _whole(1)}),
+    "preprocessing": _PREPROCESSING,
+    "training": _record({
+        "config": _record({"seed": _whole(0), **{name: _whole(1) for name in (
+            "timesteps", "features", "units", "epochs", "batch_size", "stride")}}, required=("seed",)),
+        "data": _record({"source": _text, "columns": _list_of(_text)}),
+        "history": _map_of(_VECTOR), "epochs_run": _whole(0), "best_epoch": _whole(0), "final_loss": _FINITE},
+        required=("config",)),
+    "detector": _record({"threshold": _THRESHOLD, "quantile": _real(0, 1, above=True), "windows": _whole(0),
+                         "flagged": _whole(0), "calibrated_on": _text,
+                         "variants": _map_of(_record({"threshold": _THRESHOLD, "flagged": _whole(0)},
+                                                     required=("threshold",)))}, required=("threshold",)),
+    "variants": _map_of(_map_of(_VARIANT)),
+    "parity": _record({"passed": _flag, "tolerance_abs": _real(0, above=True)}),
+    "versions": _map_of(_nullable(_text)),
+})
+_EXPORT = _record({}, required=("models", "window", "preprocessing", "training"))
+
+
+def check_manifest_schema(manifest: dict) -> None:
+    """Refuse, naming the field, a manifest whose fields have the wrong type, range or shape."""
+    _MANIFEST("", manifest)
+    if manifest.get("kind") == "export":
+        _EXPORT("", manifest)
+    pre = manifest.get("preprocessing")
+    if pre is not None and len({len(pre[k]) for k in ("clip_low", "clip_high", "offset", "scale")}) != 1:
+        raise IntegrityError("manifest field preprocessing has clip_low, clip_high, offset and scale "
+                             "of different lengths")
+    for role, by_name in (manifest.get("variants") or {}).items():
+        own = {entry["file"] for entry in by_name.values()}  # a route hands batches to a graph of its own role
+        for name, entry in by_name.items():
+            for index, route in enumerate(entry.get("by_batch", ())):
+                if route["file"] not in own:
+                    _refuse(_member(f"variants.{role}", name) + f".by_batch[{index}].file",
+                            f"the file of one of the {role} variants", route["file"])
 
 
 def verify_file(folder: Path, name: str, entry: Any) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -19,14 +20,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .artifacts import read_manifest, verify_file
+from .artifacts import ROLES, read_manifest, verify_file
 from .errors import DataError, InferenceError, IntegrityError, ProviderError, ShapeError, UsageError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA}
+# Every provider onnxruntime knows (installed or not), by its full name or short ("cpu", "cuda", "tensorrt").
+KNOWN_PROVIDERS = {key: name for name in ort.get_all_providers()
+                   for key in (name.lower(), name.lower().removesuffix("executionprovider"))}
 DEFAULT_CHUNK = 256  # windows per session.run: keeps the LSTM work buffers in cache (1.5x at batch 4096)
-ROLES = ("autoencoder", "encoder")
+MAX_THREADS = 1024
 DEFAULT_VARIANT = "fp32"
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 MAX_MODEL_BYTES = 2 * 1024**3
@@ -50,15 +53,21 @@ def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
     provider hands some nodes (relu LSTMs) back to the CPU.
     """
     available = available_providers()
-    if isinstance(providers, str):
-        key = providers.strip().lower()
-        if key == "auto":
-            return [CUDA, CPU] if CUDA in available else [CPU]
-        names = [PROVIDER_ALIASES.get(key, providers)]
-    else:
-        names = [PROVIDER_ALIASES.get(str(p).lower(), str(p)) for p in providers]
-    if not names:
+    if isinstance(providers, str) and providers.strip().lower() == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    requested = [providers] if isinstance(providers, str) else providers
+    if not isinstance(requested, (list, tuple)) or not all(isinstance(p, str) for p in requested):
+        raise UsageError(f"providers must be a name or a list of names (auto, cpu, cuda), got {providers!r}")
+    if not requested:
         raise ProviderError("no execution provider requested")
+    names = []
+    for given in requested:
+        name = KNOWN_PROVIDERS.get(given.strip().lower())
+        if name is None:
+            shorts = sorted({key for key in KNOWN_PROVIDERS if not key.endswith("executionprovider")} - {"cpu", "cuda"})
+            raise UsageError(f"unknown execution provider {given!r}: expected auto, cpu, cuda, or another that "
+                             f"onnxruntime knows ({', '.join(shorts)}, or its full name)")
+        names.append(name)
     for name in names:
         if name not in available:
             raise ProviderError(f"{name} requested; available: {', '.join(available)}")
@@ -115,6 +124,15 @@ def check_chunk(chunk: Any) -> None:
         raise UsageError(f"chunk size must be a whole number of at least 1, got {chunk!r}")
 
 
+def check_threads(threads: Any) -> None:
+    """None (onnxruntime's default) or a plausible thread count: 0, 1.5 or True would otherwise
+    be taken silently, a huge number fail deep inside onnxruntime's bindings."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                or not 1 <= threads <= MAX_THREADS):
+        raise UsageError(f"threads must be a whole number from 1 to {MAX_THREADS} (or None for the default), "
+                         f"got {threads!r}")
+
+
 # ---------------------------------------------------------------- one ONNX model
 
 
@@ -151,17 +169,27 @@ def _fast_run(session: ort.InferenceSession) -> Callable[[list[str], dict[str, n
     return lambda names, feed: binding.run(names, feed, options)
 
 
+def _shape_text(shape: Sequence[Any]) -> str:
+    """A declared shape as people write it: (batch, 10, 5), an unknown dimension as ?."""
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
 class OnnxModel:
-    """One onnxruntime session over an edgeae model, with its input contract."""
+    """One onnxruntime session over an edgeae model, with its input and output contract.
+
+    `role` ("autoencoder" or "encoder") is what the caller loads the graph as; by default the
+    graph's own metadata, else its first output's rank.
+    """
 
     def __init__(self, source: Path | bytes, providers: str | Sequence[str] = "auto",
-                 threads: int | None = None, name: str | None = None) -> None:
+                 threads: int | None = None, name: str | None = None, role: str | None = None) -> None:
         self.providers_requested = resolve_providers(providers)
+        check_threads(threads)
         self.name = name or (Path(source).name if isinstance(source, (str, Path)) else "model")
         self._source = source
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if threads:
+        if threads is not None:
             options.intra_op_num_threads = int(threads)
         self.session = self._open(options)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -184,6 +212,14 @@ class OnnxModel:
             self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         except (UnicodeDecodeError, ValueError, RuntimeError):
             raise IntegrityError(f"{self.name}: the model's metadata is unreadable (corrupt file?)") from None
+        if not outputs:
+            raise IntegrityError(f"{self.name}: the graph has no outputs")
+        self.role = role or self.metadata.get("edgeae.role") or (
+            "encoder" if len(outputs[0].shape) == 2 else "autoencoder")
+        if self.role not in ROLES:
+            raise IntegrityError(f"{self.name}: role {self.role!r} is not one edgeae runs ({', '.join(ROLES)})")
+        # What each output must be after the batch, on every run: the declared shapes are only a claim.
+        self._tails = [self._output_tail(index, output) for index, output in enumerate(outputs)]
         used = self.session.get_providers()
         missing = [p for p in self.providers_requested if p not in used]
         if missing:
@@ -209,9 +245,29 @@ class OnnxModel:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise IntegrityError(f"{self.name}: onnxruntime cannot load it: {first[:200]}") from None
 
-    @property
-    def role(self) -> str:
-        return self.metadata.get("edgeae.role", "")
+    def _output_tail(self, index: int, spec: Any) -> tuple[int, ...]:
+        """The shape after the batch that output `index` must have, refusing a declaration that
+        contradicts it: the first output is the role's (batch, timesteps, features) or
+        (batch, units), any other a float with fixed sizes after the batch."""
+        shape = list(spec.shape or [])
+        if index == 0 and self.role == "autoencoder":
+            tail, expected = (self.timesteps, self.features), f"float (batch, {self.timesteps}, {self.features})"
+        else:
+            tail = tuple(shape[1:])
+            expected = "float (batch, units)" if index == 0 else "float (batch, sizes fixed in the graph)"
+        batch_fits = bool(shape) and (not isinstance(shape[0], int) or (self.one_window and shape[0] == 1))
+        rank_fits = len(shape) == 1 + len(tail) and (index > 0 or self.role == "autoencoder" or len(tail) == 1)
+        sizes_fit = all(isinstance(want, int) and want >= 1 and (not isinstance(got, int) or got == want)
+                        for got, want in zip(shape[1:], tail))
+        if spec.type != "tensor(float)" or not (batch_fits and rank_fits and sizes_fit):
+            raise IntegrityError(f"{self.name}: output {spec.name!r} is {spec.type} {_shape_text(shape)}, "
+                                 f"expected {expected}")
+        return tail
+
+    def _wrong_output(self, result: np.ndarray, count: int, output: int) -> IntegrityError:
+        """The error for a run whose output shape is not the one the graph declared (a graph that lies)."""
+        return IntegrityError(f"{self.name}: output {self.output_names[output]!r} came out {tuple(result.shape)}, "
+                              f"expected {(count, *self._tails[output])}")
 
     def run(self, x: Any, chunk: int = DEFAULT_CHUNK, output: int = 0) -> np.ndarray:
         """Run on raw input; a single window in gives a single result out."""
@@ -221,8 +277,8 @@ class OnnxModel:
 
     def route(self, other: OnnxModel, first: int, last: int | None) -> None:
         """Hand every run of `first` to `last` windows (no limit: None) to `other`, an equivalent graph."""
-        if (other.timesteps, other.features) != (self.timesteps, self.features) or (
-                [o.shape[1:] for o in other.session.get_outputs()] != [o.shape[1:] for o in self.session.get_outputs()]):
+        if (other.timesteps, other.features, other.role, other._tails) != (
+                self.timesteps, self.features, self.role, self._tails):
             raise IntegrityError(f"{other.name}: its inputs or outputs differ from {self.name}'s")
         if other.one_window and (first, last) != (1, 1):
             raise IntegrityError(f"{other.name}: a one-window graph cannot run batches of {first} to {last or 'any'}")
@@ -250,8 +306,7 @@ class OnnxModel:
             check_chunk(chunk)
         count = len(windows)
         if count == 0:
-            out_shape = self.session.get_outputs()[output].shape[1:]
-            return np.empty((0, *[d if isinstance(d, int) else 0 for d in out_shape]), dtype=np.float32)
+            return np.empty((0, *self._tails[output]), dtype=np.float32)
         if self.one_window:
             chunk = 1
         model = self.graph_for(min(count, chunk))
@@ -264,10 +319,14 @@ class OnnxModel:
                     part = windows[start:start + chunk]
                     model = self.graph_for(len(part))
                     parts.append(model._call(model._output_lists[output], {model.input_name: part})[0])
-                result = np.concatenate(parts)
+                result = np.concatenate(parts)  # parts of different shapes fail here, as inference
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InferenceError(f"{model.name}: inference failed: {first[:200]}") from None
+        # Declared output shapes are a claim onnxruntime does not enforce (element types it
+        # does, at load): one tuple compare (0.15 µs) keeps a wrong-shaped result from passing.
+        if result.shape != (count,) + model._tails[output]:
+            raise model._wrong_output(result, count, output)
         # A graph proven not to overflow (bounds.py) cannot give inf or NaN from checked input.
         # Otherwise: a sum of squares is finite when every value is (one BLAS call); only an
         # overflowing or NaN sum pays for the exact element-wise check.
@@ -327,13 +386,12 @@ def reconstruction_error(x: np.ndarray, reconstruction: np.ndarray, scale: np.nd
 
 
 def _check_threshold(threshold: Any) -> float:
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        raise UsageError(f"threshold must be a number, got {threshold!r}") from None
-    if not np.isfinite(value):
+    """A caller's threshold: a finite real number; True or "0.5" would be taken as 1.0 and 0.5."""
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
+        raise UsageError(f"threshold must be a number, got {threshold!r}")
+    if not math.isfinite(threshold):
         raise UsageError(f"threshold must be a finite number, got {threshold!r}")
-    return value
+    return float(threshold)
 
 
 class EdgeModel:
@@ -353,14 +411,11 @@ class EdgeModel:
             if (model.timesteps, model.features) != (self.timesteps, self.features):
                 raise IntegrityError("autoencoder and encoder disagree on the window shape")
         self.scale = self._scale(self.manifest.get("preprocessing") or first.metadata.get("edgeae.preprocessing"))
-        detector = self.manifest.get("detector") or {}
+        detector = self.manifest.get("detector", {})  # read_manifest checked its types and ranges
         threshold = detector.get("threshold")
         if variant != DEFAULT_VARIANT:  # a variant scores a little differently: it has its own threshold
-            threshold = ((detector.get("variants") or {}).get(variant) or {}).get("threshold")
-        try:
-            self.threshold = float(threshold) if threshold is not None else None
-        except (TypeError, ValueError):
-            raise IntegrityError(f"detector threshold {threshold!r} is not a number") from None
+            threshold = detector.get("variants", {}).get(variant, {}).get("threshold")
+        self.threshold = None if threshold is None else float(threshold)
 
     def _scale(self, record: dict | str | None) -> np.ndarray:
         """The per-feature scale the score weighs errors by (from the manifest or the model's metadata)."""
@@ -436,7 +491,7 @@ def _variant_file(manifest: dict, role: str, variant: str) -> str | None:
 def variant_of_file(manifest: dict, role: str, file: str) -> str | None:
     """The variant `file` holds for `role` (the inverse of _variant_file); None if none names it."""
     for name, entry in ((manifest.get("variants") or {}).get(role) or {}).items():
-        if isinstance(entry, dict) and entry.get("file") == file:
+        if entry["file"] == file:
             return name
     return DEFAULT_VARIANT if file == _variant_file(manifest, role, DEFAULT_VARIANT) else None
 
@@ -446,8 +501,8 @@ def proven_finite(manifest: dict, role: str, variant: str | None) -> bool:
     overflow: float32 graphs only, with the bound far below float32's largest value."""
     entry = _variant_entry(manifest, role, variant) or {}
     precision = entry.get("precision", "fp32" if variant == DEFAULT_VARIANT else None)
-    bound = ((manifest.get("models") or {}).get(role) or {}).get("value_bound")
-    return precision == "fp32" and type(bound) in (int, float) and 0 <= bound < FINITE_PROOF_LIMIT
+    bound = ((manifest.get("models") or {}).get(role) or {}).get("value_bound")  # None or a number ≥ 0
+    return precision == "fp32" and bound is not None and bound < FINITE_PROOF_LIMIT
 
 
 def batch_label(first: int, last: int | None) -> str:
@@ -458,20 +513,11 @@ def batch_label(first: int, last: int | None) -> str:
 
 
 def batch_routes(manifest: dict, role: str, variant: str) -> list[tuple[int, int | None, str]]:
-    """(first, last, file) for each batch range the manifest gives `variant` to another graph."""
+    """(first, last, file) for each batch range the manifest gives `variant` to another graph
+    (read_manifest has checked each range, and that the file is a graph of `role`)."""
     entry = _variant_entry(manifest, role, variant) or {}
-    routes = []
-    for route in entry.get("by_batch") or []:
-        try:
-            (first, last), file = route["batches"], str(route["file"])
-            valid = isinstance(first, int) and first >= 1 and (last is None or (isinstance(last, int) and last >= first))
-        except (KeyError, TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise IntegrityError(f"manifest: {role}/{variant} has a malformed by_batch entry: {route!r}")
-        if file != entry.get("file"):
-            routes.append((first, last, file))
-    return routes
+    return [(*route["batches"], route["file"]) for route in entry.get("by_batch", ())
+            if route["file"] != entry["file"]]
 
 
 def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int | None = None,
@@ -483,7 +529,12 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
     the equivalent graphs its manifest entry names (`by_batch`): one window to the one-window
     graph, many to the unrolled one; "fp32-b1" and "fp32-unrolled" load one of those alone.
     """
-    resolve_providers(providers)  # an impossible provider request fails before any file is read
+    if not isinstance(path, (str, os.PathLike)) or path == "":
+        raise UsageError(f"model path must be a folder or file name (str or os.PathLike), got {path!r}")
+    if not isinstance(variant, str):
+        raise UsageError(f"variant must be a name such as 'fp32' or 'int8', got {variant!r}")
+    resolve_providers(providers)  # an impossible request fails before any file is read
+    check_threads(threads)
     path = Path(path)
     if path.is_dir():
         manifest = read_manifest(path)
@@ -494,10 +545,11 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
             name = _variant_file(manifest, role, variant)
             if not name:
                 continue
-            models[role] = OnnxModel(verify_file(path, name, manifest["files"].get(name)), providers, threads, name=name)
+            models[role] = OnnxModel(verify_file(path, name, manifest["files"].get(name)), providers, threads,
+                                     name=name, role=role)
             for first, last, file in batch_routes(manifest, role, variant):
                 models[role].route(OnnxModel(verify_file(path, file, manifest["files"].get(file)), providers, threads,
-                                             name=file), first, last)
+                                             name=file, role=role), first, last)
             models[role].set_proven_finite(proven_finite(manifest, role, variant))
         if not models and variant != DEFAULT_VARIANT:
             raise UsageError(f"no published {variant!r} variant; this export has: {', '.join(_published(manifest))}")
@@ -511,5 +563,4 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
     if path.suffix.lower() not in (".onnx", ".ort"):
         raise UsageError(f"{path.name}: expected an export folder, an .onnx or an .ort file")
     model = OnnxModel(path, providers, threads)
-    role = model.role or ("encoder" if len(model.session.get_outputs()[0].shape) == 2 else "autoencoder")
-    return EdgeModel({role: model})
+    return EdgeModel({model.role: model})

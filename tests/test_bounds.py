@@ -10,6 +10,7 @@ from onnx import helper, numpy_helper
 from edgeae import runtime
 from edgeae.artifacts import read_manifest, write_manifest
 from edgeae.bounds import bound_entry, value_bound
+from edgeae.errors import IntegrityError
 
 CPU = ["CPUExecutionProvider"]
 
@@ -81,10 +82,15 @@ def test_runtime_skips_the_output_check_only_where_the_manifest_proves_float32_f
              "autoencoder.plain.onnx": "plain", "encoder.onnx": None}  # the benchmark's view: file -> variant
     assert {f: runtime.variant_of_file(manifest, "autoencoder", f) for f in files} == files
 
-    for bound in (None, runtime.FINITE_PROOF_LIMIT, -1.0, True, "1"):
+    for bound in (None, runtime.FINITE_PROOF_LIMIT):  # no bound, or one too large to prove anything
         manifest["models"]["autoencoder"]["value_bound"] = bound
         write_manifest(export_copy, manifest)
         assert not runtime.load(export_copy, "cpu").models["autoencoder"].proven_finite, bound
+    for bound in (-1.0, True, "1"):  # not a bound at all: the manifest is refused, not half-trusted
+        manifest["models"]["autoencoder"]["value_bound"] = bound
+        write_manifest(export_copy, manifest)
+        with pytest.raises(IntegrityError, match="models.autoencoder.value_bound"):
+            runtime.load(export_copy, "cpu")
 
 
 def test_an_unproven_overflow_is_still_caught(tiny_export, tmp_path, rng):

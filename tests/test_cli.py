@@ -68,7 +68,7 @@ def test_verify_exits_non_zero_naming_model_and_provider(tiny_export):
     (("train", "--epochs", "-3", "--quiet"), EXIT_USAGE),
     (("train", "--timesteps", "100000000", "--quiet"), EXIT_USAGE),
     (("train", "--data", "missing.csv", "--quiet"), EXIT_USAGE),
-    (("inspect", "exported", "--provider", "tpu"), EXIT_RUNTIME),
+    (("inspect", "exported", "--provider", "tpu"), EXIT_USAGE),  # not a provider name at all
 ])
 def test_bad_input_gives_one_line_and_a_code(args, code):
     one_line_error(run(*args), code)

@@ -1,0 +1,263 @@
+"""What the runtime trusts is checked where it is read: a model's outputs, the manifest's
+fields, the caller's arguments, and symbolic links where edgeae reads or writes."""
+import copy
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeae import pipeline, runtime
+from edgeae.artifacts import check_output_file, check_target, read_manifest, staged_folder, write_manifest
+from edgeae.cli import main
+from edgeae.errors import EXIT_INTEGRITY, EXIT_USAGE, IntegrityError, ProviderError, UsageError
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+# ---------------------------------------------------------------- a model's outputs
+
+
+def _graph(path, node, output_type, output_shape, role=None, initializer=None):
+    """A one-node graph over (batch, 4, 3) windows, declaring the output given."""
+    outputs = [] if output_shape is None else [helper.make_tensor_value_info("y", output_type, output_shape)]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 3])],
+                              outputs, [initializer] if initializer is not None else [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if role:
+        helper.set_model_props(model, {"edgeae.role": role})
+    onnx.save(model, str(path))
+    return path
+
+
+FIRST_TWO = numpy_helper.from_array(np.array([0, 1], np.int64), "first_two")
+BAD_OUTPUTS = {
+    "scalar": (helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0), TensorProto.FLOAT, [], None, None,
+               r"output 'y' is tensor\(float\) \(\), expected float \(batch, 4, 3\)"),
+    "too few features": (helper.make_node("Gather", ["x", "first_two"], ["y"], axis=2), TensorProto.FLOAT,
+                         ["batch", 4, 2], None, FIRST_TWO, r"\(batch, 4, 2\), expected float \(batch, 4, 3\)"),
+    "flat autoencoder": (helper.make_node("Flatten", ["x"], ["y"]), TensorProto.FLOAT, ["batch", 12], "autoencoder",
+                         None, r"\(batch, 12\), expected float \(batch, 4, 3\)"),
+    "3-d encoder": (helper.make_node("Identity", ["x"], ["y"]), TensorProto.FLOAT, ["batch", 4, 3], "encoder", None,
+                    r"expected float \(batch, units\)"),
+    "strings": (helper.make_node("Cast", ["x"], ["y"], to=TensorProto.STRING), TensorProto.STRING, ["batch", 4, 3],
+                None, None, r"tensor\(string\)"),
+    "no outputs": (helper.make_node("Identity", ["x"], ["y"]), None, None, None, None, "has no outputs"),
+    "unknown role": (helper.make_node("Identity", ["x"], ["y"]), TensorProto.FLOAT, ["batch", 4, 3], "decoder", None,
+                     "role 'decoder'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OUTPUTS))
+def test_a_model_whose_outputs_do_not_fit_its_role_is_refused_on_load(tmp_path, case):
+    node, output_type, shape, role, initializer, message = BAD_OUTPUTS[case]
+    path = _graph(tmp_path / "odd.onnx", node, output_type, shape, role, initializer)
+    with pytest.raises(IntegrityError, match=message):
+        runtime.load(path, "cpu")
+
+
+def test_a_graph_that_lies_about_its_output_shape_cannot_pass_a_result(tmp_path, rng):
+    """Declared (batch, 4, 3), computes (batch, 4, 2): caught after the run, one call or chunked."""
+    path = _graph(tmp_path / "liar.onnx", helper.make_node("Gather", ["x", "first_two"], ["y"], axis=2),
+                  TensorProto.FLOAT, ["batch", 4, 3], initializer=FIRST_TWO)
+    model = runtime.load(path, "cpu")
+    x = rng.uniform(0, 1, (5, 4, 3))
+    for call in (lambda: model.reconstruct(x[0]), lambda: model.reconstruct(x, chunk=2), lambda: model.score(x)):
+        with pytest.raises(IntegrityError, match=r"came out \(\d, 4, 2\), expected \(\d, 4, 3\)"):
+            call()
+
+
+def test_the_cli_refuses_a_scalar_output_model(tmp_path):
+    path = _graph(tmp_path / "scalarout.onnx", helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0),
+                  TensorProto.FLOAT, [])
+    data = tmp_path / "windows.npy"
+    np.save(data, np.zeros((2, 4, 3)))
+    for command in ("score", "reconstruct"):
+        result = run(command, path, data, "--provider", "cpu")
+        assert result.exit_code == EXIT_INTEGRITY and "expected float (batch, 4, 3)" in result.stderr, result.output
+
+
+# ---------------------------------------------------------------- the manifest's fields
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def edit(manifest):
+        target = manifest
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+    return edit
+
+
+WRONG_FIELDS = {
+    "models.autoencoder must be an object": _set("models", "autoencoder", "autoencoder.onnx"),
+    "detector must be an object, got 'x'": _set("detector", "x"),
+    "detector must be an object, got \\[\\]": _set("detector", []),
+    "window must be an object": _set("window", "x"),
+    "variants.autoencoder must be an object": _set("variants", "autoencoder", "x"),
+    "training must be an object": _set("training", []),
+    "training.data must be an object": _set("training", "data", "x"),
+    "training.data.columns must be a list, got 5": _set("training", "data", {"source": "x.csv", "columns": 5}),
+    "training.config.seed is missing": _set("training", "config", {}),
+    "window.stride must be a whole number ≥ 1, got 'x'": _set("window", "stride", "x"),
+    "detector.threshold must be a finite number ≥ 0, got True": _set("detector", "threshold", True),
+    "detector.threshold must be a finite number ≥ 0, got -1": _set("detector", "threshold", -1),
+    "detector.threshold is missing": _set("detector", {"quantile": 0.99}),
+    "detector.variants.int8.threshold must be a finite number": _set("detector", "variants", "int8", "threshold", "x"),
+    "models.autoencoder.value_bound must be a finite number ≥ 0, got 'x'":
+        _set("models", "autoencoder", "value_bound", "x"),
+    "models.encoder.value_bound must be a finite number ≥ 0, got True": _set("models", "encoder", "value_bound", True),
+    "kind must be 'training' or 'export', got 7": _set("kind", 7),
+    r"files\['autoencoder.onnx'\].bytes must be a whole number ≥ 0, got '\d+'":
+        lambda m: m["files"]["autoencoder.onnx"].update(bytes=str(m["files"]["autoencoder.onnx"]["bytes"])),
+    r"files\['encoder.onnx'\].sha256 must be 64 lowercase hex digits": _set("files", "encoder.onnx", "sha256", "abc"),
+    "preprocessing.scale\\[0\\] must be a finite number > 0": lambda m: m["preprocessing"]["scale"].__setitem__(0, 0),
+    "preprocessing has clip_low, clip_high, offset and scale of different lengths":
+        lambda m: m["preprocessing"]["offset"].append(0.0),
+    "preprocessing is missing": lambda m: m.pop("preprocessing"),
+    r"variants.autoencoder.fp32.by_batch\[0\].batches must be \[first, last\]":
+        _set("variants", "autoencoder", "fp32", "by_batch", [{"batches": [0, 1], "file": "autoencoder.b1.onnx"}]),
+    r"variants.autoencoder.fp32.by_batch\[0\].file must be the file of one of the autoencoder variants, "
+    r"got 'encoder.onnx'":
+        _set("variants", "autoencoder", "fp32", "by_batch", [{"batches": [2, None], "file": "encoder.onnx"}]),
+    "variants.encoder.int8.published must be true or false": _set("variants", "encoder", "int8", "published", "yes"),
+}
+
+
+@pytest.fixture(scope="module")
+def sealed(tiny_export):
+    return read_manifest(tiny_export)
+
+
+@pytest.mark.parametrize("message", list(WRONG_FIELDS))
+def test_a_resealed_manifest_with_a_wrong_field_is_refused_naming_it(sealed, tmp_path, message):
+    """As another tool or version might write it: the checksum is valid, a field is not."""
+    manifest = copy.deepcopy(sealed)
+    WRONG_FIELDS[message](manifest)
+    write_manifest(tmp_path, manifest)
+    with pytest.raises(IntegrityError, match="manifest field " + message):
+        read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("command, edit", [
+    ("score", _set("models", "autoencoder", "x")),
+    ("score", _set("training", "data", {"source": "x.csv", "columns": 5})),
+    ("verify", _set("training", [])),
+    ("verify", _set("variants", "autoencoder", "fp32", "by_batch", [{"batches": [1, 1], "file": "encoder.onnx"}])),
+])
+def test_the_cli_gives_an_integrity_error_for_a_wrong_field(export_copy, tmp_path, command, edit):
+    manifest = read_manifest(export_copy)
+    edit(manifest)
+    write_manifest(export_copy, manifest)
+    data = tmp_path / "windows.npy"
+    np.save(data, np.zeros((2, 6, 3)))
+    args = [export_copy, data] if command == "score" else [export_copy, "--against", "stored"]
+    result = run(command, *args, "--provider", "cpu")
+    assert result.exit_code == EXIT_INTEGRITY and "manifest field" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_manifest_edgeae_writes_passes_its_own_schema(tiny_export, tiny_training, tmp_path):
+    pipeline.save_training(tiny_training, tmp_path / "run")
+    assert read_manifest(tmp_path / "run")["kind"] == "training"
+    assert read_manifest(tiny_export)["kind"] == "export"
+
+
+# ---------------------------------------------------------------- the caller's arguments
+
+
+@pytest.mark.parametrize("threads", [-1, 0, 1.5, True, "x", 10**10])
+def test_bad_thread_counts_are_usage_errors(tiny_export, threads):
+    with pytest.raises(UsageError, match="threads must be a whole number from 1 to 1024"):
+        runtime.load(tiny_export, "cpu", threads=threads)
+
+
+@pytest.mark.parametrize("providers", [None, 5, {"cpu": 1}, ["cpu", 1]])
+def test_providers_that_are_not_names_are_usage_errors(tiny_export, providers):
+    with pytest.raises(UsageError, match="providers must be a name or a list of names"):
+        runtime.load(tiny_export, providers)
+
+
+@pytest.mark.parametrize("name", ["", "gpu", " ", "cuda-11"])
+def test_unknown_provider_names_are_usage_errors_naming_the_accepted_ones(name):
+    with pytest.raises(UsageError, match=f"unknown execution provider {name!r}: expected auto, cpu, cuda"):
+        runtime.resolve_providers(name)
+    with pytest.raises(UsageError):
+        runtime.resolve_providers(["cpu", name])
+
+
+def test_a_known_provider_that_is_not_installed_stays_a_provider_error(monkeypatch):
+    monkeypatch.setattr(runtime, "available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ProviderError, match="CUDAExecutionProvider requested"):
+        runtime.resolve_providers("CUDA")
+    assert runtime.resolve_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_the_cli_exit_codes_for_provider_names(tiny_export, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "available_providers", lambda: ["CPUExecutionProvider"])
+    data = tmp_path / "windows.npy"
+    np.save(data, np.zeros((2, 6, 3)))
+    for provider, code in (("", EXIT_USAGE), ("gpu", EXIT_USAGE), ("cuda", 5)):
+        result = run("score", tiny_export, data, "--provider", provider)
+        assert result.exit_code == code, (provider, result.output)
+
+
+@pytest.mark.parametrize("path", [None, 5, b"exported", ""])
+def test_a_model_path_that_is_not_a_name_is_a_usage_error(path):
+    with pytest.raises(UsageError, match="model path must be"):
+        runtime.load(path, "cpu")
+
+
+@pytest.mark.parametrize("threshold", [True, np.bool_(False), "0.5"])
+def test_a_threshold_must_be_a_real_number(tiny_export, threshold):
+    model = runtime.load(tiny_export, "cpu")
+    with pytest.raises(UsageError, match="threshold must be a number"):
+        model.score(np.zeros((6, 3)), threshold=threshold)
+    assert model.score(np.zeros((6, 3)), threshold=np.float32(0.5)).threshold == 0.5
+
+
+# ---------------------------------------------------------------- symbolic links
+
+
+def test_an_output_file_that_is_a_dangling_link_is_not_replaced(tiny_export, tmp_path):
+    link = tmp_path / "dlink.csv"
+    link.symlink_to(tmp_path / "missing" / "x.csv")
+    data = tmp_path / "windows.npy"
+    np.save(data, np.zeros((2, 6, 3)))
+    for force in ((), ("--force",)):
+        result = run("score", tiny_export, data, "-o", link, "--provider", "cpu", *force)
+        assert result.exit_code == EXIT_USAGE and "is a symbolic link" in result.stderr, result.output
+        assert link.is_symlink()
+    with pytest.raises(UsageError, match="symbolic link"):
+        check_output_file(link)
+
+
+def test_a_target_folder_that_is_a_link_is_refused_before_any_work(export_copy, tmp_path):
+    link = tmp_path / "linkexp"
+    link.symlink_to(export_copy)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(UsageError, match="is a symbolic link; give the real folder"):
+        check_target(link, force=True)
+    with pytest.raises(UsageError, match="is a symbolic link; give the real folder"), staged_folder(link, force=True):
+        pytest.fail("a staging folder was made for a linked target")
+    assert sorted(os.listdir(tmp_path)) == before and link.is_symlink()
+    assert json.loads((export_copy / "manifest.json").read_text())["kind"] == "export"
+
+
+def test_a_linked_manifest_is_refused_like_a_linked_model(export_copy, tmp_path):
+    real = tmp_path / "elsewhere.json"
+    (export_copy / "manifest.json").replace(real)
+    (export_copy / "manifest.json").symlink_to(real)
+    with pytest.raises(IntegrityError, match="manifest.json is a symbolic link"):
+        runtime.load(export_copy, "cpu")
+    data = tmp_path / "windows.npy"
+    np.save(data, np.zeros((2, 6, 3)))
+    assert run("score", export_copy, data, "--provider", "cpu").exit_code == EXIT_INTEGRITY
