@@ -6,9 +6,13 @@ commands (encode, reconstruct, score, inspect) start without them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +22,39 @@ import numpy as np
 from . import __version__
 from .artifacts import check_output_file, check_target
 from .errors import (
-    EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EdgeAEError, ExportExistsError, ParityError,
-    UsageError,
+    EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgeAEError, ExportExistsError,
+    ParityError, UsageError,
 )
 
 DEFAULT_EXPORT = Path("exported")
 DEFAULT_TRAINING = Path("runs/train")
+# One benchmark batch is allocated whole (and fed whole to the baseline session): past this
+# it measures the machine's memory, not the model, and can exhaust it.
+MAX_BENCH_BATCH = 65536
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a service stop, a CI timeout) takes Ctrl-C's path, exit 130.
+
+    Python's default SIGTERM kills the process on the spot, leaving staging folders and
+    locks behind; raising KeyboardInterrupt lets their context managers clean up. Only the
+    main thread may set handlers, and the previous one is restored, so a program that
+    calls the CLI in-process keeps its own.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 class EdgeGroup(click.Group):
@@ -35,7 +66,8 @@ class EdgeGroup(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with _sigterm_as_interrupt():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:
             if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
                 click.echo(exc.format_message(), err=True)  # a bare `edgeae` shows its help, as ever
@@ -69,7 +101,7 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted; nothing was published"
     if isinstance(exc, MemoryError):
-        return EXIT_INTERNAL, "out of memory (try a smaller --chunk or batch)"
+        return EXIT_RUNTIME, "out of memory: the input or batch is too large for this machine"
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         return EXIT_USAGE, f"{exc.strerror or exc}{where}"
@@ -162,7 +194,7 @@ def _config_and_data(kw: dict) -> tuple[Any, Path | None, tuple[str, ...] | None
     from .model import DATA_PATIENCE, DATA_VALIDATION_FRACTION, TrainConfig
 
     data, columns = kw.pop("data"), kw.pop("columns")
-    columns_t = tuple(c.strip() for c in columns.split(",") if c.strip()) if columns else None
+    columns_t = _split_columns(columns)
     kw.pop("quiet")
     if kw["features"] is None:
         kw["features"] = load_series(data, columns_t).values.shape[-1] if data is not None else TrainConfig.features
@@ -267,6 +299,10 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
 
     from .optimize import folder_lines, folder_variants
 
+    run, target = training_dir.resolve(), out.resolve()
+    if target == run or target in run.parents:
+        raise UsageError(f"refusing to export to {out}: it is the training folder {training_dir} or holds it; "
+                         "choose another --out")
     check_target(out, force)  # before TensorFlow loads and the model runs
     path, report = pipeline.export(pipeline.load_training(training_dir), out, opset, atol, provider, force,
                                    threshold_quantile)
@@ -369,15 +405,18 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, prov
 @click.option("--runs", type=click.IntRange(3, 10**7), default=200, show_default=True, help="Timed rounds at batch 1 (fewer at large batches).")
 @click.option("--warmup", type=click.IntRange(0, 10**6), default=10, show_default=True, help="Untimed calls per path before timing.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Intra-op threads [default: the library's own].")
-@click.option("--batch", "batches", type=click.IntRange(1, 10**9), multiple=True, default=(64, 4096), show_default=True,
-              help="Throughput batch sizes (repeat the option).")
+@click.option("--batch", "batches", type=click.IntRange(1, MAX_BENCH_BATCH), multiple=True, default=(64, 4096),
+              show_default=True, help=f"Throughput batch sizes (repeat the option; at most {MAX_BENCH_BATCH}).")
 @click.option("--no-cold-start", is_flag=True, help="Skip the per-path cold start and peak memory subprocesses.")
 @click.option("--role", type=click.Choice(["autoencoder", "encoder", "both"]), default="both", show_default=True)
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="Also write the JSON report here.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Also write the JSON report to this .json file.")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
 @json_option
 @click.pass_context
 def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: int, threads: int | None,
-          batches: tuple[int, ...], no_cold_start: bool, role: str, output: Path | None, as_json: bool) -> None:
+          batches: tuple[int, ...], no_cold_start: bool, role: str, output: Path | None, force: bool,
+          as_json: bool) -> None:
     """Time every model of an export side by side, interleaved, with ratios against the plain export.
 
     \b
@@ -389,8 +428,7 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
     from .bench import run_bench
 
     roles = ("autoencoder", "encoder") if role == "both" else (role,)
-    if output is not None:
-        check_output_file(output)
+    _check_output(output, force, single_array=False, suffixes=(".json",))
     report = run_bench(export_dir, keras, runs, warmup, threads, tuple(batches), not no_cold_start, roles,
                        progress=lambda msg: click.echo(msg, err=True))
     if output is not None:
@@ -458,16 +496,15 @@ def _read_windows(edge: Any, path: Path, stride: int,
 OUTPUT_SUFFIXES = (".csv", ".npy", ".npz", ".json")
 
 
-def _check_output(output: Path | None, force: bool, single_array: bool) -> None:
+def _check_output(output: Path | None, force: bool, single_array: bool,
+                  suffixes: tuple[str, ...] = OUTPUT_SUFFIXES) -> None:
     """Every way an --output can fail is found before any work is done."""
-    from .artifacts import check_output_file
-
     if output is None:
         return
     check_output_file(output)
     suffix = output.suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise UsageError(f"{output.name}: --output must end in {', '.join(OUTPUT_SUFFIXES)}")
+    if suffix not in suffixes:
+        raise UsageError(f"{output.name}: --output must end in {', '.join(suffixes)}")
     if suffix == ".npy" and not single_array:
         raise UsageError(f"{output.name}: this command writes several arrays; use .csv, .json or .npz")
     if output.exists() and not force:
@@ -564,7 +601,15 @@ runtime_command("score", "Per-window reconstruction error, with anomaly flags wh
 
 
 def _split_columns(columns: str | None) -> tuple[str, ...] | None:
-    return tuple(c.strip() for c in columns.split(",") if c.strip()) if columns else None
+    """--columns as names; an empty list or name is refused, since ignoring it would silently use every column."""
+    if columns is None:
+        return None
+    names = tuple(c.strip() for c in columns.split(","))
+    if not any(names):
+        raise UsageError(f"--columns {columns!r} names no column; give comma-separated names or indices, or leave it out")
+    if not all(names):
+        raise UsageError(f"--columns {columns!r} has an empty column name; separate names with single commas")
+    return names
 
 
 @main.command()
@@ -588,7 +633,7 @@ def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: st
       edgeae evaluate exported test.csv --columns temp,pressure --labels is_anomaly
     """
     from . import runtime
-    from .data import load_features, load_labels, trained_columns
+    from .data import load_features, load_labels, load_series, trained_columns
     from .detector import evaluate as run_evaluation
 
     model = runtime.load(export_dir, provider)
@@ -596,6 +641,10 @@ def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: st
                            exclude=(labels_column,))
     if series.is_windows:
         raise UsageError(f"{series.source}: evaluate needs a series (one row per time step) with a label column")
+    label = load_series(data, (labels_column,)).columns[0]  # by name, however --labels named it
+    if label in series.columns:
+        raise UsageError(f"column {label!r} is both the --labels column and a model input ({', '.join(series.columns)}); "
+                         "a label must not be a feature")
     detection, _ = run_evaluation(model, series.values, load_labels(data, labels_column), stride, threshold)
     emit(ctx, detection.to_dict(), detection.lines())
 
@@ -638,11 +687,13 @@ def demo(ctx: click.Context, out: Path, force: bool, quiet: bool, as_json: bool,
 @click.option("--labels", "labels_column", default=None, help="CSV column marking anomalous rows (1), shown on the score plot.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write the PNGs here instead of into the export folder (whose manifest then lists them).")
+@click.option("--force", is_flag=True, help="Replace existing PNGs of the same names (an export's own, listed in its manifest, "
+                   "are always redrawn).")
 @provider_option
 @json_option
 @click.pass_context
 def report(ctx: click.Context, export_dir: Path, data: Path | None, columns: str | None, labels_column: str | None,
-           out: Path | None, provider: str, as_json: bool) -> None:
+           out: Path | None, force: bool, provider: str, as_json: bool) -> None:
     """Draw the export as PNGs: reconstructions, score over time, loss curves, parity.
 
     Needs matplotlib: pip install 'edgeae[plot]'.
@@ -655,7 +706,7 @@ def report(ctx: click.Context, export_dir: Path, data: Path | None, columns: str
     from .plots import report as write_report
 
     paths = write_report(export_dir, data, _split_columns(columns), labels_column, out,
-                         "cpu" if provider == "auto" else provider)
+                         "cpu" if provider == "auto" else provider, force=force)
     emit(ctx, {"plots": [str(p) for p in paths]}, [f"wrote {p}" for p in paths])
 
 

@@ -20,10 +20,10 @@ EXIT_CODES: dict[int, str] = {
     EXIT_USAGE: "usage (bad option, missing file, export exists, folder locked, cannot write)",
     EXIT_DATA: "bad data (shape, type, non-finite or unusable values)",
     EXIT_INTEGRITY: "integrity or security (checksum mismatch, corrupt or unsafe file)",
-    EXIT_RUNTIME: "runtime or provider (provider missing, inference failed)",
+    EXIT_RUNTIME: "runtime or provider (provider missing, inference failed, out of memory)",
     EXIT_PARITY: "parity (ONNX differs from Keras beyond the tolerance)",
     EXIT_DEPENDENCY: "missing optional dependency (install the extra it names)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C; nothing published)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C or SIGTERM; nothing published)",
 }
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import DataError, UsageError, require
+from .errors import DataError, ExportExistsError, UsageError, require
 
 PLOT_FILES = {
     "reconstruction": "reconstruction.png",
@@ -186,30 +187,58 @@ def _series_scores(model: Any, data: Path, columns: tuple[str, ...] | None, labe
     return windows, starts, np.asarray(model.score(windows).scores), labels, list(series.columns)
 
 
+def _check_targets(target: Path, ours: set[str], force: bool) -> None:
+    """Refuse, before anything is drawn, to replace a file the report did not write unless `force`.
+
+    `ours` are the PNGs an export's manifest lists as its plots: redrawing those loses nothing.
+    """
+    taken = []
+    for name in PLOT_FILES.values():
+        path = target / name
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder; cannot write the picture there")
+        if os.path.lexists(path) and name not in ours and not force:
+            taken.append(path)
+    if taken:
+        also = f" (so do {', '.join(p.name for p in taken[1:])})" if len(taken) > 1 else ""
+        raise ExportExistsError(f"{taken[0]} exists{also}; pass --force to replace it")
+
+
 def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] | None = None,
            labels: str | None = None, out: Path | None = None, provider: str = "cpu",
-           windows_shown: int = 4) -> list[Path]:
+           windows_shown: int = 4, force: bool = False) -> list[Path]:
     """Write the four PNGs into the export folder (listed in its manifest) or into `out`.
 
     Without `data`, the windows the model was trained and calibrated on are pictured.
     Adding files to a published export happens under its lock: every listed file is
     checked first, the PNGs are written atomically, and the manifest is rewritten last.
+    An existing PNG the report did not write is kept unless `force`; all are checked
+    before any is written. An `out` that is the export folder itself counts as no `out`,
+    so the manifest keeps matching the files.
     """
     from . import runtime
     from .artifacts import (
         atomic_write_bytes, file_entry, folder_lock, read_json, read_manifest, verify_file, verify_files, write_manifest,
     )
 
+    if labels is not None and data is None:
+        raise UsageError("--labels marks rows of a series: give that series with --data")
     require("matplotlib", "plot")
     export_dir = Path(export_dir).absolute()
     if not export_dir.is_dir():
         raise UsageError(f"export folder not found: {export_dir}")
+    if out is not None and Path(out).resolve() == export_dir.resolve():
+        out = None
+    target = export_dir if out is None else Path(out)
     # Only adding files to the export needs its lock; a read-only export can still be pictured elsewhere.
     with folder_lock(export_dir) if out is None else contextlib.nullcontext():
         manifest = read_manifest(export_dir)
         if manifest.get("kind") != "export":
             raise UsageError(f"{export_dir} is not an export folder (run edgeae export first)")
         verify_files(export_dir, manifest)
+        ours = {name for name, entry in manifest["files"].items()
+                if out is None and isinstance(entry, dict) and entry.get("role") == "plot"}
+        _check_targets(target, ours, force)
         model = runtime.load(export_dir, provider)
         stride = int((manifest.get("window") or {}).get("stride", 1))
         threshold = model.threshold
@@ -241,7 +270,7 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
                              training.get("best_epoch")),
             "parity": parity_png(parity),
         }
-        target = export_dir if out is None else Path(out)
+        _check_targets(target, ours, force)  # again: drawing takes a while, and `out` is not locked
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
