@@ -23,6 +23,9 @@ from .errors import UsageError
 
 BASELINE_SUFFIX = ".plain.onnx"
 DEFAULT_BATCHES = (64, 4096)
+# One batch is allocated whole (and fed whole to the baseline session): past this it
+# measures the machine's memory, not the model, and can exhaust it.
+MAX_BATCH = 65536
 KERAS_PATHS = ("keras-predict", "keras-tf.function", "keras-tf.function-xla")
 XLA_PATH = KERAS_PATHS[2]  # the best a Keras user can do: the yardstick the speed goals name
 
@@ -294,17 +297,32 @@ def paired_ratio(path: list[np.ndarray], base: list[np.ndarray]) -> float:
     return float(np.median([np.median(p) / np.median(b) for p, b in zip(path, base)]))
 
 
+def _whole(value: Any, low: int, high: int | None = None) -> bool:
+    """A whole number (not a bool, which Python counts as one) within [low, high]."""
+    return (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
+
+
+def _check_arguments(runs: Any, warmup: Any, threads: Any, batches: Any, roles: Any) -> None:
+    """Refuse, before anything loads, arguments the CLI's option types would have refused."""
+    from .runtime import ROLES, check_threads
+
+    if not _whole(runs, 3) or not _whole(warmup, 0):
+        raise UsageError(f"runs must be a whole number of at least 3 and warm-up one of at least 0, "
+                         f"got {runs!r} and {warmup!r}")
+    check_threads(threads)
+    if not isinstance(batches, (tuple, list)) or not batches or not all(_whole(b, 1, MAX_BATCH) for b in batches):
+        raise UsageError(f"batch sizes must be a non-empty list of whole numbers from 1 to {MAX_BATCH}, got {batches!r}")
+    if not isinstance(roles, (tuple, list)) or not roles or not set(roles) <= set(ROLES):
+        raise UsageError(f"roles must be a non-empty list of {', '.join(ROLES)}, got {roles!r}")
+
+
 def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 10, threads: int | None = None,
               batches: tuple[int, ...] = DEFAULT_BATCHES, cold: bool = True, roles: tuple[str, ...] = ("autoencoder", "encoder"),
               progress: Callable[[str], None] | None = None) -> BenchReport:
     """Time every path of an export folder (and Keras, if asked), side by side."""
+    _check_arguments(runs, warmup, threads, batches, roles)
     folder = Path(folder)
-    if runs < 3 or warmup < 0:
-        raise UsageError(f"runs must be at least 3 and warm-up at least 0, got {runs} and {warmup}")
-    if threads is not None and threads < 1:
-        raise UsageError(f"threads must be at least 1, got {threads}")
-    if not batches or any(b < 1 for b in batches):
-        raise UsageError(f"batch sizes must be at least 1, got {batches}")
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
     window = manifest["window"]

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import __version__
 from .artifacts import check_output_file, check_target
+from .bench import MAX_BATCH as MAX_BENCH_BATCH
 from .errors import (
     EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgeAEError, ExportExistsError,
     ParityError, UsageError,
@@ -28,9 +29,6 @@ from .errors import (
 
 DEFAULT_EXPORT = Path("exported")
 DEFAULT_TRAINING = Path("runs/train")
-# One benchmark batch is allocated whole (and fed whole to the baseline session): past this
-# it measures the machine's memory, not the model, and can exhaust it.
-MAX_BENCH_BATCH = 65536
 
 
 @contextlib.contextmanager

@@ -90,10 +90,16 @@ def test_bench_over_onnx_needs_no_tensorflow(tiny_export):
     assert out.strip().splitlines()[-1] == "[]"
 
 
-@pytest.mark.parametrize("kwargs", [{"runs": 1}, {"threads": 0}, {"batches": (0,)}])
+@pytest.mark.parametrize("kwargs", [
+    {"runs": 1}, {"runs": 3.5}, {"runs": True}, {"warmup": -1}, {"warmup": "2"}, {"threads": 0}, {"threads": True},
+    {"batches": (0,)}, {"batches": ()}, {"batches": 8}, {"batches": (2.0,)}, {"batches": (bench.MAX_BATCH + 1,)},
+    {"roles": ()}, {"roles": ("decoder",)}, {"roles": "encoder"},
+])
 def test_bad_bench_options(tiny_export, kwargs):
-    with pytest.raises(UsageError):
-        run_bench(tiny_export, **kwargs)
+    """Each is refused in one line before anything loads or is timed."""
+    with pytest.raises(UsageError) as caught:
+        run_bench(tiny_export, cold=False, **kwargs)
+    assert "\n" not in str(caught.value)
 
 
 def test_bench_cli_json(tiny_export, tmp_path):
