@@ -66,11 +66,25 @@ def check_output_file(path: Path) -> Path:
     return path
 
 
+SHORT_NAME_BYTES = 64
+
+
+def _short_name(name: str) -> str:
+    """`name`, or for a long one its start plus a hash of the whole: the temporary, staging, old
+    and lock names built from it must stay under the 255-byte limit for any valid `name`, and
+    still differ between targets (the lock's must be the same for every run on one target)."""
+    raw = os.fsencode(name)
+    if len(raw) <= SHORT_NAME_BYTES:
+        return name
+    head = raw[:SHORT_NAME_BYTES - 11].decode("utf-8", "ignore")  # drops a character cut in two
+    return f"{head}~{hashlib.sha256(raw).hexdigest()[:10]}"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the new, never a torn one."""
     path = check_output_file(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short_name(path.name)}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     try:
@@ -130,7 +144,7 @@ def folder_lock(target: Path) -> Iterator[None]:
     """Hold an exclusive, non-blocking lock on `target` (a lock file beside it)."""
     import fcntl
 
-    lock_path = target.parent / f".{target.name}.lock"
+    lock_path = target.parent / f".{_short_name(target.name)}.lock"
     while True:
         fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
@@ -158,33 +172,64 @@ def folder_lock(target: Path) -> Iterator[None]:
         os.close(fd)
 
 
+class ReplaceError(UsageError, OSError):
+    """The finished folder could not be moved into place; what was at the target is kept."""
+
+
+_NO_EXCHANGE = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)  # kernel or file system without RENAME_EXCHANGE
+
+
 def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one atomic step (Linux renameat2); False where unsupported."""
+    """Swap two paths in one atomic step (Linux renameat2); False where the system or file
+    system cannot, OSError where it could but failed (a busy mount point, a read-only one)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2
     except (OSError, AttributeError):
         return False
     at_fdcwd, rename_exchange = -100, 2
-    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return result == 0
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _move_into_place(stage: Path, target: Path) -> Path | None:
+    """Rename `stage` to `target`; return the folder now holding the previous export (None if
+    there was none). On failure `target` is as it was and no folder is left beside it (unless
+    even putting the previous export back fails: then the old folder keeps it)."""
+    if not target.exists():
+        os.rename(stage, target)
+        return None
+    if _exchange(stage, target):
+        return stage
+    old = Path(tempfile.mkdtemp(prefix=f".{_short_name(target.name)}.old-", dir=target.parent))
+    moved = False
+    try:
+        os.rename(target, old / target.name)
+        moved = True
+        os.rename(stage, target)
+    except BaseException:
+        if moved:
+            os.rename(old / target.name, target)  # put the previous export back before giving up
+        with contextlib.suppress(OSError):
+            old.rmdir()
+        raise
+    return old
 
 
 def publish_folder(stage: Path, target: Path) -> None:
     """Move a finished staging folder onto `target`, replacing an old one atomically."""
-    if not target.exists():
-        os.rename(stage, target)
-    elif _exchange(stage, target):
-        shutil.rmtree(stage)  # `stage` now holds the old export
-    else:
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rename(target, old / target.name)
-        try:
-            os.rename(stage, target)
-        except BaseException:
-            os.rename(old / target.name, target)  # put the previous export back before giving up
-            shutil.rmtree(old, ignore_errors=True)
-            raise
+    replacing = target.exists()
+    try:
+        old = _move_into_place(stage, target)
+    except OSError as exc:
+        hint = " (a mount point or read-only?)" if exc.errno == errno.EBUSY else ""
+        raise ReplaceError(f"cannot {'replace' if replacing else 'create'} {target}: "
+                           f"{exc.strerror or exc}{hint}") from exc
+    if old is not None:
         shutil.rmtree(old)
     _fsync_dir(target.parent)
 
@@ -196,8 +241,17 @@ def _check_not_symlink(target: Path) -> None:
         raise UsageError(f"{target} is a symbolic link; give the real folder")
 
 
+def _unlisted(folder: Path, manifest: dict) -> list[str]:
+    """Entries of an edgeae folder that its manifest does not list: the user's, not ours to delete."""
+    files = manifest.get("files")
+    listed = {MANIFEST_NAME, *(files if isinstance(files, dict) else ())}
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.name not in listed or e.is_dir(follow_symlinks=False))
+
+
 def _check_replaceable(target: Path) -> None:
-    """--force replaces an edgeae folder or an empty one, never a folder of someone else's files."""
+    """--force (and optimize) replace an edgeae folder holding only what its manifest lists, or an
+    empty one, never a folder of someone else's files nor files a user put into an export."""
     cwd = Path.cwd().resolve()
     resolved = target.resolve()
     if resolved == cwd or resolved in cwd.parents:
@@ -206,12 +260,16 @@ def _check_replaceable(target: Path) -> None:
         return
     try:  # a linked manifest proves nothing about this folder's own files
         manifest = json.loads(_safe_member(target, MANIFEST_NAME).read_text(encoding="utf-8"))
-        ours = isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
     except (IntegrityError, OSError, UnicodeDecodeError, ValueError):
-        ours = False
-    if not ours:
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise UsageError(f"refusing to replace {target}: it is not an edgeae folder (no edgeae manifest.json); "
                          "choose another --out or empty it yourself")
+    unlisted = _unlisted(target, manifest)
+    if unlisted:
+        shown = ", ".join(unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
+        raise UsageError(f"refusing to replace {target}: it holds files its manifest does not list ({shown}); "
+                         "move them out first")
 
 
 def check_target(target: Path, force: bool = False) -> None:
@@ -260,7 +318,7 @@ def staged_folder(target: Path, force: bool = False) -> Iterator[Path]:
             raise ExportExistsError(f"{target} exists; pass --force to replace it")
         if target.exists():
             _check_replaceable(target)
-        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+        stage = Path(tempfile.mkdtemp(prefix=f".{_short_name(target.name)}.staging-", dir=target.parent))
         try:
             os.chmod(stage, 0o777 & ~_umask())
             yield stage

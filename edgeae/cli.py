@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import traceback
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,10 @@ class EdgeGroup(click.Group):
             if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
                 click.echo(exc.format_message(), err=True)  # a bare `edgeae` shows its help, as ever
             else:
-                click.echo(f"error: {exc.format_message()} (see --help)", err=True)
+                print_error(f"{exc.format_message()} (see --help)")
             code = exc.exit_code
         except click.exceptions.Abort:
-            click.echo("error: interrupted; nothing was published", err=True)
+            print_error("interrupted; nothing was published")
             code = EXIT_INTERRUPTED
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
@@ -88,8 +89,20 @@ class EdgeGroup(click.Group):
             code, message = describe_failure(exc)
             if ctx.params.get("debug"):
                 traceback.print_exception(exc)
-            click.echo(f"error: {message}", err=True)
+            print_error(message)
             ctx.exit(code)
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters, line and paragraph separators and lone surrogates (from
+    undecodable file names) escaped: a path holding a newline must not split an error in two."""
+    return "".join(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   if unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") else ch for ch in text)
+
+
+def print_error(message: str) -> None:
+    """The only place an error reaches the user: one `error:` line on stderr."""
+    click.echo(f"error: {one_line(message)}", err=True)
 
 
 def describe_failure(exc: BaseException) -> tuple[int, str]:
@@ -107,9 +120,19 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
     return EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {first} (rerun with --debug)"
 
 
+def require_stdout() -> None:
+    """With its descriptor closed at start Python's sys.stdout is None, and click.echo would drop
+    the result without a word: a command whose result goes to stdout refuses instead."""
+    if sys.stdout is None:
+        raise UsageError("cannot write the result: standard output is closed")
+
+
 def emit(ctx: click.Context, payload: dict, lines: list[str]) -> None:
     """Machine-readable JSON on stdout with --json, otherwise human lines."""
-    if ctx.find_root().params.get("as_json") or ctx.params.get("as_json"):
+    as_json = ctx.find_root().params.get("as_json") or ctx.params.get("as_json")
+    if as_json or lines:
+        require_stdout()
+    if as_json:
         click.echo(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
     else:
         for line in lines:
@@ -126,7 +149,15 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def _json_needs_stdout(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """--json with stdout closed is refused before any work, not after it."""
+    if value:
+        require_stdout()
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_json_needs_stdout,
+                           help="Print machine-readable JSON on stdout.")
 provider_option = click.option("--provider", default="auto", show_default=True,
                                help="auto (CUDA if available, else CPU), cpu or cuda.")
 variant_option = click.option("--variant", default="fp32", show_default=True,
@@ -236,6 +267,9 @@ def _parity_lines(report) -> list[str]:
                      f"over {s['comparisons']} input sets  {'ok' if s['passed'] else 'FAIL'}")
     if report.encoder_matches_autoencoder is not None:
         lines.append(f"  encoder == autoencoder's internal encoding: max abs {report.encoder_matches_autoencoder.max_abs:.2e}")
+    variants = report.variant_lines()
+    if variants:
+        lines += ["  variants, each against the tolerance its export recorded:", *("  " + v for v in variants)]
     for key, counts in report.placement.items():
         lines.append(f"  nodes of {key}: " + ", ".join(f"{n} on {p}" for p, n in counts.items()))
     return lines
@@ -427,7 +461,8 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
 
     roles = ("autoencoder", "encoder") if role == "both" else (role,)
     _check_output(output, force, single_array=False, suffixes=(".json",))
-    report = run_bench(export_dir, keras, runs, warmup, threads, tuple(batches), not no_cold_start, roles,
+    batches = tuple(dict.fromkeys(batches))  # a repeated --batch is timed and shown once
+    report = run_bench(export_dir, keras, runs, warmup, threads, batches, not no_cold_start, roles,
                        progress=lambda msg: click.echo(msg, err=True))
     if output is not None:
         atomic_write_json(output, report.to_dict())
@@ -479,14 +514,21 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, as_jso
     emit(ctx, info, lines)
 
 
-def _read_windows(edge: Any, path: Path, stride: int,
+def _read_windows(edge: Any, path: Path, stride: int | None,
                   columns: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Windows from a file, and for a series the 0-based data row each window starts at."""
+    """Windows from a file, and for a series the 0-based data row each window starts at.
+
+    `stride` None means the manifest's; one given for ready-made windows is refused, not ignored.
+    """
     from .data import load_features, make_windows, trained_columns, window_starts
 
     series = load_features(path, edge.features, _split_columns(columns), trained_columns(edge.manifest))
     if series.is_windows:
+        if stride is not None:
+            raise UsageError(f"{series.source}: --stride applies to a series; this file holds ready-made windows")
         return series.values, None
+    if stride is None:
+        stride = int((edge.manifest.get("window") or {}).get("stride", 1))
     windows = make_windows(series.values, edge.timesteps, stride, series.source)
     return windows, window_starts(len(series.values), edge.timesteps, stride)
 
@@ -498,6 +540,7 @@ def _check_output(output: Path | None, force: bool, single_array: bool,
                   suffixes: tuple[str, ...] = OUTPUT_SUFFIXES) -> None:
     """Every way an --output can fail is found before any work is done."""
     if output is None:
+        require_stdout()  # the result goes there
         return
     check_output_file(output)
     suffix = output.suffix.lower()
@@ -570,8 +613,6 @@ def runtime_command(name: str, doc: str):
         from . import runtime
 
         edge = runtime.load(model, provider, variant=variant)
-        if stride is None:
-            stride = int((edge.manifest.get("window") or {}).get("stride", 1))
         _check_output(output, force, single_array=name != "score")
         windows, starts = _read_windows(edge, data, stride, columns)
         if name == "encode":

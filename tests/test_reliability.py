@@ -39,7 +39,10 @@ def test_existing_export_is_kept_without_force(tiny_training, existing):
 
 def test_force_replaces_the_whole_folder(tiny_training, existing):
     folder, _ = existing
-    (folder / "stray.txt").write_text("from an older export")
+    (folder / "stray.txt").write_text("from an older export")  # listed: the old export's own file
+    manifest = artifacts.read_manifest(folder)
+    manifest["files"]["stray.txt"] = artifacts.file_entry(folder / "stray.txt", "report")
+    artifacts.write_manifest(folder, manifest)
     pipeline.export(tiny_training, folder, providers="cpu", force=True)
     assert not (folder / "stray.txt").exists()
     manifest = artifacts.read_manifest(folder)
