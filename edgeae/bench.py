@@ -151,12 +151,13 @@ def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Route
 def _onnx_model(path: Path, routes: Routes, threads: int | None, manifest: dict) -> Any:
     """An edgeae file as an application loads it from its export folder: the runtime's model,
     with its batch routes and what the manifest proves about its values."""
-    from .runtime import OnnxModel, proven_finite, variant_of_file
+    from .runtime import OnnxModel, manifest_sizes, proven_finite, variant_of_file
 
     role = path.name.split(".")[0]
-    model = OnnxModel(path, "cpu", threads=threads)
+    sizes = manifest_sizes(manifest)
+    model = OnnxModel(path, "cpu", threads=threads, role=role, **sizes)
     for first, last, other in routes:
-        model.route(OnnxModel(other, "cpu", threads=threads), first, last)
+        model.route(OnnxModel(other, "cpu", threads=threads, role=role, **sizes), first, last)
     model.set_proven_finite(proven_finite(manifest, role, variant_of_file(manifest, role, path.name)))
     return model
 
@@ -303,10 +304,12 @@ def _whole(value: Any, low: int, high: int | None = None) -> bool:
             and (high is None or value <= high))
 
 
-def _check_arguments(runs: Any, warmup: Any, threads: Any, batches: Any, roles: Any) -> None:
+def _check_arguments(runs: Any, warmup: Any, threads: Any, batches: Any, roles: Any, keras: Any, cold: Any) -> None:
     """Refuse, before anything loads, arguments the CLI's option types would have refused."""
     from .runtime import ROLES, check_threads
 
+    if not isinstance(keras, (bool, np.bool_)) or not isinstance(cold, (bool, np.bool_)):
+        raise UsageError(f"keras and cold must be True or False, got {keras!r} and {cold!r}")
     if not _whole(runs, 3) or not _whole(warmup, 0):
         raise UsageError(f"runs must be a whole number of at least 3 and warm-up one of at least 0, "
                          f"got {runs!r} and {warmup!r}")
@@ -321,9 +324,11 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
               batches: tuple[int, ...] = DEFAULT_BATCHES, cold: bool = True, roles: tuple[str, ...] = ("autoencoder", "encoder"),
               progress: Callable[[str], None] | None = None) -> BenchReport:
     """Time every path of an export folder (and Keras, if asked), side by side."""
-    _check_arguments(runs, warmup, threads, batches, roles)
+    from .runtime import read_export_manifest
+
+    _check_arguments(runs, warmup, threads, batches, roles, keras, cold)
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_export_manifest(folder)
     verify_files(folder, manifest)
     window = manifest["window"]
     units = int(manifest["training"]["config"]["units"])

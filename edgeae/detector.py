@@ -10,6 +10,7 @@ Only numpy is needed here (Keras is reached through the training object passed i
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,56 @@ SCORE_DESCRIPTION = "mean squared reconstruction error per window, each feature 
 RULE = "anomalous when score > threshold"
 
 
+def check_quantile(quantile: Any) -> float:
+    """A quantile in (0, 1]; True would pass for 1 and a string fail deep inside numpy."""
+    if (isinstance(quantile, (bool, np.bool_)) or not isinstance(quantile, numbers.Real)
+            or not 0.0 < quantile <= 1.0):
+        raise UsageError(f"threshold quantile must be in (0, 1], got {quantile!r}")
+    return float(quantile)
+
+
+def check_scores(scores: Any) -> np.ndarray:
+    """One finite score per window, as float64: a NaN sorts anywhere and would silently bend
+    every measure (and the threshold) instead of failing."""
+    try:
+        array = np.asarray(scores)
+    except (TypeError, ValueError):
+        raise DataError("scores must be a 1-D array of numbers; could not read them as one") from None
+    if array.dtype.kind not in "iuf":
+        raise DataError(f"scores must be real numbers, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise DataError(f"scores must be one per window (1-D), got shape {array.shape}")
+    bad = np.flatnonzero(~np.isfinite(array))
+    if len(bad):
+        raise DataError(f"score {array[bad[0]].item()!r} at index {bad[0]} is not a finite number")
+    return array.astype(np.float64)
+
+
+def check_labels(labels: Any) -> np.ndarray:
+    """One 0/1 (or bool) label per row or window, as bool: 2, NaN or "1" would otherwise
+    count as anomalous, or text as all normal, without a word."""
+    try:
+        array = np.asarray(labels)
+    except (TypeError, ValueError):
+        raise DataError("labels must be a 1-D array of 0/1; could not read them as one") from None
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"labels must be 0/1 or true/false, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise DataError(f"labels must be one per row or window (1-D), got shape {array.shape}")
+    bad = np.flatnonzero((array != 0) & (array != 1))
+    if len(bad):
+        raise DataError(f"label {array[bad[0]].item()!r} at index {bad[0]} is not 0 or 1")
+    return array.astype(bool)
+
+
+def _scored(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Checked scores and labels of the same windows."""
+    scores, labels = check_scores(scores), check_labels(labels)
+    if scores.shape != labels.shape:
+        raise DataError(f"{len(scores)} scores but {len(labels)} labels")
+    return scores, labels
+
+
 def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
     """The threshold that leaves the lowest `quantile` of calibration scores unflagged.
 
@@ -30,13 +81,10 @@ def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
     is larger, above the largest by half its gap to the one below), so at most
     (1 - quantile) of the calibration windows are flagged and none sits on the threshold.
     """
-    if not 0.0 < quantile <= 1.0:
-        raise UsageError(f"threshold quantile must be in (0, 1], got {quantile!r}")
-    s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    quantile = check_quantile(quantile)
+    s = np.sort(check_scores(scores))
     if len(s) == 0:
         raise DataError("no windows to calibrate the threshold on")
-    if not np.isfinite(s).all():
-        raise DataError("calibration scores are not all finite")
     k = min(max(math.ceil(quantile * len(s) - 1e-9), 1), len(s))
     kept = s[k - 1]
     above = s[k:][s[k:] > kept]
@@ -71,6 +119,7 @@ def variant_thresholds(folder: Path, variants: dict[str, Any], training: Any, qu
     """
     from .runtime import OnnxModel, reconstruction_error
 
+    quantile = check_quantile(quantile)
     windows, _ = calibration_windows(training)
     x = np.asarray(windows, dtype=np.float32)
     scale = training.preprocessing.arrays()["scale"]
@@ -86,6 +135,7 @@ def variant_thresholds(folder: Path, variants: dict[str, Any], training: Any, qu
 
 def calibrate(training: Any, quantile: float) -> dict[str, Any]:
     """The manifest's `detector` record, calibrated on the validation windows if there are any."""
+    quantile = check_quantile(quantile)  # before Keras reconstructs anything
     windows, on = calibration_windows(training)
     scores = keras_scores(training, windows)
     threshold = calibrate_threshold(scores, quantile)
@@ -111,8 +161,7 @@ def calibrate(training: Any, quantile: float) -> dict[str, Any]:
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve: the chance an anomalous window outscores a normal one (ties count half)."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels, dtype=bool).ravel()
+    scores, labels = _scored(scores, labels)
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
         raise DataError(f"ROC AUC needs anomalous and normal windows; got {positives} and {negatives}")
@@ -128,8 +177,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     """Precision averaged over the recall steps of the ranking by score (highest first)."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels, dtype=bool).ravel()
+    scores, labels = _scored(scores, labels)
     if not labels.any():
         raise DataError("average precision needs at least one anomalous window")
     order = np.argsort(-scores, kind="mergesort")
@@ -174,10 +222,10 @@ class Detection:
 
 def detection_quality(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Detection:
     """Ranking quality (ROC AUC, average precision) and flag quality at `threshold`."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels, dtype=bool).ravel()
-    if scores.shape != labels.shape:
-        raise DataError(f"{len(scores)} scores but {len(labels)} labels")
+    from .runtime import check_threshold
+
+    threshold = check_threshold(threshold)
+    scores, labels = _scored(scores, labels)
     flags = scores > threshold
     tp, fp = int((flags & labels).sum()), int((flags & ~labels).sum())
     fn, tn = int((~flags & labels).sum()), int((~flags & ~labels).sum())
@@ -196,9 +244,18 @@ def evaluate(model: Any, values: np.ndarray, labels: np.ndarray, stride: int = 1
     """
     from .data import make_windows, window_labels
 
+    if not callable(getattr(model, "score", None)) or not isinstance(getattr(model, "timesteps", None), int):
+        raise UsageError(f"model must be a model set from edgeae.runtime.load, got {type(model).__name__}")
+    if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise UsageError(f"stride must be a whole number of at least 1, got {stride!r}")
+    labels = check_labels(labels)
+    try:
+        values = np.asarray(values)
+    except (TypeError, ValueError):
+        raise DataError("values must be a (time, features) array of numbers; could not read them as one") from None
+    windows = make_windows(values, model.timesteps, stride)  # refuses anything but a (time, features) series
     if len(values) != len(labels):
         raise DataError(f"{len(values)} rows of values but {len(labels)} labels")
-    windows = make_windows(np.asarray(values), model.timesteps, stride)
     result = model.score(windows, threshold=threshold)
     if result.threshold is None:
         raise UsageError("this model set has no calibrated threshold; pass one, or export it again")

@@ -17,6 +17,7 @@ from typing import Any, Callable, NoReturn
 
 import numpy as np
 
+from .detector import check_quantile
 from .errors import DataError, IntegrityError, ShapeError, UsageError, require
 
 ENCODER_LAYER = "encoder"
@@ -24,7 +25,12 @@ ENCODER_LAYER = "encoder"
 # last fifth for validation and threshold calibration, and stop once it stops improving.
 DATA_VALIDATION_FRACTION = 0.2
 DATA_PATIENCE = 20
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "selu", "softsign", "linear")
+# The activations tf2onnx fuses into an ONNX LSTM op; with any other Keras activation
+# (elu, selu, softsign, linear tried) it writes the LSTM as a Loop, which export refuses.
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+# With one step tf2onnx writes the encoder LSTM without the time-major input the clean graph is
+# rebuilt from, and export fails; two is the least that exports.
+MIN_TIMESTEPS = 2
 
 
 @dataclass(frozen=True)
@@ -51,12 +57,16 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if self.timesteps < MIN_TIMESTEPS:
+            raise UsageError(f"timesteps must be at least {MIN_TIMESTEPS}: a one-step LSTM cannot be exported, "
+                             f"got {self.timesteps}")
         if self.timesteps > 100_000 or self.features > 100_000 or self.units > 65_536:
             raise UsageError(
                 f"sizes are implausibly large (timesteps {self.timesteps}, features {self.features}, units {self.units})"
             )
         if self.activation not in ACTIVATIONS:
-            raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+            raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)} (those export as a fused "
+                             f"ONNX LSTM), got {self.activation!r}")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 10):
             raise UsageError(f"learning rate must be in (0, 10), got {self.learning_rate!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -65,8 +75,7 @@ class TrainConfig:
             raise UsageError(f"validation fraction must be in [0, 1), got {self.validation_fraction}")
         if self.patience < 0:
             raise UsageError(f"patience must be at least 0, got {self.patience}")
-        if not (isinstance(self.threshold_quantile, (int, float)) and 0.0 < self.threshold_quantile <= 1.0):
-            raise UsageError(f"threshold quantile must be in (0, 1], got {self.threshold_quantile!r}")
+        check_quantile(self.threshold_quantile)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -178,11 +178,14 @@ class OnnxModel:
     """One onnxruntime session over an edgeae model, with its input and output contract.
 
     `role` ("autoencoder" or "encoder") is what the caller loads the graph as; by default the
-    graph's own metadata, else its first output's rank.
+    graph's own metadata, else its first output's rank. `window` (timesteps, features) and
+    `units` are what the caller's manifest says the graph reads and encodes to: a graph of
+    another model, swapped in and resealed, is refused at load and on every run.
     """
 
     def __init__(self, source: Path | bytes, providers: str | Sequence[str] = "auto",
-                 threads: int | None = None, name: str | None = None, role: str | None = None) -> None:
+                 threads: int | None = None, name: str | None = None, role: str | None = None,
+                 window: tuple[int, int] | None = None, units: int | None = None) -> None:
         self.providers_requested = resolve_providers(providers)
         check_threads(threads)
         self.name = name or (Path(source).name if isinstance(source, (str, Path)) else "model")
@@ -204,6 +207,10 @@ class OnnxModel:
         self.output_names = [o.name for o in outputs]
         self._output_lists = [[name] for name in self.output_names]
         self.timesteps, self.features = int(spec.shape[1]), int(spec.shape[2])
+        if window is not None and (self.timesteps, self.features) != tuple(window):
+            raise IntegrityError(f"{self.name}: input {spec.name} is {_shape_text(spec.shape)}, expected "
+                                 f"(batch, {window[0]}, {window[1]}) as the manifest's window says")
+        self.units = units
         self.one_window = spec.shape[0] == 1  # a single-window graph: run window by window
         self.proven_finite = False  # set by load() where the manifest proves no value can overflow
         self.routes: list[tuple[int, int | None, OnnxModel]] = []  # graphs this model hands some batch sizes to
@@ -248,10 +255,13 @@ class OnnxModel:
     def _output_tail(self, index: int, spec: Any) -> tuple[int, ...]:
         """The shape after the batch that output `index` must have, refusing a declaration that
         contradicts it: the first output is the role's (batch, timesteps, features) or
-        (batch, units), any other a float with fixed sizes after the batch."""
+        (batch, units), units as the caller's manifest says where it does, any other a float
+        with fixed sizes after the batch."""
         shape = list(spec.shape or [])
         if index == 0 and self.role == "autoencoder":
             tail, expected = (self.timesteps, self.features), f"float (batch, {self.timesteps}, {self.features})"
+        elif index == 0 and self.units is not None:
+            tail, expected = (self.units,), f"float (batch, {self.units}) as the manifest's units say"
         else:
             tail = tuple(shape[1:])
             expected = "float (batch, units)" if index == 0 else "float (batch, sizes fixed in the graph)"
@@ -385,7 +395,7 @@ def reconstruction_error(x: np.ndarray, reconstruction: np.ndarray, scale: np.nd
     return np.mean(diff * diff, axis=(1, 2))
 
 
-def _check_threshold(threshold: Any) -> float:
+def check_threshold(threshold: Any) -> float:
     """A caller's threshold: a finite real number; True or "0.5" would be taken as 1.0 and 0.5."""
     if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
         raise UsageError(f"threshold must be a number, got {threshold!r}")
@@ -448,7 +458,7 @@ class EdgeModel:
     def score(self, x: Any, chunk: int = DEFAULT_CHUNK, threshold: float | None = None) -> ScoreResult:
         """Per-window reconstruction error, and flags where the model set has a threshold."""
         model = self._model("autoencoder")
-        limit = self.threshold if threshold is None else _check_threshold(threshold)
+        limit = self.threshold if threshold is None else check_threshold(threshold)
         windows, single = as_windows(x, self.timesteps, self.features)
         check_chunk(chunk)
         scores = np.concatenate([  # chunk by chunk: no full-size reconstruction is ever held
@@ -520,6 +530,27 @@ def batch_routes(manifest: dict, role: str, variant: str) -> list[tuple[int, int
             if route["file"] != entry["file"]]
 
 
+def read_export_manifest(folder: Path) -> dict:
+    """The checked manifest of an export folder; a training folder has no ONNX graphs to run yet."""
+    manifest = read_manifest(folder)
+    if manifest.get("kind") == "training":
+        raise UsageError(f"{folder} is a training folder; export it first: edgeae export {folder}")
+    return manifest
+
+
+def manifest_sizes(manifest: dict) -> dict[str, Any]:
+    """The window and embedding width an export's manifest promises, as OnnxModel's `window` and
+    `units`: every graph loaded from the folder must read and give exactly these."""
+    window = manifest.get("window") or {}
+    config = (manifest.get("training") or {}).get("config") or {}
+    found = {"window.timesteps": window.get("timesteps"), "window.features": window.get("features"),
+             "training.config.units": config.get("units")}
+    missing = [field for field, value in found.items() if value is None]  # read_manifest checked any present
+    if missing:
+        raise IntegrityError(f"manifest field {missing[0]} is missing")
+    return {"window": (window["timesteps"], window["features"]), "units": config["units"]}
+
+
 def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int | None = None,
          variant: str = DEFAULT_VARIANT) -> EdgeModel:
     """Load an export folder (every file checked against the manifest first) or one .onnx/.ort file.
@@ -537,19 +568,18 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
     check_threads(threads)
     path = Path(path)
     if path.is_dir():
-        manifest = read_manifest(path)
-        if manifest.get("kind") == "training":
-            raise UsageError(f"{path} is a training folder; export it first: edgeae export {path}")
+        manifest = read_export_manifest(path)
         models = {}
         for role in ROLES:
             name = _variant_file(manifest, role, variant)
             if not name:
                 continue
-            models[role] = OnnxModel(verify_file(path, name, manifest["files"].get(name)), providers, threads,
-                                     name=name, role=role)
+            source = verify_file(path, name, manifest["files"].get(name))  # before the sizes: a bad entry is named first
+            sizes = manifest_sizes(manifest)
+            models[role] = OnnxModel(source, providers, threads, name=name, role=role, **sizes)
             for first, last, file in batch_routes(manifest, role, variant):
                 models[role].route(OnnxModel(verify_file(path, file, manifest["files"].get(file)), providers, threads,
-                                             name=file, role=role), first, last)
+                                             name=file, role=role, **sizes), first, last)
             models[role].set_proven_finite(proven_finite(manifest, role, variant))
         if not models and variant != DEFAULT_VARIANT:
             raise UsageError(f"no published {variant!r} variant; this export has: {', '.join(_published(manifest))}")

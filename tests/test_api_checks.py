@@ -1,0 +1,222 @@
+"""Python API calls refuse bad arguments with edgeae's one-line errors, as the CLI does: a graph
+of another model resealed into an export, settings export cannot carry, a training folder
+given to the benchmark, and labels, scores, strides or models the detector cannot measure."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from edgeae import detector, pipeline, runtime
+from edgeae.artifacts import file_entry, read_manifest, write_manifest
+from edgeae.bench import run_bench
+from edgeae.cli import main
+from edgeae.errors import EXIT_INTEGRITY, EXIT_USAGE, DataError, IntegrityError, UsageError
+from edgeae.model import ACTIVATIONS, TrainConfig
+
+# ---------------------------------------------------------------- a resealed graph of another model
+
+
+def _narrow_encoder(export, file: str, declared: int | None) -> None:
+    """Replace `file` by an encoder whose embedding is 4 wide and reseal the manifest with its new
+    size and sha256, as a tamperer who holds the tools would. It declares a width of `declared`;
+    with None, none at all, and the 4 is computed at run time so no shape inference can find it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = onnx.load(str(export / file))
+    graph = proto.graph
+    out = graph.output[0]
+    graph.initializer.extend([numpy_helper.from_array(np.array(value, dtype), name) for name, value, dtype in (
+        ("narrow/start", [0], np.int64), ("narrow/axis", [1], np.int64), ("narrow/shape", [1], np.int64),
+        ("narrow/end", [4], np.int64), ("narrow/zero", 0, np.float32), ("narrow/four", 4, np.float32))])
+    for node in graph.node:
+        node.output[:] = ["wide" if name == out.name else name for name in node.output]
+    end = "narrow/end"
+    if declared is None:  # 0 * max(embedding) + 4, as int64: known only once it runs
+        graph.node.extend([helper.make_node("ReduceMax", ["wide"], ["narrow/max"]),
+                           helper.make_node("Reshape", ["narrow/max", "narrow/shape"], ["narrow/flat"]),
+                           helper.make_node("Mul", ["narrow/flat", "narrow/zero"], ["narrow/nought"]),
+                           helper.make_node("Add", ["narrow/nought", "narrow/four"], ["narrow/width"]),
+                           helper.make_node("Cast", ["narrow/width"], ["narrow/computed"], to=TensorProto.INT64)])
+        end = "narrow/computed"
+    graph.node.append(helper.make_node("Slice", ["wide", "narrow/start", end, "narrow/axis"], [out.name]))
+    dim = out.type.tensor_type.shape.dim[1]
+    dim.Clear()
+    if declared is not None:
+        dim.dim_value = declared
+    onnx.save(proto, str(export / file))
+    manifest = read_manifest(export)
+    manifest["files"][file] = file_entry(export / file, "encoder")
+    write_manifest(export, manifest)
+
+
+@pytest.mark.parametrize("file, variant", [("encoder.onnx", "fp32"), ("encoder.fp16.onnx", "fp16")])
+def test_a_resealed_encoder_of_another_width_is_refused_at_load(export_copy, file, variant):
+    _narrow_encoder(export_copy, file, 4)
+    with pytest.raises(IntegrityError, match=rf"{file}: output 'embedding' .* expected float \(batch, 8\)"):
+        runtime.load(export_copy, "cpu", variant=variant)
+    np.save(export_copy.parent / "windows.npy", np.zeros((2, 6, 3)))
+    result = CliRunner().invoke(main, ["encode", str(export_copy), str(export_copy.parent / "windows.npy"),
+                                       "--variant", variant, "--provider", "cpu"])
+    assert result.exit_code == EXIT_INTEGRITY, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and file in result.stderr
+
+
+def test_an_encoder_that_hides_its_width_is_refused_on_its_first_run(export_copy):
+    _narrow_encoder(export_copy, "encoder.onnx", None)
+    model = runtime.load(export_copy, "cpu")
+    with pytest.raises(IntegrityError, match=r"encoder.onnx: output 'embedding' came out \(1, 4\), expected \(1, 8\)"):
+        model.encode(np.zeros((6, 3)))
+
+
+def test_graphs_must_read_the_manifests_window(export_copy):
+    manifest = read_manifest(export_copy)
+    manifest["window"]["timesteps"] = 7
+    write_manifest(export_copy, manifest)
+    with pytest.raises(IntegrityError, match=r"autoencoder.onnx: input sequence is \(batch, 6, 3\), expected "
+                                             r"\(batch, 7, 3\)"):
+        runtime.load(export_copy, "cpu")
+
+
+def test_a_manifest_without_units_is_refused(export_copy):
+    manifest = read_manifest(export_copy)
+    del manifest["training"]["config"]["units"]
+    write_manifest(export_copy, manifest)
+    with pytest.raises(IntegrityError, match="manifest field training.config.units is missing"):
+        runtime.load(export_copy, "cpu")
+
+
+# ---------------------------------------------------------------- settings export cannot carry
+
+
+@pytest.mark.parametrize("activation", ["elu", "selu", "softsign", "linear"])
+def test_activations_tf2onnx_writes_as_a_loop_are_refused(activation):
+    assert activation not in ACTIVATIONS
+    with pytest.raises(UsageError, match="activation must be one of relu, tanh, sigmoid"):
+        TrainConfig(activation=activation)
+
+
+def test_one_step_windows_are_refused_and_two_export(tmp_path):
+    with pytest.raises(UsageError, match="timesteps must be at least 2"):
+        TrainConfig(timesteps=1)
+    training = pipeline.train(TrainConfig(timesteps=2, features=2, units=2, epochs=1, seed=2))
+    out, _ = pipeline.export(training, tmp_path / "export", providers="cpu")
+    assert runtime.load(out, "cpu").encode(np.ones((2, 2))).shape == (2,)
+
+
+def test_cli_refuses_them_before_training(tmp_path):
+    for option in (["--activation", "elu"], ["--timesteps", "1"]):
+        result = CliRunner().invoke(main, ["train", *option, "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")])
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "r").exists()
+
+
+def test_exporting_an_old_training_folder_with_such_settings_is_a_usage_error(tiny_training, tmp_path):
+    folder = pipeline.save_training(tiny_training, tmp_path / "run")
+    record = json.loads((folder / pipeline.TRAINING_FILE).read_text())
+    record["config"]["activation"] = "elu"  # what an older edgeae trained
+    (folder / pipeline.TRAINING_FILE).write_text(json.dumps(record))
+    manifest = read_manifest(folder)
+    manifest["files"][pipeline.TRAINING_FILE] = file_entry(folder / pipeline.TRAINING_FILE, "training")
+    write_manifest(folder, manifest)
+    result = CliRunner().invoke(main, ["export", str(folder), "--out", str(tmp_path / "export")])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "activation must be one of" in result.stderr and not (tmp_path / "export").exists()
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def test_bench_on_a_training_folder_says_export_it_first(tiny_training, tmp_path):
+    folder = pipeline.save_training(tiny_training, tmp_path / "run")
+    with pytest.raises(UsageError, match="is a training folder; export it first"):
+        run_bench(folder, runs=3, batches=(2,), cold=False)
+    result = CliRunner().invoke(main, ["bench", str(folder), "--runs", "3"])
+    assert result.exit_code == EXIT_USAGE and "export it first" in result.stderr
+
+
+@pytest.mark.parametrize("kwargs", [{"keras": "yes"}, {"cold": None}, {"keras": 1}, {"cold": "false"}])
+def test_bench_flags_must_be_bools(tiny_export, kwargs):
+    with pytest.raises(UsageError, match="keras and cold must be True or False"):
+        run_bench(tiny_export, **{"runs": 3, "batches": (2,), "cold": False, **kwargs})
+
+
+# ---------------------------------------------------------------- the detector
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    t = np.arange(60)
+    values = np.column_stack([np.sin(t / 3), np.cos(t / 5), np.sin(t / 7)])
+    labels = np.zeros(60, dtype=int)
+    labels[30:33] = 1
+    return values, labels
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda v, y: (v, y * 2), DataError, "label 2 at index 30 is not 0 or 1"),
+    (lambda v, y: (v, np.where(y == 1, np.nan, y)), DataError, "label nan at index 30 is not 0 or 1"),
+    (lambda v, y: (v, y.astype(str)), DataError, "labels must be 0/1 or true/false, got dtype <U"),
+    (lambda v, y: (v, y[:, None]), DataError, r"labels must be one per row or window \(1-D\)"),
+    (lambda v, y: (v, y[:-1]), DataError, "60 rows of values but 59 labels"),
+    (lambda v, y: (None, y), DataError, r"expected a \(time, features\) series"),
+])
+def test_evaluate_refuses_labels_it_cannot_measure(tiny_export, labelled, change, error, message):
+    values, labels = change(*labelled)
+    with pytest.raises(error, match=message):
+        detector.evaluate(runtime.load(tiny_export, "cpu"), values, labels)
+
+
+@pytest.mark.parametrize("stride", [1.5, True, 0, "2"])
+def test_evaluate_refuses_a_stride_that_is_not_a_whole_number(tiny_export, labelled, stride):
+    with pytest.raises(UsageError, match="stride must be a whole number of at least 1"):
+        detector.evaluate(runtime.load(tiny_export, "cpu"), *labelled, stride=stride)
+
+
+@pytest.mark.parametrize("model", [None, "exported", runtime])
+def test_evaluate_refuses_what_is_not_a_loaded_model(labelled, model):
+    with pytest.raises(UsageError, match="model must be a model set from edgeae.runtime.load"):
+        detector.evaluate(model, *labelled)
+
+
+def test_evaluate_still_measures_good_input(tiny_export, labelled):
+    values, labels = labelled
+    quality, scores = detector.evaluate(runtime.load(tiny_export, "cpu"), values, labels.astype(bool), stride=np.int64(2))
+    assert quality.windows == len(scores) == (60 - 6) // 2 + 1
+    assert quality.anomalous_windows == 4  # windows starting at 26, 28, 30 and 32 hold rows 30-32
+
+
+@pytest.mark.parametrize("measure", [detector.roc_auc, detector.average_precision,
+                                     lambda s, y: detector.detection_quality(s, y, 0.5)])
+def test_measures_refuse_scores_and_labels_they_cannot_rank(measure):
+    labels = np.array([0, 1, 0, 1])
+    with pytest.raises(DataError, match="score nan at index 2 is not a finite number"):
+        measure(np.array([0.1, 0.9, np.nan, 0.8]), labels)
+    with pytest.raises(DataError, match=r"scores must be one per window \(1-D\)"):
+        measure(np.ones((2, 2)), labels)
+    with pytest.raises(DataError, match="scores must be real numbers"):
+        measure(np.array(["0.1", "0.9", "0.2", "0.8"]), labels)
+    with pytest.raises(DataError, match="label 2 at index 1 is not 0 or 1"):
+        measure(np.array([0.1, 0.9, 0.2, 0.8]), labels * 2)
+    with pytest.raises(DataError, match="4 scores but 3 labels"):
+        measure(np.array([0.1, 0.9, 0.2, 0.8]), labels[:3])
+
+
+@pytest.mark.parametrize("threshold", [None, "0.5", np.nan, True])
+def test_detection_quality_refuses_a_threshold_that_is_not_a_number(threshold):
+    with pytest.raises(UsageError, match="threshold must be a"):
+        detector.detection_quality(np.array([0.1, 0.9]), np.array([0, 1]), threshold)
+
+
+@pytest.mark.parametrize("scores, quantile, error, message", [
+    (np.ones((2, 2)), 0.5, DataError, r"scores must be one per window \(1-D\)"),
+    (np.array([0.1, np.inf]), 0.5, DataError, "score inf at index 1 is not a finite number"),
+    (np.array([0.1, 0.2]), True, UsageError, r"threshold quantile must be in \(0, 1\], got True"),
+    (np.array([0.1, 0.2]), "0.5", UsageError, r"threshold quantile must be in \(0, 1\], got '0.5'"),
+])
+def test_calibrate_threshold_refuses_what_it_cannot_calibrate_on(scores, quantile, error, message):
+    with pytest.raises(error, match=message):
+        detector.calibrate_threshold(scores, quantile)
+
