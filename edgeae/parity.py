@@ -6,22 +6,63 @@ relative to the range does not, so both numbers are needed to judge a result.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .errors import IntegrityError, UsageError
+
 DEFAULT_ATOL = 1e-5
+
+
+class MismatchError(IntegrityError, ValueError):
+    """An output does not have its reference's shape: the file is not the model the reference came from."""
 
 
 def check_tolerance(atol: float) -> float:
     """A tolerance must be a positive, finite number: anything else could never pass, or always would."""
-    import math
-
-    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not math.isfinite(atol) or atol <= 0:
-        from .errors import UsageError
-
+    try:  # an int too large for a float is no tolerance either
+        value = float(atol) if isinstance(atol, (int, float)) and not isinstance(atol, bool) else math.nan
+    except OverflowError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
         raise UsageError(f"tolerance must be a positive number, got {atol!r}")
-    return float(atol)
+    return value
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A parity bound: max abs error, max error relative to the output's value range, or both."""
+
+    abs: float | None = None
+    rel_range: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.abs is None and self.rel_range is None:
+            raise UsageError("a tolerance needs an absolute or a relative-to-range bound")
+        for name in ("abs", "rel_range"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_tolerance(getattr(self, name)))
+
+    @classmethod
+    def from_manifest(cls, value: object, where: str) -> Tolerance:
+        """The tolerance an export recorded, refused (exit 4, naming the field) unless it is one."""
+        try:
+            if isinstance(value, dict) and set(value) <= {"abs", "rel_range"}:
+                return cls(**value)
+        except UsageError:
+            pass
+        raise IntegrityError(f"manifest field {where} must be an object of abs and rel_range, each a positive "
+                             f"number or null, not both null; got {value!r}")
+
+    def describe(self) -> str:
+        parts = ([f"max abs {self.abs:.0e}"] if self.abs is not None else []) + (
+            [f"{self.rel_range:.0e} of range"] if self.rel_range is not None else [])
+        return " and ".join(parts)
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"abs": self.abs, "rel_range": self.rel_range}
 
 
 @dataclass(frozen=True)
@@ -38,38 +79,55 @@ class ParityResult:
     p50_abs: float
     p99_abs: float
     value_range: float
-    tolerance_abs: float
+    tolerance_abs: float | None  # None: bounded relative to the range only
     max_abs_raw: float | None = None
+    tolerance_rel_range: float | None = None  # fp16 and int8: a bound relative to the value range
+
+    @property
+    def within_abs(self) -> bool:
+        return self.tolerance_abs is None or self.max_abs <= self.tolerance_abs
+
+    @property
+    def within_rel_range(self) -> bool:
+        return self.tolerance_rel_range is None or self.max_rel_range <= self.tolerance_rel_range
 
     def __bool__(self) -> bool:
-        return self.max_abs <= self.tolerance_abs
+        return self.within_abs and self.within_rel_range
 
     @property
     def passed(self) -> bool:
         return bool(self)
 
     def line(self) -> str:
-        verdict = "ok" if self else "FAIL"
-        return (f"{self.model} [{self.provider}] {self.dataset} (batch {self.batch}): max abs {self.max_abs:.2e} "
-                f"{'<=' if self else '>'} {self.tolerance_abs:.0e}, rel-to-range {self.max_rel_range:.2e}, "
-                f"mean {self.mean_abs:.2e}  {verdict}")
+        def bound(within: bool, tolerance: float | None) -> str:
+            return "" if tolerance is None else f" {'<=' if within else '>'} {tolerance:.0e}"
+
+        return (f"{self.model} [{self.provider}] {self.dataset} (batch {self.batch}): max abs {self.max_abs:.2e}"
+                f"{bound(self.within_abs, self.tolerance_abs)}, rel-to-range {self.max_rel_range:.2e}"
+                f"{bound(self.within_rel_range, self.tolerance_rel_range)}, mean {self.mean_abs:.2e}  "
+                f"{'ok' if self else 'FAIL'}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
 
 
 def compare(reference: np.ndarray, actual: np.ndarray, *, model: str, provider: str, dataset: str,
-            tolerance_abs: float = DEFAULT_ATOL, scale: np.ndarray | None = None) -> ParityResult:
+            tolerance_abs: float | None = DEFAULT_ATOL, tolerance_rel_range: float | None = None,
+            scale: np.ndarray | None = None, source: str | None = None) -> ParityResult:
     """Compare two outputs; with `scale`, errors are measured in the model's own units.
 
     Raw units can span thousands, where float32 alone cannot resolve 1e-5; the network
     computes in scaled units, so that is where an absolute tolerance means something.
-    The raw-unit error is kept alongside (`max_abs_raw`).
+    The raw-unit error is kept alongside (`max_abs_raw`). The result passes within both
+    bounds given. An output of another shape than its reference cannot come from the
+    reference's model: that is a MismatchError naming `source` (the file), not a figure.
     """
+    tolerance = Tolerance(tolerance_abs, tolerance_rel_range)
     reference = np.asarray(reference, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
     if reference.shape != actual.shape:
-        raise ValueError(f"{model} [{provider}] {dataset}: reference shape {reference.shape} != output shape {actual.shape}")
+        raise MismatchError(f"{source or model} gives shape {actual.shape}, the reference {reference.shape}: "
+                            "not this export's model")
     raw_err = np.abs(reference - actual)
     max_abs_raw = None
     if scale is not None:
@@ -79,7 +137,7 @@ def compare(reference: np.ndarray, actual: np.ndarray, *, model: str, provider: 
         raw_err = raw_err * scale
     err = raw_err.ravel()
     if err.size == 0:
-        raise ValueError(f"{model} [{provider}] {dataset}: nothing to compare")
+        raise MismatchError(f"{model} [{provider}] {dataset}: empty output and reference, nothing to compare")
     value_range = float(reference.max() - reference.min())
     # A constant reference (e.g. an all-zero relu embedding) has no range: fall back to its magnitude.
     denominator = value_range if value_range > 0 else max(float(np.abs(reference).max()), 1.0)
@@ -88,21 +146,45 @@ def compare(reference: np.ndarray, actual: np.ndarray, *, model: str, provider: 
         model=model, provider=provider, dataset=dataset, batch=int(reference.shape[0]),
         max_abs=max_abs, max_rel_range=max_abs / denominator, mean_abs=float(err.mean()),
         p50_abs=float(np.percentile(err, 50)), p99_abs=float(np.percentile(err, 99)),
-        value_range=value_range, tolerance_abs=float(tolerance_abs), max_abs_raw=max_abs_raw,
+        value_range=value_range, tolerance_abs=tolerance.abs, max_abs_raw=max_abs_raw,
+        tolerance_rel_range=tolerance.rel_range,
     )
+
+
+def _worst(results: tuple[ParityResult, ...]) -> dict[str, dict]:
+    """Worst case per model and provider over the input sets."""
+    out: dict[str, dict] = {}
+    for r in results:
+        key = f"{r.model}/{r.provider}"
+        cur = out.setdefault(key, {"max_abs": 0.0, "max_rel_range": 0.0, "mean_abs": 0.0, "tolerance_abs": r.tolerance_abs,
+                                   **({"tolerance_rel_range": r.tolerance_rel_range}
+                                      if r.tolerance_rel_range is not None else {}),
+                                   "passed": True, "comparisons": 0})
+        cur["max_abs"] = max(cur["max_abs"], r.max_abs)
+        cur["max_rel_range"] = max(cur["max_rel_range"], r.max_rel_range)
+        cur["mean_abs"] = max(cur["mean_abs"], r.mean_abs)
+        cur["passed"] = cur["passed"] and r.passed
+        cur["comparisons"] += 1
+    return out
 
 
 @dataclass(frozen=True)
 class ParityReport:
-    """Every comparison of a verify run; true only if all of them passed."""
+    """Every comparison of a verify run; true only if all of them passed.
+
+    `results` are the default fp32 graphs and the batch graphs the runtime routes to, held to
+    one absolute tolerance; `variants` every other published file (plain, fp16, int8, ORT
+    format), each held to the tolerance its export recorded for it.
+    """
 
     results: tuple[ParityResult, ...]
     encoder_matches_autoencoder: ParityResult | None = None
     placement: dict = field(default_factory=dict)
+    variants: tuple[ParityResult, ...] = ()
 
     def _all(self) -> list[ParityResult]:
         extra = [self.encoder_matches_autoencoder] if self.encoder_matches_autoencoder is not None else []
-        return [*self.results, *extra]
+        return [*self.results, *extra, *self.variants]
 
     def __bool__(self) -> bool:
         return bool(self.results) and all(self._all())
@@ -115,18 +197,21 @@ class ParityReport:
         return [r.line() for r in self._all() if not r]
 
     def summary(self) -> dict[str, dict]:
-        """Worst case per model and provider, the figures a manifest keeps."""
-        out: dict[str, dict] = {}
-        for r in self.results:
-            key = f"{r.model}/{r.provider}"
-            cur = out.setdefault(key, {"max_abs": 0.0, "max_rel_range": 0.0, "mean_abs": 0.0, "tolerance_abs": r.tolerance_abs,
-                                       "passed": True, "comparisons": 0})
-            cur["max_abs"] = max(cur["max_abs"], r.max_abs)
-            cur["max_rel_range"] = max(cur["max_rel_range"], r.max_rel_range)
-            cur["mean_abs"] = max(cur["mean_abs"], r.mean_abs)
-            cur["passed"] = cur["passed"] and r.passed
-            cur["comparisons"] += 1
-        return out
+        """Worst case per default graph and provider, the figures a manifest keeps."""
+        return _worst(self.results)
+
+    def variant_summary(self) -> dict[str, dict]:
+        """Worst case per variant and provider."""
+        return _worst(self.variants)
+
+    def variant_lines(self) -> list[str]:
+        """One terminal line per variant and provider: its worst figures against its own tolerance."""
+        lines = []
+        for key, s in self.variant_summary().items():
+            allowed = Tolerance(s["tolerance_abs"], s.get("tolerance_rel_range")).describe()
+            lines.append(f"  {key}: max abs {s['max_abs']:.2e}, {s['max_rel_range']:.2e} of range (allowed {allowed}) "
+                         f"over {s['comparisons']} input sets  {'ok' if s['passed'] else 'FAIL'}")
+        return lines
 
     def to_dict(self) -> dict:
         return {
@@ -136,6 +221,8 @@ class ParityReport:
             "encoder_matches_autoencoder": (self.encoder_matches_autoencoder.to_dict()
                                             if self.encoder_matches_autoencoder is not None else None),
             "placement": self.placement,
+            "variant_summary": self.variant_summary(),
+            "variants": [r.to_dict() for r in self.variants],
         }
 
     def lines(self) -> list[str]:

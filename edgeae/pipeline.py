@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import platform
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +23,7 @@ from .artifacts import (
 )
 from .data import FLOAT32_MAX, Preprocessing, Series, Windows, load_series, seed_sequence, window_series
 from .errors import DataError, IntegrityError, ParityError, UsageError
-from .parity import DEFAULT_ATOL, ParityReport, check_tolerance, compare
+from .parity import DEFAULT_ATOL, ParityReport, Tolerance, check_tolerance, compare
 
 KERAS_FILE = "model.keras"
 TRAINING_FILE = "training.json"
@@ -127,6 +128,32 @@ def save_training(training: Training, out: Path, force: bool = False) -> Path:
     return Path(out)
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every float array of a checked .npz file; one that is unreadable or holds anything else is refused.
+
+    Its checksum only says the file is the one the manifest lists, and anyone who can write
+    the folder can reseal a manifest: what the file holds is checked here too.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {key: saved[key] for key in saved.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise IntegrityError(f"{path.name}: unreadable ({exc})") from None
+    for key, array in arrays.items():
+        if not np.issubdtype(array.dtype, np.floating):
+            raise IntegrityError(f"{path.name}: {key} holds {array.dtype}, not floats")
+    return arrays
+
+
+def saved_windows(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The raw training and validation windows a folder keeps (checked against the manifest by the caller)."""
+    saved = _read_npz(Path(folder) / PARITY_INPUTS_FILE)
+    missing = [key for key in ("training", "validation") if key not in saved]
+    if missing:
+        raise IntegrityError(f"{PARITY_INPUTS_FILE}: no {' or '.join(missing)} windows")
+    return saved["training"].astype(np.float64), saved["validation"].astype(np.float64)
+
+
 def load_training(folder: Path) -> Training:
     """Read a training (or export) folder back, checking every file first."""
     from . import model
@@ -139,8 +166,7 @@ def load_training(folder: Path) -> Training:
     pre = Preprocessing.from_dict(manifest.get("preprocessing") or record["preprocessing"])
     config = model.TrainConfig.from_dict(record["config"])
     autoencoder, encoder = model.load(folder / KERAS_FILE)
-    with np.load(folder / PARITY_INPUTS_FILE, allow_pickle=False) as saved:
-        train_w, val_w = saved["training"].astype(np.float64), saved["validation"].astype(np.float64)
+    train_w, val_w = saved_windows(folder)
     history = record.get("history") or {"loss": [record.get("final_loss", float("nan"))]}
     return Training(config, pre, autoencoder, encoder, history, int(record.get("epochs_run", 0)),
                     int(record.get("best_epoch", 0)), train_w, val_w, dict(record.get("data", {})))
@@ -189,31 +215,45 @@ def save_references(path: Path, references: dict[str, dict[str, np.ndarray]]) ->
     np.savez(path, **{f"{role}__{name}": out for role, outs in references.items() for name, out in outs.items()})
 
 
-def load_references(folder: Path, manifest: dict) -> dict[str, dict[str, np.ndarray]]:
-    """The Keras outputs stored at export, so a machine without TensorFlow can re-check parity."""
+def load_references(folder: Path, manifest: dict, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """The Keras outputs stored at export, so a machine without TensorFlow can re-check parity.
+
+    Each model's output on each input set must be there, of the shape this export's model
+    gives (the encoder as wide as its units), so that an output that differs later is the
+    ONNX file's fault, not the reference's.
+    """
     if REFERENCE_FILE not in manifest["files"]:
         raise UsageError(f"{folder} holds no stored Keras outputs ({REFERENCE_FILE}); export it again with this edgeae")
-    references: dict[str, dict[str, np.ndarray]] = {}
-    try:
-        with np.load(verify_file(folder, REFERENCE_FILE, manifest["files"][REFERENCE_FILE]), allow_pickle=False) as saved:
-            for key in saved.files:
-                role, name = key.split("__", 1)
-                references.setdefault(role, {})[name] = saved[key]
-    except (ValueError, OSError) as exc:
-        raise IntegrityError(f"{REFERENCE_FILE}: unreadable ({exc})") from None
+    saved = _read_npz(verify_file(folder, REFERENCE_FILE, manifest["files"][REFERENCE_FILE]))
+    units = manifest["training"]["config"].get("units")
+    if units is None:
+        raise IntegrityError("manifest field training.config.units is missing")
+    references: dict[str, dict[str, np.ndarray]] = {role: {} for role in ONNX_FILES}
+    for dataset, x in inputs.items():
+        for role, shape in (("autoencoder", x.shape), ("encoder", (len(x), units))):
+            out = saved.get(f"{role}__{dataset}")
+            if out is None:
+                raise IntegrityError(f"{REFERENCE_FILE}: no {role} output on the {dataset} inputs")
+            if out.shape != shape:
+                raise IntegrityError(f"{REFERENCE_FILE}: the {role} output on the {dataset} inputs is {out.shape}, "
+                                     f"this export's model gives {shape}: not this export's reference")
+            references[role][dataset] = out
     return references
 
 
 def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray]], onnx_paths: dict[str, Path],
                   inputs: dict[str, np.ndarray], providers: list[str], atol: float = DEFAULT_ATOL,
-                  internal_check: bool = True, batch_graphs: list[tuple[str, str, Path]] | None = None) -> ParityReport:
+                  internal_check: bool = True, batch_graphs: list[tuple[str, str, Path]] | None = None,
+                  variants: list[tuple[str, str, Path, Tolerance]] | None = None) -> ParityReport:
     """Compare both ONNX files with the Keras outputs on every input set and provider.
 
     `batch_graphs` adds (role, label, file) for each graph the runtime hands some batch
     sizes to; a one-window graph runs window by window. `internal_check` also proves the
     encoder equals the autoencoder's own encoding; it edits the graph with onnx, which a
-    runtime-only machine may not have.
+    runtime-only machine may not have. `variants` adds (role, variant, file, tolerance) for
+    each other file the runtime may load, each held to its own tolerance.
     """
+    from .optimize import variant_parity
     from .runtime import OnnxModel, placement_summary
 
     results, placement, encoder_check = [], {}, None
@@ -221,9 +261,12 @@ def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray
     if internal_check:
         import onnx
 
-        from .export import internal_encoding
+        from .export import ExportError, internal_encoding
 
-        internal = internal_encoding(onnx.load(str(onnx_paths["autoencoder"]))).SerializeToString()
+        try:
+            internal = internal_encoding(onnx.load(str(onnx_paths["autoencoder"]))).SerializeToString()
+        except ExportError as exc:  # e.g. an int8 or foreign file in the default file's place
+            raise IntegrityError(f"{onnx_paths['autoencoder'].name}: {exc}: not this export's model") from None
     for provider in providers:
         short = "cuda" if provider.startswith("CUDA") else "cpu"
         models = [(role, role, path) for role, path in onnx_paths.items()]
@@ -234,17 +277,21 @@ def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray
             scale = pre.arrays()["scale"] if role == "autoencoder" else None
             for dataset, x in inputs.items():
                 results.append(compare(references[role][dataset], session.run_windows(x), model=label, provider=short,
-                                       dataset=dataset, tolerance_abs=atol, scale=scale))
+                                       dataset=dataset, tolerance_abs=atol, scale=scale, source=path.name))
         if internal is None:
             continue
         both = OnnxModel(internal, [provider], name="autoencoder (internal encoding)")
         encoder = OnnxModel(onnx_paths["encoder"], [provider], name="encoder")
         x = np.concatenate([inputs["training"], inputs["in_range"], inputs["outside_range"]])
-        check = compare(both.run_windows(x, output=1), encoder.run_windows(x), model="encoder-vs-autoencoder",
-                        provider=short, dataset="internal encoding", tolerance_abs=atol)
+        # The encoder's shape has just matched Keras's, so an encoding of another width is the autoencoder's fault.
+        check = compare(encoder.run_windows(x), both.run_windows(x, output=1), model="encoder-vs-autoencoder",
+                        provider=short, dataset="internal encoding", tolerance_abs=atol,
+                        source=f"{onnx_paths['autoencoder'].name}'s encoding")
         if encoder_check is None or check.max_abs > encoder_check.max_abs:
             encoder_check = check
-    return ParityReport(tuple(results), encoder_check, placement)
+    checked = tuple(r for role, name, path, tolerance in variants or () for r in variant_parity(
+        path, role, name, references[role], inputs, providers, tolerance, pre.arrays()["scale"]).results)
+    return ParityReport(tuple(results), encoder_check, placement, checked)
 
 
 # ---------------------------------------------------------------- export
@@ -361,21 +408,43 @@ def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, aga
     if manifest.get("kind") != "export":
         raise UsageError(f"{folder} is not an export folder (run edgeae export on it first)")
     verify_files(folder, manifest)
+    for role, file in ONNX_FILES.items():  # the file the runtime loads must be the one checked at fp32's tolerance
+        if manifest["models"].get(role, {}).get("file") != file:
+            raise IntegrityError(f"manifest field models.{role}.file must be {file!r}, "
+                                 f"got {manifest['models'].get(role, {}).get('file')!r}")
     paths = {role: folder / ONNX_FILES[role] for role in ONNX_FILES}
     extra = [(role, f"{role} ({batch_label(first, last)})", folder / file)
              for role in ONNX_FILES for first, last, file in batch_routes(manifest, role, "fp32")]
+    variants = published_variants(folder, manifest, {path.name for path in paths.values()} | {p.name for *_, p in extra})
     provider_list = verification_providers(providers)
     if against == "keras":
         training = load_training(folder)
         inputs = parity_inputs(training.train_windows, training.preprocessing, training.config.seed)
         return verify_models(training.preprocessing, keras_references(training, inputs), paths, inputs,
-                             provider_list, atol, batch_graphs=extra)
+                             provider_list, atol, batch_graphs=extra, variants=variants)
     pre = Preprocessing.from_dict(manifest["preprocessing"])
-    with np.load(folder / PARITY_INPUTS_FILE, allow_pickle=False) as saved:
-        train_windows = saved["training"].astype(np.float64)
-    inputs = parity_inputs(train_windows, pre, int(manifest["training"]["config"]["seed"]))
-    return verify_models(pre, load_references(folder, manifest), paths, inputs, provider_list, atol,
-                         internal_check=_installed("onnx"), batch_graphs=extra)
+    inputs = parity_inputs(saved_windows(folder)[0], pre, int(manifest["training"]["config"]["seed"]))
+    return verify_models(pre, load_references(folder, manifest, inputs), paths, inputs, provider_list, atol,
+                         internal_check=_installed("onnx"), batch_graphs=extra, variants=variants)
+
+
+def published_variants(folder: Path, manifest: dict, checked: set[str]) -> list[tuple[str, str, Path, Tolerance]]:
+    """(role, variant, file, tolerance) for every published variant file not in `checked`.
+
+    Each is held to the tolerance its export recorded (fp16 and int8 relative to the
+    range), so a file swapped for another model's, and the manifest resealed, fails verify.
+    """
+    out = []
+    for role, by_name in (manifest.get("variants") or {}).items():
+        for name, entry in by_name.items():
+            if not entry["published"] or entry["file"] in checked:
+                continue
+            if role not in ONNX_FILES:
+                raise IntegrityError(f"manifest field variants.{role}: no such model (expected "
+                                     f"{' or '.join(ONNX_FILES)})")
+            tolerance = Tolerance.from_manifest(entry.get("tolerance"), f"variants.{role}.{name}.tolerance")
+            out.append((role, name, verify_file(folder, entry["file"], manifest["files"].get(entry["file"])), tolerance))
+    return out
 
 
 def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str, ...] | None = None,
