@@ -408,8 +408,9 @@ class EdgeModel:
     """An exported model set: autoencoder and/or encoder, plus what the manifest says."""
 
     def __init__(self, models: dict[str, OnnxModel], manifest: dict | None = None, folder: Path | None = None,
-                 variant: str = DEFAULT_VARIANT) -> None:
+                 variant: str = DEFAULT_VARIANT, unpublished: dict[str, UsageError] | None = None) -> None:
         self.variant = variant
+        self._unpublished = unpublished or {}  # role -> why its file of this variant is not there
         if not models:
             raise UsageError("no models to load")
         self.models = models
@@ -443,6 +444,8 @@ class EdgeModel:
         return next(iter(self.models.values())).providers
 
     def _model(self, role: str) -> OnnxModel:
+        if role in self._unpublished:
+            raise self._unpublished[role]
         if role not in self.models:
             raise UsageError(f"this model set has no {role} (it has: {', '.join(self.models)})")
         return self.models[role]
@@ -475,8 +478,10 @@ class EdgeModel:
         return {role: model.node_placement() for role, model in self.models.items()}
 
 
-def _published(manifest: dict) -> list[str]:
-    names = {n for by_name in (manifest.get("variants") or {}).values() for n, e in by_name.items() if e.get("published")}
+def _published(manifest: dict, role: str | None = None) -> list[str]:
+    """The variants published for `role` (for any role when None); fp32 always is."""
+    names = {n for r, by_name in (manifest.get("variants") or {}).items() if role in (None, r)
+             for n, e in by_name.items() if e.get("published")}
     return sorted(names | {DEFAULT_VARIANT})
 
 
@@ -494,7 +499,7 @@ def _variant_file(manifest: dict, role: str, variant: str) -> str | None:
         return None
     if not entry.get("published"):
         raise UsageError(f"the {variant!r} variant of the {role} missed its tolerance and was not published; "
-                         f"this export has: {', '.join(_published(manifest))}")
+                         f"the {role} has: {', '.join(_published(manifest, role))}")
     return entry.get("file")
 
 
@@ -569,9 +574,13 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
     path = Path(path)
     if path.is_dir():
         manifest = read_export_manifest(path)
-        models = {}
+        models, unpublished = {}, {}
         for role in ROLES:
-            name = _variant_file(manifest, role, variant)
+            try:
+                name = _variant_file(manifest, role, variant)
+            except UsageError as exc:  # the other role's file of this variant may still be used
+                unpublished[role] = exc
+                continue
             if not name:
                 continue
             source = verify_file(path, name, manifest["files"].get(name))  # before the sizes: a bad entry is named first
@@ -581,11 +590,13 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
                 models[role].route(OnnxModel(verify_file(path, file, manifest["files"].get(file)), providers, threads,
                                              name=file, role=role, **sizes), first, last)
             models[role].set_proven_finite(proven_finite(manifest, role, variant))
+        if not models and unpublished:
+            raise next(iter(unpublished.values()))
         if not models and variant != DEFAULT_VARIANT:
             raise UsageError(f"no published {variant!r} variant; this export has: {', '.join(_published(manifest))}")
         if not models:
             raise IntegrityError(f"{path}: the manifest lists no autoencoder or encoder")
-        return EdgeModel(models, manifest, path, variant)
+        return EdgeModel(models, manifest, path, variant, unpublished)
     if variant != DEFAULT_VARIANT:
         raise UsageError("variant applies to an export folder; a single file is loaded as it is")
     if not path.exists():

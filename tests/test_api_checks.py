@@ -220,3 +220,20 @@ def test_calibrate_threshold_refuses_what_it_cannot_calibrate_on(scores, quantil
     with pytest.raises(error, match=message):
         detector.calibrate_threshold(scores, quantile)
 
+
+
+def test_a_variant_published_for_one_role_only_serves_that_role(export_copy, rng):
+    """fp16 of the autoencoder missed its tolerance, the encoder's did not: encode works, reconstruct says why not."""
+    manifest = read_manifest(export_copy)
+    manifest["variants"]["autoencoder"]["fp16"]["published"] = False
+    write_manifest(export_copy, manifest)
+    model = runtime.load(export_copy, "cpu", variant="fp16")
+    window = rng.uniform(0, 1, (model.timesteps, model.features))
+    assert model.encode(window).shape == (model.models["encoder"].units,)
+    with pytest.raises(UsageError, match="'fp16' variant of the autoencoder missed its tolerance.*the autoencoder has: "
+                                         "fp32, fp32-b1, fp32-unrolled, int8, ort, plain$"):
+        model.reconstruct(window)
+    manifest["variants"]["encoder"]["fp16"]["published"] = False
+    write_manifest(export_copy, manifest)
+    with pytest.raises(UsageError, match="missed its tolerance"):
+        runtime.load(export_copy, "cpu", variant="fp16")
