@@ -556,6 +556,34 @@ def manifest_sizes(manifest: dict) -> dict[str, Any]:
     return {"window": (window["timesteps"], window["features"]), "units": config["units"]}
 
 
+def _load_folder(path: Path, manifest: dict, providers: str | Sequence[str], threads: int | None,
+                 variant: str) -> EdgeModel:
+    """The models of an export folder as its (checked) manifest describes them, each file verified."""
+    models, unpublished = {}, {}
+    for role in ROLES:
+        try:
+            name = _variant_file(manifest, role, variant)
+        except UsageError as exc:  # the other role's file of this variant may still be used
+            unpublished[role] = exc
+            continue
+        if not name:
+            continue
+        source = verify_file(path, name, manifest["files"].get(name))  # before the sizes: a bad entry is named first
+        sizes = manifest_sizes(manifest)
+        models[role] = OnnxModel(source, providers, threads, name=name, role=role, **sizes)
+        for first, last, file in batch_routes(manifest, role, variant):
+            models[role].route(OnnxModel(verify_file(path, file, manifest["files"].get(file)), providers, threads,
+                                         name=file, role=role, **sizes), first, last)
+        models[role].set_proven_finite(proven_finite(manifest, role, variant))
+    if not models and unpublished:
+        raise next(iter(unpublished.values()))
+    if not models and variant != DEFAULT_VARIANT:
+        raise UsageError(f"no published {variant!r} variant; this export has: {', '.join(_published(manifest))}")
+    if not models:
+        raise IntegrityError(f"{path}: the manifest lists no autoencoder or encoder")
+    return EdgeModel(models, manifest, path, variant, unpublished)
+
+
 def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int | None = None,
          variant: str = DEFAULT_VARIANT) -> EdgeModel:
     """Load an export folder (every file checked against the manifest first) or one .onnx/.ort file.
@@ -574,29 +602,15 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
     path = Path(path)
     if path.is_dir():
         manifest = read_export_manifest(path)
-        models, unpublished = {}, {}
-        for role in ROLES:
-            try:
-                name = _variant_file(manifest, role, variant)
-            except UsageError as exc:  # the other role's file of this variant may still be used
-                unpublished[role] = exc
-                continue
-            if not name:
-                continue
-            source = verify_file(path, name, manifest["files"].get(name))  # before the sizes: a bad entry is named first
-            sizes = manifest_sizes(manifest)
-            models[role] = OnnxModel(source, providers, threads, name=name, role=role, **sizes)
-            for first, last, file in batch_routes(manifest, role, variant):
-                models[role].route(OnnxModel(verify_file(path, file, manifest["files"].get(file)), providers, threads,
-                                             name=file, role=role, **sizes), first, last)
-            models[role].set_proven_finite(proven_finite(manifest, role, variant))
-        if not models and unpublished:
-            raise next(iter(unpublished.values()))
-        if not models and variant != DEFAULT_VARIANT:
-            raise UsageError(f"no published {variant!r} variant; this export has: {', '.join(_published(manifest))}")
-        if not models:
-            raise IntegrityError(f"{path}: the manifest lists no autoencoder or encoder")
-        return EdgeModel(models, manifest, path, variant, unpublished)
+        try:
+            return _load_folder(path, manifest, providers, threads, variant)
+        except IntegrityError:
+            # `export --force` swaps a new folder in at once: a file read after the old manifest
+            # may be the new one. Only a manifest that changed meanwhile earns one more try.
+            again = read_export_manifest(path)
+            if again["checksum"] == manifest["checksum"]:
+                raise
+            return _load_folder(path, again, providers, threads, variant)
     if variant != DEFAULT_VARIANT:
         raise UsageError("variant applies to an export folder; a single file is loaded as it is")
     if not path.exists():

@@ -237,3 +237,19 @@ def test_a_variant_published_for_one_role_only_serves_that_role(export_copy, rng
     write_manifest(export_copy, manifest)
     with pytest.raises(UsageError, match="missed its tolerance"):
         runtime.load(export_copy, "cpu", variant="fp16")
+
+
+def test_load_retries_once_when_the_folder_was_replaced_while_it_read(tiny_export, export_copy, monkeypatch):
+    """A reader racing `export --force` may read the old manifest, then a file of the new folder."""
+    stale = read_manifest(tiny_export)
+    stale["files"]["encoder.onnx"]["sha256"] = "0" * 64  # the old folder's encoder, gone by the time it is read
+    stale["checksum"] = "older"
+    reads = iter([stale, read_manifest(export_copy)])
+    monkeypatch.setattr(runtime, "read_export_manifest", lambda folder: next(reads))
+    assert set(runtime.load(export_copy, "cpu").models) == {"autoencoder", "encoder"}
+
+    tampered = read_manifest(export_copy)
+    tampered["files"]["encoder.onnx"]["sha256"] = "0" * 64  # the same manifest both times: a real mismatch
+    monkeypatch.setattr(runtime, "read_export_manifest", lambda folder: tampered)
+    with pytest.raises(IntegrityError, match="encoder.onnx"):
+        runtime.load(export_copy, "cpu")
