@@ -188,6 +188,8 @@ BAD_INPUTS = [
     ("transposed", np.ones((3, 6)), ShapeError),
     ("nan", np.where(np.eye(6, 3) > 0, np.nan, 0.0), DataError),
     ("inf", np.full((2, 6, 3), np.inf), DataError),
+    ("nan float32 window", np.where(np.eye(6, 3) > 0, np.nan, 0.0).astype(np.float32), DataError),
+    ("-inf float32 batch", np.where(np.arange(36).reshape(2, 6, 3) == 35, -np.inf, 0.5).astype(np.float32), DataError),
     ("overflows float32", np.full((6, 3), 1e300), DataError),
     ("masked", np.ma.masked_array(np.ones((6, 3)), mask=np.eye(6, 3)), DataError),
 ]
@@ -201,6 +203,13 @@ def test_bad_inputs_fail_clearly_before_onnxruntime(tiny_export, label, value, e
             call(value)
         message = str(info.value)
         assert "\n" not in message and len(message) < 300
+
+
+def test_float32_input_whose_squares_overflow_is_still_accepted(tiny_export):
+    """The quick finiteness test sums squares; values near float32's limit overflow it, yet are finite."""
+    model = runtime.load(tiny_export, "cpu")
+    huge = np.full((2, 6, 3), 3e38, np.float32)
+    assert np.isfinite(model.reconstruct(huge)).all() and np.isfinite(model.encode(huge[0])).all()
 
 
 def test_shape_error_names_expected_and_actual(tiny_export):
