@@ -31,17 +31,23 @@ def check_quantile(quantile: Any) -> float:
     return float(quantile)
 
 
+def _vector(values: Any, what: str, kinds: str, expected: str, per: str) -> np.ndarray:
+    """`values` as a 1-D array of dtype kind in `kinds`, or a DataError that says which rule failed."""
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be a 1-D array of {expected}; could not read them as one") from None
+    if array.dtype.kind not in kinds:
+        raise DataError(f"{what} must be {expected}, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise DataError(f"{what} must be one per {per} (1-D), got shape {array.shape}")
+    return array
+
+
 def check_scores(scores: Any) -> np.ndarray:
     """One finite score per window, as float64: a NaN sorts anywhere and would silently bend
     every measure (and the threshold) instead of failing."""
-    try:
-        array = np.asarray(scores)
-    except (TypeError, ValueError):
-        raise DataError("scores must be a 1-D array of numbers; could not read them as one") from None
-    if array.dtype.kind not in "iuf":
-        raise DataError(f"scores must be real numbers, got dtype {array.dtype}")
-    if array.ndim != 1:
-        raise DataError(f"scores must be one per window (1-D), got shape {array.shape}")
+    array = _vector(scores, "scores", "iuf", "real numbers", "window")
     bad = np.flatnonzero(~np.isfinite(array))
     if len(bad):
         raise DataError(f"score {array[bad[0]].item()!r} at index {bad[0]} is not a finite number")
@@ -51,14 +57,7 @@ def check_scores(scores: Any) -> np.ndarray:
 def check_labels(labels: Any) -> np.ndarray:
     """One 0/1 (or bool) label per row or window, as bool: 2, NaN or "1" would otherwise
     count as anomalous, or text as all normal, without a word."""
-    try:
-        array = np.asarray(labels)
-    except (TypeError, ValueError):
-        raise DataError("labels must be a 1-D array of 0/1; could not read them as one") from None
-    if array.dtype.kind not in "biuf":
-        raise DataError(f"labels must be 0/1 or true/false, got dtype {array.dtype}")
-    if array.ndim != 1:
-        raise DataError(f"labels must be one per row or window (1-D), got shape {array.shape}")
+    array = _vector(labels, "labels", "biuf", "0/1 or true/false", "row or window")
     bad = np.flatnonzero((array != 0) & (array != 1))
     if len(bad):
         raise DataError(f"label {array[bad[0]].item()!r} at index {bad[0]} is not 0 or 1")
