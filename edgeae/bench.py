@@ -298,23 +298,17 @@ def paired_ratio(path: list[np.ndarray], base: list[np.ndarray]) -> float:
     return float(np.median([np.median(p) / np.median(b) for p, b in zip(path, base)]))
 
 
-def _whole(value: Any, low: int, high: int | None = None) -> bool:
-    """A whole number (not a bool, which Python counts as one) within [low, high]."""
-    return (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
-            and (high is None or value <= high))
-
-
 def _check_arguments(runs: Any, warmup: Any, threads: Any, batches: Any, roles: Any, keras: Any, cold: Any) -> None:
     """Refuse, before anything loads, arguments the CLI's option types would have refused."""
-    from .runtime import ROLES, check_threads
+    from .runtime import ROLES, check_threads, is_whole
 
     if not isinstance(keras, (bool, np.bool_)) or not isinstance(cold, (bool, np.bool_)):
         raise UsageError(f"keras and cold must be True or False, got {keras!r} and {cold!r}")
-    if not _whole(runs, 3) or not _whole(warmup, 0):
+    if not is_whole(runs, 3) or not is_whole(warmup, 0):
         raise UsageError(f"runs must be a whole number of at least 3 and warm-up one of at least 0, "
                          f"got {runs!r} and {warmup!r}")
     check_threads(threads)
-    if not isinstance(batches, (tuple, list)) or not batches or not all(_whole(b, 1, MAX_BATCH) for b in batches):
+    if not isinstance(batches, (tuple, list)) or not batches or not all(is_whole(b, 1, MAX_BATCH) for b in batches):
         raise UsageError(f"batch sizes must be a non-empty list of whole numbers from 1 to {MAX_BATCH}, got {batches!r}")
     if not isinstance(roles, (tuple, list)) or not roles or not set(roles) <= set(ROLES):
         raise UsageError(f"roles must be a non-empty list of {', '.join(ROLES)}, got {roles!r}")

@@ -672,19 +672,13 @@ def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: st
       edgeae evaluate exported test.csv --columns temp,pressure --labels is_anomaly
     """
     from . import runtime
-    from .data import load_features, load_labels, load_series, trained_columns
+    from .data import load_labelled, trained_columns
     from .detector import evaluate as run_evaluation
 
     model = runtime.load(export_dir, provider)
-    series = load_features(data, model.features, _split_columns(columns), trained_columns(model.manifest),
-                           exclude=(labels_column,))
-    if series.is_windows:
-        raise UsageError(f"{series.source}: evaluate needs a series (one row per time step) with a label column")
-    label = load_series(data, (labels_column,)).columns[0]  # by name, however --labels named it
-    if label in series.columns:
-        raise UsageError(f"column {label!r} is both the --labels column and a model input ({', '.join(series.columns)}); "
-                         "a label must not be a feature")
-    detection, _ = run_evaluation(model, series.values, load_labels(data, labels_column), stride, threshold)
+    series, labels = load_labelled(data, model.features, _split_columns(columns), trained_columns(model.manifest),
+                                   labels_column)
+    detection, _ = run_evaluation(model, series.values, labels, stride, threshold)
     emit(ctx, detection.to_dict(), detection.lines())
 
 

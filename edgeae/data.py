@@ -287,9 +287,8 @@ def load_features(path: Path, features: int, columns: tuple[str, ...] | None = N
     return series
 
 
-def load_labels(path: Path, column: str) -> np.ndarray:
-    """A 0/1 anomaly label per row, from one CSV column (true = anomalous)."""
-    labels = load_series(path, (column,))
+def _labels(labels: Series, column: str, path: Path) -> np.ndarray:
+    """One labels column, checked: one 0/1 value per row, as bool (true = anomalous)."""
     if labels.is_windows:
         raise DataError(f"{labels.source}: labels must be one value per row, not windows")
     values = labels.values[:, 0]
@@ -298,6 +297,26 @@ def load_labels(path: Path, column: str) -> np.ndarray:
         where = f"row {bad[0] + 2}" if Path(path).suffix.lower() == ".csv" else f"row {bad[0]} (0-based)"
         raise DataError(f"{labels.source}: {where}, column {column!r}: label {values[bad[0]]:g} is not 0 or 1")
     return values.astype(bool)
+
+
+def load_labels(path: Path, column: str) -> np.ndarray:
+    """A 0/1 anomaly label per row, from one CSV column (true = anomalous)."""
+    return _labels(load_series(path, (column,)), column, path)
+
+
+def load_labelled(path: Path, features: int, columns: tuple[str, ...] | None, trained: tuple[str, ...] | None,
+                  label: str) -> tuple[Series, np.ndarray]:
+    """A series' model inputs and its labels, from one file; the label column is never an input,
+    however either was named (a label fed to the model makes every detection figure meaningless)."""
+    series = load_features(path, features, columns, trained, exclude=(label,))
+    if series.is_windows:
+        raise UsageError(f"{series.source}: labels mark rows of a series (one row per time step), not ready-made windows")
+    labelled = load_series(path, (label,))
+    name = labelled.columns[0]  # by name, however `label` named it
+    if name in series.columns:
+        raise UsageError(f"column {name!r} is both the --labels column and a model input ({', '.join(series.columns)}); "
+                         "a label must not be a feature")
+    return series, _labels(labelled, label, path)
 
 
 # ---------------------------------------------------------------- windowing and splits

@@ -242,10 +242,11 @@ def evaluate(model: Any, values: np.ndarray, labels: np.ndarray, stride: int = 1
     A window counts as anomalous when any of its rows is labelled anomalous.
     """
     from .data import make_windows, window_labels
+    from .runtime import is_whole
 
     if not callable(getattr(model, "score", None)) or not isinstance(getattr(model, "timesteps", None), int):
         raise UsageError(f"model must be a model set from edgeae.runtime.load, got {type(model).__name__}")
-    if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, (int, np.integer)) or stride < 1:
+    if not is_whole(stride, 1):
         raise UsageError(f"stride must be a whole number of at least 1, got {stride!r}")
     labels = check_labels(labels)
     try:

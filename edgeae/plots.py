@@ -170,14 +170,13 @@ def _pick_windows(scores: np.ndarray, count: int) -> np.ndarray:
 def _series_scores(model: Any, data: Path, columns: tuple[str, ...] | None, labels_column: str | None,
                    stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
     """Windows of a user's series, their first rows, scores and (optional) labels."""
-    from .data import load_features, load_labels, make_windows, trained_columns, window_labels, window_starts
+    from .data import load_features, load_labelled, make_windows, trained_columns, window_labels, window_starts
 
-    series = load_features(data, model.features, columns, trained_columns(model.manifest),
-                           exclude=(labels_column,) if labels_column else ())
-    labels = load_labels(data, labels_column) if labels_column else None
+    if labels_column:
+        series, labels = load_labelled(data, model.features, columns, trained_columns(model.manifest), labels_column)
+    else:
+        series, labels = load_features(data, model.features, columns, trained_columns(model.manifest)), None
     if series.is_windows:
-        if labels is not None:
-            raise UsageError("--labels needs a series (one row per time step), not ready-made windows")
         windows, starts = series.values, np.arange(len(series.values), dtype=np.float64)
     else:
         windows = make_windows(series.values, model.timesteps, stride, series.source)

@@ -79,6 +79,13 @@ def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
 # ---------------------------------------------------------------- input checks
 
 
+def _all_finite(array: np.ndarray) -> bool:
+    """Whether every value is finite: one sum of squares (a BLAS call, 0.5 µs for a window) is
+    finite exactly when every value is, barring squares past float32's range; only a sum that
+    is not pays for the exact element-wise check."""
+    return math.isfinite(np.vdot(array, array)) or bool(np.isfinite(array).all())
+
+
 def as_windows(x: Any, timesteps: int, features: int) -> tuple[np.ndarray, bool]:
     """Check raw input and return (float32 C-contiguous (n, timesteps, features), was_single).
 
@@ -86,11 +93,10 @@ def as_windows(x: Any, timesteps: int, features: int) -> tuple[np.ndarray, bool]
     before onnxruntime is called.
     """
     if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim in (2, 3) and x.shape[-2:] == (timesteps, features):
-        # The common call, and the one a single window's latency pays for: one sum of squares
-        # (0.5 µs) is finite exactly when every value is, barring squares past float32's range,
-        # which the exact check below then clears or reports.
+        # The common call, and the one a single window's latency pays for; what fails here
+        # goes on to the checks below, which name the bad value.
         windows = np.ascontiguousarray(x if x.ndim == 3 else x[None])
-        if math.isfinite(np.vdot(windows, windows)) or np.isfinite(windows).all():
+        if _all_finite(windows):
             return windows, x.ndim == 2
     expected = f"(batch, {timesteps}, {features}) or ({timesteps}, {features})"
     if isinstance(x, (str, bytes, dict, set)) or x is None:
@@ -126,16 +132,21 @@ def as_windows(x: Any, timesteps: int, features: int) -> tuple[np.ndarray, bool]
     return converted, single
 
 
+def is_whole(value: Any, low: int, high: int | None = None) -> bool:
+    """A whole number within [low, high] (no limit: None); not a bool, which Python counts as one."""
+    return (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
+
+
 def check_chunk(chunk: Any) -> None:
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+    if not is_whole(chunk, 1):
         raise UsageError(f"chunk size must be a whole number of at least 1, got {chunk!r}")
 
 
 def check_threads(threads: Any) -> None:
     """None (onnxruntime's default) or a plausible thread count: 0, 1.5 or True would otherwise
     be taken silently, a huge number fail deep inside onnxruntime's bindings."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
-                                or not 1 <= threads <= MAX_THREADS):
+    if threads is not None and not is_whole(threads, 1, MAX_THREADS):
         raise UsageError(f"threads must be a whole number from 1 to {MAX_THREADS} (or None for the default), "
                          f"got {threads!r}")
 
@@ -345,9 +356,7 @@ class OnnxModel:
         if result.shape != (count,) + model._tails[output]:
             raise model._wrong_output(result, count, output)
         # A graph proven not to overflow (bounds.py) cannot give inf or NaN from checked input.
-        # Otherwise: a sum of squares is finite when every value is (one BLAS call); only an
-        # overflowing or NaN sum pays for the exact element-wise check.
-        if not model.proven_finite and not math.isfinite(np.vdot(result, result)) and not np.isfinite(result).all():
+        if not model.proven_finite and not _all_finite(result):
             raise InferenceError(f"{model.name}: produced non-finite values")
         return result
 

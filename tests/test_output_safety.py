@@ -200,3 +200,10 @@ def test_the_cli_restores_the_callers_sigterm_handler(tiny_export):
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_report_refuses_the_label_as_a_feature(tiny_export, labelled_csv, tmp_path):
+    result = run("report", tiny_export, "--data", labelled_csv, "--columns", "a,b,label", "--labels", "label",
+                 "--out", tmp_path / "p")
+    one_line_error(result, EXIT_USAGE)
+    assert "'label'" in result.stderr and not (tmp_path / "p").exists()
