@@ -12,6 +12,7 @@ import math
 import numbers
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +188,49 @@ def _fast_run(session: ort.InferenceSession) -> Callable[[list[str], dict[str, n
     return lambda names, feed: binding.run(names, feed, options)
 
 
+class _BoundWindow:
+    """One window through input and output buffers bound to the session once per thread.
+
+    At batch 1 the per-call cost outside the graph is what is left to cut: a run over
+    buffers bound in advance skips building the feed and allocating the result (about
+    2 µs of a 54 µs autoencoder call here). Each thread has its own buffers, so
+    concurrent calls never share one; the caller gets a copy, never the buffer itself.
+    """
+
+    def __init__(self, session: ort.InferenceSession, input_name: str, input_shape: tuple[int, ...],
+                 outputs: list[tuple[str, tuple[int, ...]]]) -> None:
+        self._session, self._input_name, self._input_shape, self._outputs = session, input_name, input_shape, outputs
+        self._local = threading.local()
+
+    def _bind(self, output: int) -> tuple[np.ndarray, np.ndarray, Callable[[], None]]:
+        """The buffers and the run for `output` alone: only what is asked for is computed into them."""
+        binding = self._session.io_binding()
+        feed = np.empty(self._input_shape, dtype=np.float32)
+        binding.bind_input(self._input_name, "cpu", 0, np.float32, feed.shape, feed.ctypes.data)
+        name, shape = self._outputs[output]
+        result = np.empty(shape, dtype=np.float32)
+        binding.bind_output(name, "cpu", 0, np.float32, shape, result.ctypes.data)
+        raw, options = getattr(binding, "_iobinding", None), ort.RunOptions()
+        options.log_severity_level = 4  # a failure here is retried on the plain path, which reports it
+        if raw is not None and hasattr(self._session, "_sess"):
+            session = self._session._sess
+            run = lambda: session.run_with_iobinding(raw, options)  # noqa: E731
+        else:
+            run = lambda: self._session.run_with_iobinding(binding, options)  # noqa: E731
+        if not hasattr(self._local, "bound"):
+            self._local.bound = {}
+        self._local.bound[output] = (feed, result, run)
+        return feed, result, run
+
+    def run(self, window: np.ndarray, output: int) -> np.ndarray:
+        """Output `output` for one checked window; any failure raises, for the plain path to report."""
+        bound = getattr(self._local, "bound", None)
+        feed, result, run = bound[output] if bound and output in bound else self._bind(output)
+        np.copyto(feed, window)
+        run()
+        return result.copy()
+
+
 def _shape_text(shape: Sequence[Any]) -> str:
     """A declared shape as people write it: (batch, 10, 5), an unknown dimension as ?."""
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
@@ -233,6 +277,7 @@ class OnnxModel:
         self.proven_finite = False  # set by load() where the manifest proves no value can overflow
         self.routes: list[tuple[int, int | None, OnnxModel]] = []  # graphs this model hands some batch sizes to
         self._call = _fast_run(self.session)
+        self._bound: _BoundWindow | None = None
         try:
             self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         except (UnicodeDecodeError, ValueError, RuntimeError):
@@ -250,6 +295,9 @@ class OnnxModel:
         if missing:
             raise ProviderError(f"{', '.join(missing)} requested but onnxruntime could not use it; session runs on {', '.join(used)}")
         self.providers = used
+        if used == [CPU]:
+            self._bound = _BoundWindow(self.session, self.input_name, (1, self.timesteps, self.features),
+                                       [(name, (1, *tail)) for name, tail in zip(self.output_names, self._tails)])
 
     def _open(self, options) -> ort.InferenceSession:
         source = self._source
@@ -338,6 +386,14 @@ class OnnxModel:
         if self.one_window:
             chunk = 1
         model = self.graph_for(min(count, chunk))
+        if count == 1 and model._bound is not None:
+            try:
+                result = model._bound.run(windows, output)
+            except Exception:  # the plain run below reports it, or finds it passing
+                pass
+            else:
+                if model.proven_finite or _all_finite(result):
+                    return result
         try:
             if count <= chunk:  # one call: the latency-critical path
                 result = model._call(model._output_lists[output], {model.input_name: windows})[0]

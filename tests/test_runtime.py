@@ -316,11 +316,18 @@ def test_variant_flags_agree_with_their_calibration(tiny_export):
 
 
 def _count_runs(model: runtime.OnnxModel, counts: dict, key: str) -> None:
+    """Count the runs of `model`'s graph, by feed or over its bound one-window buffers."""
     call = model._call
     def counted(names, feed):
         counts[key] += 1
         return call(names, feed)
     model._call = counted
+    if model._bound is not None:
+        run_bound = model._bound.run
+        def counted_bound(window, output):
+            counts[key] += 1
+            return run_bound(window, output)
+        model._bound.run = counted_bound
 
 
 def test_each_batch_size_runs_on_the_graph_the_manifest_names(tiny_export, rng):
@@ -447,3 +454,53 @@ def test_unknown_variant_is_a_usage_error(tiny_export):
         runtime.load(tiny_export, "cpu", variant="int4")
     with pytest.raises(UsageError):
         runtime.load(tiny_export / "encoder.onnx", "cpu", variant="int8")
+
+
+# ---------------------------------------------------------------- one window over bound buffers
+
+
+def test_one_window_runs_over_bound_buffers_and_matches_the_plain_run(tiny_export, rng):
+    """Batch 1 runs over buffers bound once (the latency path); the result is the plain run's,
+    bit for bit, and is the caller's own array, untouched by the next call."""
+    model = runtime.load(tiny_export, "cpu")
+    for role in ("autoencoder", "encoder"):
+        graph = model.models[role].graph_for(1)
+        assert graph._bound is not None, role
+        x = rng.uniform(0, 1, (2, 1, 6, 3)).astype(np.float32)
+        plain = [graph._call(graph._output_lists[0], {graph.input_name: w})[0] for w in x]
+        first = model.models[role].run_windows(x[0])
+        kept = first.copy()
+        second = model.models[role].run_windows(x[1])
+        np.testing.assert_array_equal(first, plain[0])
+        np.testing.assert_array_equal(second, plain[1])
+        np.testing.assert_array_equal(first, kept)  # the second call did not write into the first's result
+        first[...] = -1
+        np.testing.assert_array_equal(model.models[role].run_windows(x[1]), plain[1])
+
+
+def test_one_window_calls_from_many_threads_each_get_their_own_result(tiny_export, rng):
+    model = runtime.load(tiny_export, "cpu")
+    x = rng.uniform(0, 1, (400, 6, 3)).astype(np.float32)
+    expected = np.stack([model.reconstruct(w) for w in x])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = np.stack(list(pool.map(model.reconstruct, x)))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_a_failed_bound_run_is_reported_by_the_plain_path_without_onnxruntime_noise(tmp_path, capfd):
+    """A graph that lies about its output shape fails the bound run inside onnxruntime: the
+    caller sees edgeae's one-line error, and onnxruntime's own error log stays quiet."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 3])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, str(tmp_path / "transposer.onnx"))
+    model = runtime.load(tmp_path / "transposer.onnx", "cpu")
+    assert model.models["autoencoder"]._bound is not None
+    capfd.readouterr()
+    with pytest.raises(IntegrityError, match=r"came out \(1, 3, 4\), expected \(1, 4, 3\)"):
+        model.reconstruct(np.zeros((4, 3)))
+    assert capfd.readouterr().err == ""
