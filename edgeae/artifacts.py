@@ -523,8 +523,8 @@ _MANIFEST = _record({
     "window": _record({"timesteps": _whole(1), "features": _whole(1), "stride": _whole(1)}),
     "preprocessing": _PREPROCESSING,
     "training": _record({
-        "config": _record({"seed": _whole(0), **{name: _whole(1) for name in (
-            "timesteps", "features", "units", "epochs", "batch_size", "stride")}}, required=("seed",)),
+        "config": _record({"seed": _whole(0), "stride": _nullable(_whole(1)), **{name: _whole(1) for name in (
+            "timesteps", "features", "units", "epochs", "batch_size")}}, required=("seed",)),
         "data": _record({"source": _text, "columns": _list_of(_text)}),
         "history": _map_of(_VECTOR), "epochs_run": _whole(0), "best_epoch": _whole(0), "final_loss": _FINITE},
         required=("config",)),

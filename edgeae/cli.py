@@ -198,7 +198,8 @@ def training_options(fn):
         click.option("--batch-size", type=click.IntRange(1, 10**9), default=d.batch_size, show_default=True),
         click.option("--learning-rate", type=float, default=d.learning_rate, show_default=True),
         click.option("--seed", type=int, default=d.seed, show_default=True, help="Random seed (deterministic on one machine)."),
-        click.option("--stride", type=click.IntRange(1, 10**9), default=d.stride, show_default=True, help="Step between windows of a series."),
+        click.option("--stride", type=click.IntRange(1, 10**9), default=None,
+                     help="Step between windows of a series [default: 1]; not for ready-made windows."),
         click.option("--validation-fraction", type=float, default=None,
                      help="Last part of the series (by time) held out for validation and threshold calibration "
                           f"[default: {DATA_VALIDATION_FRACTION} with --data, else 0]."),

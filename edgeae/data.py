@@ -381,9 +381,10 @@ class Windows:
     info: dict[str, Any]
 
 
-def window_series(series: Series, timesteps: int, features: int, stride: int = 1,
+def window_series(series: Series, timesteps: int, features: int, stride: int | None = None,
                   validation_fraction: float = 0.0) -> Windows:
-    """Check a loaded series fits the model, split it by time, and cut it into windows."""
+    """Check a loaded series fits the model, split it by time, and cut it into windows
+    `stride` apart (None: 1). Ready-made windows take no stride: one given is refused, not ignored."""
     found = series.values.shape[-1]
     if found != features:
         raise ShapeError(
@@ -391,6 +392,8 @@ def window_series(series: Series, timesteps: int, features: int, stride: int = 1
             f"(pass --features {found} or choose columns)"
         )
     if series.is_windows:
+        if stride is not None:
+            raise UsageError(f"{series.source}: a stride applies to a series; this file holds ready-made windows")
         windows = series.values
         if windows.shape[1] != timesteps:
             raise ShapeError(f"{series.source}: windows of {windows.shape[1]} steps, the model expects {timesteps}")
@@ -405,6 +408,7 @@ def window_series(series: Series, timesteps: int, features: int, stride: int = 1
         fit_values = train
     else:
         train_part, val_part = split_by_time(series.values, validation_fraction, timesteps, series.source)
+        stride = 1 if stride is None else stride
         train = make_windows(train_part, timesteps, stride, series.source)
         val = make_windows(val_part, timesteps, stride, series.source) if len(val_part) else train[:0]
         fit_values = train_part

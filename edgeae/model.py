@@ -47,7 +47,7 @@ class TrainConfig:
     seed: int = 1
     validation_fraction: float = 0.0
     patience: int = 0
-    stride: int = 1
+    stride: int | None = None  # between windows cut from a series (None: 1); ready-made windows take none
     clip_quantiles: tuple[float, float] = (0.0, 1.0)
     scaling: str = "none"
     threshold_quantile: float = 0.99
@@ -55,6 +55,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("timesteps", "features", "units", "epochs", "batch_size", "stride"):
             value = getattr(self, name)
+            if name == "stride" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be a whole number of at least 1, got {value!r}")
         if self.timesteps < MIN_TIMESTEPS:

@@ -363,7 +363,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
             "files": files,
             "models": models,
             "opset": opset,
-            "window": {"timesteps": config.timesteps, "features": config.features, "stride": config.stride},
+            "window": {"timesteps": config.timesteps, "features": config.features, "stride": config.stride or 1},
             "preprocessing": pre.to_dict(),
             "training": {**summary, "history": training.history},
             "detector": detector,

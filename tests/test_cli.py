@@ -1,6 +1,7 @@
 """The CLI end to end on a tiny model, and its error contract: one line, the right exit code."""
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -90,6 +91,16 @@ def test_wrong_data_is_bad_data(tmp_path):
     result = run("train", "--data", bad, "--quiet", "--out", tmp_path / "o")
     one_line_error(result, EXIT_DATA)
     assert "row 3" in result.stderr and "'b'" in result.stderr
+
+
+def test_train_refuses_a_stride_for_ready_made_windows(tmp_path):
+    """--stride cuts a series; a windows file has none to cut, so the option is refused, not ignored."""
+    windows = tmp_path / "windows.npy"
+    np.save(windows, np.random.default_rng(0).uniform(0, 1, (20, 4, 2)))
+    result = run("train", "--data", windows, "--timesteps", "4", "--stride", "3", "--quiet", "--out", tmp_path / "o")
+    one_line_error(result, EXIT_USAGE)
+    assert "windows.npy: a stride applies to a series; this file holds ready-made windows" in result.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_tampered_export_is_refused(export_copy):

@@ -235,6 +235,14 @@ def test_ready_made_windows_split_by_order():
     np.testing.assert_array_equal(w.validation, windows[8:])
 
 
+def test_a_stride_for_ready_made_windows_is_refused_not_ignored():
+    windows = Series(np.zeros((10, 3, 2)), ("0", "1"), "w.npy")
+    for stride in (1, 3):  # even 1, the series' default: the caller asked for something windows cannot give
+        with pytest.raises(UsageError, match="w.npy: a stride applies to a series; this file holds ready-made windows"):
+            window_series(windows, timesteps=3, features=2, stride=stride)
+    assert len(window_series(Series(np.arange(9.0)[:, None], ("v",), "s.csv"), 3, 1).train) == 7  # None: stride 1
+
+
 # ---------------------------------------------------------------- quantile clipping and scaling
 
 
