@@ -68,7 +68,8 @@ def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
             shorts = sorted({key for key in KNOWN_PROVIDERS if not key.endswith("executionprovider")} - {"cpu", "cuda"})
             raise UsageError(f"unknown execution provider {given!r}: expected auto, cpu, cuda, or another that "
                              f"onnxruntime knows ({', '.join(shorts)}, or its full name)")
-        names.append(name)
+        if name not in names:  # a provider named twice is asked for once
+            names.append(name)
     for name in names:
         if name not in available:
             raise ProviderError(f"{name} requested; available: {', '.join(available)}")
@@ -226,7 +227,9 @@ class _BoundWindow:
         """Output `output` for one checked window; any failure raises, for the plain path to report."""
         bound = getattr(self._local, "bound", None)
         feed, result, run = bound[output] if bound and output in bound else self._bind(output)
-        np.copyto(feed, window)
+        if window.shape != feed.shape:  # copyto would broadcast a part of a window to the whole
+            raise ShapeError(f"a window of shape {window.shape}, expected {feed.shape}")
+        np.copyto(feed, window, casting="equiv")  # float32 in any byte order; anything else is refused
         run()
         return result.copy()
 
@@ -504,7 +507,8 @@ class EdgeModel:
         """The per-feature scale the score weighs errors by (from the manifest or the model's metadata)."""
         try:
             pre = json.loads(record) if isinstance(record, str) else (record or {})
-            scale = np.asarray(pre.get("scale", [1.0] * self.features), dtype=np.float32)
+            with np.errstate(over="ignore"):  # a value past float32 becomes inf, refused below
+                scale = np.asarray(pre.get("scale", [1.0] * self.features), dtype=np.float32)
         except (ValueError, TypeError, AttributeError):
             raise IntegrityError("the model's preprocessing record is unreadable") from None
         if scale.shape != (self.features,) or not np.isfinite(scale).all() or (scale <= 0).any():

@@ -504,3 +504,22 @@ def test_a_failed_bound_run_is_reported_by_the_plain_path_without_onnxruntime_no
     with pytest.raises(IntegrityError, match=r"came out \(1, 3, 4\), expected \(1, 4, 3\)"):
         model.reconstruct(np.zeros((4, 3)))
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("window, dtype", [((1, 1, 3), np.float32), ((1, 6, 1), np.float32), ((1,), np.float32),
+                                           ((1, 6, 3), np.float64), ((1, 6, 3), np.bool_)])
+def test_a_bound_run_never_broadcasts_or_converts_a_window(tiny_export, window, dtype):
+    """Part of a window copied into the bound buffer would be repeated to fill it, and another
+    type converted: run_windows at batch 1 refuses both, as it does at batch 2."""
+    model = runtime.load(tiny_export, "cpu")
+    for role in ("autoencoder", "encoder"):
+        for count in (1, 2):
+            x = np.ones((count, *window[1:]), dtype) if len(window) > 1 else np.ones((count,), dtype)
+            with pytest.raises(runtime.InferenceError, match="inference failed"):
+                model.models[role].run_windows(x)
+
+
+def test_a_provider_named_twice_is_asked_for_once(tiny_export, recwarn):
+    assert runtime.resolve_providers(["cpu", "CPU", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    runtime.load(tiny_export, ["cpu", "cpu"])
+    assert not [w for w in recwarn if "provider" in str(w.message).lower()]
