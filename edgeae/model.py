@@ -17,6 +17,7 @@ from typing import Any, Callable, NoReturn
 
 import numpy as np
 
+from .data import SCALINGS
 from .detector import check_quantile
 from .errors import DataError, IntegrityError, ShapeError, UsageError, require
 
@@ -31,6 +32,16 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid")
 # With one step tf2onnx writes the encoder LSTM without the time-major input the clean graph is
 # rebuilt from, and export fails; two is the least that exports.
 MIN_TIMESTEPS = 2
+
+
+def _is_whole(value: Any, least: int) -> bool:
+    """A Python int of at least `least`, never a bool: the config is written out as JSON."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _is_real(value: Any) -> bool:
+    """A finite Python int or float, never a bool or a string: the config is written out as JSON."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -53,12 +64,13 @@ class TrainConfig:
     threshold_quantile: float = 0.99
 
     def __post_init__(self) -> None:
-        for name in ("timesteps", "features", "units", "epochs", "batch_size", "stride"):
+        """Refuse, with edgeae's one-line error, any setting training would choke on or ignore."""
+        for name in ("timesteps", "features", "units", "epochs", "batch_size", "stride", "patience", "seed"):
             value = getattr(self, name)
-            if name == "stride" and value is None:
+            least = 0 if name in ("patience", "seed") else 1
+            if (name == "stride" and value is None) or _is_whole(value, least):
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name} must be a whole number of at least 1, got {value!r}")
+            raise UsageError(f"{name} must be a whole number of at least {least}, got {value!r}")
         if self.timesteps < MIN_TIMESTEPS:
             raise UsageError(f"timesteps must be at least {MIN_TIMESTEPS}: a one-step LSTM cannot be exported, "
                              f"got {self.timesteps}")
@@ -69,14 +81,24 @@ class TrainConfig:
         if self.activation not in ACTIVATIONS:
             raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)} (those export as a fused "
                              f"ONNX LSTM), got {self.activation!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 10):
+        if not (_is_real(self.learning_rate) and 0 < self.learning_rate < 10):
             raise UsageError(f"learning rate must be in (0, 10), got {self.learning_rate!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+        if self.seed >= 2**32:
             raise UsageError(f"seed must be a whole number in [0, 2**32), got {self.seed!r}")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise UsageError(f"validation fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.patience < 0:
-            raise UsageError(f"patience must be at least 0, got {self.patience}")
+        if not (_is_real(self.validation_fraction) and 0.0 <= self.validation_fraction < 1.0):
+            raise UsageError(f"validation fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if self.patience and not self.validation_fraction:
+            raise UsageError(f"patience {self.patience} stops on the validation loss, and there is no validation "
+                             "part (give a validation fraction, or patience 0)")
+        quantiles = self.clip_quantiles
+        if isinstance(quantiles, list):  # as JSON gives it back
+            quantiles = tuple(quantiles)
+            object.__setattr__(self, "clip_quantiles", quantiles)
+        if not (isinstance(quantiles, tuple) and len(quantiles) == 2 and all(map(_is_real, quantiles))
+                and 0.0 <= quantiles[0] < quantiles[1] <= 1.0):
+            raise UsageError(f"clip quantiles must be two numbers with 0 <= low < high <= 1, got {quantiles!r}")
+        if self.scaling not in SCALINGS:
+            raise UsageError(f"scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
         check_quantile(self.threshold_quantile)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,10 +107,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        if "clip_quantiles" in kwargs:
-            kwargs["clip_quantiles"] = tuple(kwargs["clip_quantiles"])
-        return cls(**kwargs)
+        return cls(**{k: v for k, v in d.items() if k in known})
 
     @property
     def parameter_count(self) -> int:

@@ -82,6 +82,9 @@ class Training:
 def prepare_windows(config, series: Series | None) -> Windows:
     """Raw training and validation windows, from a user's series or the seed data."""
     if series is None:
+        if config.stride is not None or config.validation_fraction:
+            given = "a stride" if config.stride is not None else "a validation fraction"
+            raise UsageError(f"the seed data is one ready-made window: {given} applies to a series given as data")
         windows = seed_sequence(config.timesteps, config.features).astype(np.float64)
         return Windows(windows, windows[:0], windows,
                        {"source": "seed", "description": "np.arange(n)/n, one window", "windows": 1})

@@ -103,6 +103,18 @@ def test_train_refuses_a_stride_for_ready_made_windows(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("option, message", [
+    (("--stride", "3"), "the seed data is one ready-made window: a stride applies to a series"),
+    (("--validation-fraction", "0.3"), "the seed data is one ready-made window: a validation fraction applies"),
+    (("--patience", "3"), "patience 3 stops on the validation loss, and there is no validation part"),
+])
+def test_settings_the_seed_data_would_ignore_are_refused(tmp_path, option, message):
+    """The seed data is one window: a stride, a hold-out or early stopping could only be ignored."""
+    result = run("train", *option, "--epochs", "1", "--quiet", "--out", tmp_path / "o")
+    one_line_error(result, EXIT_USAGE)
+    assert message in result.stderr and not (tmp_path / "o").exists()
+
+
 def test_tampered_export_is_refused(export_copy):
     path = export_copy / "encoder.onnx"
     data = bytearray(path.read_bytes())

@@ -51,7 +51,20 @@ def test_training_is_deterministic_for_a_seed():
 @pytest.mark.parametrize("kwargs", [
     {"units": 0}, {"timesteps": -1}, {"epochs": 0}, {"activation": "swishy"}, {"learning_rate": 0.0},
     {"seed": -5}, {"batch_size": 1.5}, {"validation_fraction": 1.0}, {"features": True},
+    # wrong kinds that used to slip through as Python errors or odd values
+    {"patience": "3"}, {"patience": None}, {"patience": 1.5, "validation_fraction": 0.2},
+    {"patience": True, "validation_fraction": 0.2}, {"validation_fraction": "0.5"}, {"validation_fraction": None},
+    {"validation_fraction": float("nan")}, {"seed": True}, {"seed": np.int64(3)}, {"learning_rate": True},
+    {"clip_quantiles": "ab"}, {"clip_quantiles": (0.5, 0.1)}, {"clip_quantiles": (0.0, 0.5, 1.0)},
+    {"scaling": "log"}, {"stride": 0}, {"stride": True}, {"stride": "2"},
+    # a setting training would silently ignore: patience stops on a validation loss there is none of
+    {"patience": 3},
 ])
 def test_impossible_settings_are_refused(kwargs):
     with pytest.raises(UsageError):
         TrainConfig(**kwargs)
+
+
+def test_settings_as_json_gives_them_back_are_taken():
+    config = TrainConfig(clip_quantiles=[0.01, 0.99], patience=3, validation_fraction=0.2, stride=None)
+    assert config.clip_quantiles == (0.01, 0.99) and TrainConfig.from_dict(config.to_dict()) == config
