@@ -308,10 +308,10 @@ def load_labelled(path: Path, features: int, columns: tuple[str, ...] | None, tr
                   label: str) -> tuple[Series, np.ndarray]:
     """A series' model inputs and its labels, from one file; the label column is never an input,
     however either was named (a label fed to the model makes every detection figure meaningless)."""
+    labelled = load_series(path, (label,))  # first: a label column that is not there is named as such
+    if labelled.is_windows:
+        raise UsageError(f"{labelled.source}: labels mark rows of a series (one row per time step), not ready-made windows")
     series = load_features(path, features, columns, trained, exclude=(label,))
-    if series.is_windows:
-        raise UsageError(f"{series.source}: labels mark rows of a series (one row per time step), not ready-made windows")
-    labelled = load_series(path, (label,))
     name = labelled.columns[0]  # by name, however `label` named it
     if name in series.columns:
         raise UsageError(f"column {name!r} is both the --labels column and a model input ({', '.join(series.columns)}); "

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from edgeae.cli import main
 from edgeae.data import (
-    Preprocessing, Series, load_labels, load_series, make_windows, split_by_time, window_labels, window_series,
-    window_starts,
+    Preprocessing, Series, load_labelled, load_labels, load_series, make_windows, split_by_time, window_labels,
+    window_series, window_starts,
 )
 from edgeae.errors import EXIT_DATA, DataError, ShapeError, UsageError
 
@@ -199,6 +199,14 @@ def test_a_window_is_anomalous_when_any_row_is():
     labels[6] = True
     flags = window_labels(labels, timesteps=4, stride=2)  # windows start at 0, 2, 4, 6, 8
     np.testing.assert_array_equal(flags, [False, False, True, True, False])
+
+
+def test_a_missing_label_column_is_named_as_such(tmp_path):
+    """Not 'the file has one feature column too many', which is what reading the features first said."""
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,label\n1,2,0\n3,4,1\n")
+    with pytest.raises(DataError, match="d.csv: no column 'zz'; columns are a, b, label"):
+        load_labelled(path, 2, None, None, "zz")
 
 
 def test_labels_column(tmp_path):
