@@ -461,7 +461,7 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
     from .bench import run_bench
 
     roles = ("autoencoder", "encoder") if role == "both" else (role,)
-    _check_output(output, force, single_array=False, suffixes=(".json",))
+    _check_output(output, force, single_array=False, suffixes=(".json",), reads=(export_dir,))
     batches = tuple(dict.fromkeys(batches))  # a repeated --batch is timed and shown once
     report = run_bench(export_dir, keras, runs, warmup, threads, batches, not no_cold_start, roles,
                        progress=lambda msg: click.echo(msg, err=True))
@@ -538,12 +538,20 @@ OUTPUT_SUFFIXES = (".csv", ".npy", ".npz", ".json")
 
 
 def _check_output(output: Path | None, force: bool, single_array: bool,
-                  suffixes: tuple[str, ...] = OUTPUT_SUFFIXES) -> None:
-    """Every way an --output can fail is found before any work is done."""
+                  suffixes: tuple[str, ...] = OUTPUT_SUFFIXES, reads: tuple[Path, ...] = ()) -> None:
+    """Every way an --output can fail is found before any work is done. What the command
+    `reads` (an export folder or model file, a data file) is never written, even with --force:
+    one slip of the name would destroy the model or the data the result came from."""
     if output is None:
         require_stdout()  # the result goes there
         return
     check_output_file(output)
+    target = output.resolve()
+    for source in reads:
+        source = source.resolve()
+        if target == source or source in target.parents:
+            what = "inside the export folder" if source.is_dir() else "the file"
+            raise UsageError(f"{output} is {what} {source.name} this command reads; write the result elsewhere")
     suffix = output.suffix.lower()
     if suffix not in suffixes:
         raise UsageError(f"{output.name}: --output must end in {', '.join(suffixes)}")
@@ -614,7 +622,7 @@ def runtime_command(name: str, doc: str):
         from . import runtime
 
         edge = runtime.load(model, provider, variant=variant)
-        _check_output(output, force, single_array=name != "score")
+        _check_output(output, force, single_array=name != "score", reads=(model, data))
         windows, starts = _read_windows(edge, data, stride, columns)
         if name == "encode":
             payload = {"embedding": edge.encode(windows)}

@@ -63,6 +63,22 @@ def test_bench_force_replaces_the_output_with_the_report(tiny_export, tmp_path):
     assert json.loads(keep.read_text())["batches"] == [2]
 
 
+def test_outputs_never_land_on_what_the_command_reads_even_with_force(export_copy, tmp_path, no_bench):
+    """-o onto the export's manifest, a new file inside the export, or the data file itself:
+    each refused before any work, with --force too, and every byte kept."""
+    data = tmp_path / "windows.npy"
+    np.save(data, np.zeros((2, 6, 3)))
+    kept = {path: path.read_bytes() for path in [data, *export_copy.iterdir()]}
+    for command in ("score", "encode"):
+        for target in (export_copy / "manifest.json", export_copy / "scores.csv", data,
+                       export_copy / ".." / export_copy.name / "parity_inputs.npz"):
+            result = run(command, export_copy, data, "-o", target, "--force", "--provider", "cpu")
+            one_line_error(result, EXIT_USAGE)
+            assert "this command reads; write the result elsewhere" in result.stderr
+    one_line_error(run("bench", export_copy, *BENCH, "-o", export_copy / "bench.json", "--force"), EXIT_USAGE)
+    assert {path: path.read_bytes() for path in [data, *export_copy.iterdir()]} == kept
+
+
 def test_bench_batch_has_an_upper_bound(tiny_export, no_bench):
     result = run("bench", tiny_export, *BENCH, "--batch", "1000000000")
     one_line_error(result, EXIT_USAGE)
