@@ -264,6 +264,14 @@ class OnnxModel:
         if len(inputs) != 1:
             raise IntegrityError(f"{self.name}: expected one input, found {len(inputs)}")
         spec = inputs[0]
+        if spec.shape and spec.shape[0] == 1:
+            # A one-window graph: a batch of one never splits across threads, and its few small
+            # buffers come sooner from malloc than from the arena (about 1 µs of 54 here).
+            options.enable_cpu_mem_arena = False
+            if threads is None:
+                options.intra_op_num_threads = 1
+            self.session = self._open(options)
+            inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if spec.type != "tensor(float)" or len(spec.shape) != 3 or not all(isinstance(d, int) for d in spec.shape[1:]):
             raise IntegrityError(f"{self.name}: input {spec.name} is {spec.type} {spec.shape}, not float (batch, timesteps, features)")
         if isinstance(spec.shape[0], int) and spec.shape[0] != 1:

@@ -523,3 +523,15 @@ def test_a_provider_named_twice_is_asked_for_once(tiny_export, recwarn):
     assert runtime.resolve_providers(["cpu", "CPU", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     runtime.load(tiny_export, ["cpu", "cpu"])
     assert not [w for w in recwarn if "provider" in str(w.message).lower()]
+
+
+def test_the_one_window_graph_runs_on_one_thread_without_the_arena(tiny_export):
+    """Batch 1 never splits across threads and its buffers come sooner from malloc; a thread
+    count the caller gives is kept, and the batch graphs keep onnxruntime's defaults."""
+    auto = runtime.load(tiny_export, "cpu").models["autoencoder"]
+    one = auto.graph_for(1).session.get_session_options()
+    assert (one.intra_op_num_threads, one.enable_cpu_mem_arena) == (1, False)
+    batch = auto.session.get_session_options()
+    assert (batch.intra_op_num_threads, batch.enable_cpu_mem_arena) == (0, True)
+    given = runtime.load(tiny_export, "cpu", threads=2).models["autoencoder"].graph_for(1).session.get_session_options()
+    assert (given.intra_op_num_threads, given.enable_cpu_mem_arena) == (2, False)
