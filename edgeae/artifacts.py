@@ -52,6 +52,15 @@ def _umask() -> int:
     return mask
 
 
+def as_path(value: Any, what: str) -> Path:
+    """A caller's file or folder name as a Path; anything else is refused by name, not left to
+    fail deep inside with a TypeError."""
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        shown = repr(value) if value is None or isinstance(value, (str, bool, int, float)) else f"a {type(value).__name__}"
+        raise UsageError(f"{what} must be a file or folder name (str or os.PathLike), got {shown}")
+    return Path(value)
+
+
 def check_output_file(path: Path) -> Path:
     """An output file's folder must exist and the path must be neither a folder nor a symbolic
     link (the atomic write would replace the link itself, even a dangling one that no
@@ -404,12 +413,14 @@ Check = Callable[[str, Any], None]
 def _refuse(path: str, expected: str, value: Any) -> NoReturn:
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    raise IntegrityError(f"manifest field {path} must be {expected}, got {shown}")
+    file, _, field = path.partition(":")  # "training.json:history" names a field of another file
+    raise IntegrityError(f"{file} field {field} must be {expected}, got {shown}" if field
+                         else f"manifest field {path} must be {expected}, got {shown}")
 
 
 def _member(path: str, key: str) -> str:
     """`detector.threshold`; `files['model.keras']` where the key itself has a dot."""
-    return f"{path}[{key!r}]" if "." in key else f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]" if "." in key else f"{path}.{key}" if path and not path.endswith(":") else path + key
 
 
 def _text(path: str, value: Any) -> None:
@@ -511,6 +522,13 @@ _VARIANT = _record({"file": _text, "published": _flag, "precision": _text,
                     "by_batch": _list_of(_record({"batches": _batches, "file": _text}, required=("batches", "file")))},
                    required=("file", "published"))
 _THRESHOLD = _real(0)
+_TRAINING = _record({
+    "config": _record({"seed": _whole(0), "stride": _nullable(_whole(1)), **{name: _whole(1) for name in (
+        "timesteps", "features", "units", "epochs", "batch_size")}}, required=("seed",)),
+    "data": _record({"source": _text, "columns": _list_of(_text)}),
+    "preprocessing": _PREPROCESSING,
+    "history": _map_of(_VECTOR), "epochs_run": _whole(0), "best_epoch": _whole(0), "final_loss": _FINITE},
+    required=("config",))
 _MANIFEST = _record({
     "kind": _one_of("training", "export"),
     "edgeae_version": _text,
@@ -522,12 +540,7 @@ _MANIFEST = _record({
                        for role in ROLES}),
     "window": _record({"timesteps": _whole(1), "features": _whole(1), "stride": _whole(1)}),
     "preprocessing": _PREPROCESSING,
-    "training": _record({
-        "config": _record({"seed": _whole(0), "stride": _nullable(_whole(1)), **{name: _whole(1) for name in (
-            "timesteps", "features", "units", "epochs", "batch_size")}}, required=("seed",)),
-        "data": _record({"source": _text, "columns": _list_of(_text)}),
-        "history": _map_of(_VECTOR), "epochs_run": _whole(0), "best_epoch": _whole(0), "final_loss": _FINITE},
-        required=("config",)),
+    "training": _TRAINING,
     "detector": _record({"threshold": _THRESHOLD, "quantile": _real(0, 1, above=True), "windows": _whole(0),
                          "flagged": _whole(0), "calibrated_on": _text,
                          "variants": _map_of(_record({"threshold": _THRESHOLD, "flagged": _whole(0)},
@@ -537,6 +550,14 @@ _MANIFEST = _record({
     "versions": _map_of(_nullable(_text)),
 })
 _EXPORT = _record({}, required=("models", "window", "preprocessing", "training"))
+
+
+def check_training_record(record: Any, source: str) -> None:
+    """Refuse, naming the field, a training record (training.json, or a manifest's `training`)
+    whose fields have the wrong type or range."""
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise IntegrityError(f"{source}: the training record has no config")
+    _TRAINING(f"{source}:" if source != "manifest.json" else "training", record)
 
 
 def check_manifest_schema(manifest: dict) -> None:

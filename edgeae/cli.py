@@ -225,6 +225,8 @@ def _config_and_data(kw: dict) -> tuple[Any, Path | None, tuple[str, ...] | None
 
     data, columns = kw.pop("data"), kw.pop("columns")
     columns_t = _split_columns(columns)
+    if columns_t and data is None:
+        raise UsageError("--columns chooses columns of --data; the seed data has none to choose")
     kw.pop("quiet")
     if kw["features"] is None:
         kw["features"] = load_series(data, columns_t).values.shape[-1] if data is not None else TrainConfig.features
@@ -523,7 +525,7 @@ def _read_windows(edge: Any, path: Path, stride: int | None,
     """
     from .data import load_features, make_windows, trained_columns, window_starts
 
-    series = load_features(path, edge.features, _split_columns(columns), trained_columns(edge.manifest))
+    series = load_features(path, edge.features, _split_columns(columns), trained_columns(edge.manifest, path))
     if series.is_windows:
         if stride is not None:
             raise UsageError(f"{series.source}: --stride applies to a series; this file holds ready-made windows")
@@ -685,7 +687,7 @@ def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: st
     from .detector import evaluate as run_evaluation
 
     model = runtime.load(export_dir, provider)
-    series, labels = load_labelled(data, model.features, _split_columns(columns), trained_columns(model.manifest),
+    series, labels = load_labelled(data, model.features, _split_columns(columns), trained_columns(model.manifest, data),
                                    labels_column)
     detection, _ = run_evaluation(model, series.values, labels, stride, threshold)
     emit(ctx, detection.to_dict(), detection.lines())

@@ -75,7 +75,7 @@ def _select_columns(header: list[str], wanted: tuple[str, ...] | None, source: s
                 raise DataError(f"{source}: column name {name!r} appears {counts[name]} times in the header")
             if name in first:
                 picked.append(first[name])
-            elif name.isdigit() and int(name) < len(header):
+            elif name.isascii() and name.isdigit() and int(name) < len(header):
                 picked.append(int(name))
             else:
                 raise DataError(f"{source}: no column {name!r}; columns are {_listing(header)}")
@@ -251,7 +251,7 @@ def load_series(path: Path, columns: tuple[str, ...] | None = None) -> Series:
         series = load_npy(path)
         if not columns:
             return series
-        picked = [int(c) for c in columns if c.isdigit()]
+        picked = [int(c) for c in columns if c.isascii() and c.isdigit()]  # not '²': a digit int() refuses
         if len(picked) != len(columns) or any(c >= series.values.shape[-1] for c in picked):
             raise DataError(f"{path.name}: columns of an .npy file are indices 0..{series.values.shape[-1] - 1}")
         if len(set(picked)) != len(picked):
@@ -260,11 +260,12 @@ def load_series(path: Path, columns: tuple[str, ...] | None = None) -> Series:
     raise UsageError(f"{path.name}: expected a .csv or .npy file")
 
 
-def trained_columns(manifest: dict) -> tuple[str, ...] | None:
-    """The CSV columns a model was trained on, as its manifest records them (None for other data)."""
+def trained_columns(manifest: dict, path: Path) -> tuple[str, ...] | None:
+    """The columns a model was trained on, as its manifest records them, where `path` is the
+    same kind of file: CSV names for a CSV, indices for an .npy (None otherwise, or for the seed)."""
     info = (manifest.get("training") or {}).get("data") or {}
     names = info.get("columns")
-    if names and str(info.get("source", "")).lower().endswith(".csv"):
+    if names and Path(str(info.get("source", ""))).suffix.lower() == Path(path).suffix.lower():
         return tuple(str(n) for n in names)
     return None
 
@@ -273,11 +274,11 @@ def load_features(path: Path, features: int, columns: tuple[str, ...] | None = N
                   trained: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> Series:
     """A model's input columns from a data file, checked against the feature count it expects.
 
-    The columns asked for win; else a CSV is read by the columns the model was trained on;
+    The columns asked for win; else the columns the model was trained on (`trained_columns`);
     else every column but `exclude` (a label column is never a feature).
     """
     path = Path(path)
-    chosen = columns or (trained if path.suffix.lower() == ".csv" else None)
+    chosen = columns or trained
     series = load_series(path, chosen)
     if not chosen and exclude and set(exclude) & set(series.columns):
         series = load_series(path, tuple(c for c in series.columns if c not in exclude))
@@ -556,4 +557,9 @@ class Preprocessing:
         lengths = {len(pre.clip_low), len(pre.clip_high), len(pre.offset), len(pre.scale)}
         if len(lengths) != 1:
             raise DataError("preprocessing vectors have different lengths")
+        values = np.array([pre.clip_low, pre.clip_high, pre.offset, pre.scale])
+        if not np.isfinite(values).all() or (values[3] <= 0).any() or (values[0] > values[1]).any():
+            raise DataError("preprocessing record must hold finite numbers, clip_low <= clip_high and scale > 0")
+        if pre.scaling not in SCALINGS:
+            raise DataError(f"preprocessing scaling must be one of {', '.join(SCALINGS)}, got {pre.scaling!r}")
         return pre

@@ -295,6 +295,16 @@ def load(path: Path):
     return autoencoder, encoder_of(autoencoder)
 
 
+def check_matches(autoencoder: Any, encoder: Any, config: TrainConfig, name: str) -> None:
+    """A saved model must be the one its record describes: a record rewritten to other sizes
+    would export a graph the runtime then refuses, or one that reads the wrong window."""
+    window = tuple(autoencoder.input_shape[1:])
+    width = encoder.output_shape[-1]
+    if window != (config.timesteps, config.features) or width != config.units:
+        raise IntegrityError(f"{name}: the model reads {window} windows into {width} units; its training record "
+                             f"says ({config.timesteps}, {config.features}) and {config.units}")
+
+
 def print_progress(epochs: int) -> Callable[[int | None, dict[str, float]], None]:
     """A terminal progress line per epoch: rewritten in place on a TTY, every 10% otherwise."""
     tty = sys.stderr.isatty()

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import (
+    as_path,
     atomic_write_bytes,
     atomic_write_json,
     file_entry,
@@ -1017,7 +1018,7 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
     onnx = require("onnx", "train")
     from . import pipeline
 
-    folder = Path(folder)
+    folder = as_path(folder, "export folder")
     check_tolerances(tolerances)
     read_manifest(folder)  # a missing or foreign folder is refused before any staging
     with staged_folder(folder, force=True) as stage:

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .artifacts import (
-    atomic_write_json, check_target, file_entry, read_json, read_manifest, staged_folder, verify_file, verify_files,
+    as_path, atomic_write_json, check_target, check_training_record, file_entry, read_json, read_manifest, staged_folder, verify_file, verify_files,
     write_manifest,
 )
 from .data import FLOAT32_MAX, Preprocessing, Series, Windows, load_series, seed_sequence, window_series
@@ -91,12 +91,33 @@ def prepare_windows(config, series: Series | None) -> Windows:
     return window_series(series, config.timesteps, config.features, config.stride, config.validation_fraction)
 
 
+def _check_config(config: Any) -> None:
+    from .model import TrainConfig
+
+    if not isinstance(config, TrainConfig):
+        raise UsageError(f"config must be an edgeae.model.TrainConfig, got {type(config).__name__}")
+
+
+def _check_data_args(data: Any, columns: Any, progress: Any) -> Path | None:
+    """train's data, columns and progress, checked: a string of column names would otherwise be
+    read letter by letter as names."""
+    if columns is not None and (isinstance(columns, str) or not isinstance(columns, (tuple, list))
+                                or not all(isinstance(c, str) and c for c in columns)):
+        raise UsageError(f"columns must be a tuple of column names or indices as text, e.g. ('a', 'b') or "
+                         f"('0', '2'), got {columns!r}")
+    if progress is not None and not callable(progress):
+        raise UsageError(f"progress must be a function or None, got {progress!r}")
+    return None if data is None else as_path(data, "data")
+
+
 def train(config, data: Path | None = None, columns: tuple[str, ...] | None = None,
           progress: Callable[[int | None, dict[str, float]], None] | None = None) -> Training:
     """Learn the preprocessing from the training part (rows, not overlapping windows), then fit."""
     from . import model
 
-    series = load_series(data, columns) if data is not None else None
+    _check_config(config)
+    data = _check_data_args(data, columns, progress)
+    series = load_series(data, tuple(columns) if columns else None) if data is not None else None
     windows = prepare_windows(config, series)
     train_w, val_w, info = windows.train, windows.validation, windows.info
     pre = Preprocessing.fit(windows.fit_values, config.clip_quantiles, config.scaling,
@@ -115,7 +136,7 @@ def save_training(training: Training, out: Path, force: bool = False) -> Path:
     """Write a training folder: the Keras model, what it was trained on, and a manifest."""
     from .model import save
 
-    with staged_folder(Path(out), force) as stage:
+    with staged_folder(as_path(out, "out"), force) as stage:
         save(training.autoencoder, stage / KERAS_FILE)
         np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
                  validation=training.validation_windows.astype(np.float32))
@@ -148,12 +169,22 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def saved_windows(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The raw training and validation windows a folder keeps (checked against the manifest by the caller)."""
+def saved_windows(folder: Path, timesteps: int, features: int) -> tuple[np.ndarray, np.ndarray]:
+    """The raw training and validation windows a folder keeps (the file checked against the
+    manifest by the caller), each (n, timesteps, features) and finite, at least one to train on."""
     saved = _read_npz(Path(folder) / PARITY_INPUTS_FILE)
     missing = [key for key in ("training", "validation") if key not in saved]
     if missing:
         raise IntegrityError(f"{PARITY_INPUTS_FILE}: no {' or '.join(missing)} windows")
+    for key in ("training", "validation"):
+        array = saved[key]
+        if array.ndim != 3 or array.shape[1:] != (timesteps, features):
+            raise IntegrityError(f"{PARITY_INPUTS_FILE}: {key} windows are {array.shape}, "
+                                 f"expected (n, {timesteps}, {features}) as the manifest says")
+        if not np.isfinite(array).all():
+            raise IntegrityError(f"{PARITY_INPUTS_FILE}: {key} windows hold NaN or inf")
+    if not len(saved["training"]):
+        raise IntegrityError(f"{PARITY_INPUTS_FILE}: no training windows")
     return saved["training"].astype(np.float64), saved["validation"].astype(np.float64)
 
 
@@ -161,15 +192,26 @@ def load_training(folder: Path) -> Training:
     """Read a training (or export) folder back, checking every file first."""
     from . import model
 
-    folder = Path(folder)
+    folder = as_path(folder, "training folder")
     manifest = read_manifest(folder)
     verify_file(folder, KERAS_FILE, manifest["files"].get(KERAS_FILE))
     verify_file(folder, PARITY_INPUTS_FILE, manifest["files"].get(PARITY_INPUTS_FILE))
     record = manifest.get("training") or read_json(verify_file(folder, TRAINING_FILE, manifest["files"].get(TRAINING_FILE)), "training record")
-    pre = Preprocessing.from_dict(manifest.get("preprocessing") or record["preprocessing"])
-    config = model.TrainConfig.from_dict(record["config"])
+    source = "manifest.json" if manifest.get("training") else TRAINING_FILE
+    check_training_record(record, source)
+    try:  # a record rewritten and resealed by hand: refused as a bad file, naming it
+        pre = Preprocessing.from_dict(manifest.get("preprocessing") or record["preprocessing"])
+    except DataError as exc:
+        raise IntegrityError(f"{source}: {exc}") from None
+    try:  # settings this version cannot export (an older edgeae's) are the caller's to change
+        config = model.TrainConfig.from_dict(record["config"])
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    if len(pre.scale) != config.features:
+        raise IntegrityError(f"{source}: preprocessing has {len(pre.scale)} features, config {config.features}")
     autoencoder, encoder = model.load(folder / KERAS_FILE)
-    train_w, val_w = saved_windows(folder)
+    model.check_matches(autoencoder, encoder, config, KERAS_FILE)
+    train_w, val_w = saved_windows(folder, config.timesteps, config.features)
     history = record.get("history") or {"loss": [record.get("final_loss", float("nan"))]}
     return Training(config, pre, autoencoder, encoder, history, int(record.get("epochs_run", 0)),
                     int(record.get("best_epoch", 0)), train_w, val_w, dict(record.get("data", {})))
@@ -325,6 +367,10 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     from .model import save
     from .optimize import PLAIN_FILES, TARGETS_FILE, build_variants, clean_graph, model_entry
 
+    if not isinstance(training, Training):
+        raise UsageError(f"training must be an edgeae.pipeline.Training (from train or load_training), "
+                         f"got {type(training).__name__}")
+    out = as_path(out, "out")
     opset = DEFAULT_OPSET if opset is None else opset
     atol = check_tolerance(atol)
     config, pre = training.config, training.preprocessing
@@ -406,7 +452,7 @@ def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, aga
         raise UsageError(f"verify against 'auto', 'keras' or 'stored', got {against!r}")
     if against == "auto":
         against = "keras" if _installed("tensorflow") else "stored"
-    folder = Path(folder)
+    folder = as_path(folder, "export folder")
     manifest = read_manifest(folder)
     if manifest.get("kind") != "export":
         raise UsageError(f"{folder} is not an export folder (run edgeae export on it first)")
@@ -426,7 +472,9 @@ def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, aga
         return verify_models(training.preprocessing, keras_references(training, inputs), paths, inputs,
                              provider_list, atol, batch_graphs=extra, variants=variants)
     pre = Preprocessing.from_dict(manifest["preprocessing"])
-    inputs = parity_inputs(saved_windows(folder)[0], pre, int(manifest["training"]["config"]["seed"]))
+    window = manifest["window"]
+    saved = saved_windows(folder, window["timesteps"], window["features"])[0]
+    inputs = parity_inputs(saved, pre, int(manifest["training"]["config"]["seed"]))
     return verify_models(pre, load_references(folder, manifest, inputs), paths, inputs, provider_list, atol,
                          internal_check=_installed("onnx"), batch_graphs=extra, variants=variants)
 
@@ -454,9 +502,16 @@ def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str
                  opset: int | None = None, atol: float = DEFAULT_ATOL, providers: str = "all", force: bool = False,
                  progress: Callable[[int, dict[str, float]], None] | None = None) -> tuple[Path, ParityReport, Training]:
     """train -> export -> verify -> publish, refusing early if the target exists."""
-    out = Path(out)
-    check_target(out, force)  # fail before minutes of training, not after
+    from .export import check_opset
+
+    _check_config(config)
+    _check_data_args(data, columns, progress)
+    out = as_path(out, "out")
+    check_target(out, force)  # fail before minutes of training, not after: so do the export's settings
     atol = check_tolerance(atol)
+    if opset is not None:
+        check_opset(opset)
+    verification_providers(providers)
     training = train(config, data, columns, progress)
     path, report = export(training, out, opset, atol, providers, force)
     return path, report, training

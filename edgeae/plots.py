@@ -173,9 +173,9 @@ def _series_scores(model: Any, data: Path, columns: tuple[str, ...] | None, labe
     from .data import load_features, load_labelled, make_windows, trained_columns, window_labels, window_starts
 
     if labels_column:
-        series, labels = load_labelled(data, model.features, columns, trained_columns(model.manifest), labels_column)
+        series, labels = load_labelled(data, model.features, columns, trained_columns(model.manifest, data), labels_column)
     else:
-        series, labels = load_features(data, model.features, columns, trained_columns(model.manifest)), None
+        series, labels = load_features(data, model.features, columns, trained_columns(model.manifest, data)), None
     if series.is_windows:
         windows, starts = series.values, np.arange(len(series.values), dtype=np.float64)
     else:

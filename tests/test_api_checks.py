@@ -123,7 +123,7 @@ def test_exporting_an_old_training_folder_with_such_settings_is_a_usage_error(ti
     write_manifest(folder, manifest)
     result = CliRunner().invoke(main, ["export", str(folder), "--out", str(tmp_path / "export")])
     assert result.exit_code == EXIT_USAGE, result.output
-    assert "activation must be one of" in result.stderr and not (tmp_path / "export").exists()
+    assert "training.json: activation must be one of" in result.stderr and not (tmp_path / "export").exists()
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -253,3 +253,45 @@ def test_load_retries_once_when_the_folder_was_replaced_while_it_read(tiny_expor
     monkeypatch.setattr(runtime, "read_export_manifest", lambda folder: tampered)
     with pytest.raises(IntegrityError, match="encoder.onnx"):
         runtime.load(export_copy, "cpu")
+
+
+# ---------------------------------------------------------------- the pipeline API's arguments
+
+
+def _wrong_kinds(tiny_config, tiny_training, tiny_export, tmp_path):
+    """(call, message) pairs: each wrong kind of argument the pipeline API may be handed."""
+    from edgeae.optimize import optimize
+
+    data = tmp_path / "ab.csv"
+    data.write_text("a,b,c\n" + "".join(f"{i},{i % 3},{i % 5}\n" for i in range(30)))
+    return [
+        (lambda: pipeline.load_training(None), "training folder must be a file or folder name"),
+        (lambda: pipeline.load_training(5), "training folder must be a file or folder name"),
+        (lambda: pipeline.verify(None), "export folder must be a file or folder name"),
+        (lambda: optimize(1), "export folder must be a file or folder name"),
+        (lambda: pipeline.train(None), "config must be an edgeae.model.TrainConfig"),
+        (lambda: pipeline.train({"timesteps": 4}), "config must be an edgeae.model.TrainConfig"),
+        (lambda: pipeline.train(tiny_config, np.zeros((30, 3))), "data must be a file .* got a ndarray"),
+        (lambda: pipeline.train(tiny_config, data, (0, 1)), "columns must be a tuple of column names"),
+        (lambda: pipeline.train(tiny_config, data, "ab"), "columns must be a tuple of column names"),  # not a, b
+        (lambda: pipeline.train(tiny_config, data, None, 5), "progress must be a function or None"),
+        (lambda: pipeline.export(None, tmp_path / "e"), "training must be an edgeae.pipeline.Training"),
+        (lambda: pipeline.export(str(tiny_export), tmp_path / "e"), "training must be an edgeae.pipeline.Training"),
+        (lambda: pipeline.export(tiny_training, None), "out must be a file or folder name"),
+        (lambda: pipeline.run_pipeline(None, tmp_path / "p"), "config must be an edgeae.model.TrainConfig"),
+        (lambda: pipeline.run_pipeline(tiny_config, None), "out must be a file or folder name"),
+        # the export's own settings are refused before any training, not after it
+        (lambda: pipeline.run_pipeline(tiny_config, tmp_path / "p", opset=13), "opset must be between"),
+        (lambda: pipeline.run_pipeline(tiny_config, tmp_path / "p", providers="tpu"), "unknown execution provider"),
+    ]
+
+
+def test_the_pipeline_api_refuses_wrong_kinds_of_arguments_by_name(tiny_config, tiny_training, tiny_export, tmp_path,
+                                                                   monkeypatch):
+    import edgeae.model
+
+    monkeypatch.setattr(edgeae.model, "train", lambda *a, **k: pytest.fail("trained although an argument was refused"))
+    for call, message in _wrong_kinds(tiny_config, tiny_training, tiny_export, tmp_path):
+        with pytest.raises(UsageError, match=message):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ab.csv"]  # nothing written

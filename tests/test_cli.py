@@ -143,3 +143,35 @@ def test_inspect_shows_the_batch_graphs_and_where_they_ran(tiny_export):
     assert all(m["proven_finite"] for m in models.values())
     int8 = run("inspect", tiny_export, "--provider", "cpu", "--variant", "int8")
     assert int8.output.count("checked for inf/NaN on every call") == 2 and "proven finite" not in int8.output
+
+
+def test_an_npy_model_reads_the_columns_it_was_trained_on(tmp_path):
+    """Trained on columns 1,0 of an .npy, scored on the same file without --columns: the manifest's
+    columns are applied (as a CSV's names are), not the file's order."""
+    from edgeae import pipeline
+    from edgeae.model import TrainConfig
+
+    series = tmp_path / "s.npy"
+    rng = np.random.default_rng(1)
+    np.save(series, np.stack([rng.normal(size=40), 5 * rng.normal(size=40)], 1))
+    config = TrainConfig(timesteps=4, features=2, units=4, epochs=3, validation_fraction=0.2, scaling="standard")
+    pipeline.export(pipeline.train(config, series, ("1", "0")), tmp_path / "exp", providers="cpu")
+    scores = {}
+    for label, extra in (("manifest's", ()), ("given", ("--columns", "1,0"))):
+        result = run("score", tmp_path / "exp", series, *extra, "--json", "--provider", "cpu")
+        assert result.exit_code == 0, result.output
+        scores[label] = json.loads(result.stdout)["score"]
+    assert scores["manifest's"] == scores["given"]
+    swapped = json.loads(run("score", tmp_path / "exp", series, "--columns", "0,1", "--json").stdout)["score"]
+    assert swapped != scores["given"]  # the order matters, so the test above could fail
+
+
+@pytest.mark.parametrize("args", [("--data", "DATA", "--columns", "²"), ("--columns", "a")])
+def test_columns_that_cannot_be_used_are_refused(tmp_path, args):
+    """'²' passes str.isdigit but not int(); --columns with the seed data would be ignored."""
+    data = tmp_path / "s.csv"
+    data.write_text("a,b\n" + "".join(f"{i},{i % 3}\n" for i in range(20)))
+    result = run("train", *[str(data) if a == "DATA" else a for a in args], "--timesteps", "4", "--quiet",
+                 "--out", tmp_path / "o")
+    one_line_error(result, EXIT_DATA if "DATA" in args else EXIT_USAGE)
+    assert not (tmp_path / "o").exists()

@@ -1,8 +1,10 @@
 """What the runtime trusts is checked where it is read: a model's outputs, the manifest's
 fields, the caller's arguments, and symbolic links where edgeae reads or writes."""
 import copy
+import io
 import json
 import os
+import shutil
 
 import numpy as np
 import onnx
@@ -11,7 +13,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeae import pipeline, runtime
-from edgeae.artifacts import check_output_file, check_target, read_manifest, staged_folder, write_manifest
+from edgeae.artifacts import (
+    check_output_file, check_target, file_entry, read_manifest, staged_folder, write_manifest,
+)
 from edgeae.cli import main
 from edgeae.errors import EXIT_INTEGRITY, EXIT_USAGE, IntegrityError, ProviderError, UsageError
 
@@ -261,3 +265,77 @@ def test_a_linked_manifest_is_refused_like_a_linked_model(export_copy, tmp_path)
     data = tmp_path / "windows.npy"
     np.save(data, np.zeros((2, 6, 3)))
     assert run("score", export_copy, data, "--provider", "cpu").exit_code == EXIT_INTEGRITY
+
+
+# ---------------------------------------------------------------- a training folder rewritten and resealed
+
+
+def _reseal(folder, name, content: bytes) -> None:
+    (folder / name).write_bytes(content)
+    manifest = read_manifest(folder)
+    manifest["files"][name] = file_entry(folder / name, manifest["files"][name]["role"])
+    write_manifest(folder, manifest)
+
+
+@pytest.fixture(scope="module")
+def training_folder(tiny_training, tmp_path_factory):
+    return pipeline.save_training(tiny_training, tmp_path_factory.mktemp("run") / "run")
+
+
+def _edit_record(edit):
+    def apply(record):
+        edit(record)
+        return json.dumps(record).encode()
+    return apply
+
+
+def _edit_windows(edit):
+    def apply(saved):
+        arrays = dict(saved)
+        edit(arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+    return apply
+
+
+TAMPERED_TRAINING = {
+    "other units": ("training.json", _edit_record(lambda r: r["config"].update(units=7)),
+                    r"model.keras: the model reads \(6, 3\) windows into 8 units; its training record says \(6, 3\) and 7"),
+    "other window": ("training.json", _edit_record(lambda r: r["config"].update(timesteps=5)), "its training record says"),
+    "no config": ("training.json", _edit_record(lambda r: r.pop("config")), "training.json: the training record has no config"),
+    "clip low above high": ("training.json", _edit_record(lambda r: r["preprocessing"].update(
+        clip_low=[1e9] * 3)), "clip_low <= clip_high"),
+    "zero scale": ("training.json", _edit_record(lambda r: r["preprocessing"].update(scale=[0.0, 1.0, 1.0])),
+                   r"training.json field preprocessing.scale\[0\] must be a finite number > 0"),
+    "unknown scaling": ("training.json", _edit_record(lambda r: r["preprocessing"].update(scaling="weird")),
+                        "scaling must be one of none, minmax, standard"),
+    "history as text": ("training.json", _edit_record(lambda r: r.update(history="x")),
+                        "training.json field history must be an object"),
+    "windows too short": ("parity_inputs.npz", _edit_windows(lambda a: a.update(training=a["training"][:, :3])),
+                          r"training windows are \(\d+, 3, 3\), expected \(n, 6, 3\)"),
+    "no training windows": ("parity_inputs.npz", _edit_windows(lambda a: a.update(training=a["training"][:0])),
+                            "no training windows"),
+    "inf in the windows": ("parity_inputs.npz", _edit_windows(lambda a: a["training"].__setitem__((0, 0, 0), np.inf)),
+                           "training windows hold NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED_TRAINING))
+def test_a_rewritten_and_resealed_training_folder_is_refused_naming_what(training_folder, tmp_path, case):
+    """Whoever can write the folder can reseal it: what the record and the saved windows say is
+    still checked against the model, so export fails with one line (exit 4), never publishing."""
+    name, edit, message = TAMPERED_TRAINING[case]
+    folder = tmp_path / "run"
+    shutil.copytree(training_folder, folder)
+    if name.endswith(".json"):
+        content = edit(json.loads((folder / name).read_text()))
+    else:
+        with np.load(folder / name) as saved:
+            content = edit(saved)
+    _reseal(folder, name, content)
+    with pytest.raises(IntegrityError, match=message):
+        pipeline.load_training(folder)
+    result = run("export", folder, "--out", tmp_path / "exp", "--provider", "cpu")
+    assert result.exit_code == 4 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "exp").exists()
