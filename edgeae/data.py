@@ -64,8 +64,8 @@ def _select_columns(header: list[str], wanted: tuple[str, ...] | None, source: s
     Counts and positions are looked up in dicts, so a header of 200,000 columns costs
     linear time, not quadratic.
     """
+    counts = Counter(header)
     if wanted:
-        counts = Counter(header)
         first: dict[str, int] = {}
         for index, name in enumerate(header):
             first.setdefault(name, index)
@@ -88,6 +88,9 @@ def _select_columns(header: list[str], wanted: tuple[str, ...] | None, source: s
             raise DataError(f"{source}: column {col + 1} has no name in the header row")
         if used[name] > 1:
             raise DataError(f"{source}: column {name!r} is used twice; name each feature column once")
+        if counts[name] > 1:  # a model records its columns by name: this one could not be found again
+            raise DataError(f"{source}: the column at index {col} is named {name!r}, as another column is; "
+                            "give each feature column its own name")
     return picked
 
 

@@ -63,6 +63,15 @@ def test_columns_must_exist_and_be_chosen_once(tmp_path):
         load_series(path, ("temp", "1"))
 
 
+def test_a_column_picked_by_index_needs_a_name_of_its_own(tmp_path):
+    """The model records its columns by name; a name the header repeats could not be found again."""
+    path = tmp_path / "data.csv"
+    path.write_text("a,b,a\n1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match="the column at index 2 is named 'a', as another column is"):
+        load_series(path, ("1", "2"))
+    assert load_series(path, ("b",)).columns == ("b",)
+
+
 def test_csv_quirks_that_are_fine(tmp_path):
     """A byte-order mark, CRLF line ends, quoted numbers, spaces, trailing blank lines,
     and text in columns that are not chosen."""
