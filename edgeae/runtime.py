@@ -140,9 +140,11 @@ def is_whole(value: Any, low: int, high: int | None = None) -> bool:
             and (high is None or value <= high))
 
 
-def check_chunk(chunk: Any) -> None:
+def check_chunk(chunk: Any) -> int:
+    """A chunk size as a Python int: a numpy uint8 of 200 would wrap around in the chunk arithmetic."""
     if not is_whole(chunk, 1):
         raise UsageError(f"chunk size must be a whole number of at least 1, got {chunk!r}")
+    return int(chunk)
 
 
 def check_threads(threads: Any) -> None:
@@ -390,7 +392,7 @@ class OnnxModel:
         Kept lean: at batch 1 every microsecond here is a few percent of the whole call.
         """
         if type(chunk) is not int or chunk < 1:
-            check_chunk(chunk)
+            chunk = check_chunk(chunk)
         count = len(windows)
         if count == 0:
             return np.empty((0, *self._tails[output]), dtype=np.float32)
@@ -482,9 +484,13 @@ def check_threshold(threshold: Any) -> float:
     """A caller's threshold: a finite real number; True or "0.5" would be taken as 1.0 and 0.5."""
     if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
         raise UsageError(f"threshold must be a number, got {threshold!r}")
-    if not math.isfinite(threshold):
-        raise UsageError(f"threshold must be a finite number, got {threshold!r}")
-    return float(threshold)
+    try:
+        value = float(threshold)
+    except OverflowError:  # an int past float's range
+        value = math.inf
+    if not math.isfinite(value):
+        raise UsageError(f"threshold must be a finite number, got {threshold!r}"[:200])
+    return value
 
 
 class EdgeModel:
@@ -547,7 +553,7 @@ class EdgeModel:
         model = self._model("autoencoder")
         limit = self.threshold if threshold is None else check_threshold(threshold)
         windows, single = as_windows(x, self.timesteps, self.features)
-        check_chunk(chunk)
+        chunk = check_chunk(chunk)
         scores = np.concatenate([  # chunk by chunk: no full-size reconstruction is ever held
             reconstruction_error(part, model.run_windows(part, chunk), self.scale)
             for part in (windows[i:i + chunk] for i in range(0, len(windows), chunk))

@@ -535,3 +535,20 @@ def test_the_one_window_graph_runs_on_one_thread_without_the_arena(tiny_export):
     assert (batch.intra_op_num_threads, batch.enable_cpu_mem_arena) == (0, True)
     given = runtime.load(tiny_export, "cpu", threads=2).models["autoencoder"].graph_for(1).session.get_session_options()
     assert (given.intra_op_num_threads, given.enable_cpu_mem_arena) == (2, False)
+
+
+@pytest.mark.parametrize("chunk", [np.uint8(200), np.int8(100), np.int64(7)])
+def test_a_numpy_chunk_size_is_taken_as_its_value_without_wrapping(tiny_export, rng, chunk):
+    """uint8(200) + 200 wraps to 144 in numpy: every window must still be run, once."""
+    model = runtime.load(tiny_export, "cpu")
+    x = rng.uniform(0, 1, (300, 6, 3))
+    expected = model.score(x).scores
+    np.testing.assert_allclose(model.score(x, chunk=chunk).scores, expected, rtol=1e-5)
+    assert model.reconstruct(x, chunk=chunk).shape == (300, 6, 3) and model.encode(x, chunk=chunk).shape == (300, 8)
+
+
+def test_a_threshold_past_floats_range_is_refused(tiny_export, rng):
+    model = runtime.load(tiny_export, "cpu")
+    for threshold in (10**400, -(10**400)):
+        with pytest.raises(UsageError, match="threshold must be a finite number"):
+            model.score(rng.uniform(0, 1, (6, 3)), threshold=threshold)
