@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import read_manifest, verify_files
-from .errors import UsageError
+from .artifacts import as_path, read_manifest, verify_file, verify_files
+from .errors import IntegrityError, UsageError
 
 BASELINE_SUFFIX = ".plain.onnx"
 DEFAULT_BATCHES = (64, 4096)
@@ -321,7 +321,9 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
     from .runtime import read_export_manifest
 
     _check_arguments(runs, warmup, threads, batches, roles, keras, cold)
-    folder = Path(folder)
+    batches = tuple(dict.fromkeys(int(b) for b in batches))  # each timed once, as plain ints for the JSON
+    roles = tuple(dict.fromkeys(roles))
+    folder = as_path(folder, "export folder")
     manifest = read_export_manifest(folder)
     verify_files(folder, manifest)
     window = manifest["window"]
@@ -338,6 +340,8 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         runners: dict[str, Callable] = {}
         entries: dict[str, PathResult] = {}
         files = {name: (path, routes) for name, _, path, routes in candidates}
+        for _, _, other in (route for _, routes in files.values() for route in routes):
+            verify_file(folder, other.name, manifest["files"].get(other.name))  # as the runtime's load does
         for name, (path, routes) in files.items():
             size = path.stat().st_size + sum(other.stat().st_size for _, _, other in routes)  # what a device stores
             try:
@@ -346,6 +350,9 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
                 entries[name] = PathResult(name, role, "onnx", size, error=str(exc).splitlines()[0][:160])
                 continue
             entries[name] = PathResult(name, role, "onnx", size)
+        if entries[baseline[role]].error:
+            raise IntegrityError(f"{baseline[role]}: the baseline cannot be run here, so nothing can be compared "
+                                 f"with it: {entries[baseline[role]].error}")
         if keras:
             for name, runner in _keras_runners(folder, role, threads).items():
                 runners[name] = runner
@@ -354,11 +361,12 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         shape = (window["timesteps"], window["features"])
         rng = np.random.default_rng(0)
         say(f"{role}: batch 1, {runs} timed runs per path, interleaved over {len(runners)} paths")
-        timed = {1: _time_rounds(runners, rng.uniform(0, 1, (1, *shape)).astype(np.float32), runs, warmup)}
-        for name, rounds in timed[1].items():
+        latency = _time_rounds(runners, rng.uniform(0, 1, (1, *shape)).astype(np.float32), runs, warmup)
+        for name, rounds in latency.items():
             s = np.concatenate(rounds)
             entries[name].latency_us_median = float(np.median(s) * 1e6)
             entries[name].latency_us_p99 = float(np.percentile(s, 99) * 1e6)
+        timed = {}  # throughput rounds by batch size, kept apart from the latency rounds even for --batch 1
         for batch in batches:
             big_runs = max(5, min(runs, int(runs * 64 / batch) + 5))
             say(f"{role}: batch {batch}, {big_runs} timed runs per path, interleaved")
@@ -370,10 +378,11 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
                 entries[name].percent_of_matmul[str(batch)] = 100 * seq_s * flops / rate
         base = baseline[role]
         for name in runners:
-            entries[name].latency_ratio = paired_ratio(timed[1][name], timed[1][base])
+            entries[name].latency_ratio = paired_ratio(latency[name], latency[base])
             entries[name].throughput_ratio = {str(b): 1 / paired_ratio(timed[b][name], timed[b][base]) for b in batches}
             if XLA_PATH in runners and entries[name].kind == "onnx":
-                entries[name].versus_xla = {str(b): paired_ratio(timed[b][XLA_PATH], timed[b][name]) for b in timed}
+                entries[name].versus_xla = {"1": paired_ratio(latency[XLA_PATH], latency[name]), **{  # b1: latency
+                    str(b): paired_ratio(timed[b][XLA_PATH], timed[b][name]) for b in batches if b != 1}}
         if cold:
             for name, entry in entries.items():
                 if entry.error:

@@ -464,7 +464,6 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
 
     roles = ("autoencoder", "encoder") if role == "both" else (role,)
     _check_output(output, force, single_array=False, suffixes=(".json",), reads=(export_dir,))
-    batches = tuple(dict.fromkeys(batches))  # a repeated --batch is timed and shown once
     report = run_bench(export_dir, keras, runs, warmup, threads, batches, not no_cold_start, roles,
                        progress=lambda msg: click.echo(msg, err=True))
     if output is not None:

@@ -196,6 +196,8 @@ def _check_targets(target: Path, ours: set[str], force: bool) -> None:
         path = target / name
         if path.is_dir():
             raise UsageError(f"{path} is a folder; cannot write the picture there")
+        if path.is_symlink():  # the atomic write would refuse it, after the pictures before it were written
+            raise UsageError(f"{path} is a symbolic link; remove it or write the report elsewhere")
         if os.path.lexists(path) and name not in ours and not force:
             taken.append(path)
     if taken:
@@ -217,13 +219,20 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
     """
     from . import runtime
     from .artifacts import (
-        atomic_write_bytes, file_entry, folder_lock, read_json, read_manifest, verify_file, verify_files, write_manifest,
+        as_path, atomic_write_bytes, file_entry, folder_lock, read_json, read_manifest, verify_file, verify_files,
+        write_manifest,
     )
 
     if labels is not None and data is None:
         raise UsageError("--labels marks rows of a series: give that series with --data")
+    if columns is not None and data is None:
+        raise UsageError("--columns chooses columns of --data; without it the training windows are pictured")
+    if not runtime.is_whole(windows_shown, 1, 64):
+        raise UsageError(f"windows shown must be a whole number from 1 to 64, got {windows_shown!r}")
     require("matplotlib", "plot")
-    export_dir = Path(export_dir).absolute()
+    export_dir = as_path(export_dir, "export folder").absolute()
+    if out is not None and as_path(out, "out").is_symlink():
+        raise UsageError(f"{out} is a symbolic link; give the real folder")
     if not export_dir.is_dir():
         raise UsageError(f"export folder not found: {export_dir}")
     if out is not None and Path(out).resolve() == export_dir.resolve():

@@ -108,3 +108,51 @@ def test_bench_cli_json(tiny_export, tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["results"] and json.loads((tmp_path / "b.json").read_text()) == payload
+
+
+def test_batch_one_throughput_never_replaces_the_latency_rounds(tiny_export, monkeypatch):
+    """--batch 1 times batch 1 twice: the latency figures and ratio come from the latency rounds."""
+    calls = []
+    real = bench._time_rounds
+    def recording(runners, x, runs, warmup):
+        rounds = real(runners, x, runs, warmup)
+        calls.append(rounds)
+        return rounds
+    monkeypatch.setattr(bench, "_time_rounds", recording)
+    report = run_bench(tiny_export, runs=3, warmup=0, batches=(1, 2, 1), cold=False, roles=("encoder", "encoder"))
+    assert report.batches == (1, 2) and len({r.name for r in report.results}) == len(report.results)
+    latency = calls[0]  # the first rounds of the role are its latency rounds
+    for r in report.results:
+        assert r.latency_ratio == pytest.approx(bench.paired_ratio(latency[r.name], latency[report.baseline["encoder"]]))
+    json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_a_numpy_batch_size_gives_a_report_json_can_write(tiny_export):
+    import numpy as np
+
+    report = run_bench(tiny_export, runs=3, warmup=0, batches=(np.int64(2),), cold=False, roles=("encoder",))
+    assert report.batches == (2,) and json.loads(json.dumps(report.to_dict()))["batches"] == [2]
+
+
+def test_a_baseline_that_cannot_be_opened_stops_the_bench_before_timing(export_copy, monkeypatch):
+    from edgeae.artifacts import file_entry, read_manifest, write_manifest
+    from edgeae.errors import IntegrityError
+
+    (export_copy / "encoder.plain.onnx").write_bytes(b"not a model")
+    manifest = read_manifest(export_copy)
+    manifest["files"]["encoder.plain.onnx"] = file_entry(export_copy / "encoder.plain.onnx", "onnx-plain")
+    write_manifest(export_copy, manifest)
+    monkeypatch.setattr(bench, "_time_rounds", lambda *a: pytest.fail("timed without a baseline"))
+    with pytest.raises(IntegrityError, match="encoder.plain.onnx: the baseline cannot be run here"):
+        run_bench(export_copy, runs=3, warmup=0, batches=(2,), cold=False, roles=("encoder",))
+
+
+def test_a_batch_graph_the_manifest_does_not_list_is_refused_as_the_runtime_refuses_it(export_copy):
+    from edgeae.artifacts import read_manifest, write_manifest
+    from edgeae.errors import IntegrityError
+
+    manifest = read_manifest(export_copy)
+    del manifest["files"]["autoencoder.b1.onnx"]
+    write_manifest(export_copy, manifest)
+    with pytest.raises(IntegrityError, match="autoencoder.b1.onnx"):
+        run_bench(export_copy, runs=3, warmup=0, batches=(2,), cold=False, roles=("autoencoder",))

@@ -1,15 +1,15 @@
 """Replacing a folder never takes the user's files with it, never leaves strays, works for any
 valid name; results never vanish into a closed stdout; errors stay on one line."""
 import errno
+import json
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from edgeae import artifacts, bench, pipeline
+from edgeae import artifacts, pipeline
 from edgeae.errors import EXIT_USAGE, LockedError, UsageError
 
 from .test_cli import one_line_error, run
@@ -205,17 +205,11 @@ def test_control_characters_in_names_do_not_break_the_error_line(tiny_export, tm
 # ---------------------------------------------------------------- bench and score options
 
 
-def test_a_repeated_batch_is_benchmarked_once(tiny_export, monkeypatch):
-    seen = []
-
-    def fake(export_dir, keras, runs, warmup, threads, batches, *rest, **kw):
-        seen.append(batches)
-        return SimpleNamespace(to_dict=dict, table=lambda: "table")
-
-    monkeypatch.setattr(bench, "run_bench", fake)
-    result = run("bench", tiny_export, "--batch", "2", "--batch", "8", "--batch", "2", "--no-cold-start")
+def test_a_repeated_batch_is_benchmarked_once(tiny_export):
+    result = run("bench", tiny_export, "--batch", "2", "--batch", "8", "--batch", "2", "--no-cold-start",
+                 "--runs", "3", "--warmup", "0", "--role", "encoder", "--json")
     assert result.exit_code == 0, result.output
-    assert seen == [(2, 8)]
+    assert json.loads(result.stdout)["batches"] == [2, 8]
 
 
 def test_stride_is_refused_for_ready_made_windows(tiny_export, tmp_path):

@@ -103,3 +103,22 @@ def test_runtime_and_cli_start_without_matplotlib():
     code = "import sys, edgeae.runtime, edgeae.cli; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_report_refuses_links_and_columns_without_data_before_drawing(export_copy, tmp_path, monkeypatch):
+    """A linked --out folder or PNG, or --columns with nothing to choose from: refused before any
+    picture is written, so an export never holds PNGs its manifest does not list."""
+    monkeypatch.setattr(plots, "reconstruction_png", lambda *a: pytest.fail("drew although refused"))
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(UsageError, match="is a symbolic link; give the real folder"):
+        plots.report(export_copy, out=tmp_path / "link")
+    (export_copy / "loss.png").symlink_to(tmp_path / "elsewhere.png")
+    before = sorted(p.name for p in export_copy.iterdir())
+    with pytest.raises(UsageError, match="loss.png is a symbolic link"):
+        plots.report(export_copy, force=True)
+    assert sorted(p.name for p in export_copy.iterdir()) == before
+    with pytest.raises(UsageError, match="--columns chooses columns of --data"):
+        plots.report(export_copy, columns=("a",), out=real)
+    assert not list(real.iterdir())
