@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, ShapeError, UsageError
+from .errors import DataError, IntegrityError, ShapeError, UsageError
 
 SCALINGS = ("none", "minmax", "standard")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -545,7 +545,9 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> Preprocessing:
+    def from_dict(cls, d: dict, source: str = "manifest.json") -> Preprocessing:
+        """A stored preprocessing record, read back from `source`: one that is incomplete or
+        was rewritten (and resealed) by hand is a bad file, named."""
         try:
             pre = cls(
                 tuple(float(v) for v in d["clip_low"]),
@@ -556,13 +558,15 @@ class Preprocessing:
                 str(d.get("scaling", "none")),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"preprocessing record is incomplete or malformed: {exc}") from None
+            raise IntegrityError(f"{source}: preprocessing record is incomplete or malformed: {exc}") from None
         lengths = {len(pre.clip_low), len(pre.clip_high), len(pre.offset), len(pre.scale)}
         if len(lengths) != 1:
-            raise DataError("preprocessing vectors have different lengths")
+            raise IntegrityError(f"{source}: preprocessing vectors have different lengths")
         values = np.array([pre.clip_low, pre.clip_high, pre.offset, pre.scale])
         if not np.isfinite(values).all() or (values[3] <= 0).any() or (values[0] > values[1]).any():
-            raise DataError("preprocessing record must hold finite numbers, clip_low <= clip_high and scale > 0")
+            raise IntegrityError(f"{source}: preprocessing record must hold finite numbers, clip_low <= clip_high "
+                                 "and scale > 0")
         if pre.scaling not in SCALINGS:
-            raise DataError(f"preprocessing scaling must be one of {', '.join(SCALINGS)}, got {pre.scaling!r}")
+            raise IntegrityError(f"{source}: preprocessing scaling must be one of {', '.join(SCALINGS)}, "
+                                 f"got {pre.scaling!r}")
         return pre

@@ -188,14 +188,6 @@ def saved_windows(folder: Path, timesteps: int, features: int) -> tuple[np.ndarr
     return saved["training"].astype(np.float64), saved["validation"].astype(np.float64)
 
 
-def _preprocessing(record: Any, source: str) -> Preprocessing:
-    """A stored preprocessing record; one rewritten and resealed by hand is a bad file, named."""
-    try:
-        return Preprocessing.from_dict(record)
-    except DataError as exc:
-        raise IntegrityError(f"{source}: {exc}") from None
-
-
 def load_training(folder: Path) -> Training:
     """Read a training (or export) folder back, checking every file first."""
     from . import model
@@ -207,7 +199,7 @@ def load_training(folder: Path) -> Training:
     record = manifest.get("training") or read_json(verify_file(folder, TRAINING_FILE, manifest["files"].get(TRAINING_FILE)), "training record")
     source = "manifest.json" if manifest.get("training") else TRAINING_FILE
     check_training_record(record, source)
-    pre = _preprocessing(manifest.get("preprocessing") or record["preprocessing"], source)
+    pre = Preprocessing.from_dict(manifest.get("preprocessing") or record["preprocessing"], source)
     try:  # settings this version cannot export (an older edgeae's) are the caller's to change
         config = model.TrainConfig.from_dict(record["config"])
     except UsageError as exc:
@@ -476,7 +468,7 @@ def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, aga
         inputs = parity_inputs(training.train_windows, training.preprocessing, training.config.seed)
         return verify_models(training.preprocessing, keras_references(training, inputs), paths, inputs,
                              provider_list, atol, batch_graphs=extra, variants=variants)
-    pre = _preprocessing(manifest["preprocessing"], "manifest.json")
+    pre = Preprocessing.from_dict(manifest["preprocessing"])
     window = manifest["window"]
     saved = saved_windows(folder, window["timesteps"], window["features"])[0]
     inputs = parity_inputs(saved, pre, int(manifest["training"]["config"]["seed"]))
