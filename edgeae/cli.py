@@ -161,8 +161,14 @@ json_option = click.option("--json", "as_json", is_flag=True, callback=_json_nee
 provider_option = click.option("--provider", default="auto", show_default=True,
                                help="auto (CUDA if available, else CPU), cpu or cuda.")
 variant_option = click.option("--variant", default="fp32", show_default=True,
-                              help="Which published model to run: fp32, fp16, int8, ort, plain, or one of "
-                                   "fp32's batch graphs alone: fp32-b1, fp32-unrolled.")
+                              help="Which published model to run: fp32, fp16, int8, int8-dynamic, ort, plain, or one "
+                                   "of fp32's batch graphs alone: fp32-b1, fp32-unrolled.")
+self_check_option = click.option(
+    "--no-self-check", "no_self_check", is_flag=True,
+    help="Serve an fp16/int8 variant without first proving it on the export's golden vectors on this device.")
+build_option = click.option("--build", "build", multiple=True, metavar="VARIANT",
+                            help="A variant to build (repeatable): fp32-b1, fp32-unrolled, fp16, int8, int8-dynamic, "
+                                 "ort [default: all but int8-dynamic, whose numbers depend on the CPU].")
 
 
 @click.group(cls=EdgeGroup, context_settings={"help_option_names": ["-h", "--help"]},
@@ -320,10 +326,11 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
 @click.option("--force", is_flag=True, help="Replace an existing export at --out.")
 @click.option("--threshold-quantile", type=float, default=None,
               help="Recalibrate the anomaly threshold at this quantile [default: the one chosen at training].")
+@build_option
 @json_option
 @click.pass_context
 def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None, atol: float, provider: str,
-           force: bool, threshold_quantile: float | None, as_json: bool) -> None:
+           force: bool, threshold_quantile: float | None, build: tuple[str, ...], as_json: bool) -> None:
     """Export a trained model to autoencoder.onnx + encoder.onnx, verify parity, publish to --out.
 
     \b
@@ -332,15 +339,17 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
     """
     from . import pipeline
 
-    from .optimize import folder_lines, folder_variants
+    from .optimize import check_variant_names, folder_lines, folder_variants
 
     run, target = training_dir.resolve(), out.resolve()
     if target == run or target in run.parents:
         raise UsageError(f"refusing to export to {out}: it is the training folder {training_dir} or holds it; "
                          "choose another --out")
     check_target(out, force)  # before TensorFlow loads and the model runs
+    built = build or None
+    check_variant_names(built)
     path, report = pipeline.export(pipeline.load_training(training_dir), out, opset, atol, provider, force,
-                                   threshold_quantile)
+                                   threshold_quantile, built)
     emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": folder_variants(path)},
          [*_parity_lines(report), *folder_lines(path, targets=False), *_detector_lines(path), f"exported to {path}"])
 
@@ -374,9 +383,11 @@ def verify(ctx: click.Context, export_dir: Path, atol: float, provider: str, aga
 @click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
 @click.option("--provider", default="all", show_default=True, help="Providers to check the variants on: all, cpu or cuda.")
 @click.option("--strict", is_flag=True, help="Exit 6 when a variant misses its tolerance (it is left out either way).")
+@build_option
 @json_option
 @click.pass_context
-def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, as_json: bool) -> None:
+def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, build: tuple[str, ...],
+             as_json: bool) -> None:
     """Rebuild an export's clean graph, its batch graphs and fp16, int8 and ORT-format variants; publish those within tolerance.
 
     Every file is checked against the manifest first; each variant is compared with Keras
@@ -387,10 +398,11 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
     \b
     Example:
       edgeae optimize exported --provider cpu
+      edgeae optimize exported --build int8 --build int8-dynamic   # the fast int8, proven on each device
     """
     from . import optimize as api
 
-    result = api.optimize(export_dir, provider)
+    result = api.optimize(export_dir, provider, variants=build or None)
     emit(ctx, {"out": str(export_dir), **result.to_dict()}, [*result.lines(), f"published to {export_dir}"])
     missed = [f"{v.role}/{v.name}" for v in result.variants if not v.published]
     if strict and missed:
@@ -404,10 +416,11 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="Parity tolerance, max abs error.")
 @click.option("--provider", default="all", show_default=True, help="Providers to verify on: all, cpu or cuda.")
 @click.option("--force", is_flag=True, help="Replace an existing export at --out.")
+@build_option
 @json_option
 @click.pass_context
 def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, provider: str, force: bool,
-             as_json: bool, **kw: Any) -> None:
+             build: tuple[str, ...], as_json: bool, **kw: Any) -> None:
     """Train, export and verify in one go (the seed notebook's model and data by default).
 
     \b
@@ -421,7 +434,7 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, prov
     quiet = kw["quiet"]
     config, data, columns = _config_and_data(kw)
     path, report, training = api.run_pipeline(config, out, data, columns, opset, atol, provider, force,
-                                              _progress(quiet, config.epochs))
+                                              _progress(quiet, config.epochs), build or None)
     summary = training.summary()
     emit(ctx, {"out": str(path), "training": summary, "parity": report.to_dict(), "variants": folder_variants(path)}, [
         f"trained {summary['parameters']:,} parameters, {summary['epochs_run']} epochs, final loss {summary['final_loss']:.3e}, "
@@ -478,9 +491,10 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
 @click.argument("model", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
 @provider_option
 @variant_option
+@self_check_option
 @json_option
 @click.pass_context
-def inspect(ctx: click.Context, model: Path, provider: str, variant: str, as_json: bool) -> None:
+def inspect(ctx: click.Context, model: Path, provider: str, variant: str, no_self_check: bool, as_json: bool) -> None:
     """Show an export's models, inputs/outputs and which provider runs each node.
 
     \b
@@ -489,7 +503,7 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, as_jso
     """
     from . import runtime
 
-    edge = runtime.load(model, provider, variant=variant)
+    edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
     info: dict[str, Any] = {"providers_available": runtime.available_providers(), "models": {}}
     lines = [f"available providers: {', '.join(info['providers_available'])}"]
     graphs = [(role, m) for role, m in edge.models.items()]
@@ -615,14 +629,15 @@ def runtime_command(name: str, doc: str):
     @click.option("--force", is_flag=True, help="Replace an existing --output file.")
     @provider_option
     @variant_option
+    @self_check_option
     @json_option
     @click.pass_context
     def command(ctx: click.Context, model: Path, data: Path, output: Path | None, stride: int | None,
                 columns: str | None, threshold: float | None, force: bool, provider: str, variant: str,
-                as_json: bool) -> None:
+                no_self_check: bool, as_json: bool) -> None:
         from . import runtime
 
-        edge = runtime.load(model, provider, variant=variant)
+        edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
         _check_output(output, force, single_array=name != "score", reads=(model, data))
         windows, starts = _read_windows(edge, data, stride, columns)
         if name == "encode":

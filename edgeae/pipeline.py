@@ -23,13 +23,13 @@ from .artifacts import (
 )
 from .data import FLOAT32_MAX, Preprocessing, Series, Windows, load_series, seed_sequence, window_series
 from .errors import DataError, IntegrityError, ParityError, UsageError
+from .golden import REFERENCE_FILE
 from .parity import DEFAULT_ATOL, ParityReport, Tolerance, check_tolerance, compare
 
 KERAS_FILE = "model.keras"
 TRAINING_FILE = "training.json"
 PARITY_INPUTS_FILE = "parity_inputs.npz"
 PARITY_REPORT_FILE = "parity.json"
-REFERENCE_FILE = "parity_reference.npz"
 ONNX_FILES = {"autoencoder": "autoencoder.onnx", "encoder": "encoder.onnx"}
 PARITY_SAMPLE = 1024
 RANDOM_BATCH = 300
@@ -253,34 +253,35 @@ def keras_references(training: Training, inputs: dict[str, np.ndarray]) -> dict[
     }
 
 
-def save_references(path: Path, references: dict[str, dict[str, np.ndarray]]) -> None:
-    np.savez(path, **{f"{role}__{name}": out for role, outs in references.items() for name, out in outs.items()})
+def write_golden_vectors(stage: Path, inputs: dict[str, np.ndarray], references: dict[str, dict[str, np.ndarray]],
+                         variants: dict[str, dict[str, Any]], pre: Preprocessing) -> dict[str, dict]:
+    """Store the golden vectors (golden.py) of the export in `stage`: the inputs, Keras's outputs
+    and scores, and each published reduced-precision variant's own outputs and scores here."""
+    from .golden import KERAS, SCORE, write_golden
+    from .runtime import OnnxModel, reconstruction_error
+
+    scale = pre.arrays()["scale"]
+    expected: dict[str, dict[str, dict[str, np.ndarray]]] = {role: {KERAS: dict(outs)} for role, outs in references.items()}
+    expected[SCORE] = {KERAS: {k: reconstruction_error(x, references["autoencoder"][k], scale) for k, x in inputs.items()}}
+    for role, by_name in variants.items():
+        for name, entry in by_name.items():
+            if entry["published"] and entry.get("precision") not in (None, "fp32"):
+                model = OnnxModel(stage / entry["file"], ["CPUExecutionProvider"], name=entry["file"])
+                expected[role][name] = {k: model.run_windows(x) for k, x in inputs.items()}
+                if role == "autoencoder":
+                    expected[SCORE][name] = {k: reconstruction_error(x, expected[role][name][k], scale)
+                                             for k, x in inputs.items()}
+    return write_golden(stage, inputs, expected)
 
 
-def load_references(folder: Path, manifest: dict, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """The Keras outputs stored at export, so a machine without TensorFlow can re-check parity.
+def stored_inputs(folder: Path, manifest: dict, training: Training | None = None) -> dict[str, np.ndarray]:
+    """The inputs an export was verified on, read from its golden vectors; an export made before
+    they were stored (edgeae 0.1) has its inputs regenerated from its training windows and seed."""
+    from .golden import INDEX_FILE, read_golden
 
-    Each model's output on each input set must be there, of the shape this export's model
-    gives (the encoder as wide as its units), so that an output that differs later is the
-    ONNX file's fault, not the reference's.
-    """
-    if REFERENCE_FILE not in manifest["files"]:
-        raise UsageError(f"{folder} holds no stored Keras outputs ({REFERENCE_FILE}); export it again with this edgeae")
-    saved = _read_npz(verify_file(folder, REFERENCE_FILE, manifest["files"][REFERENCE_FILE]))
-    units = manifest["training"]["config"].get("units")
-    if units is None:
-        raise IntegrityError("manifest field training.config.units is missing")
-    references: dict[str, dict[str, np.ndarray]] = {role: {} for role in ONNX_FILES}
-    for dataset, x in inputs.items():
-        for role, shape in (("autoencoder", x.shape), ("encoder", (len(x), units))):
-            out = saved.get(f"{role}__{dataset}")
-            if out is None:
-                raise IntegrityError(f"{REFERENCE_FILE}: no {role} output on the {dataset} inputs")
-            if out.shape != shape:
-                raise IntegrityError(f"{REFERENCE_FILE}: the {role} output on the {dataset} inputs is {out.shape}, "
-                                     f"this export's model gives {shape}: not this export's reference")
-            references[role][dataset] = out
-    return references
+    if INDEX_FILE in manifest["files"] or training is None:
+        return read_golden(folder, manifest).inputs
+    return parity_inputs(training.train_windows, training.preprocessing, training.config.seed)
 
 
 def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray]], onnx_paths: dict[str, Path],
@@ -350,11 +351,11 @@ def _versions() -> dict[str, str]:
 
 
 def export(training: Training, out: Path, opset: int | None = None, atol: float = DEFAULT_ATOL,
-           providers: str = "all", force: bool = False,
-           threshold_quantile: float | None = None) -> tuple[Path, ParityReport]:
+           providers: str = "all", force: bool = False, threshold_quantile: float | None = None,
+           variants: tuple[str, ...] | None = None) -> tuple[Path, ParityReport]:
     """Export both models, verify them against Keras, and publish the folder only if parity holds.
 
-    The anomaly threshold is calibrated here, at `threshold_quantile` (default: the training
+    `variants` names the edge variants to build (optimize.DEFAULT_BUILT when None). The anomaly threshold is calibrated here, at `threshold_quantile` (default: the training
     configuration's) of the validation windows' scores, and stored in the manifest.
     """
     import onnx
@@ -362,7 +363,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     from .detector import calibrate, variant_thresholds
     from .export import DEFAULT_OPSET, export_model
     from .model import save
-    from .optimize import PLAIN_FILES, TARGETS_FILE, build_variants, clean_graph, model_entry
+    from .optimize import PLAIN_FILES, TARGETS_FILE, build_variants, check_variant_names, clean_graph, model_entry
 
     if not isinstance(training, Training):
         raise UsageError(f"training must be an edgeae.pipeline.Training (from train or load_training), "
@@ -370,6 +371,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     out = as_path(out, "out")
     opset = DEFAULT_OPSET if opset is None else opset
     atol = check_tolerance(atol)
+    variants = check_variant_names(variants)
     config, pre = training.config, training.preprocessing
     summary = training.summary()
     provider_list = verification_providers(providers)
@@ -393,14 +395,14 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
         save(training.autoencoder, stage / KERAS_FILE)
         np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
                  validation=training.validation_windows.astype(np.float32))
-        save_references(stage / REFERENCE_FILE, references)
         atomic_write_json(stage / PARITY_REPORT_FILE, report.to_dict())
         files = {name: file_entry(stage / name, role) for name, role in (
             (ONNX_FILES["autoencoder"], "onnx"), (ONNX_FILES["encoder"], "onnx"), (KERAS_FILE, "keras"),
-            (PARITY_INPUTS_FILE, "data"), (REFERENCE_FILE, "reference"), (PARITY_REPORT_FILE, "report"))}
-        variants = build_variants(stage, training, inputs, provider_list, atol, references=references)
-        files.update(variants.files)
-        detector["variants"] = variant_thresholds(stage, variants.manifest_section()["autoencoder"], training,
+            (PARITY_INPUTS_FILE, "data"), (PARITY_REPORT_FILE, "report"))}
+        built = build_variants(stage, training, inputs, provider_list, atol, references=references, variants=variants)
+        files.update(built.files)
+        files.update(write_golden_vectors(stage, inputs, references, built.manifest_section(), pre))
+        detector["variants"] = variant_thresholds(stage, built.manifest_section()["autoencoder"], training,
                                                   detector["quantile"])
         write_manifest(stage, {
             "kind": "export",
@@ -417,7 +419,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
                        "summary": report.summary(),
                        "encoder_matches_autoencoder_max_abs": report.encoder_matches_autoencoder.max_abs,
                        "report": PARITY_REPORT_FILE},
-            "variants": variants.manifest_section(),
+            "variants": built.manifest_section(),
             "targets": TARGETS_FILE,
             "versions": _versions(),
         })
@@ -465,14 +467,15 @@ def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, aga
     provider_list = verification_providers(providers)
     if against == "keras":
         training = load_training(folder)
-        inputs = parity_inputs(training.train_windows, training.preprocessing, training.config.seed)
+        inputs = stored_inputs(folder, manifest, training)
         return verify_models(training.preprocessing, keras_references(training, inputs), paths, inputs,
                              provider_list, atol, batch_graphs=extra, variants=variants)
+    from .golden import read_golden
+
     pre = Preprocessing.from_dict(manifest["preprocessing"])
-    window = manifest["window"]
-    saved = saved_windows(folder, window["timesteps"], window["features"])[0]
-    inputs = parity_inputs(saved, pre, int(manifest["training"]["config"]["seed"]))
-    return verify_models(pre, load_references(folder, manifest, inputs), paths, inputs, provider_list, atol,
+    golden = read_golden(folder, manifest)
+    references = {role: golden.reference(role) for role in ONNX_FILES}
+    return verify_models(pre, references, paths, golden.inputs, provider_list, atol,
                          internal_check=_installed("onnx"), batch_graphs=extra, variants=variants)
 
 
@@ -497,9 +500,11 @@ def published_variants(folder: Path, manifest: dict, checked: set[str]) -> list[
 
 def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str, ...] | None = None,
                  opset: int | None = None, atol: float = DEFAULT_ATOL, providers: str = "all", force: bool = False,
-                 progress: Callable[[int, dict[str, float]], None] | None = None) -> tuple[Path, ParityReport, Training]:
+                 progress: Callable[[int, dict[str, float]], None] | None = None,
+                 variants: tuple[str, ...] | None = None) -> tuple[Path, ParityReport, Training]:
     """train -> export -> verify -> publish, refusing early if the target exists."""
     from .export import check_opset
+    from .optimize import check_variant_names
 
     _check_config(config)
     _check_data_args(data, columns, progress)
@@ -509,6 +514,7 @@ def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str
     if opset is not None:
         check_opset(opset)
     verification_providers(providers)
+    check_variant_names(variants)
     training = train(config, data, columns, progress)
-    path, report = export(training, out, opset, atol, providers, force)
+    path, report = export(training, out, opset, atol, providers, force, variants=variants)
     return path, report, training

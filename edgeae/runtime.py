@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .artifacts import ROLES, read_manifest, verify_file
-from .errors import DataError, InferenceError, IntegrityError, ProviderError, ShapeError, UsageError
+from .errors import DataError, InferenceError, IntegrityError, ParityError, ProviderError, ShapeError, UsageError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -646,8 +646,48 @@ def manifest_sizes(manifest: dict) -> dict[str, Any]:
     return {"window": (window["timesteps"], window["features"]), "units": config["units"]}
 
 
+class SelfCheckError(ParityError):
+    """A graph gives other numbers on this device than its export verified: it is not served."""
+
+
+# Precisions whose numbers can change with the device's kernels: measured, the fp32 graphs gave the same
+# figures on AVX2 and AVX-512 (and ARM64) and are not re-checked at load; int8-dynamic's integer kernels
+# moved by 15x between two x86 CPUs, and float16 runs on native half-precision kernels where a CPU has them.
+SELF_CHECKED = ("fp16", "int8")
+
+
+def run_self_check(path: Path, manifest: dict, models: dict[str, OnnxModel], variant: str) -> None:
+    """Run each loaded graph of a reduced-precision variant on the export's golden vectors and refuse
+    it, naming the error and the recorded tolerance, when this device misses that tolerance."""
+    from .golden import read_golden
+    from .parity import Tolerance, compare
+
+    checked = {role: entry for role in models if (entry := _variant_entry(manifest, role, variant))
+               and entry.get("precision") in SELF_CHECKED}
+    if not checked:
+        return
+    golden = read_golden(path, manifest)
+    scale = np.asarray((manifest.get("preprocessing") or {}).get("scale", 1.0), np.float32)
+    for role, entry in checked.items():
+        tolerance = Tolerance.from_manifest(entry.get("tolerance"), f"variants.{role}.{variant}.tolerance")
+        results = [compare(golden.reference(role)[dataset], models[role].run_windows(x), model=role, provider="device",
+                           dataset=dataset, tolerance_abs=tolerance.abs, tolerance_rel_range=tolerance.rel_range,
+                           scale=scale if role == "autoencoder" else None, source=entry["file"])
+                   for dataset, x in golden.inputs.items()]
+        failed = [r for r in results if not r]
+        if failed:
+            worst = max(failed, key=lambda r: r.max_rel_range)
+            recorded = (entry.get("parity") or {}).get("max_rel_range")
+            raise SelfCheckError(
+                f"self-check: {entry['file']} misses Keras on this device by {worst.max_abs:.2e} "
+                f"({worst.max_rel_range:.2e} of range) on the golden {worst.dataset!r} windows; allowed "
+                f"{tolerance.describe()}" + (f", {recorded:.2e} of range where it was exported" if recorded else "")
+                + "; use another variant (fp32 holds on every CPU), or skip the check: self_check=False / "
+                "--no-self-check")
+
+
 def _load_folder(path: Path, manifest: dict, providers: str | Sequence[str], threads: int | None,
-                 variant: str) -> EdgeModel:
+                 variant: str, check: bool = True) -> EdgeModel:
     """The models of an export folder as its (checked) manifest describes them, each file verified."""
     models, unpublished = {}, {}
     for role in ROLES:
@@ -671,36 +711,43 @@ def _load_folder(path: Path, manifest: dict, providers: str | Sequence[str], thr
         raise UsageError(f"no published {variant!r} variant; this export has: {', '.join(_published(manifest))}")
     if not models:
         raise IntegrityError(f"{path}: the manifest lists no autoencoder or encoder")
+    if check:
+        run_self_check(path, manifest, models, variant)
     return EdgeModel(models, manifest, path, variant, unpublished)
 
 
 def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int | None = None,
-         variant: str = DEFAULT_VARIANT) -> EdgeModel:
+         variant: str = DEFAULT_VARIANT, self_check: bool = True) -> EdgeModel:
     """Load an export folder (every file checked against the manifest first) or one .onnx/.ort file.
 
     `variant` picks among what the export published: "fp32" (the default clean graph),
-    "fp16", "int8", "ort" or "plain" (tf2onnx's own graph). fp32 hands some batch sizes to
-    the equivalent graphs its manifest entry names (`by_batch`): one window to the one-window
-    graph, many to the unrolled one; "fp32-b1" and "fp32-unrolled" load one of those alone.
+    "fp16", "int8", "int8-dynamic", "ort" or "plain" (tf2onnx's own graph). fp32 hands some
+    batch sizes to the equivalent graphs its manifest entry names (`by_batch`): one window to
+    the one-window graph, many to the unrolled one; "fp32-b1" and "fp32-unrolled" load one of
+    those alone. A reduced-precision variant (fp16, int8, int8-dynamic) is first run on the
+    export's golden vectors and refused (SelfCheckError) where this device's kernels miss its
+    recorded tolerance; `self_check=False` skips that.
     """
     if not isinstance(path, (str, os.PathLike)) or path == "":
         raise UsageError(f"model path must be a folder or file name (str or os.PathLike), got {path!r}")
     if not isinstance(variant, str):
         raise UsageError(f"variant must be a name such as 'fp32' or 'int8', got {variant!r}")
+    if not isinstance(self_check, bool):
+        raise UsageError(f"self_check must be True or False, got {self_check!r}")
     resolve_providers(providers)  # an impossible request fails before any file is read
     check_threads(threads)
     path = Path(path)
     if path.is_dir():
         manifest = read_export_manifest(path)
         try:
-            return _load_folder(path, manifest, providers, threads, variant)
+            return _load_folder(path, manifest, providers, threads, variant, self_check)
         except IntegrityError:
             # `export --force` swaps a new folder in at once: a file read after the old manifest
             # may be the new one. Only a manifest that changed meanwhile earns one more try.
             again = read_export_manifest(path)
             if again["checksum"] == manifest["checksum"]:
                 raise
-            return _load_folder(path, again, providers, threads, variant)
+            return _load_folder(path, again, providers, threads, variant, self_check)
     if variant != DEFAULT_VARIANT:
         raise UsageError("variant applies to an export folder; a single file is loaded as it is")
     if not path.exists():

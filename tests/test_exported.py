@@ -38,3 +38,13 @@ def test_committed_models_load_and_reconstruct_the_seed():
     recon = model.reconstruct(seq)
     assert np.abs(recon - seq).max() <= 2.5e-2
     assert model.encode(seq).shape == (1, 100)
+
+
+def test_every_committed_variant_passes_its_self_check_on_this_cpu():
+    """Whatever CPU runs the suite: the committed reduced-precision files hold their tolerance on it."""
+    manifest = json.loads((EXPORTED / "manifest.json").read_text())
+    published = {name for by_name in manifest["variants"].values() for name, v in by_name.items() if v["published"]}
+    assert {"fp16", "int8"} <= published and "int8-dynamic" not in published  # its numbers depend on the CPU
+    for variant in published:
+        model = runtime.load(EXPORTED, "cpu", variant=variant)
+        assert model.reconstruct(seed_sequence()).shape == (1, 10, 5), variant

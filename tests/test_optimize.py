@@ -144,18 +144,49 @@ def _weight_scale_shapes(model) -> set[tuple[int, ...]]:
     return {shapes[i] for n in model.graph.node if n.op_type == "DynamicQuantizeLSTM" for i in n.input if i.endswith("_scale")}
 
 
-def test_int8_quantizes_the_lstms(tiny_export):
-    """One weight scale per tensor, the faster of the two, whenever it holds the tolerance (it does here)."""
-    model = onnx.load(str(tiny_export / "encoder.int8.onnx"))
-    assert [n.op_type for n in model.graph.node].count("DynamicQuantizeLSTM") == 1
-    assert {o.domain: o.version for o in model.opset_import}.get("com.microsoft") == 1
-    assert _weight_scale_shapes(model) == {(1,)}
-    assert {p.key: p.value for p in model.metadata_props}["edgeae.int8_weights"] == "per-tensor"
-    assert all(read_manifest(tiny_export)["variants"][role]["int8"]["weights"] == "per-tensor"
-               for role in ("autoencoder", "encoder"))
+def test_int8_stores_int8_weights_and_computes_in_float32(tiny_export, parity_inputs):
+    """int8 weights, one scale per row, dequantized to float32 for onnxruntime's float LSTM: the same numbers
+    as the clean graph with those dequantized weights, so no CPU's integer kernels are involved."""
+    from onnx import numpy_helper
+
+    for role, units in (("encoder", 8), ("autoencoder", 8)):
+        model = onnx.load(str(tiny_export / f"{role}.int8.onnx"))
+        kinds = [n.op_type for n in model.graph.node]
+        assert "DynamicQuantizeLSTM" not in kinds and kinds.count("LSTM") == kinds.count("DequantizeLinear") // 2
+        assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+        arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        dequantized = onnx.load(str(tiny_export / f"{role}.onnx"))
+        for node in (n for n in model.graph.node if n.op_type == "DequantizeLinear"):
+            codes, scale = arrays[node.input[0]], arrays[node.input[1]]
+            assert codes.dtype == np.int8 and scale.shape == (4 * units,) and np.abs(codes).max() == 127
+            weights = (codes.astype(np.float32) * scale[None, :, None]).astype(np.float32)
+            target = next(t for t in dequantized.graph.initializer if t.name == node.output[0])
+            target.CopyFrom(numpy_helper.from_array(weights, target.name))
+        x = parity_inputs["in_range"]
+        np.testing.assert_array_equal(run(tiny_export / f"{role}.int8.onnx", x),
+                                      ort.InferenceSession(dequantized.SerializeToString(), providers=CPU)
+                                      .run(None, {"sequence": x})[0])
+        assert {p.key: p.value for p in model.metadata_props}["edgeae.int8_weights"] == "per-row"
+        assert read_manifest(tiny_export)["variants"][role]["int8"]["weights"] == "per-row"
+        assert (tiny_export / f"{role}.int8.onnx").stat().st_size < (tiny_export / f"{role}.onnx").stat().st_size
 
 
-def test_int8_falls_back_to_per_channel_weights_when_per_tensor_misses_the_tolerance(tiny_export, tmp_path):
+def test_int8_dynamic_is_built_only_when_asked_for(tiny_export, export_copy):
+    assert all("int8-dynamic" not in by_name for by_name in read_manifest(tiny_export)["variants"].values())
+    optimize.optimize(export_copy, providers="cpu", variants=("int8-dynamic",),
+                      tolerances={"int8-dynamic": Tolerance(rel_range=10.0)})  # published on any CPU
+    manifest = read_manifest(export_copy)
+    for role in ("autoencoder", "encoder"):
+        assert set(manifest["variants"][role]) == {"plain", "fp32", "int8-dynamic"}
+        model = onnx.load(str(export_copy / f"{role}.int8-dynamic.onnx"))
+        assert [n.op_type for n in model.graph.node].count("DynamicQuantizeLSTM") == (2 if role == "autoencoder" else 1)
+        assert manifest["variants"][role]["int8-dynamic"]["weights"] == "per-tensor"
+    assert not (export_copy / "autoencoder.int8.onnx").exists()
+    with pytest.raises(UsageError, match="no variant named 'int9' to build"):
+        optimize.optimize(export_copy, providers="cpu", variants=("int9",))
+
+
+def test_int8_dynamic_falls_back_to_per_channel_weights_when_per_tensor_misses_the_tolerance(tiny_export, tmp_path):
     clean = onnx.load(str(tiny_export / "encoder.onnx"))
     tried = []
 
@@ -164,14 +195,15 @@ def test_int8_falls_back_to_per_channel_weights_when_per_tensor_misses_the_toler
         tried.append(_weight_scale_shapes(model))
         return {p.key: p.value for p in model.metadata_props}["edgeae.int8_weights"] == "per-channel"
 
-    weights, parity = optimize._int8_within_tolerance(clean, tmp_path / "encoder.int8.onnx", parity_of)
+    path = tmp_path / "encoder.int8-dynamic.onnx"
+    weights, parity = optimize._int8_dynamic_within_tolerance(clean, path, parity_of)
     assert (weights, parity) == ("per-channel", True)
     assert tried == [{(1,)}, {(1, 4 * 8)}]  # one scale, then one per gate row
-    assert _weight_scale_shapes(onnx.load(str(tmp_path / "encoder.int8.onnx"))) == {(1, 4 * 8)}
-    weights, parity = optimize._int8_within_tolerance(clean, tmp_path / "encoder.int8.onnx", lambda path: False)
+    assert _weight_scale_shapes(onnx.load(str(path))) == {(1, 4 * 8)}
+    weights, parity = optimize._int8_dynamic_within_tolerance(clean, path, lambda path: False)
     assert (weights, parity) == ("per-channel", False)  # none holds: the last one tried, reported as failing
     with pytest.raises(UsageError, match="per-tensor or per-channel"):
-        optimize.to_int8(clean, tmp_path / "x.onnx", "per-row")
+        optimize.to_int8_dynamic(clean, tmp_path / "x.onnx", "per-row")
 
 
 def test_single_window_graph_moves_the_decoder_input_projection_out_of_the_lstm(tiny_export):
@@ -267,7 +299,7 @@ def test_variant_missing_its_tolerance_is_not_published(export_copy):
     verify_files(export_copy, manifest)
     for role in ("autoencoder", "encoder"):
         entry = manifest["variants"][role]["int8"]
-        assert not entry["published"] and entry["parity"]["failures"] and entry["weights"] == "per-channel"
+        assert not entry["published"] and entry["parity"]["failures"] and entry["weights"] == "per-row"
         assert not (export_copy / f"{role}.int8.onnx").exists() and f"{role}.int8.onnx" not in manifest["files"]
         assert manifest["variants"][role]["fp16"]["published"]
     assert any("int8" in line and "NOT published" in line for line in result.lines())

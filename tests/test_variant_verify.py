@@ -5,6 +5,7 @@ Each case replaces a file of an export and reseals the manifest, as anyone who c
 folder can: the checksums then hold, so only the numbers can tell.
 """
 import json
+import re
 
 import numpy as np
 import onnx
@@ -74,10 +75,10 @@ def test_a_variant_swapped_for_another_models_fails_verify_against_keras(export_
 def test_an_int8_file_with_halved_weight_scales_fails_verify(export_copy):
     """The export's own int8 model, altered: same shapes and ops, wrong numbers."""
     model = onnx.load(str(export_copy / "autoencoder.int8.onnx"))
-    lstm_inputs = {i for n in model.graph.node if n.op_type == "DynamicQuantizeLSTM" for i in n.input}
+    scales = {n.input[1] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     halved = 0
     for tensor in model.graph.initializer:
-        if tensor.name in lstm_inputs and tensor.name.endswith("_scale"):
+        if tensor.name in scales:
             array = onnx.numpy_helper.to_array(tensor) * np.float32(0.5)
             tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
             halved += 1
@@ -109,7 +110,8 @@ def test_an_encoder_of_another_width_is_not_this_exports_model(export_copy, narr
     for against in ("stored", "keras"):
         result = cli_verify(export_copy, against)
         assert result.exit_code == EXIT_INTEGRITY, result.output
-        assert f"{name} gives shape (1, 3), the reference (1, 8): not this export's model" in result.stderr
+        assert re.search(rf"{name} gives shape \((\d+), 3\), the reference \(\1, 8\): not this export's model",
+                         result.stderr), result.stderr
 
 
 def test_an_autoencoder_of_another_width_is_not_this_exports_model(export_copy, narrow_export):
@@ -117,18 +119,19 @@ def test_an_autoencoder_of_another_width_is_not_this_exports_model(export_copy, 
     result = cli_verify(export_copy)
     assert result.exit_code == EXIT_INTEGRITY and "autoencoder.onnx's encoding gives shape" in result.stderr
     reseal(export_copy, "autoencoder.onnx", (export_copy / "autoencoder.int8.onnx").read_bytes())
-    result = cli_verify(export_copy)
-    assert result.exit_code == EXIT_INTEGRITY and "autoencoder.onnx: " in result.stderr
+    result = cli_verify(export_copy)  # the same network at int8: held to fp32's 1e-5, it fails parity
+    assert result.exit_code == EXIT_PARITY and "autoencoder [cpu]" in result.stderr
 
 
 def test_stored_references_of_another_model_are_refused(export_copy, narrow_export):
-    reseal(export_copy, "parity_reference.npz", (narrow_export / "parity_reference.npz").read_bytes())
+    for name in ("golden.json", "golden.bin"):
+        reseal(export_copy, name, (narrow_export / name).read_bytes())
     result = cli_verify(export_copy)
     assert result.exit_code == EXIT_INTEGRITY and "not this export's reference" in result.stderr
     with np.load(export_copy / "parity_inputs.npz") as saved:
         np.savez(export_copy / "odd.npz", training=saved["training"].astype(str), validation=saved["validation"])
     reseal(export_copy, "parity_inputs.npz", (export_copy / "odd.npz").read_bytes())
-    result = cli_verify(export_copy)
+    result = cli_verify(export_copy, against="keras")
     assert result.exit_code == EXIT_INTEGRITY and "parity_inputs.npz: training holds" in result.stderr
 
 
