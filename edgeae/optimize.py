@@ -43,13 +43,13 @@ from .export import ExportError
 from .parity import DEFAULT_ATOL, ParityResult, Tolerance, compare
 
 ROLES = ("autoencoder", "encoder")
-VARIANTS = ("plain", "fp32", "fp32-b1", "fp32-unrolled", "fp16", "int8", "int8-dynamic", "ort")
-BUILT = ("fp32-b1", "fp32-unrolled", "fp16", "int8", "int8-dynamic", "ort")  # made here from the clean fp32 graph
+VARIANTS = ("plain", "fp32", "fp32-b1", "fp32-unrolled", "portable", "fp16", "int8", "int8-dynamic", "ort")
+BUILT = ("fp32-b1", "fp32-unrolled", "portable", "fp16", "int8", "int8-dynamic", "ort")  # made here from the clean fp32 graph
 # Built unless a caller names the variants it wants. int8-dynamic is left out: its integer kernels give
 # other numbers on other CPUs (see to_int8_dynamic), so it is made only where someone asks for it.
-DEFAULT_BUILT = ("fp32-b1", "fp32-unrolled", "fp16", "int8", "ort")
+DEFAULT_BUILT = ("fp32-b1", "fp32-unrolled", "portable", "fp16", "int8", "ort")
 SUFFIXES = {"plain": ".plain.onnx", "fp32": ".onnx", "fp32-b1": ".b1.onnx", "fp32-unrolled": ".unrolled.onnx",
-            "fp16": ".fp16.onnx", "int8": ".int8.onnx", "int8-dynamic": ".int8-dynamic.onnx", "ort": ".ort"}
+            "portable": ".portable.onnx", "fp16": ".fp16.onnx", "int8": ".int8.onnx", "int8-dynamic": ".int8-dynamic.onnx", "ort": ".ort"}
 # Graphs a variant hands some batch sizes to, as (graph, first, last batch size; None: no limit). Measured
 # on the seed model here, against the clean graph: the one-window graph is 8% faster at batch 1; the
 # unrolled one 7-15% faster from 128 windows per run (so for the runtime's 256-window chunks), even at
@@ -73,7 +73,7 @@ MOBILE_EPS = {
 # the default activations, anything else falls back to the CPU (RNNNeedFallbackToCPU there).
 CUDA_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Min", "Max", "Transpose", "Squeeze", "Unsqueeze", "Reshape",
                       "Expand", "Concat", "MatMul", "Gemm", "Sigmoid", "Tanh", "Relu", "Cast", "LSTM",
-                      "DequantizeLinear"})
+                      "DequantizeLinear", "Gather", "Identity"})
 CUDA_LSTM_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
 CPU_ONLY_CONTRIB = frozenset({"DynamicQuantizeLSTM"})  # onnxruntime registers it for the CPU only
 
@@ -96,6 +96,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(abs=DEFAULT_ATOL),
     "fp32-b1": Tolerance(abs=DEFAULT_ATOL),
     "fp32-unrolled": Tolerance(abs=DEFAULT_ATOL),
+    "portable": Tolerance(abs=DEFAULT_ATOL),
     "ort": Tolerance(abs=DEFAULT_ATOL),
     "fp16": Tolerance(rel_range=3e-3),
     "int8": Tolerance(rel_range=1e-2),
@@ -121,7 +122,7 @@ def check_tolerances(tolerances: object) -> dict[str, Tolerance]:
     return dict(tolerances)
 
 
-PRECISION = {"plain": "fp32", "fp32": "fp32", "fp32-b1": "fp32", "fp32-unrolled": "fp32", "ort": "fp32", "fp16": "fp16",
+PRECISION = {"plain": "fp32", "fp32": "fp32", "fp32-b1": "fp32", "fp32-unrolled": "fp32", "portable": "fp32", "ort": "fp32", "fp16": "fp16",
              "int8": "int8", "int8-dynamic": "int8"}
 
 
@@ -482,6 +483,93 @@ def _sibling(clean, graph, variant: str):
 
 
 ONNX_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu"}
+GATES = "iofc"  # ONNX's order of the four gates in an LSTM's W, R and B
+
+
+def _step_activations(attrs: dict[str, Any]) -> tuple[str, str, str] | None:
+    """The gate, cell and output activations as ONNX op types; None for settings a written-out
+    LSTM does not cover (clip, input_forget, activation parameters, other activations)."""
+    names = [a.decode() if isinstance(a, bytes) else str(a) for a in attrs.get("activations", [b"Sigmoid", b"Tanh", b"Tanh"])]
+    acts = [ONNX_ACTIVATIONS.get(a.lower()) for a in names]
+    if set(attrs) - {"activations", "direction", "hidden_size"} or None in acts or len(acts) != 3:
+        return None
+    return acts[0], acts[1], acts[2]
+
+
+def _gate_weights(prefix: str, w: np.ndarray, r: np.ndarray, b: np.ndarray, units: int) -> dict[str, np.ndarray]:
+    """One LSTM's weights per gate, transposed for Gemm: W_g (inputs, u), R_g (u, u), and b_g, both biases summed."""
+    bias = b[:4 * units] + b[4 * units:]
+    out = {}
+    for k, gate in enumerate(GATES):
+        rows = slice(k * units, (k + 1) * units)
+        out[f"{prefix}/W_{gate}"] = np.ascontiguousarray(w[rows].T, dtype=np.float32)
+        out[f"{prefix}/b_{gate}"] = bias[rows].astype(np.float32)
+        out[f"{prefix}/R_{gate}"] = np.ascontiguousarray(r[rows].T, dtype=np.float32)
+    return out
+
+
+def _lstm_steps(prefix: str, inputs: list[dict[str, str]], acts: tuple[str, str, str]) -> tuple[list, list[str]]:
+    """An LSTM written out step by step from a zero state: nodes, and each step's hidden state.
+
+    `inputs[t][g]` names step t's input term of gate g, W_g·x_t + b_g (batch, units). Each later
+    step adds its recurrent term with one Gemm per gate, R_g·h_{t-1} with the input term as its
+    bias, which onnxruntime fuses with the gate's activation.
+    """
+    from onnx import helper
+
+    node = helper.make_node
+    gate_act, cell_act, out_act = acts
+    nodes, hidden = [], []
+    for t, terms in enumerate(inputs):
+        step = f"{prefix}/{t}/"
+        pre = dict(terms)
+        if t:  # the first step starts from a zero state: its gates are the input terms alone
+            pre = {g: f"{step}z_{g}" for g in GATES}
+            nodes += [node("Gemm", [f"{prefix}/{t - 1}/h", f"{prefix}/R_{g}", terms[g]], [pre[g]], name=f"{step}gemm_{g}")
+                      for g in GATES]
+        nodes += [node(gate_act if g != "c" else cell_act, [pre[g]], [f"{step}{g}"], name=f"{step}act_{g}") for g in GATES]
+        if t:
+            nodes += [node("Mul", [f"{step}f", f"{prefix}/{t - 1}/cell"], [f"{step}kept"], name=f"{step}forget"),
+                      node("Mul", [f"{step}i", f"{step}c"], [f"{step}new"], name=f"{step}input"),
+                      node("Add", [f"{step}kept", f"{step}new"], [f"{step}cell"], name=f"{step}cell")]
+        else:
+            nodes.append(node("Mul", [f"{step}i", f"{step}c"], [f"{step}cell"], name=f"{step}cell"))
+        nodes += [node(out_act, [f"{step}cell"], [f"{step}out"], name=f"{step}act_out"),
+                  node("Mul", [f"{step}o", f"{step}out"], [f"{step}h"], name=f"{step}hidden")]
+        hidden.append(f"{step}h")
+    return nodes, hidden
+
+
+def _decoder_steps(c: _CleanAutoencoder, encoding: str, acts: tuple[str, str, str]) -> tuple[list, dict[str, np.ndarray]]:
+    """The decoder written out, from the encoding (batch, units) to the network's output (batch, steps, features):
+    the repeated input's projection made once, one Gemm per gate, then the steps and the Dense layer."""
+    from onnx import helper
+
+    node = helper.make_node
+    constants = _gate_weights("decoder", c.arrays["decoder/W"][0], c.arrays["decoder/R"][0], c.arrays["decoder/B"][0],
+                              c.units)
+    constants["decoder/steps_shape"] = np.array([0, c.timesteps, c.units], np.int64)
+    nodes = [node("Gemm", [encoding, f"decoder/W_{g}", f"decoder/b_{g}"], [f"decoder/x_{g}"], name=f"decoder/input_{g}")
+             for g in GATES]
+    steps, hidden = _lstm_steps("decoder", [{g: f"decoder/x_{g}" for g in GATES}] * c.timesteps, acts)
+    nodes += steps + [
+        node("Concat", hidden, ["decoder/h_all"], name="decoder/steps", axis=1),
+        node("Reshape", ["decoder/h_all", "decoder/steps_shape"], ["decoder/h"], name="decoder/batch_major"),
+        node("MatMul", ["decoder/h", "dense/kernel"], ["dense/product"], name="dense/matmul"),
+        node("Add", ["dense/product", "dense/bias"], [c.core_out], name="dense/add")]
+    return nodes, constants
+
+
+def _graph_from(clean, nodes: list, constants: dict[str, np.ndarray], variant: str):
+    """A sibling of `clean` made of `nodes`: the clean graph's initializers they read, plus `constants`."""
+    from onnx import helper, numpy_helper
+
+    graph = clean.graph
+    kept = {name for n in nodes for name in n.input}
+    initializers = [t for t in graph.initializer if t.name in kept and t.name not in constants]
+    initializers += [numpy_helper.from_array(value, name) for name, value in constants.items()]
+    return _sibling(clean, helper.make_graph(nodes, graph.name, list(graph.input), list(graph.output), initializers),
+                    variant)
 
 
 def unrolled_graph(clean, role: str):
@@ -501,55 +589,65 @@ def unrolled_graph(clean, role: str):
     c = _clean_autoencoder(clean, role)  # first: it makes sure onnx is there
     from onnx import helper, numpy_helper
 
-    graph, attrs, by_name = c.graph, c.decoder_attrs, c.nodes
-    names = [a.decode() if isinstance(a, bytes) else str(a) for a in attrs.get("activations", [b"Sigmoid", b"Tanh", b"Tanh"])]
-    acts = [ONNX_ACTIVATIONS.get(a.lower()) for a in names]
-    if set(attrs) - {"activations", "direction", "hidden_size"} or None in acts or len(acts) != 3:
+    acts = _step_activations(c.decoder_attrs)
+    if acts is None:
         return None
-    gate_act, cell_act, out_act = acts
-    units, timesteps = c.units, c.timesteps
-    w, r, b = c.arrays["decoder/W"][0], c.arrays["decoder/R"][0], c.arrays["decoder/B"][0]
-    bias = b[:4 * units] + b[4 * units:]
-    constants = {"axes/0": np.array([0], np.int64), "decoder/steps_shape": np.array([0, timesteps, units], np.int64)}
-    gates = "iofc"  # ONNX's order of the four gates in W, R and B
-    for k, gate in enumerate(gates):
-        rows = slice(k * units, (k + 1) * units)
-        constants[f"decoder/W_{gate}"] = np.ascontiguousarray(w[rows].T, dtype=np.float32)
-        constants[f"decoder/b_{gate}"] = bias[rows].astype(np.float32)
-        constants[f"decoder/R_{gate}"] = np.ascontiguousarray(r[rows].T, dtype=np.float32)
-    node = helper.make_node
+    by_name = c.nodes
+    constants = {"axes/0": np.array([0], np.int64)}
     nodes = [*c.fixed_pre, by_name["encoder/time_major"], by_name["encoder/LSTM"],
-             node("Squeeze", ["encoder/h", "axes/0"], ["encoder/h2"], name="encoder/embedding")]
-    nodes += [node("Gemm", ["encoder/h2", f"decoder/W_{g}", f"decoder/b_{g}"], [f"decoder/x_{g}"], name=f"decoder/input_{g}")
-              for g in gates]
-    hidden = []
+             helper.make_node("Squeeze", ["encoder/h", "axes/0"], ["encoder/h2"], name="encoder/embedding")]
+    decoder, weights = _decoder_steps(c, "encoder/h2", acts)
+    return _graph_from(clean, nodes + decoder + c.fixed_post, {**constants, **weights}, "fp32-unrolled")
+
+
+def portable_graph(clean, role: str):
+    """Either model without the LSTM operator: every step written out in Gather, Gemm, Sigmoid/Tanh/Relu,
+    Mul, Add (and the decoder's Concat, Reshape, MatMul), for runtimes that ignore an LSTM's
+    `activations` (onnx's reference evaluator and tract compute tanh whatever it says: a relu
+    model comes out wrong there without an error) or lack the operator.
+
+    Each encoder step reads its time step with a Gather and projects it with one Gemm per gate;
+    the autoencoder's decoder is the unrolled graph's. The same numbers as the clean graph
+    within float32 rounding, held to fp32's tolerance. None for LSTM settings this writing
+    does not cover.
+    """
+    require("onnx", "train")
+    from onnx import helper, numpy_helper
+
+    graph = clean.graph
+    arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    nodes_by_name = {n.name: n for n in graph.node}
+    encoder = nodes_by_name.get("encoder/LSTM")
+    if encoder is None or "encoder/W" not in arrays:
+        raise GraphError(f"{role}: not a clean graph (run clean_graph first)")
+    attrs = {a.name: helper.get_attribute_value(a) for a in encoder.attribute}
+    acts = _step_activations(attrs)
+    if acts is None:
+        return None
+    timesteps = graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    units = int(attrs["hidden_size"])
+    node = helper.make_node
+    constants = _gate_weights("encoder", arrays["encoder/W"][0], arrays["encoder/R"][0], arrays["encoder/B"][0], units)
+    nodes = [n for n in graph.node if n.name.startswith(FIXED_PREFIXES[0])]
+    terms = []
     for t in range(timesteps):
-        step = f"decoder/{t}/"
-        pre = {g: f"decoder/x_{g}" for g in gates}
-        if t:  # the first step starts from a zero state: its gates are the input projection alone
-            pre = {g: f"{step}z_{g}" for g in gates}
-            nodes += [node("Gemm", [f"decoder/{t - 1}/h", f"decoder/R_{g}", f"decoder/x_{g}"], [pre[g]], name=f"{step}gemm_{g}")
-                      for g in gates]
-        nodes += [node(gate_act if g != "c" else cell_act, [pre[g]], [f"{step}{g}"], name=f"{step}act_{g}") for g in gates]
-        if t:
-            nodes += [node("Mul", [f"{step}f", f"decoder/{t - 1}/cell"], [f"{step}kept"], name=f"{step}forget"),
-                      node("Mul", [f"{step}i", f"{step}c"], [f"{step}new"], name=f"{step}input"),
-                      node("Add", [f"{step}kept", f"{step}new"], [f"{step}cell"], name=f"{step}cell")]
-        else:
-            nodes.append(node("Mul", [f"{step}i", f"{step}c"], [f"{step}cell"], name=f"{step}cell"))
-        nodes += [node(out_act, [f"{step}cell"], [f"{step}out"], name=f"{step}act_out"),
-                  node("Mul", [f"{step}o", f"{step}out"], [f"{step}h"], name=f"{step}hidden")]
-        hidden.append(f"{step}h")
-    nodes += [node("Concat", hidden, ["decoder/h_all"], name="decoder/steps", axis=1),
-              node("Reshape", ["decoder/h_all", "decoder/steps_shape"], ["decoder/h"], name="decoder/batch_major"),
-              node("MatMul", ["decoder/h", "dense/kernel"], ["dense/product"], name="dense/matmul"),
-              node("Add", ["dense/product", "dense/bias"], [c.core_out], name="dense/add"),
-              *c.fixed_post]
-    kept = {name for n in nodes for name in n.input}
-    initializers = [t for t in graph.initializer if t.name in kept and t.name not in constants]
-    initializers += [numpy_helper.from_array(value, name) for name, value in constants.items()]
-    return _sibling(clean, helper.make_graph(nodes, graph.name, list(graph.input), list(graph.output), initializers),
-                    "fp32-unrolled")
+        constants[f"encoder/step_{t}"] = np.array(t, np.int64)
+        nodes.append(node("Gather", [MODEL_INPUT, f"encoder/step_{t}"], [f"encoder/x_{t}"], name=f"encoder/{t}/read",
+                          axis=1))
+        nodes += [node("Gemm", [f"encoder/x_{t}", f"encoder/W_{g}", f"encoder/b_{g}"], [f"encoder/{t}/x_{g}"],
+                       name=f"encoder/{t}/input_{g}") for g in GATES]
+        terms.append({g: f"encoder/{t}/x_{g}" for g in GATES})
+    steps, hidden = _lstm_steps("encoder", terms, acts)
+    nodes += steps
+    if role == "encoder":
+        nodes.append(node("Identity", [hidden[-1]], [nodes_by_name["encoder/embedding"].output[0]], name="encoder/embedding"))
+        return _graph_from(clean, nodes, constants, "portable")
+    c = _clean_autoencoder(clean, role)
+    decoder_acts = _step_activations(c.decoder_attrs)
+    if decoder_acts is None:
+        return None
+    decoder, weights = _decoder_steps(c, hidden[-1], decoder_acts)
+    return _graph_from(clean, nodes + decoder + c.fixed_post, {**constants, **weights}, "portable")
 
 
 def _dense_weights(graph, inits: dict[str, Any]) -> tuple[Any, Any]:
@@ -1018,7 +1116,7 @@ def build_variants(stage: Path, training: Any, inputs: dict[str, np.ndarray], pr
     onnx = require("onnx", "train")
 
     wanted = check_variant_names(variants)
-    tolerance = {**DEFAULT_TOLERANCES, **{n: Tolerance(abs=atol) for n in ("plain", "fp32", "fp32-b1", "fp32-unrolled", "ort")},
+    tolerance = {**DEFAULT_TOLERANCES, **{n: Tolerance(abs=atol) for n in ("plain", "fp32", "fp32-b1", "fp32-unrolled", "portable", "ort")},
                  **check_tolerances(tolerances)}
     from .pipeline import keras_references
 
@@ -1030,7 +1128,7 @@ def build_variants(stage: Path, training: Any, inputs: dict[str, np.ndarray], pr
         clean_path = stage / f"{role}{SUFFIXES['fp32']}"
         clean = onnx.load(str(clean_path))
         protos = {"plain": onnx.load(str(stage / PLAIN_FILES[role])), "fp32": clean}
-        builders = {"fp32-b1": single_window_graph, "fp32-unrolled": unrolled_graph,
+        builders = {"fp32-b1": single_window_graph, "fp32-unrolled": unrolled_graph, "portable": portable_graph,
                     "fp16": lambda proto, role: to_float16(proto), "int8": lambda proto, role: to_int8(proto)}
         for name, build in builders.items():
             proto = build(clean, role) if name in wanted else None
@@ -1072,7 +1170,8 @@ def build_variants(stage: Path, training: Any, inputs: dict[str, np.ndarray], pr
                "models": {file: target_report(stage / file, proto, precision)
                           for file, (proto, precision) in described.items()}}
     atomic_write_json(stage / TARGETS_FILE, targets)
-    kinds = {"plain": "onnx-plain", "fp32-b1": "onnx-b1", "fp32-unrolled": "onnx-unrolled", "fp16": "onnx-fp16",
+    kinds = {"plain": "onnx-plain", "fp32-b1": "onnx-b1", "fp32-unrolled": "onnx-unrolled", "portable": "onnx-portable",
+             "fp16": "onnx-fp16",
              "int8": "onnx-int8", "int8-dynamic": "onnx-int8-dynamic", "ort": "ort"}  # fp32: the caller's "onnx"
     files = {v.file: file_entry(stage / v.file, kinds[v.name]) for v in made if v.published and v.name in kinds}
     if ort_files:

@@ -84,7 +84,7 @@ def test_manifest_records_every_variant(tiny_export):
     for role in ("autoencoder", "encoder"):
         variants = manifest["variants"][role]
         batch_graphs = {"fp32-b1", "fp32-unrolled"} if role == "autoencoder" else set()
-        assert set(variants) == {"plain", "fp32", "fp16", "int8", "ort"} | batch_graphs
+        assert set(variants) == {"plain", "fp32", "portable", "fp16", "int8", "ort"} | batch_graphs
         assert variants["fp32"]["file"] == f"{role}.onnx" and variants["fp32"]["default"]
         assert bool(variants["fp32"].get("by_batch")) == bool(batch_graphs)
         assert {n: v["batch"] for n, v in variants.items()} == {n: 1 if n == "fp32-b1" else "any" for n in variants}
@@ -104,7 +104,7 @@ def test_manifest_records_every_variant(tiny_export):
         assert ("score" in variants["fp16"]["parity"]) == (role == "autoencoder")
 
 
-@pytest.mark.parametrize("name", ["fp32", "fp32-b1", "fp32-unrolled", "fp16", "int8", "ort"])
+@pytest.mark.parametrize("name", ["fp32", "fp32-b1", "fp32-unrolled", "portable", "fp16", "int8", "ort"])
 def test_published_variants_match_keras_within_their_tolerance(tiny_export, tiny_training, parity_inputs, name):
     """Every graph the runtime may choose, for any batch size, holds parity with Keras."""
     manifest = read_manifest(tiny_export)
@@ -204,6 +204,29 @@ def test_int8_dynamic_falls_back_to_per_channel_weights_when_per_tensor_misses_t
     assert (weights, parity) == ("per-channel", False)  # none holds: the last one tried, reported as failing
     with pytest.raises(UsageError, match="per-tensor or per-channel"):
         optimize.to_int8_dynamic(clean, tmp_path / "x.onnx", "per-row")
+
+
+PORTABLE_OPS = {"Min", "Max", "Sub", "Mul", "Div", "Add", "Gather", "Gemm", "Sigmoid", "Tanh", "Relu", "Concat",
+                "Reshape", "MatMul", "Identity"}
+
+
+@pytest.mark.parametrize("role", ["autoencoder", "encoder"])
+def test_portable_graph_has_no_lstm_and_matches_keras_in_onnx_reference_evaluator(tiny_export, tiny_training,
+                                                                                parity_inputs, role):
+    """onnx's ReferenceEvaluator computes tanh in an LSTM whatever its activations say (the clean
+    relu graph is far off there); the portable graph, written out in plain operators, is not."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(str(tiny_export / f"{role}.portable.onnx"))
+    assert {n.op_type for n in model.graph.node} <= PORTABLE_OPS and {n.domain for n in model.graph.node} == {""}
+    clean = ReferenceEvaluator(onnx.load(str(tiny_export / f"{role}.onnx")))
+    portable = ReferenceEvaluator(model)
+    x = parity_inputs["in_range"]
+    keras = (tiny_training.reconstruct(x) if role == "autoencoder"
+             else predict(tiny_training.encoder, tiny_training.preprocessing.apply(x)))
+    assert np.abs(portable.run(None, {"sequence": x})[0] - keras).max() <= 1e-5
+    assert np.abs(clean.run(None, {"sequence": x})[0] - keras).max() > 1e-3  # the relu LSTM computed as tanh
+    np.testing.assert_allclose(run(tiny_export / f"{role}.portable.onnx", x), keras, atol=1e-5)
 
 
 def test_single_window_graph_moves_the_decoder_input_projection_out_of_the_lstm(tiny_export):
@@ -328,7 +351,7 @@ def test_optimize_upgrades_an_export_made_before_variants(export_copy):
     assert ops(export_copy / "autoencoder.onnx") == CLEAN_OPS["autoencoder"]
     assert after["models"]["autoencoder"]["nodes"] == len(CLEAN_OPS["autoencoder"])
     assert after["parity"]["passed"] and after["preprocessing"] == manifest["preprocessing"]
-    assert set(after["variants"]["encoder"]) == {"plain", "fp32", "fp16", "int8", "ort"}
+    assert set(after["variants"]["encoder"]) == {"plain", "fp32", "portable", "fp16", "int8", "ort"}
     assert {"fp32-b1", "fp32-unrolled"} <= set(after["variants"]["autoencoder"])  # the batch graphs come too
     assert [r["file"] for r in after["variants"]["autoencoder"]["fp32"]["by_batch"]] == [
         "autoencoder.b1.onnx", "autoencoder.onnx", "autoencoder.unrolled.onnx"]

@@ -287,7 +287,7 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path):
         runtime.load(bogus, "cpu")
 
 
-@pytest.mark.parametrize("variant", ["fp32", "fp32-b1", "fp32-unrolled", "fp16", "int8", "ort", "plain"])
+@pytest.mark.parametrize("variant", ["fp32", "fp32-b1", "fp32-unrolled", "portable", "fp16", "int8", "ort", "plain"])
 def test_every_published_variant_loads_and_scores_with_its_own_threshold(tiny_export, variant, rng):
     manifest = json.loads((tiny_export / "manifest.json").read_text())
     model = runtime.load(tiny_export, "cpu", variant=variant)

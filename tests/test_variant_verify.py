@@ -46,12 +46,12 @@ def test_verify_rechecks_every_published_variant_against_its_recorded_tolerance(
     assert report and report.variants
     expected = {f"{role}/{name} ({v['file']})/cpu" for role, by_name in manifest["variants"].items()
                 for name, v in by_name.items() if v["published"] and name not in ("fp32", "fp32-b1", "fp32-unrolled")}
-    assert set(report.variant_summary()) == expected and len(expected) == 8  # plain, fp16, int8, ort of both
+    assert set(report.variant_summary()) == expected and len(expected) == 10  # plain, portable, fp16, int8, ort of both
     for r in report.variants:
         role, name = r.model.split(" ")[0].split("/")
         assert Tolerance(r.tolerance_abs, r.tolerance_rel_range).to_dict() == manifest["variants"][role][name]["tolerance"]
     payload = report.to_dict()
-    assert len(payload["variants"]) == 8 * 4 and all(r["passed"] for r in payload["variants"])
+    assert len(payload["variants"]) == 10 * 4 and all(r["passed"] for r in payload["variants"])
     assert any("int8" in line and "of range" in line and line.endswith("ok") for line in report.variant_lines())
 
 
