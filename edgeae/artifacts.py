@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import ExportExistsError, IntegrityError, LockedError, UsageError
+from .layout import MANIFEST_FILE, ROLES
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "edgeae-manifest"
 MANIFEST_VERSION = 1
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-ROLES = ("autoencoder", "encoder")
 
 
 def sha256_file(path: Path) -> str:
@@ -253,7 +252,7 @@ def _check_not_symlink(target: Path) -> None:
 def _unlisted(folder: Path, manifest: dict) -> list[str]:
     """Entries of an edgeae folder that its manifest does not list: the user's, not ours to delete."""
     files = manifest.get("files")
-    listed = {MANIFEST_NAME, *(files if isinstance(files, dict) else ())}
+    listed = {MANIFEST_FILE, *(files if isinstance(files, dict) else ())}
     with os.scandir(folder) as entries:
         return sorted(e.name for e in entries if e.name not in listed or e.is_dir(follow_symlinks=False))
 
@@ -268,7 +267,7 @@ def _check_replaceable(target: Path) -> None:
     if not any(target.iterdir()):
         return
     try:  # a linked manifest proves nothing about this folder's own files
-        manifest = json.loads(_safe_member(target, MANIFEST_NAME).read_text(encoding="utf-8"))
+        manifest = json.loads(_safe_member(target, MANIFEST_FILE).read_text(encoding="utf-8"))
     except (IntegrityError, OSError, UnicodeDecodeError, ValueError):
         manifest = None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
@@ -370,7 +369,7 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     body = _finite({"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION,
                     **{k: v for k, v in manifest.items() if k not in ("format", "format_version", "checksum")}})
     body["checksum"] = _manifest_checksum(body)
-    path = Path(folder) / MANIFEST_NAME
+    path = Path(folder) / MANIFEST_FILE
     atomic_write_json(path, body)
     return path
 
@@ -382,7 +381,7 @@ def read_manifest(folder: Path) -> dict:
         raise UsageError(f"{folder} is a file; expected an edgeae folder (a training run or an export)")
     if not folder.is_dir():
         raise UsageError(f"folder not found: {folder}")
-    path = _safe_member(folder, MANIFEST_NAME)
+    path = _safe_member(folder, MANIFEST_FILE)
     manifest = read_json(path, "manifest")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise IntegrityError(f"{path} is not an edgeae manifest")
@@ -408,6 +407,16 @@ def read_manifest(folder: Path) -> dict:
 # each reader can index it without guarding against a wrong type.
 
 Check = Callable[[str, Any], None]
+
+
+def read_export_manifest(folder: Path) -> dict:
+    """The checked manifest of an export folder; a training folder has no ONNX graphs yet."""
+    manifest = read_manifest(folder)
+    if manifest.get("kind") == "training":
+        raise UsageError(f"{folder} is a training folder; export it first: edgeae export {folder}")
+    if manifest.get("kind") != "export":
+        raise UsageError(f"{folder} is not an export folder (run edgeae export on it first)")
+    return manifest
 
 
 def _refuse(path: str, expected: str, value: Any) -> NoReturn:
@@ -557,7 +566,7 @@ def check_training_record(record: Any, source: str) -> None:
     whose fields have the wrong type or range."""
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise IntegrityError(f"{source}: the training record has no config")
-    _TRAINING(f"{source}:" if source != "manifest.json" else "training", record)
+    _TRAINING(f"{source}:" if source != MANIFEST_FILE else "training", record)
 
 
 def check_manifest_schema(manifest: dict) -> None:

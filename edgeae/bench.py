@@ -20,8 +20,8 @@ import numpy as np
 
 from .artifacts import as_path, read_manifest, verify_file, verify_files
 from .errors import IntegrityError, UsageError
+from .layout import KERAS_FILE, ROLES
 
-BASELINE_SUFFIX = ".plain.onnx"
 DEFAULT_BATCHES = (64, 4096)
 # One batch is allocated whole (and fed whole to the baseline session): past this it
 # measures the machine's memory, not the model, and can exhaust it.
@@ -138,14 +138,15 @@ def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Route
             if isinstance(entry, dict) and entry.get("by_batch"):
                 routes[entry["file"]] = [(a, b, folder / f) for a, b, f in batch_routes(manifest, role, name)]
     served = {path.name for found in routes.values() for _, _, path in found}
+    baselines = {((by_name.get("plain") or {}).get("file")) for by_name in (manifest.get("variants") or {}).values()}
     paths = []
     for name in manifest["files"]:
         role = name.split(".")[0]
-        if name.endswith((".onnx", ".ort")) and name not in served and role in ("autoencoder", "encoder"):
+        if name.endswith((".onnx", ".ort")) and name not in served and role in ROLES:
             found = routes.get(name, [])
             label = "+".join([name, *(path.name.split(".")[-2] for _, _, path in found)])
             paths.append((label, role, folder / name, found))
-    return sorted(paths, key=lambda t: (t[1], not t[0].endswith(BASELINE_SUFFIX), t[0]))
+    return sorted(paths, key=lambda t: (t[1], t[2].name not in baselines, t[0]))
 
 
 def _onnx_model(path: Path, routes: Routes, threads: int | None, manifest: dict) -> Any:
@@ -191,7 +192,7 @@ def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Ca
             pass  # already initialised in this process
     manifest = read_manifest(folder)
     pre = Preprocessing.from_dict(manifest["preprocessing"])
-    autoencoder, encoder = km.load(folder / "model.keras")
+    autoencoder, encoder = km.load(folder / KERAS_FILE)
     net = autoencoder if role == "autoencoder" else encoder
     post = pre.invert if role == "autoencoder" else (lambda y: y)
     graph = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
@@ -218,7 +219,8 @@ else:
     from edgeae.bench import _keras_runners
     role, path = target.split(":")
     run = _keras_runners(__import__("pathlib").Path(folder), role, None)[path]
-    w = json.load(open(folder + "/manifest.json"))["window"]
+    from edgeae.artifacts import read_manifest
+    w = read_manifest(__import__("pathlib").Path(folder))["window"]
     run(np.zeros((batch, w["timesteps"], w["features"]), np.float32))
 done = time.time()
 try:  # VmHWM is this process image's own peak; ru_maxrss would include the parent's, inherited over fork
@@ -356,7 +358,7 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         if keras:
             for name, runner in _keras_runners(folder, role, threads).items():
                 runners[name] = runner
-                entries[name] = PathResult(name, role, "keras", (folder / "model.keras").stat().st_size)
+                entries[name] = PathResult(name, role, "keras", (folder / KERAS_FILE).stat().st_size)
         flops = model_flops(role, window["timesteps"], window["features"], units)
         shape = (window["timesteps"], window["features"])
         rng = np.random.default_rng(0)

@@ -301,13 +301,13 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
       edgeae train --epochs 50 --out runs/small
       edgeae train --data sensors.csv --columns temp,pressure --validation-fraction 0.2 --patience 20
     """
-    from . import pipeline
+    from .training import save_training, train as train_model
 
     quiet = kw["quiet"]
     config, data, columns = _config_and_data(kw)
     check_target(out, force)  # fail before training, not after
-    training = pipeline.train(config, data, columns, _progress(quiet, config.epochs))
-    pipeline.save_training(training, out, force)
+    training = train_model(config, data, columns, _progress(quiet, config.epochs))
+    save_training(training, out, force)
     summary = training.summary()
     emit(ctx, {"out": str(out), **summary}, [
         f"trained {summary['parameters']:,} parameters for {summary['epochs_run']} epochs: final loss {summary['final_loss']:.3e}, "
@@ -337,9 +337,9 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
     Example:
       edgeae export runs/train --out exported --force
     """
-    from . import pipeline
-
-    from .optimize import check_variant_names, folder_lines, folder_variants
+    from . import publish
+    from .training import load_training
+    from .variants import check_variant_names
 
     run, target = training_dir.resolve(), out.resolve()
     if target == run or target in run.parents:
@@ -348,10 +348,10 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
     check_target(out, force)  # before TensorFlow loads and the model runs
     built = build or None
     check_variant_names(built)
-    path, report = pipeline.export(pipeline.load_training(training_dir), out, opset, atol, provider, force,
-                                   threshold_quantile, built)
-    emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": folder_variants(path)},
-         [*_parity_lines(report), *folder_lines(path, targets=False), *_detector_lines(path), f"exported to {path}"])
+    path, report = publish.export(load_training(training_dir), out, opset, atol, provider, force,
+                                  threshold_quantile, built)
+    emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": publish.folder_variants(path)},
+         [*_parity_lines(report), *publish.folder_lines(path, targets=False), *_detector_lines(path), f"exported to {path}"])
 
 
 @main.command()
@@ -371,9 +371,9 @@ def verify(ctx: click.Context, export_dir: Path, atol: float, provider: str, aga
       edgeae verify exported --provider cpu --atol 1e-6
       edgeae verify exported --provider cuda --against stored   # on a device without TensorFlow
     """
-    from . import pipeline
+    from .verification import verify as verify_export
 
-    report = pipeline.verify(export_dir, provider, atol, against)
+    report = verify_export(export_dir, provider, atol, against)
     emit(ctx, report.to_dict(), _parity_lines(report))
     if not report:
         raise ParityError("; ".join(report.failures()))
@@ -400,9 +400,9 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
       edgeae optimize exported --provider cpu
       edgeae optimize exported --build int8 --build int8-dynamic   # the fast int8, proven on each device
     """
-    from . import optimize as api
+    from . import publish
 
-    result = api.optimize(export_dir, provider, variants=build or None)
+    result = publish.optimize(export_dir, provider, variants=build or None)
     emit(ctx, {"out": str(export_dir), **result.to_dict()}, [*result.lines(), f"published to {export_dir}"])
     missed = [f"{v.role}/{v.name}" for v in result.variants if not v.published]
     if strict and missed:
@@ -428,20 +428,19 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, prov
       edgeae pipeline --force                      # regenerate exported/
       edgeae pipeline --epochs 20 --units 16 --out runs/small
     """
-    from . import pipeline as api
-    from .optimize import folder_lines, folder_variants
+    from . import publish
 
     quiet = kw["quiet"]
     config, data, columns = _config_and_data(kw)
-    path, report, training = api.run_pipeline(config, out, data, columns, opset, atol, provider, force,
+    path, report, training = publish.run_pipeline(config, out, data, columns, opset, atol, provider, force,
                                               _progress(quiet, config.epochs), build or None)
     summary = training.summary()
-    emit(ctx, {"out": str(path), "training": summary, "parity": report.to_dict(), "variants": folder_variants(path)}, [
+    emit(ctx, {"out": str(path), "training": summary, "parity": report.to_dict(), "variants": publish.folder_variants(path)}, [
         f"trained {summary['parameters']:,} parameters, {summary['epochs_run']} epochs, final loss {summary['final_loss']:.3e}, "
         f"training reconstruction max abs error {summary['train_reconstruction_max_abs']:.3e}",
         *_early_stop_lines(summary),
         *_parity_lines(report),
-        *folder_lines(path, targets=False),
+        *publish.folder_lines(path, targets=False),
         *_detector_lines(path),
         f"exported to {path}",
     ])

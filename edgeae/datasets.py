@@ -87,7 +87,7 @@ class DemoResult:
     dataset: LabelledDataset
     export: Path
     detection: Any  # detector.Detection
-    training: dict[str, Any]  # pipeline.Training.summary()
+    training: dict[str, Any]  # training.Training.summary()
     detector: dict[str, Any]  # the manifest's record
     train_seconds: float
     evaluated_rows: int
@@ -126,7 +126,8 @@ def evaluation_part(dataset: LabelledDataset) -> tuple[np.ndarray, np.ndarray]:
 def demo(out: Path, config: Any = None, providers: str = "cpu", force: bool = False,
          progress: Callable[[int | None, dict[str, float]], None] | None = None) -> DemoResult:
     """Train on the normal part, export with a calibrated threshold, score the rest on the runtime."""
-    from . import pipeline, runtime
+    from . import publish, runtime
+    from .training import train
     from .artifacts import check_target
     from .detector import evaluate
 
@@ -135,9 +136,9 @@ def demo(out: Path, config: Any = None, providers: str = "cpu", force: bool = Fa
     out = Path(out)
     check_target(out, force)  # before minutes of training
     start = time.perf_counter()
-    training = pipeline.train(config, dataset.train_file, dataset.columns, progress)
+    training = train(config, dataset.train_file, dataset.columns, progress)
     train_seconds = time.perf_counter() - start
-    path, _ = pipeline.export(training, out, providers=providers, force=force)
+    path, _ = publish.export(training, out, providers=providers, force=force)
     model = runtime.load(path, "cpu")
     values, labels = evaluation_part(dataset)
     detection, _ = evaluate(model, values, labels, stride=1)

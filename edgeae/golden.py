@@ -28,10 +28,10 @@ import numpy as np
 
 from .artifacts import atomic_write_bytes, atomic_write_json, file_entry, verify_file
 from .errors import IntegrityError
+from .layout import GOLDEN_DATA_FILE as DATA_FILE
+from .layout import GOLDEN_INDEX_FILE as INDEX_FILE
+from .layout import GOLDEN_ROLE, REFERENCE_FILE, REFERENCE_ROLE
 
-INDEX_FILE = "golden.json"
-DATA_FILE = "golden.bin"
-REFERENCE_FILE = "parity_reference.npz"  # the same arrays, for numpy
 FORMAT = "edgeae-golden"
 KERAS = "keras"  # the source name of the reference outputs
 SCORE = "score"  # the pseudo-role of per-window scores
@@ -78,8 +78,8 @@ def write_golden(stage: Path, inputs: dict[str, np.ndarray],
     atomic_write_bytes(stage / DATA_FILE, b"".join(blobs))
     atomic_write_json(stage / INDEX_FILE, index)
     np.savez(stage / REFERENCE_FILE, **{key.replace("/", "__"): value for key, value in arrays.items()})
-    return {DATA_FILE: file_entry(stage / DATA_FILE, "golden"), INDEX_FILE: file_entry(stage / INDEX_FILE, "golden"),
-            REFERENCE_FILE: file_entry(stage / REFERENCE_FILE, "reference")}
+    return {DATA_FILE: file_entry(stage / DATA_FILE, GOLDEN_ROLE), INDEX_FILE: file_entry(stage / INDEX_FILE, GOLDEN_ROLE),
+            REFERENCE_FILE: file_entry(stage / REFERENCE_FILE, REFERENCE_ROLE)}
 
 
 def _entry(data: np.ndarray, where: str, entry: Any) -> np.ndarray:

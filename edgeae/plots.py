@@ -18,13 +18,8 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, ExportExistsError, UsageError, require
+from .layout import PARITY_INPUTS_FILE, PARITY_REPORT_FILE, PLOT_FILES, PLOT_ROLE
 
-PLOT_FILES = {
-    "reconstruction": "reconstruction.png",
-    "scores": "scores.png",
-    "loss": "loss.png",
-    "parity": "parity.png",
-}
 MAX_FEATURES_SHOWN = 6
 DPI = 100
 
@@ -219,7 +214,7 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
     """
     from . import runtime
     from .artifacts import (
-        as_path, atomic_write_bytes, file_entry, folder_lock, read_json, read_manifest, verify_file, verify_files,
+        as_path, atomic_write_bytes, file_entry, folder_lock, read_export_manifest, read_json, verify_file, verify_files,
         write_manifest,
     )
 
@@ -240,12 +235,10 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
     target = export_dir if out is None else Path(out)
     # Only adding files to the export needs its lock; a read-only export can still be pictured elsewhere.
     with folder_lock(export_dir) if out is None else contextlib.nullcontext():
-        manifest = read_manifest(export_dir)
-        if manifest.get("kind") != "export":
-            raise UsageError(f"{export_dir} is not an export folder (run edgeae export first)")
+        manifest = read_export_manifest(export_dir)
         verify_files(export_dir, manifest)
         ours = {name for name, entry in manifest["files"].items()
-                if out is None and isinstance(entry, dict) and entry.get("role") == "plot"}
+                if out is None and isinstance(entry, dict) and entry.get("role") == PLOT_ROLE}
         _check_targets(target, ours, force)
         model = runtime.load(export_dir, provider)
         stride = int((manifest.get("window") or {}).get("stride", 1))
@@ -255,7 +248,7 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
         if data is not None:
             windows, starts, scores, window_flags, names = _series_scores(model, Path(data), columns, labels, stride)
         else:
-            with np.load(verify_file(export_dir, "parity_inputs.npz", manifest["files"].get("parity_inputs.npz")),
+            with np.load(verify_file(export_dir, PARITY_INPUTS_FILE, manifest["files"].get(PARITY_INPUTS_FILE)),
                          allow_pickle=False) as saved:
                 train_w, val_w = saved["training"], saved["validation"]
             windows = np.concatenate([train_w, val_w]) if len(val_w) else train_w
@@ -270,7 +263,7 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
         titles = [f"window at {starts[i]:g}: score {scores[i]:.3g}"
                   + (" FLAGGED" if threshold is not None and scores[i] > threshold else "") for i in picked]
         training = manifest.get("training") or {}
-        parity = read_json(verify_file(export_dir, "parity.json", manifest["files"].get("parity.json")), "parity report")
+        parity = read_json(verify_file(export_dir, PARITY_REPORT_FILE, manifest["files"].get(PARITY_REPORT_FILE)), "parity report")
         images = {
             "reconstruction": reconstruction_png(windows[picked], model.reconstruct(windows[picked]), names, titles),
             "scores": scores_png(starts, scores, threshold, window_flags, spans, xlabel),
@@ -290,6 +283,6 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
             written.append(path)
         if out is None:
             for path in written:
-                manifest["files"][path.name] = file_entry(path, "plot")
+                manifest["files"][path.name] = file_entry(path, PLOT_ROLE)
             write_manifest(export_dir, manifest)
     return written

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .artifacts import ROLES, read_manifest, verify_file
+from .artifacts import read_export_manifest, verify_file
 from .errors import DataError, InferenceError, IntegrityError, ParityError, ProviderError, ShapeError, UsageError
+from .layout import ROLES
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -623,14 +624,6 @@ def batch_routes(manifest: dict, role: str, variant: str) -> list[tuple[int, int
     entry = _variant_entry(manifest, role, variant) or {}
     return [(*route["batches"], route["file"]) for route in entry.get("by_batch", ())
             if route["file"] != entry["file"]]
-
-
-def read_export_manifest(folder: Path) -> dict:
-    """The checked manifest of an export folder; a training folder has no ONNX graphs to run yet."""
-    manifest = read_manifest(folder)
-    if manifest.get("kind") == "training":
-        raise UsageError(f"{folder} is a training folder; export it first: edgeae export {folder}")
-    return manifest
 
 
 def manifest_sizes(manifest: dict) -> dict[str, Any]:

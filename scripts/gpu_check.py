@@ -13,20 +13,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeae import pipeline, runtime  # noqa: E402
+from edgeae import runtime, verification  # noqa: E402
 from edgeae.errors import EdgeAEError  # noqa: E402
+from edgeae.layout import MANIFEST_FILE  # noqa: E402
 
 
 def main(folder: Path) -> int:
     print("onnxruntime providers:", runtime.available_providers())
     try:
-        report = pipeline.verify(folder, providers="cuda", against="stored")
+        report = verification.verify(folder, providers="cuda", against="stored")
     except EdgeAEError as exc:
         print(f"error: {exc}")
         return exc.exit_code
     for line in report.lines():
         print(line)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
     for variant in ("fp32", *sorted(manifest.get("variants", {}).get("autoencoder", {}))):
         model = runtime.load(folder, "cuda", variant=variant)
         for role, placement in model.node_placement().items():

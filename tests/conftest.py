@@ -33,18 +33,18 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_training(tiny_config):
-    from edgeae import pipeline
+    from edgeae import training as trainer
 
-    return pipeline.train(tiny_config)
+    return trainer.train(tiny_config)
 
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_training, tmp_path_factory) -> Path:
     """A published export folder of the tiny model (treat as read-only; copy to modify)."""
-    from edgeae import pipeline
+    from edgeae import publish
 
     out = tmp_path_factory.mktemp("tiny") / "export"
-    pipeline.export(tiny_training, out, providers="cpu")
+    publish.export(tiny_training, out, providers="cpu")
     return out
 
 
@@ -65,7 +65,8 @@ def rng():
 @pytest.fixture(scope="session")
 def scaled_export(tmp_path_factory) -> Path:
     """An export whose graph carries real preprocessing: quantile clipping and min-max scaling."""
-    from edgeae import pipeline
+    from edgeae import publish
+    from edgeae import training as trainer
     from edgeae.model import TrainConfig
 
     folder = tmp_path_factory.mktemp("scaled")
@@ -74,7 +75,7 @@ def scaled_export(tmp_path_factory) -> Path:
     np.save(folder / "series.npy", series)
     config = TrainConfig(timesteps=8, features=3, units=6, epochs=5, learning_rate=0.01, stride=4,
                          clip_quantiles=(0.05, 0.95), scaling="minmax", seed=5)
-    training = pipeline.train(config, folder / "series.npy")
+    training = trainer.train(config, folder / "series.npy")
     out = folder / "export"
-    pipeline.export(training, out, providers="cpu")
+    publish.export(training, out, providers="cpu")
     return out

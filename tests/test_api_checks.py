@@ -8,12 +8,13 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgeae import detector, pipeline, runtime
+from edgeae import detector, layout, publish, runtime, verification
 from edgeae.artifacts import file_entry, read_manifest, write_manifest
 from edgeae.bench import run_bench
 from edgeae.cli import main
 from edgeae.errors import EXIT_INTEGRITY, EXIT_USAGE, DataError, IntegrityError, UsageError
 from edgeae.model import ACTIVATIONS, TrainConfig
+from edgeae import training as trainer
 
 # ---------------------------------------------------------------- a resealed graph of another model
 
@@ -100,8 +101,8 @@ def test_activations_tf2onnx_writes_as_a_loop_are_refused(activation):
 def test_one_step_windows_are_refused_and_two_export(tmp_path):
     with pytest.raises(UsageError, match="timesteps must be at least 2"):
         TrainConfig(timesteps=1)
-    training = pipeline.train(TrainConfig(timesteps=2, features=2, units=2, epochs=1, seed=2))
-    out, _ = pipeline.export(training, tmp_path / "export", providers="cpu")
+    training = trainer.train(TrainConfig(timesteps=2, features=2, units=2, epochs=1, seed=2))
+    out, _ = publish.export(training, tmp_path / "export", providers="cpu")
     assert runtime.load(out, "cpu").encode(np.ones((2, 2))).shape == (2,)
 
 
@@ -114,12 +115,12 @@ def test_cli_refuses_them_before_training(tmp_path):
 
 
 def test_exporting_an_old_training_folder_with_such_settings_is_a_usage_error(tiny_training, tmp_path):
-    folder = pipeline.save_training(tiny_training, tmp_path / "run")
-    record = json.loads((folder / pipeline.TRAINING_FILE).read_text())
+    folder = trainer.save_training(tiny_training, tmp_path / "run")
+    record = json.loads((folder / layout.TRAINING_FILE).read_text())
     record["config"]["activation"] = "elu"  # what an older edgeae trained
-    (folder / pipeline.TRAINING_FILE).write_text(json.dumps(record))
+    (folder / layout.TRAINING_FILE).write_text(json.dumps(record))
     manifest = read_manifest(folder)
-    manifest["files"][pipeline.TRAINING_FILE] = file_entry(folder / pipeline.TRAINING_FILE, "training")
+    manifest["files"][layout.TRAINING_FILE] = file_entry(folder / layout.TRAINING_FILE, "training")
     write_manifest(folder, manifest)
     result = CliRunner().invoke(main, ["export", str(folder), "--out", str(tmp_path / "export")])
     assert result.exit_code == EXIT_USAGE, result.output
@@ -130,7 +131,7 @@ def test_exporting_an_old_training_folder_with_such_settings_is_a_usage_error(ti
 
 
 def test_bench_on_a_training_folder_says_export_it_first(tiny_training, tmp_path):
-    folder = pipeline.save_training(tiny_training, tmp_path / "run")
+    folder = trainer.save_training(tiny_training, tmp_path / "run")
     with pytest.raises(UsageError, match="is a training folder; export it first"):
         run_bench(folder, runs=3, batches=(2,), cold=False)
     result = CliRunner().invoke(main, ["bench", str(folder), "--runs", "3"])
@@ -260,29 +261,29 @@ def test_load_retries_once_when_the_folder_was_replaced_while_it_read(tiny_expor
 
 def _wrong_kinds(tiny_config, tiny_training, tiny_export, tmp_path):
     """(call, message) pairs: each wrong kind of argument the pipeline API may be handed."""
-    from edgeae.optimize import optimize
+    from edgeae.publish import optimize
 
     data = tmp_path / "ab.csv"
     data.write_text("a,b,c\n" + "".join(f"{i},{i % 3},{i % 5}\n" for i in range(30)))
     return [
-        (lambda: pipeline.load_training(None), "training folder must be a file or folder name"),
-        (lambda: pipeline.load_training(5), "training folder must be a file or folder name"),
-        (lambda: pipeline.verify(None), "export folder must be a file or folder name"),
+        (lambda: trainer.load_training(None), "training folder must be a file or folder name"),
+        (lambda: trainer.load_training(5), "training folder must be a file or folder name"),
+        (lambda: verification.verify(None), "export folder must be a file or folder name"),
         (lambda: optimize(1), "export folder must be a file or folder name"),
-        (lambda: pipeline.train(None), "config must be an edgeae.model.TrainConfig"),
-        (lambda: pipeline.train({"timesteps": 4}), "config must be an edgeae.model.TrainConfig"),
-        (lambda: pipeline.train(tiny_config, np.zeros((30, 3))), "data must be a file .* got a ndarray"),
-        (lambda: pipeline.train(tiny_config, data, (0, 1)), "columns must be a tuple of column names"),
-        (lambda: pipeline.train(tiny_config, data, "ab"), "columns must be a tuple of column names"),  # not a, b
-        (lambda: pipeline.train(tiny_config, data, None, 5), "progress must be a function or None"),
-        (lambda: pipeline.export(None, tmp_path / "e"), "training must be an edgeae.pipeline.Training"),
-        (lambda: pipeline.export(str(tiny_export), tmp_path / "e"), "training must be an edgeae.pipeline.Training"),
-        (lambda: pipeline.export(tiny_training, None), "out must be a file or folder name"),
-        (lambda: pipeline.run_pipeline(None, tmp_path / "p"), "config must be an edgeae.model.TrainConfig"),
-        (lambda: pipeline.run_pipeline(tiny_config, None), "out must be a file or folder name"),
+        (lambda: trainer.train(None), "config must be an edgeae.model.TrainConfig"),
+        (lambda: trainer.train({"timesteps": 4}), "config must be an edgeae.model.TrainConfig"),
+        (lambda: trainer.train(tiny_config, np.zeros((30, 3))), "data must be a file .* got a ndarray"),
+        (lambda: trainer.train(tiny_config, data, (0, 1)), "columns must be a tuple of column names"),
+        (lambda: trainer.train(tiny_config, data, "ab"), "columns must be a tuple of column names"),  # not a, b
+        (lambda: trainer.train(tiny_config, data, None, 5), "progress must be a function or None"),
+        (lambda: publish.export(None, tmp_path / "e"), "training must be an edgeae.training.Training"),
+        (lambda: publish.export(str(tiny_export), tmp_path / "e"), "training must be an edgeae.training.Training"),
+        (lambda: publish.export(tiny_training, None), "out must be a file or folder name"),
+        (lambda: publish.run_pipeline(None, tmp_path / "p"), "config must be an edgeae.model.TrainConfig"),
+        (lambda: publish.run_pipeline(tiny_config, None), "out must be a file or folder name"),
         # the export's own settings are refused before any training, not after it
-        (lambda: pipeline.run_pipeline(tiny_config, tmp_path / "p", opset=13), "opset must be between"),
-        (lambda: pipeline.run_pipeline(tiny_config, tmp_path / "p", providers="tpu"), "unknown execution provider"),
+        (lambda: publish.run_pipeline(tiny_config, tmp_path / "p", opset=13), "opset must be between"),
+        (lambda: publish.run_pipeline(tiny_config, tmp_path / "p", providers="tpu"), "unknown execution provider"),
     ]
 
 

@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from edgeae.cli import main
 from edgeae.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_PARITY, EXIT_RUNTIME, EXIT_USAGE
-from edgeae.optimize import UNROLLED_FROM
+from edgeae.graphs.unrolled import UNROLLED_FROM
+from edgeae import training as trainer
 
 TINY = ["--epochs", "3", "--units", "4", "--timesteps", "4", "--features", "2", "--quiet"]
 
@@ -148,14 +149,14 @@ def test_inspect_shows_the_batch_graphs_and_where_they_ran(tiny_export):
 def test_an_npy_model_reads_the_columns_it_was_trained_on(tmp_path):
     """Trained on columns 1,0 of an .npy, scored on the same file without --columns: the manifest's
     columns are applied (as a CSV's names are), not the file's order."""
-    from edgeae import pipeline
+    from edgeae import publish
     from edgeae.model import TrainConfig
 
     series = tmp_path / "s.npy"
     rng = np.random.default_rng(1)
     np.save(series, np.stack([rng.normal(size=40), 5 * rng.normal(size=40)], 1))
     config = TrainConfig(timesteps=4, features=2, units=4, epochs=3, validation_fraction=0.2, scaling="standard")
-    pipeline.export(pipeline.train(config, series, ("1", "0")), tmp_path / "exp", providers="cpu")
+    publish.export(trainer.train(config, series, ("1", "0")), tmp_path / "exp", providers="cpu")
     scores = {}
     for label, extra in (("manifest's", ()), ("given", ("--columns", "1,0"))):
         result = run("score", tmp_path / "exp", series, *extra, "--json", "--provider", "cpu")

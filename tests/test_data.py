@@ -14,6 +14,7 @@ from edgeae.data import (
     Preprocessing, Series, load_labelled, load_labels, load_series, make_windows, split_by_time, window_labels,
     window_series, window_starts,
 )
+from edgeae import training as trainer
 from edgeae.errors import EXIT_DATA, DataError, ShapeError, UsageError
 
 # ---------------------------------------------------------------- bad data, one line each
@@ -312,7 +313,6 @@ def test_scalings_and_their_inverse():
 @pytest.fixture(scope="module")
 def series_training(tmp_path_factory):
     """A short noisy two-sensor series, trained with a validation part and early stopping."""
-    from edgeae import pipeline
     from edgeae.model import TrainConfig
 
     folder = tmp_path_factory.mktemp("series")
@@ -323,7 +323,7 @@ def series_training(tmp_path_factory):
     path.write_text("time,a,b\n" + "".join(f"{i},{x:.5f},{y:.5f}\n" for i, (x, y) in enumerate(values)))
     config = TrainConfig(timesteps=8, features=2, units=6, epochs=40, learning_rate=0.05, stride=2,
                          validation_fraction=0.25, patience=3, scaling="standard", clip_quantiles=(0.01, 0.99), seed=2)
-    return pipeline.train(config, path, ("a", "b")), folder
+    return trainer.train(config, path, ("a", "b")), folder
 
 
 def test_early_stopping_keeps_the_best_weights(series_training):
@@ -341,16 +341,14 @@ def test_early_stopping_keeps_the_best_weights(series_training):
 
 
 def test_history_and_the_data_record_are_saved_with_the_model(series_training):
-    from edgeae import pipeline
-
     training, folder = series_training
-    pipeline.save_training(training, folder / "run")
+    trainer.save_training(training, folder / "run")
     record = json.loads((folder / "run" / "training.json").read_text())
     assert record["history"]["val_loss"] == training.history["val_loss"]
     assert record["data"] == {"source": "sensors.csv", "columns": ["a", "b"], "rows": 300,
                               "windows": 109, "validation_windows": 34}
     assert record["best_epoch"] == training.best_epoch
-    again = pipeline.load_training(folder / "run")
+    again = trainer.load_training(folder / "run")
     assert again.history == training.history and again.config == training.config
 
 

@@ -84,7 +84,7 @@ def test_cli_refuses_values_float32_cannot_train_on_in_one_line(tmp_path, rows, 
 
 
 def test_parity_inputs_near_the_float32_limit_stay_finite():
-    from edgeae.pipeline import parity_inputs
+    from edgeae.verification import parity_inputs
 
     pre = Preprocessing((-3e38,), (3e38,), (0.0,), (1.0,))
     inputs = parity_inputs(np.zeros((2, 4, 1)), pre, seed=1)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae import datasets, pipeline, runtime
+from edgeae import datasets, runtime
 from edgeae.cli import main
 from edgeae.data import load_series, make_windows
 from edgeae.detector import keras_scores
 from edgeae.errors import EXIT_DEPENDENCY, MissingDependencyError
+from edgeae import training as trainer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("aeon") is None,
                                 reason="the dataset ships with aeon: pip install 'edgeae[dataset]'")
@@ -48,7 +49,7 @@ def test_small_run_detects_the_anomaly(small_demo):
 
 def test_training_and_device_flags_agree_on_the_real_series(small_demo):
     """The stored Keras model and the ONNX model, each against the manifest's threshold."""
-    training = pipeline.load_training(small_demo.export)
+    training = trainer.load_training(small_demo.export)
     model = runtime.load(small_demo.export, "cpu")
     values, _ = datasets.evaluation_part(small_demo.dataset)
     windows = make_windows(values, 32, 1)

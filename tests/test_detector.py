@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeae import pipeline, runtime
+from edgeae import publish, runtime
 from edgeae.cli import main
 from edgeae.data import make_windows
 from edgeae.detector import (
@@ -16,6 +16,7 @@ from edgeae.detector import (
 )
 from edgeae.errors import EXIT_USAGE, DataError, UsageError
 from edgeae.model import TrainConfig
+from edgeae import training as trainer
 
 # ---------------------------------------------------------------- calibration rule
 
@@ -107,8 +108,8 @@ def sensor_export(tmp_path_factory):
     config = TrainConfig(timesteps=8, features=3, units=8, epochs=12, learning_rate=0.01, stride=2,
                          validation_fraction=0.25, patience=5, scaling="standard", clip_quantiles=(0.005, 0.995),
                          threshold_quantile=0.95, seed=4)
-    training = pipeline.train(config, folder / "train.csv")
-    out, _ = pipeline.export(training, folder / "export", providers="cpu")
+    training = trainer.train(config, folder / "train.csv")
+    out, _ = publish.export(training, folder / "export", providers="cpu")
     return training, out
 
 
@@ -172,7 +173,7 @@ def test_no_validation_part_falls_back_to_the_training_windows(tiny_export):
 
 def test_export_can_recalibrate_at_another_quantile(sensor_export, tmp_path):
     training, out = sensor_export
-    lower, _ = pipeline.export(training, tmp_path / "q50", providers="cpu", threshold_quantile=0.5)
+    lower, _ = publish.export(training, tmp_path / "q50", providers="cpu", threshold_quantile=0.5)
     a = json.loads((out / "manifest.json").read_text())["detector"]
     b = json.loads((lower / "manifest.json").read_text())["detector"]
     assert b["quantile"] == 0.5 and b["threshold"] < a["threshold"]

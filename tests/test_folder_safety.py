@@ -9,8 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from edgeae import artifacts, pipeline
+from edgeae import artifacts
+from edgeae import publish as publisher
 from edgeae.errors import EXIT_USAGE, LockedError, UsageError
+from edgeae import training as trainer
 
 from .test_cli import one_line_error, run
 
@@ -22,8 +24,8 @@ def names(folder):
 @pytest.fixture()
 def no_export(monkeypatch):
     """A refusal must come before any model is loaded or exported."""
-    monkeypatch.setattr(pipeline, "load_training", lambda *a, **k: pytest.fail("worked although refused"))
-    monkeypatch.setattr(pipeline, "export", lambda *a, **k: pytest.fail("worked although refused"))
+    monkeypatch.setattr(trainer, "load_training", lambda *a, **k: pytest.fail("worked although refused"))
+    monkeypatch.setattr(publisher, "export", lambda *a, **k: pytest.fail("worked although refused"))
 
 
 @pytest.fixture()
@@ -66,10 +68,10 @@ def test_unlisted_files_are_named_a_few_at_a_time_and_a_listed_name_that_is_a_fo
 
 def test_a_training_folder_with_user_files_is_not_replaced(tiny_training, tmp_path):
     run_dir = tmp_path / "run"
-    pipeline.save_training(tiny_training, run_dir)
+    trainer.save_training(tiny_training, run_dir)
     (run_dir / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match=r"does not list \(notes.txt\)"):
-        pipeline.save_training(tiny_training, run_dir, force=True)
+        trainer.save_training(tiny_training, run_dir, force=True)
     assert (run_dir / "notes.txt").read_text() == "mine"
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae import golden, pipeline, runtime
+from edgeae import golden, runtime, verification
 from edgeae.artifacts import file_entry, read_manifest, write_manifest
 from edgeae.cli import main
 from edgeae.errors import EXIT_INTEGRITY, EXIT_PARITY, IntegrityError, UsageError
@@ -64,7 +64,7 @@ def test_an_edited_input_fails_verify_against_keras_and_stored(export_copy):
     data[at:at + 4] = np.float32(123.0).tobytes()
     reseal(export_copy, golden.DATA_FILE, bytes(data))
     for against in ("stored", "keras"):
-        report = pipeline.verify(export_copy, providers="cpu", against=against)
+        report = verification.verify(export_copy, providers="cpu", against=against)
         failed = {r.dataset for r in report.results if not r}
         assert (not report and failed == {"in_range"}) if against == "stored" else report, (against, failed)
 

@@ -12,12 +12,13 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeae import pipeline, runtime
+from edgeae import runtime
 from edgeae.artifacts import (
     check_output_file, check_target, file_entry, read_manifest, staged_folder, write_manifest,
 )
 from edgeae.cli import main
 from edgeae.errors import EXIT_INTEGRITY, EXIT_USAGE, IntegrityError, ProviderError, UsageError
+from edgeae import training as trainer
 
 
 def run(*args):
@@ -170,7 +171,7 @@ def test_the_cli_gives_an_integrity_error_for_a_wrong_field(export_copy, tmp_pat
 
 
 def test_every_manifest_edgeae_writes_passes_its_own_schema(tiny_export, tiny_training, tmp_path):
-    pipeline.save_training(tiny_training, tmp_path / "run")
+    trainer.save_training(tiny_training, tmp_path / "run")
     assert read_manifest(tmp_path / "run")["kind"] == "training"
     assert read_manifest(tiny_export)["kind"] == "export"
 
@@ -279,7 +280,7 @@ def _reseal(folder, name, content: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def training_folder(tiny_training, tmp_path_factory):
-    return pipeline.save_training(tiny_training, tmp_path_factory.mktemp("run") / "run")
+    return trainer.save_training(tiny_training, tmp_path_factory.mktemp("run") / "run")
 
 
 def _edit_record(edit):
@@ -335,7 +336,7 @@ def test_a_rewritten_and_resealed_training_folder_is_refused_naming_what(trainin
             content = edit(saved)
     _reseal(folder, name, content)
     with pytest.raises(IntegrityError, match=message):
-        pipeline.load_training(folder)
+        trainer.load_training(folder)
     result = run("export", folder, "--out", tmp_path / "exp", "--provider", "cpu")
     assert result.exit_code == 4 and len(result.stderr.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "exp").exists()

@@ -9,12 +9,18 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from edgeae import optimize
+from edgeae import layout, publish, variants, verification
 from edgeae.artifacts import read_manifest, verify_files, write_manifest
 from edgeae.cli import main
 from edgeae.errors import EXIT_PARITY, IntegrityError, UsageError
+from edgeae.graphs import int8_dynamic
+from edgeae.graphs.batch1 import single_window_graph
+from edgeae.graphs.clean import clean_graph
+from edgeae.graphs.common import GraphError
+from edgeae.graphs.unrolled import unrolled_graph
 from edgeae.model import predict
-from edgeae.optimize import DEFAULT_TOLERANCES, Tolerance
+from edgeae.parity import Tolerance
+from edgeae.variants import DEFAULT_TOLERANCES
 
 CLEAN_OPS = {
     "autoencoder": ["Min", "Max", "Transpose", "LSTM", "Expand", "LSTM", "Squeeze", "MatMul", "Add", "Transpose"],
@@ -38,9 +44,8 @@ def run(path, x):
 
 @pytest.fixture(scope="module")
 def parity_inputs(tiny_training):
-    from edgeae import pipeline
 
-    return pipeline.parity_inputs(tiny_training.train_windows, tiny_training.preprocessing, tiny_training.config.seed)
+    return verification.parity_inputs(tiny_training.train_windows, tiny_training.preprocessing, tiny_training.config.seed)
 
 
 # ---------------------------------------------------------------- the clean graph
@@ -71,8 +76,8 @@ def test_clean_graph_keeps_scaling_and_matches_plain(scaled_export, rng):
 
 def test_clean_graph_refuses_a_graph_it_does_not_know(tiny_export):
     plain = onnx.load(str(tiny_export / "encoder.plain.onnx"))
-    with pytest.raises(optimize.GraphError, match="expected 2 LSTM"):
-        optimize.clean_graph(plain, "autoencoder")
+    with pytest.raises(GraphError, match="expected 2 LSTM"):
+        clean_graph(plain, "autoencoder")
 
 
 # ---------------------------------------------------------------- variants and their parity
@@ -173,7 +178,7 @@ def test_int8_stores_int8_weights_and_computes_in_float32(tiny_export, parity_in
 
 def test_int8_dynamic_is_built_only_when_asked_for(tiny_export, export_copy):
     assert all("int8-dynamic" not in by_name for by_name in read_manifest(tiny_export)["variants"].values())
-    optimize.optimize(export_copy, providers="cpu", variants=("int8-dynamic",),
+    publish.optimize(export_copy, providers="cpu", variants=("int8-dynamic",),
                       tolerances={"int8-dynamic": Tolerance(rel_range=10.0)})  # published on any CPU
     manifest = read_manifest(export_copy)
     for role in ("autoencoder", "encoder"):
@@ -183,7 +188,7 @@ def test_int8_dynamic_is_built_only_when_asked_for(tiny_export, export_copy):
         assert manifest["variants"][role]["int8-dynamic"]["weights"] == "per-tensor"
     assert not (export_copy / "autoencoder.int8.onnx").exists()
     with pytest.raises(UsageError, match="no variant named 'int9' to build"):
-        optimize.optimize(export_copy, providers="cpu", variants=("int9",))
+        publish.optimize(export_copy, providers="cpu", variants=("int9",))
 
 
 def test_int8_dynamic_falls_back_to_per_channel_weights_when_per_tensor_misses_the_tolerance(tiny_export, tmp_path):
@@ -196,14 +201,14 @@ def test_int8_dynamic_falls_back_to_per_channel_weights_when_per_tensor_misses_t
         return {p.key: p.value for p in model.metadata_props}["edgeae.int8_weights"] == "per-channel"
 
     path = tmp_path / "encoder.int8-dynamic.onnx"
-    weights, parity = optimize._int8_dynamic_within_tolerance(clean, path, parity_of)
+    weights, parity = int8_dynamic._int8_dynamic_within_tolerance(clean, path, parity_of)
     assert (weights, parity) == ("per-channel", True)
     assert tried == [{(1,)}, {(1, 4 * 8)}]  # one scale, then one per gate row
     assert _weight_scale_shapes(onnx.load(str(path))) == {(1, 4 * 8)}
-    weights, parity = optimize._int8_dynamic_within_tolerance(clean, path, lambda path: False)
+    weights, parity = int8_dynamic._int8_dynamic_within_tolerance(clean, path, lambda path: False)
     assert (weights, parity) == ("per-channel", False)  # none holds: the last one tried, reported as failing
     with pytest.raises(UsageError, match="per-tensor or per-channel"):
-        optimize.to_int8_dynamic(clean, tmp_path / "x.onnx", "per-row")
+        int8_dynamic.to_int8_dynamic(clean, tmp_path / "x.onnx", "per-row")
 
 
 PORTABLE_OPS = {"Min", "Max", "Sub", "Mul", "Div", "Add", "Gather", "Gemm", "Sigmoid", "Tanh", "Relu", "Concat",
@@ -239,9 +244,9 @@ def test_single_window_graph_moves_the_decoder_input_projection_out_of_the_lstm(
     shapes = {t.name: list(t.dims) for t in graph.initializer}
     assert shapes[decoder.input[1]] == [1, 4 * 8, 1]  # W of a width-1 zero input: no per-step projection left
     assert decoder.input[3] not in shapes  # the bias is computed per window: the encoding's projection
-    assert optimize.single_window_graph(onnx.load(str(tiny_export / "encoder.onnx")), "encoder") is None
-    with pytest.raises(optimize.GraphError, match="not a clean graph"):
-        optimize.single_window_graph(onnx.load(str(tiny_export / "autoencoder.plain.onnx")), "autoencoder")
+    assert single_window_graph(onnx.load(str(tiny_export / "encoder.onnx")), "encoder") is None
+    with pytest.raises(GraphError, match="not a clean graph"):
+        single_window_graph(onnx.load(str(tiny_export / "autoencoder.plain.onnx")), "autoencoder")
 
 
 def test_unrolled_graph_projects_the_encoding_once_and_steps_with_gemms(tiny_export):
@@ -253,14 +258,14 @@ def test_unrolled_graph_projects_the_encoding_once_and_steps_with_gemms(tiny_exp
     dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.input, *graph.output)]
     assert dims == [["batch", 6, 3], ["batch", 6, 3]]
     clean = onnx.load(str(tiny_export / "autoencoder.onnx"))
-    assert optimize.unrolled_graph(onnx.load(str(tiny_export / "encoder.onnx")), "encoder") is None
+    assert unrolled_graph(onnx.load(str(tiny_export / "encoder.onnx")), "encoder") is None
     odd = onnx.ModelProto()
     odd.CopyFrom(clean)
     decoder = next(n for n in odd.graph.node if n.name == "decoder/LSTM")
     decoder.attribute.append(onnx.helper.make_attribute("clip", 3.0))
-    assert optimize.unrolled_graph(odd, "autoencoder") is None  # a setting the unrolled steps do not cover
-    with pytest.raises(optimize.GraphError, match="not a clean graph"):
-        optimize.unrolled_graph(onnx.load(str(tiny_export / "autoencoder.plain.onnx")), "autoencoder")
+    assert unrolled_graph(odd, "autoencoder") is None  # a setting the unrolled steps do not cover
+    with pytest.raises(GraphError, match="not a clean graph"):
+        unrolled_graph(onnx.load(str(tiny_export / "autoencoder.plain.onnx")), "autoencoder")
 
 
 @pytest.mark.parametrize("file", ["autoencoder.b1.onnx", "autoencoder.unrolled.onnx"])
@@ -275,21 +280,21 @@ def test_batch_routes_cover_every_batch_size_once():
     files = {"fp32": {"file": "a.onnx"}, "fp32-b1": {"file": "a.b1.onnx", "published": True},
              "fp32-unrolled": {"file": "a.u.onnx", "published": True}}
     graphs = (("fp32-b1", 1, 1), ("fp32-unrolled", 128, None))
-    assert optimize.batch_routes(files, "fp32", graphs) == [
+    assert publish.batch_routes(files, "fp32", graphs) == [
         {"batches": [1, 1], "file": "a.b1.onnx"}, {"batches": [2, 127], "file": "a.onnx"},
         {"batches": [128, None], "file": "a.u.onnx"}]
     files["fp32-b1"]["published"] = False
-    assert optimize.batch_routes(files, "fp32", graphs) == [
+    assert publish.batch_routes(files, "fp32", graphs) == [
         {"batches": [1, 127], "file": "a.onnx"}, {"batches": [128, None], "file": "a.u.onnx"}]
     files["fp32-unrolled"]["published"] = False
-    assert optimize.batch_routes(files, "fp32", graphs) == []
+    assert publish.batch_routes(files, "fp32", graphs) == []
 
 
 def test_ort_format_loads_and_matches_its_source(tiny_export, rng):
     x = rng.uniform(-3, 3, (50, 6, 3)).astype(np.float32)
     for role in ("autoencoder", "encoder"):
         np.testing.assert_array_equal(run(tiny_export / f"{role}.ort", x), run(tiny_export / f"{role}.onnx", x))
-    config = (tiny_export / optimize.ORT_CONFIG_FILE).read_text()
+    config = (tiny_export / layout.ORT_CONFIG_FILE).read_text()
     assert "LSTM" in config and "/" not in "".join(line for line in config.splitlines() if line.startswith("# - "))
 
 
@@ -297,7 +302,7 @@ def test_ort_format_loads_and_matches_its_source(tiny_export, rng):
 
 
 def test_target_report_lists_every_node_and_provider(tiny_export):
-    targets = json.loads((tiny_export / optimize.TARGETS_FILE).read_text())
+    targets = json.loads((tiny_export / layout.TARGETS_FILE).read_text())
     manifest = read_manifest(tiny_export)
     published = {v["file"] for variants in manifest["variants"].values() for name, v in variants.items()
                  if v["published"] and name != "plain"}
@@ -317,7 +322,7 @@ def test_target_report_lists_every_node_and_provider(tiny_export):
 
 
 def test_variant_missing_its_tolerance_is_not_published(export_copy):
-    result = optimize.optimize(export_copy, providers="cpu", tolerances={"int8": Tolerance(rel_range=1e-9)})
+    result = publish.optimize(export_copy, providers="cpu", tolerances={"int8": Tolerance(rel_range=1e-9)})
     manifest = read_manifest(export_copy)
     verify_files(export_copy, manifest)
     for role in ("autoencoder", "encoder"):
@@ -345,7 +350,7 @@ def test_optimize_upgrades_an_export_made_before_variants(export_copy):
         manifest["models"][role]["nodes"] = len(ops(export_copy / f"{role}.onnx"))
     del manifest["variants"], manifest["targets"]
     write_manifest(export_copy, manifest)
-    optimize.optimize(export_copy, providers="cpu")
+    publish.optimize(export_copy, providers="cpu")
     after = read_manifest(export_copy)
     verify_files(export_copy, after)
     assert ops(export_copy / "autoencoder.onnx") == CLEAN_OPS["autoencoder"]
@@ -362,7 +367,7 @@ def test_optimize_refuses_a_tampered_export_and_changes_nothing(export_copy):
     path.write_bytes(path.read_bytes()[:-10])
     before = {p.name: p.read_bytes() for p in export_copy.iterdir()}
     with pytest.raises(IntegrityError, match="encoder.fp16.onnx"):
-        optimize.optimize(export_copy, providers="cpu")
+        publish.optimize(export_copy, providers="cpu")
     assert {p.name: p.read_bytes() for p in export_copy.iterdir()} == before
 
 
@@ -378,13 +383,14 @@ def test_cli_optimize_prints_variants_and_targets(export_copy):
 
 
 def test_strict_optimize_fails_when_a_variant_is_left_out(export_copy, monkeypatch):
-    monkeypatch.setitem(optimize.DEFAULT_TOLERANCES, "fp16", Tolerance(rel_range=1e-12))
+    monkeypatch.setitem(variants.DEFAULT_TOLERANCES, "fp16", Tolerance(rel_range=1e-12))
     result = CliRunner().invoke(main, ["optimize", str(export_copy), "--provider", "cpu", "--strict"])
     assert result.exit_code == EXIT_PARITY
     assert "fp16" in result.stderr and not (export_copy / "encoder.fp16.onnx").exists()
 
 
-def test_runtime_does_not_import_the_optimizer():
-    code = "import sys, edgeae.runtime; print('edgeae.optimize' in sys.modules, 'onnxruntime.quantization' in sys.modules)"
+def test_runtime_does_not_import_the_graph_builders():
+    code = ("import sys, edgeae.runtime; print(any(m.startswith(('edgeae.graphs', 'edgeae.publish', 'edgeae.variants')) "
+            "for m in sys.modules), 'onnxruntime.quantization' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -12,6 +12,7 @@ from edgeae import bench, plots
 from edgeae.artifacts import read_manifest, write_manifest
 from edgeae.cli import describe_failure
 from edgeae.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE
+from edgeae import training as trainer
 
 from .test_cli import one_line_error, run
 
@@ -170,10 +171,9 @@ def test_evaluate_refuses_a_label_the_model_was_trained_on(export_copy, labelled
 
 
 def test_export_never_replaces_its_training_folder(tiny_training, tmp_path, monkeypatch):
-    from edgeae import pipeline
 
     training = tmp_path / "run"
-    pipeline.save_training(tiny_training, training)
+    trainer.save_training(tiny_training, training)
     before = {p.name: p.read_bytes() for p in training.iterdir()}
     for out in (training, tmp_path):
         result = run("export", training, "--out", out, "--force", "--provider", "cpu")

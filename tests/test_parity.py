@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from edgeae import pipeline
-from edgeae.optimize import UNROLLED_FROM
+from edgeae import verification
+from edgeae.graphs.unrolled import UNROLLED_FROM
 from edgeae.parity import ParityReport, compare
 
 from .conftest import PROVIDERS
@@ -62,7 +62,7 @@ def test_export_parity_holds_on_every_input_set(tiny_export):
 
 
 def test_standalone_encoder_equals_the_autoencoders_internal_encoding(tiny_export):
-    report = pipeline.verify(tiny_export, providers="cpu")
+    report = verification.verify(tiny_export, providers="cpu")
     check = report.encoder_matches_autoencoder
     assert check is not None and check.batch > 300
     assert check.max_abs == 0.0
@@ -70,7 +70,7 @@ def test_standalone_encoder_equals_the_autoencoders_internal_encoding(tiny_expor
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_verify_on_each_provider(tiny_export, provider):
-    report = pipeline.verify(tiny_export, providers=provider)
+    report = verification.verify(tiny_export, providers=provider)
     assert report
     assert {r.provider for r in report.results} == {provider}
     placement = report.placement[f"autoencoder/{provider}"]
@@ -82,7 +82,7 @@ def test_verify_on_each_provider(tiny_export, provider):
 
 
 def test_verify_fails_beyond_a_tight_tolerance(tiny_export):
-    report = pipeline.verify(tiny_export, providers="cpu", atol=1e-12)
+    report = verification.verify(tiny_export, providers="cpu", atol=1e-12)
     assert not report
     assert any("autoencoder [cpu]" in line for line in report.failures())
 
@@ -107,7 +107,7 @@ def test_stored_references_verify_without_tensorflow(tiny_export, provider):
                            "--against", "stored", "--json"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     stored = json.loads(proc.stdout)
-    keras = pipeline.verify(tiny_export, providers=provider, against="keras").to_dict()
+    keras = verification.verify(tiny_export, providers=provider, against="keras").to_dict()
     assert stored["passed"] and stored["summary"].keys() == keras["summary"].keys()
     for key, s in stored["summary"].items():
         assert s["max_abs"] == pytest.approx(keras["summary"][key]["max_abs"], rel=1e-3, abs=1e-9)
@@ -119,4 +119,4 @@ def test_stored_references_are_checked(export_copy):
     path = export_copy / "parity_reference.npz"
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(IntegrityError, match="parity_reference.npz"):
-        pipeline.verify(export_copy, providers="cpu", against="stored")
+        verification.verify(export_copy, providers="cpu", against="stored")

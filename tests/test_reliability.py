@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae import artifacts, pipeline, runtime
+from edgeae import artifacts, publish, runtime, verification
 from edgeae.cli import main
+from edgeae import training as trainer
 from edgeae.errors import (
     EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_USAGE, ExportExistsError, IntegrityError, LockedError, ParityError, UsageError,
 )
@@ -33,7 +34,7 @@ def existing(export_copy):
 def test_existing_export_is_kept_without_force(tiny_training, existing):
     folder, before = existing
     with pytest.raises(ExportExistsError, match="--force"):
-        pipeline.export(tiny_training, folder, providers="cpu")
+        publish.export(tiny_training, folder, providers="cpu")
     assert_untouched(folder, before)
 
 
@@ -43,7 +44,7 @@ def test_force_replaces_the_whole_folder(tiny_training, existing):
     manifest = artifacts.read_manifest(folder)
     manifest["files"]["stray.txt"] = artifacts.file_entry(folder / "stray.txt", "report")
     artifacts.write_manifest(folder, manifest)
-    pipeline.export(tiny_training, folder, providers="cpu", force=True)
+    publish.export(tiny_training, folder, providers="cpu", force=True)
     assert not (folder / "stray.txt").exists()
     manifest = artifacts.read_manifest(folder)
     artifacts.verify_files(folder, manifest)
@@ -53,7 +54,7 @@ def test_force_replaces_the_whole_folder(tiny_training, existing):
 def test_failed_parity_publishes_nothing(tiny_training, existing):
     folder, before = existing
     with pytest.raises(ParityError, match="nothing published"):
-        pipeline.export(tiny_training, folder, providers="cpu", atol=1e-15, force=True)
+        publish.export(tiny_training, folder, providers="cpu", atol=1e-15, force=True)
     assert_untouched(folder, before)
 
 
@@ -63,9 +64,9 @@ def test_interrupt_mid_export_keeps_the_old_export(tiny_training, existing, monk
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "verify_models", interrupted)
+    monkeypatch.setattr(publish, "verify_models", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.export(tiny_training, folder, providers="cpu", force=True)
+        publish.export(tiny_training, folder, providers="cpu", force=True)
     assert_untouched(folder, before)
 
 
@@ -75,9 +76,9 @@ def test_full_disk_while_writing_the_manifest(tiny_training, existing, monkeypat
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pipeline, "write_manifest", no_space)
+    monkeypatch.setattr(publish, "write_manifest", no_space)
     with pytest.raises(OSError):
-        pipeline.export(tiny_training, folder, providers="cpu", force=True)
+        publish.export(tiny_training, folder, providers="cpu", force=True)
     assert_untouched(folder, before)
 
 
@@ -98,16 +99,16 @@ def test_full_disk_in_an_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch)
 def test_unwritable_target_is_a_usage_error(tiny_training, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda *a, **k: False)
     with pytest.raises(UsageError, match="cannot write"):
-        pipeline.export(tiny_training, tmp_path / "out", providers="cpu")
+        publish.export(tiny_training, tmp_path / "out", providers="cpu")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_target_under_a_file_is_a_usage_error(tiny_training, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError):
-        pipeline.export(tiny_training, tmp_path / "file" / "out", providers="cpu")
+        publish.export(tiny_training, tmp_path / "file" / "out", providers="cpu")
     with pytest.raises(UsageError, match="not a folder"):
-        pipeline.export(tiny_training, tmp_path / "file", providers="cpu", force=True)
+        publish.export(tiny_training, tmp_path / "file", providers="cpu", force=True)
     assert (tmp_path / "file").read_text() == "x"
 
 
@@ -115,7 +116,7 @@ def test_second_writer_fails_on_the_lock(tiny_training, existing):
     folder, before = existing
     with artifacts.folder_lock(folder):
         with pytest.raises(LockedError, match="another edgeae process"):
-            pipeline.export(tiny_training, folder, providers="cpu", force=True)
+            publish.export(tiny_training, folder, providers="cpu", force=True)
         # and from another process, through the CLI
         proc = subprocess.run([sys.executable, "-m", "edgeae.cli", "pipeline", "--epochs", "1", "--units", "2",
                                "--quiet", "--force", "--out", str(folder)], capture_output=True, text=True)
@@ -128,7 +129,7 @@ def test_interrupt_exit_code_and_debug_traceback(monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "train", interrupted)
+    monkeypatch.setattr(publish, "train", interrupted)
     result = CliRunner().invoke(main, ["pipeline", "--quiet", "--out", str(tmp_path / "x")])
     assert result.exit_code == EXIT_INTERRUPTED
     assert result.stderr.strip() == "error: interrupted; nothing was published"
@@ -209,10 +210,10 @@ def test_foreign_operator_domain_is_refused(tmp_path):
 
 
 def test_same_seed_same_weights_same_onnx_outputs(tiny_config, tiny_training, tiny_export, tmp_path):
-    again = pipeline.train(tiny_config)
+    again = trainer.train(tiny_config)
     for a, b in zip(tiny_training.autoencoder.get_weights(), again.autoencoder.get_weights()):
         np.testing.assert_array_equal(a, b)
-    pipeline.export(again, tmp_path / "again", providers="cpu")
+    publish.export(again, tmp_path / "again", providers="cpu")
     x = np.random.default_rng(0).uniform(0, 1, (50, 6, 3))
     first, second = runtime.load(tiny_export, "cpu"), runtime.load(tmp_path / "again", "cpu")
     np.testing.assert_array_equal(first.reconstruct(x), second.reconstruct(x))
@@ -223,24 +224,24 @@ def test_pipeline_refuses_a_bad_target_before_training(tiny_config, tmp_path, mo
     def must_not_train(*args, **kwargs):
         raise AssertionError("trained although the target could never be written")
 
-    monkeypatch.setattr(pipeline, "train", must_not_train)
+    monkeypatch.setattr(publish, "train", must_not_train)
     (tmp_path / "taken").mkdir()
     (tmp_path / "file").write_text("x")
     with pytest.raises(ExportExistsError):
-        pipeline.run_pipeline(tiny_config, tmp_path / "taken")
+        publish.run_pipeline(tiny_config, tmp_path / "taken")
     with pytest.raises(UsageError, match="not a folder"):
-        pipeline.run_pipeline(tiny_config, tmp_path / "file" / "out")
+        publish.run_pipeline(tiny_config, tmp_path / "file" / "out")
     with artifacts.folder_lock(tmp_path / "busy"):
         with pytest.raises(LockedError):
-            pipeline.run_pipeline(tiny_config, tmp_path / "busy")
+            publish.run_pipeline(tiny_config, tmp_path / "busy")
     with pytest.raises(UsageError, match="tolerance"):
-        pipeline.run_pipeline(tiny_config, tmp_path / "new", atol=-1.0)
+        publish.run_pipeline(tiny_config, tmp_path / "new", atol=-1.0)
 
 
 @pytest.mark.parametrize("atol", [0.0, -1e-5, float("nan"), float("inf")])
 def test_impossible_tolerances_are_usage_errors(tiny_export, atol):
     with pytest.raises(UsageError, match="tolerance"):
-        pipeline.verify(tiny_export, providers="cpu", atol=atol)
+        verification.verify(tiny_export, providers="cpu", atol=atol)
 
 
 def test_real_ctrl_c_during_export_keeps_the_old_export(existing):
@@ -268,8 +269,8 @@ def test_force_never_replaces_a_folder_of_other_files(tiny_training, tmp_path, m
     mine = tmp_path / "thesis"
     mine.mkdir()
     (mine / "chapter1.txt").write_text("precious")
-    for call in (lambda: pipeline.export(tiny_training, mine, providers="cpu", force=True),
-                 lambda: pipeline.save_training(tiny_training, mine, force=True),
+    for call in (lambda: publish.export(tiny_training, mine, providers="cpu", force=True),
+                 lambda: trainer.save_training(tiny_training, mine, force=True),
                  lambda: artifacts.check_target(mine, force=True)):
         with pytest.raises(UsageError, match="not an edgeae folder"):
             call()
@@ -279,7 +280,7 @@ def test_force_never_replaces_a_folder_of_other_files(tiny_training, tmp_path, m
         artifacts.check_target(mine, force=True)
     empty = tmp_path / "empty"
     empty.mkdir()
-    pipeline.save_training(tiny_training, empty, force=True)
+    trainer.save_training(tiny_training, empty, force=True)
     assert (empty / "manifest.json").is_file()
 
 

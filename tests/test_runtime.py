@@ -16,7 +16,7 @@ from edgeae import runtime
 from edgeae.artifacts import read_manifest, write_manifest
 from edgeae.data import Preprocessing
 from edgeae.errors import DataError, IntegrityError, ProviderError, ShapeError, UsageError
-from edgeae.optimize import UNROLLED_FROM
+from edgeae.graphs.unrolled import UNROLLED_FROM
 
 from .conftest import PROVIDERS, REPO
 
@@ -79,7 +79,7 @@ def test_single_onnx_file_loads_without_a_manifest(tiny_export):
 
 def _keras_side(export):
     from edgeae import model as keras_model
-    from edgeae.pipeline import load_training
+    from edgeae.training import load_training
 
     training = load_training(export)
     pre = training.preprocessing
@@ -266,16 +266,16 @@ def test_damaged_files_are_refused_on_load(export_copy, damage):
 def test_manifest_damage_is_refused(export_copy):
     manifest = export_copy / "manifest.json"
     edited = json.loads(manifest.read_text())
-    edited["detector"] = {"threshold": 1e9}
-    manifest.write_text(json.dumps(edited))
+    manifest.write_text(json.dumps({**edited, "detector": {"threshold": 1e9}}))
     with pytest.raises(IntegrityError, match="modified after it was written"):
         runtime.load(export_copy, "cpu")
     manifest.write_text("{not json")
     with pytest.raises(IntegrityError, match="not valid JSON"):
         runtime.load(export_copy, "cpu")
 
-    write_manifest(export_copy, {"files": {"../outside.onnx": {"sha256": "0" * 64}},
-                                 "models": {"encoder": {"file": "../outside.onnx"}}})
+    edited["files"]["../outside.onnx"] = {"sha256": "0" * 64}
+    edited["models"]["encoder"]["file"] = "../outside.onnx"
+    write_manifest(export_copy, edited)
     with pytest.raises(IntegrityError, match="outside its folder"):
         runtime.load(export_copy, "cpu")
 

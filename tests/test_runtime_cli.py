@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from edgeae import runtime
 from edgeae.cli import main
 from edgeae.errors import EXIT_DATA, EXIT_USAGE
+from edgeae import training as trainer
 
 
 def run(*args):
@@ -146,10 +147,9 @@ def test_nan_threshold_and_bad_chunks_are_refused(tiny_export):
 
 
 def test_training_folder_and_foreign_files_are_usage_errors(tiny_training, tiny_export, series_csv, tmp_path):
-    from edgeae import pipeline
     from edgeae.errors import UsageError
 
-    pipeline.save_training(tiny_training, tmp_path / "run")
+    trainer.save_training(tiny_training, tmp_path / "run")
     with pytest.raises(UsageError, match="training folder; export it first"):
         runtime.load(tmp_path / "run", "cpu")
     path, _ = series_csv

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from edgeae import pipeline
+from edgeae import publish
 from edgeae.data import seed_sequence
 from edgeae.model import TrainConfig
 
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_full_seed_run_reproduces_the_notebook(tmp_path):
-    out, report, training = pipeline.run_pipeline(TrainConfig(), tmp_path / "exported", providers="cpu")
+    out, report, training = publish.run_pipeline(TrainConfig(), tmp_path / "exported", providers="cpu")
     summary = training.summary()
     assert summary["parameters"] == 123_305
     assert summary["epochs_run"] == 300

@@ -12,11 +12,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgeae import optimize, pipeline
+from edgeae import publish, verification
 from edgeae.artifacts import file_entry, read_manifest, write_manifest
 from edgeae.cli import main
 from edgeae.errors import EXIT_INTEGRITY, EXIT_PARITY, IntegrityError, UsageError
 from edgeae.parity import Tolerance, check_tolerance, compare
+from edgeae import training as trainer
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def narrow_export(tiny_config, tmp_path_factory):
     from dataclasses import replace
 
     out = tmp_path_factory.mktemp("narrow") / "export"
-    pipeline.export(pipeline.train(replace(tiny_config, units=3, epochs=2)), out, providers="cpu")
+    publish.export(trainer.train(replace(tiny_config, units=3, epochs=2)), out, providers="cpu")
     return out
 
 
@@ -41,7 +42,7 @@ def cli_verify(folder, against="stored"):
 
 
 def test_verify_rechecks_every_published_variant_against_its_recorded_tolerance(tiny_export):
-    report = pipeline.verify(tiny_export, providers="cpu", against="stored")
+    report = verification.verify(tiny_export, providers="cpu", against="stored")
     manifest = read_manifest(tiny_export)
     assert report and report.variants
     expected = {f"{role}/{name} ({v['file']})/cpu" for role, by_name in manifest["variants"].items()
@@ -94,7 +95,7 @@ def test_verify_holds_a_variant_to_the_tolerance_its_manifest_records(export_cop
     manifest = read_manifest(export_copy)
     manifest["variants"]["encoder"]["fp16"]["tolerance"] = {"abs": None, "rel_range": 1e-9}
     write_manifest(export_copy, manifest)
-    report = pipeline.verify(export_copy, providers="cpu", against="stored")
+    report = verification.verify(export_copy, providers="cpu", against="stored")
     assert not report and report.results and all(report.results)
     assert all("encoder/fp16" in line for line in report.failures())
     for bad in ({"abs": "tight"}, {"abs": None, "rel_range": None}, {"abs": True}, {"atol": 1e-5}, 0.01):
@@ -154,7 +155,7 @@ def test_compare_refuses_outputs_of_another_shape_as_an_integrity_error():
 def test_optimize_refuses_tolerances_of_the_wrong_type(tiny_export, tolerances, message):
     before = (tiny_export / "manifest.json").read_bytes()
     with pytest.raises(UsageError, match=message):
-        optimize.optimize(tiny_export, providers="cpu", tolerances=tolerances)
+        publish.optimize(tiny_export, providers="cpu", tolerances=tolerances)
     assert (tiny_export / "manifest.json").read_bytes() == before
 
 
@@ -170,7 +171,7 @@ def test_a_tolerance_is_a_positive_finite_number(value):
 def test_the_committed_export_verifies_with_every_variant():
     from .conftest import EXPORTED
 
-    report = pipeline.verify(EXPORTED, providers="cpu", against="stored")
+    report = verification.verify(EXPORTED, providers="cpu", against="stored")
     assert report and len(report.variant_summary()) == 10  # plain, portable, fp16, int8, ort of both
     assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["variant_summary"]  # plain JSON
 

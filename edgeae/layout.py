@@ -1,0 +1,45 @@
+"""Every file name and file role of training and export folders, defined once.
+
+A variant's model files are named `<role><suffix>` with the suffix its row in variants.py
+gives; everything else a folder may hold is named here. Readers and writers import these
+names instead of spelling them, so a renamed file cannot leave one of them behind.
+"""
+from __future__ import annotations
+
+ROLES = ("autoencoder", "encoder")  # the two models of every export
+
+MANIFEST_FILE = "manifest.json"
+KERAS_FILE = "model.keras"
+TRAINING_FILE = "training.json"  # a training folder's record
+PARITY_INPUTS_FILE = "parity_inputs.npz"  # the raw training and validation windows
+PARITY_REPORT_FILE = "parity.json"  # every comparison of the last parity run
+GOLDEN_INDEX_FILE = "golden.json"
+GOLDEN_DATA_FILE = "golden.bin"
+REFERENCE_FILE = "parity_reference.npz"  # the golden vectors again, for numpy
+TARGETS_FILE = "targets.json"
+ORT_CONFIG_FILE = "ort_operators.config"
+PLOT_FILES = {
+    "reconstruction": "reconstruction.png",
+    "scores": "scores.png",
+    "loss": "loss.png",
+    "parity": "parity.png",
+}
+
+# The `role` of each file entry in a manifest (model files take their variant's, see variants.py).
+KERAS_ROLE = "keras"
+TRAINING_ROLE = "training"
+DATA_ROLE = "data"
+REPORT_ROLE = "report"
+GOLDEN_ROLE = "golden"
+REFERENCE_ROLE = "reference"
+ORT_CONFIG_ROLE = "ort-config"
+PLOT_ROLE = "plot"
+
+# Files an export's build writes besides its model files: rebuilt, never carried over, by optimize.
+BUILT_FILES = (PARITY_REPORT_FILE, GOLDEN_INDEX_FILE, GOLDEN_DATA_FILE, REFERENCE_FILE, TARGETS_FILE,
+               ORT_CONFIG_FILE)
+
+
+def model_file(role: str, suffix: str = ".onnx") -> str:
+    """The file name of `role` in the variant whose suffix is `suffix`: autoencoder.int8.onnx."""
+    return f"{role}{suffix}"

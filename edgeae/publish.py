@@ -1,0 +1,414 @@
+"""The only writers of export folders: export, optimize and the pipeline, through one build and one manifest.
+
+Every folder is written through `artifacts.staged_folder`, so a failure at any step (parity
+included) publishes nothing. export makes the ONNX graphs from a Training; optimize rebuilds
+them from a published folder; both hand them to `_build`, which makes the clean graphs and the
+variants, proves them against Keras and writes the reports and golden vectors.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .artifacts import (
+    as_path, atomic_write_json, check_target, file_entry, read_export_manifest, read_json, read_manifest, staged_folder,
+    verify_files,
+    write_manifest,
+)
+from .bounds import bound_entry
+from .errors import ParityError, UsageError, require
+from .layout import (
+    BUILT_FILES, DATA_ROLE, KERAS_FILE, KERAS_ROLE, ORT_CONFIG_FILE, ORT_CONFIG_ROLE, PARITY_INPUTS_FILE,
+    PARITY_REPORT_FILE, REPORT_ROLE, ROLES, TARGETS_FILE,
+)
+from .parity import DEFAULT_ATOL, ParityReport, Tolerance, check_tolerance
+from .targets import describe_graph, target_lines, target_report
+from .training import Training, check_config, check_data_args, load_training, train
+from .variants import (
+    BY_NAME, DEFAULT_VARIANT, SPECS, VARIANTS, batch_graphs, check_tolerances, check_variant_names, tolerances_for,
+    variant_file,
+)
+from .verification import (
+    VariantParity, keras_references, parity_inputs, stored_inputs, variant_parity, verification_providers,
+    verify_models, write_golden_vectors,
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model file of an export: where it came from, what it holds, and how close it is to Keras."""
+
+    role: str
+    name: str
+    file: str
+    source: str
+    parity: VariantParity
+    published: bool
+    bytes: int
+    nodes: int
+    ops: dict[str, int]
+    opsets: dict[str, int]
+    batch: int | str  # windows the input takes: a fixed number, or "any"
+    weights: str | None = None  # int8: how its weights were quantized
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file, "source": self.source, "precision": BY_NAME[self.name].precision,
+            **({"weights": self.weights} if self.weights else {}),
+            "format": "ort" if self.file.endswith(".ort") else "onnx", "default": self.name == DEFAULT_VARIANT,
+            "batch": self.batch,
+            "published": self.published, "bytes": self.bytes, "nodes": self.nodes, "ops": self.ops,
+            "opsets": self.opsets, "tolerance": self.parity.tolerance.to_dict(), "parity": self.parity.to_dict(),
+        }
+
+    def line(self) -> str:
+        return variant_line(self.role, self.name, self.to_dict())
+
+
+def variant_line(role: str, name: str, v: dict[str, Any]) -> str:
+    """One variant (its manifest entry) on one terminal line."""
+    p, tol = v["parity"], Tolerance.from_manifest(v.get("tolerance"), f"variants.{role}.{name}.tolerance")
+    score = f", score change {p['score']['max_rel_range_change']:.1e} of range" if p.get("score") else ""
+    verdict = "published" if v["published"] else "NOT published: " + "; ".join(p["failures"][:2])
+    return (f"  {role}/{name:<13} {v['file']:<25} {v['bytes'] / 1024:7.1f} KB {v['nodes']:3d} nodes  "
+            f"max abs {p['max_abs']:.1e}, {p['max_rel_range']:.1e} of range (allowed {tol.describe()}){score}  {verdict}")
+
+
+@dataclass(frozen=True)
+class Optimized:
+    """What build_variants made: every variant, the manifest entries of the files it kept, the target report."""
+
+    variants: tuple[Variant, ...]
+    files: dict[str, dict]
+    targets: dict[str, Any]
+
+    def manifest_section(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for v in self.variants:
+            out.setdefault(v.role, {})[v.name] = v.to_dict()
+        for by_name in out.values():  # which graph runs when: said where the runtime reads it
+            for base in VARIANTS:
+                routes = batch_routes(by_name, base, batch_graphs(base))
+                if routes:
+                    by_name[base]["by_batch"] = routes
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variants": self.manifest_section(), "targets": self.targets}
+
+    def lines(self) -> list[str]:
+        return ["variants (parity against Keras on verify's inputs):", *(v.line() for v in self.variants),
+                *target_lines(self.targets)]
+
+
+def batch_routes(by_name: dict[str, dict[str, Any]], base: str,
+                 graphs: tuple[tuple[str, int, int | None], ...]) -> list[dict[str, Any]]:
+    """Which file runs which batch sizes of `base`: its published batch graphs, and its own file
+    for every size they leave. Empty when none of them was published."""
+    taken = sorted((first, last, by_name[name]["file"]) for name, first, last in graphs
+                   if (by_name.get(name) or {}).get("published"))
+    if not taken or base not in by_name:
+        return []
+    routes, following = [], 1
+    for first, last, file in taken:
+        if first > following:
+            routes.append({"batches": [following, first - 1], "file": by_name[base]["file"]})
+        routes.append({"batches": [first, last], "file": file})
+        following = math.inf if last is None else last + 1
+    if following != math.inf:
+        routes.append({"batches": [following, None], "file": by_name[base]["file"]})
+    return routes
+
+
+def model_entry(proto, file: str) -> dict[str, Any]:
+    """A manifest `models` entry: file, inputs/outputs, opset, node and op counts, and the value
+    bound that proves its float32 graphs cannot overflow (bounds.py)."""
+    from .export import describe_io, opset_of
+
+    nodes, ops, _ = describe_graph(proto)
+    return {"file": file, **describe_io(proto), "opset": opset_of(proto), "nodes": nodes, "ops": ops,
+            **bound_entry(proto)}
+
+
+def build_variants(stage: Path, training: Training, inputs: dict[str, np.ndarray], providers: list[str],
+                   atol: float = DEFAULT_ATOL, tolerances: dict[str, Tolerance] | None = None,
+                   references: dict[str, dict[str, np.ndarray]] | None = None,
+                   variants: tuple[str, ...] | None = None) -> Optimized:
+    """Make the variants named in `variants` (default: the table's defaults) from the clean graphs in
+    `stage`, check every file against Keras, write the target report and the ORT operator list.
+
+    `stage` must already hold each role's plain (tf2onnx) and clean graph. A built variant that
+    misses its tolerance is deleted again and recorded as not published.
+    """
+    onnx = require("onnx", "train")
+    from .graphs.common import Job
+    from .graphs.ort_format import write_ort_config
+
+    wanted = check_variant_names(variants)
+    tolerance = tolerances_for(atol, tolerances)
+    references = references or keras_references(training, inputs)
+    scale = training.preprocessing.arrays()["scale"]
+    made: list[Variant] = []
+    described: dict[str, tuple[Any, str]] = {}
+    for role in ROLES:
+        clean_path = stage / variant_file(role, DEFAULT_VARIANT)
+        clean = onnx.load(str(clean_path))
+        plain_file = variant_file(role, "plain")
+        protos: dict[str, Any] = {"plain": onnx.load(str(stage / plain_file)), DEFAULT_VARIANT: clean}
+        checked: dict[str, VariantParity] = {}
+        weights: dict[str, str] = {}
+
+        def parity_of(path: Path, name: str, role: str = role) -> VariantParity:
+            return variant_parity(path, role, name, references[role], inputs, providers, tolerance[name], scale)
+
+        for spec in (s for s in SPECS if s.name in wanted):
+            job = Job(clean, role, clean_path, stage / variant_file(role, spec.name),
+                      lambda path, name=spec.name: parity_of(path, name))
+            built = spec.build(job)
+            if built is None:
+                continue
+            protos[spec.name] = built.proto
+            if built.parity is not None:
+                checked[spec.name] = built.parity
+            if built.weights:
+                weights[spec.name] = built.weights
+        for name in (n for n in VARIANTS if n in protos):
+            file = variant_file(role, name)
+            parity = checked.get(name) or parity_of(stage / file, name)
+            published = bool(parity) or BY_NAME[name].build is None
+            nodes, ops, opsets = describe_graph(protos[name])
+            batch = protos[name].graph.input[0].type.tensor_type.shape.dim[0].dim_value or "any"
+            source = "tf2onnx" if name == "plain" else plain_file if name == DEFAULT_VARIANT else clean_path.name
+            made.append(Variant(role, name, file, source, parity, published, (stage / file).stat().st_size,
+                                nodes, ops, opsets, batch, weights.get(name)))
+            if not published:
+                (stage / file).unlink()
+            elif name != "plain":
+                described[file] = (protos[name], BY_NAME[name].precision)
+    ort_files = [stage / v.file for v in made if v.name == "ort" and v.published]
+    if ort_files:
+        write_ort_config(ort_files, stage / ORT_CONFIG_FILE)
+    import onnxruntime as ort
+
+    targets = {"format": "edgeae-targets", "onnxruntime": ort.__version__,
+               "models": {file: target_report(stage / file, proto, precision)
+                          for file, (proto, precision) in described.items()}}
+    atomic_write_json(stage / TARGETS_FILE, targets)
+    files = {v.file: file_entry(stage / v.file, BY_NAME[v.name].file_role) for v in made
+             if v.published and v.name != DEFAULT_VARIANT}  # the clean graphs are the caller's to list
+    if ort_files:
+        files[ORT_CONFIG_FILE] = file_entry(stage / ORT_CONFIG_FILE, ORT_CONFIG_ROLE)
+    files[TARGETS_FILE] = file_entry(stage / TARGETS_FILE, REPORT_ROLE)
+    return Optimized(tuple(made), files, targets)
+
+
+@dataclass(frozen=True)
+class _Built:
+    """What `_build` wrote into a staging folder, for the caller's manifest."""
+
+    files: dict[str, dict]
+    models: dict[str, Any]
+    report: ParityReport
+    variants: Optimized
+
+
+def _build(stage: Path, training: Training, plains: dict[str, Any], inputs: dict[str, np.ndarray],
+           providers: list[str], atol: float, tolerances: dict[str, Tolerance] | None,
+           variants: tuple[str, ...] | None, failure: str) -> _Built:
+    """From each role's tf2onnx graph: the clean graph, parity against Keras (raising ParityError,
+    prefixed with `failure`, when it fails), the variants, the reports and the golden vectors."""
+    import onnx
+
+    from .graphs.clean import clean_graph
+
+    models, paths = {}, {}
+    for role, plain in plains.items():
+        onnx.save(plain, str(stage / variant_file(role, "plain")))  # tf2onnx's graph, kept for comparison
+        clean = clean_graph(plain, role)
+        paths[role] = stage / variant_file(role, DEFAULT_VARIANT)
+        onnx.save(clean, str(paths[role]))
+        models[role] = model_entry(clean, paths[role].name)
+    references = keras_references(training, inputs)
+    report = verify_models(training.preprocessing, references, paths, inputs, providers, atol)
+    if not report:
+        raise ParityError(f"{failure}, nothing published: " + "; ".join(report.failures()))
+    atomic_write_json(stage / PARITY_REPORT_FILE, report.to_dict())
+    built = build_variants(stage, training, inputs, providers, atol, tolerances, references, variants)
+    files = {path.name: file_entry(path, BY_NAME[DEFAULT_VARIANT].file_role) for path in paths.values()}
+    files[PARITY_REPORT_FILE] = file_entry(stage / PARITY_REPORT_FILE, REPORT_ROLE)
+    files.update(built.files)
+    files.update(write_golden_vectors(stage, inputs, references, built.manifest_section(), training.preprocessing))
+    return _Built(files, models, report, built)
+
+
+def _manifest_sections(built: _Built, atol: float, providers: list[str], detector: dict[str, Any] | None,
+                       stage: Path, training: Training) -> dict[str, Any]:
+    """The manifest sections a build decides: files, models, parity, variants, targets, and each
+    variant's own anomaly threshold."""
+    from .detector import variant_thresholds
+
+    section = built.variants.manifest_section()
+    out = {
+        "files": built.files, "models": built.models, "variants": section, "targets": TARGETS_FILE,
+        "parity": {"passed": built.report.passed, "tolerance_abs": atol, "providers": providers,
+                   "summary": built.report.summary(),
+                   "encoder_matches_autoencoder_max_abs": built.report.encoder_matches_autoencoder.max_abs,
+                   "report": PARITY_REPORT_FILE},
+    }
+    if detector:
+        out["detector"] = {**detector, "variants": variant_thresholds(stage, section["autoencoder"], training,
+                                                                      detector["quantile"])}
+    return out
+
+
+def _versions() -> dict[str, str]:
+    out = {"edgeae": __version__, "python": platform.python_version()}
+    for dist in ("numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def export(training: Training, out: Path, opset: int | None = None, atol: float = DEFAULT_ATOL,
+           providers: str = "all", force: bool = False, threshold_quantile: float | None = None,
+           variants: tuple[str, ...] | None = None) -> tuple[Path, ParityReport]:
+    """Export both models, verify them against Keras, and publish the folder only if parity holds.
+
+    `variants` names the edge variants to build (the table's defaults when None). The anomaly
+    threshold is calibrated here, at `threshold_quantile` (default: the training
+    configuration's) of the validation windows' scores, and stored in the manifest.
+    """
+    from .detector import calibrate
+    from .export import DEFAULT_OPSET, export_model
+    from .model import save
+
+    if not isinstance(training, Training):
+        raise UsageError(f"training must be an edgeae.training.Training (from train or load_training), "
+                         f"got {type(training).__name__}")
+    out = as_path(out, "out")
+    opset = DEFAULT_OPSET if opset is None else opset
+    atol = check_tolerance(atol)
+    variants = check_variant_names(variants)
+    config, pre = training.config, training.preprocessing
+    summary = training.summary()
+    provider_list = verification_providers(providers)
+    detector = calibrate(training, config.threshold_quantile if threshold_quantile is None else threshold_quantile)
+    with staged_folder(Path(out), force) as stage:
+        plains = {role: export_model(keras_model, role, pre, config.timesteps, config.features, opset,
+                                     training={k: summary[k] for k in ("parameters", "final_loss", "epochs_run")})
+                  for role, keras_model in (("autoencoder", training.autoencoder), ("encoder", training.encoder))}
+        inputs = parity_inputs(training.train_windows, pre, config.seed)
+        built = _build(stage, training, plains, inputs, provider_list, atol, None, variants, "parity failed")
+        save(training.autoencoder, stage / KERAS_FILE)
+        np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
+                 validation=training.validation_windows.astype(np.float32))
+        sections = _manifest_sections(built, atol, provider_list, detector, stage, training)
+        sections["files"].update({KERAS_FILE: file_entry(stage / KERAS_FILE, KERAS_ROLE),
+                                  PARITY_INPUTS_FILE: file_entry(stage / PARITY_INPUTS_FILE, DATA_ROLE)})
+        write_manifest(stage, {
+            "kind": "export",
+            "edgeae_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "opset": opset,
+            "window": {"timesteps": config.timesteps, "features": config.features, "stride": config.stride or 1},
+            "preprocessing": pre.to_dict(),
+            "training": {**summary, "history": training.history},
+            "versions": _versions(),
+            **sections,
+        })
+    return Path(out), built.report
+
+
+def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Tolerance] | None = None,
+             variants: tuple[str, ...] | None = None) -> Optimized:
+    """Rebuild an export folder's clean graph and variants, re-check them, and republish it atomically.
+
+    Every listed file is checked against the manifest first. An export made before the clean
+    graph existed (its `<role>.onnx` is tf2onnx's) gets it now, the tf2onnx file kept as
+    `<role>.plain.onnx`; verify then runs again on the new default files.
+    """
+    onnx = require("onnx", "train")
+
+    folder = as_path(folder, "export folder")
+    check_tolerances(tolerances)
+    check_variant_names(variants)
+    read_manifest(folder)  # a missing or foreign folder is refused before any staging
+    with staged_folder(folder, force=True) as stage:
+        manifest = read_export_manifest(folder)
+        verify_files(folder, manifest)
+        training = load_training(folder)
+        rebuilt = {variant_file(role, name) for role in ROLES for name in VARIANTS} | set(BUILT_FILES)
+        kept = {name: entry for name, entry in manifest["files"].items() if name not in rebuilt}
+        for name in kept:
+            shutil.copy2(folder / name, stage / name)
+        has_plain = all(variant_file(role, "plain") in manifest["files"] for role in ROLES)
+        plains = {role: onnx.load(str(folder / variant_file(role, "plain" if has_plain else DEFAULT_VARIANT)))
+                  for role in ROLES}
+        parity = manifest.get("parity") or {}
+        atol = float(parity.get("tolerance_abs", DEFAULT_ATOL))
+        provider_list = verification_providers(providers)
+        inputs = stored_inputs(folder, manifest, training)
+        built = _build(stage, training, plains, inputs, provider_list, atol, tolerances, variants,
+                       "the clean graph fails parity")
+        sections = _manifest_sections(built, atol, provider_list, manifest.get("detector"), stage, training)
+        sections["files"].update(kept)
+        sections["models"] = {role: {**(manifest.get("models") or {}).get(role, {}), **entry}
+                              for role, entry in sections["models"].items()}
+        sections["parity"] = {**parity, **sections["parity"]}
+        body = {k: v for k, v in manifest.items() if k not in ("format", "format_version")}
+        write_manifest(stage, {**body, **sections})
+    return built.variants
+
+
+def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str, ...] | None = None,
+                 opset: int | None = None, atol: float = DEFAULT_ATOL, providers: str = "all", force: bool = False,
+                 progress: Callable[[int, dict[str, float]], None] | None = None,
+                 variants: tuple[str, ...] | None = None) -> tuple[Path, ParityReport, Training]:
+    """train -> export -> verify -> publish, refusing early if the target exists."""
+    from .export import check_opset
+
+    check_config(config)
+    check_data_args(data, columns, progress)
+    out = as_path(out, "out")
+    check_target(out, force)  # fail before minutes of training, not after: so do the export's settings
+    atol = check_tolerance(atol)
+    if opset is not None:
+        check_opset(opset)
+    verification_providers(providers)
+    check_variant_names(variants)
+    training = train(config, data, columns, progress)
+    path, report = export(training, out, opset, atol, providers, force, variants=variants)
+    return path, report, training
+
+
+def folder_variants(folder: Path) -> dict[str, Any]:
+    """The manifest's variants section of a published export (empty for one made without them)."""
+    return read_manifest(Path(folder)).get("variants") or {}
+
+
+def folder_lines(folder: Path, targets: bool = True) -> list[str]:
+    """The variants (and, unless `targets` is False, the target report) of a published export."""
+    manifest = read_manifest(Path(folder))
+    lines = [variant_line(role, name, variants[name]) for role, variants in (manifest.get("variants") or {}).items()
+             for name in VARIANTS if name in variants]
+    if not lines:
+        return []
+    head = ["variants (parity against Keras on verify's inputs):", *lines]
+    if not manifest.get("targets"):
+        return head
+    if not targets:
+        return [*head, f"target report (providers per node, mobile checks): {Path(folder) / manifest['targets']}"
+                       " (edgeae optimize prints it)"]
+    return [*head, *target_lines(read_json(Path(folder) / manifest["targets"], "target report"))]

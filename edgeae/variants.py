@@ -1,0 +1,113 @@
+"""The edge variants of a model, in one table: each row says what the file is, how it is named,
+made and checked, and which batch sizes of another variant it serves.
+
+Adding a variant is one row here plus one builder module in graphs/. Everything else (the
+files an export publishes, tolerances, manifest entries, the CLI's names) is read from here.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import UsageError
+from .graphs import batch1, fp16, int8, int8_dynamic, ort_format, portable, unrolled
+from .graphs.common import Built, Job
+from .graphs.unrolled import UNROLLED_FROM
+from .layout import model_file
+from .parity import DEFAULT_ATOL, Tolerance
+
+DEFAULT_VARIANT = "fp32"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One variant: name, file suffix, precision, default tolerance against Keras, the manifest
+    role of its files, its builder (None: export makes it), whether it is built unless a caller
+    names others, and the batch sizes of another variant it serves (variant, first, last)."""
+
+    name: str
+    suffix: str
+    precision: str
+    tolerance: Tolerance
+    file_role: str
+    build: Callable[[Job], Built | None] | None
+    default: bool
+    serves: tuple[str, int, int | None] | None = None
+    about: str = ""
+
+
+FP32 = Tolerance(abs=DEFAULT_ATOL)
+# fp32 graphs must match Keras as the export does. fp16 rounds weights and the network's input to 11
+# significant bits (2**-11 = 4.9e-4 of a value), and the recurrence amplifies that; int8 rounds each
+# weight to 1/254 of its row's largest. Worst errors measured (seed model; the test suite's small
+# models): fp16 5.3e-4; 1.3e-3 of range, int8 2.7e-3 of range, int8-dynamic per tensor 4.9e-3;
+# 4.2e-3 of range on AVX-512 VNNI. Each bound sits at about twice the worst of them.
+SPECS: tuple[VariantSpec, ...] = (
+    VariantSpec("plain", ".plain.onnx", "fp32", FP32, "onnx-plain", None, True, about="tf2onnx's own graph"),
+    VariantSpec("fp32", ".onnx", "fp32", FP32, "onnx", None, True, about="the clean graph (default)"),
+    VariantSpec("fp32-b1", ".b1.onnx", "fp32", FP32, "onnx-b1", batch1.build, True, ("fp32", 1, 1),
+                about="fp32 for exactly one window per run"),
+    VariantSpec("fp32-unrolled", ".unrolled.onnx", "fp32", FP32, "onnx-unrolled", unrolled.build, True,
+                ("fp32", UNROLLED_FROM, None), about="fp32 with the decoder written out, for many windows per run"),
+    VariantSpec("portable", ".portable.onnx", "fp32", FP32, "onnx-portable", portable.build, True,
+                about="fp32 without the LSTM operator"),
+    VariantSpec("fp16", ".fp16.onnx", "fp16", Tolerance(rel_range=3e-3), "onnx-fp16", fp16.build, True,
+                about="float16 weights and network"),
+    VariantSpec("int8", ".int8.onnx", "int8", Tolerance(rel_range=1e-2), "onnx-int8", int8.build, True,
+                about="int8 weights, float compute"),
+    VariantSpec("int8-dynamic", ".int8-dynamic.onnx", "int8", Tolerance(rel_range=1e-2), "onnx-int8-dynamic",
+                int8_dynamic.build, False, about="onnxruntime's dynamic int8: fastest, numbers depend on the CPU"),
+    VariantSpec("ort", ".ort", "fp32", FP32, "ort", ort_format.build, True, about="ORT format"),
+)
+BY_NAME = {spec.name: spec for spec in SPECS}
+VARIANTS = tuple(BY_NAME)
+BUILT = tuple(spec.name for spec in SPECS if spec.build is not None)
+DEFAULT_BUILT = tuple(spec.name for spec in SPECS if spec.build is not None and spec.default)
+FP32_TOLERANCE_VARIANTS = tuple(spec.name for spec in SPECS if spec.tolerance == FP32)  # follow --atol
+DEFAULT_TOLERANCES = {spec.name: spec.tolerance for spec in SPECS}
+
+
+def variant_file(role: str, name: str) -> str:
+    """The file of `role` in variant `name`: autoencoder.int8.onnx."""
+    return model_file(role, BY_NAME[name].suffix)
+
+
+def batch_graphs(base: str) -> tuple[tuple[str, int, int | None], ...]:
+    """(variant, first, last) for each variant that serves some batch sizes of `base`."""
+    return tuple((spec.name, *spec.serves[1:]) for spec in SPECS if spec.serves and spec.serves[0] == base)
+
+
+def check_tolerances(tolerances: object) -> dict[str, Tolerance]:
+    """A caller's tolerances: a dict of variant names to Tolerance, refused (exit 2) as a whole otherwise.
+
+    A bare number is refused rather than guessed: it could mean max abs error or a share of the range.
+    """
+    if tolerances is None:
+        return {}
+    if not isinstance(tolerances, dict):
+        raise UsageError(f"tolerances must be a dict of variant name to Tolerance, got {type(tolerances).__name__}")
+    unknown = [repr(name) for name in tolerances if name not in VARIANTS]
+    if unknown:
+        raise UsageError(f"no variant named {', '.join(sorted(unknown))} (variants: {', '.join(VARIANTS)})")
+    for name, value in tolerances.items():
+        if not isinstance(value, Tolerance):
+            raise UsageError(f"the tolerance of {name!r} must be a Tolerance(abs=..., rel_range=...), got {value!r}")
+    return dict(tolerances)
+
+
+def check_variant_names(names: object) -> tuple[str, ...]:
+    """The variants a caller asks to build: None means DEFAULT_BUILT; an unknown name is refused (exit 2)."""
+    if names is None:
+        return DEFAULT_BUILT
+    if isinstance(names, str) or not isinstance(names, (tuple, list, set, frozenset)):
+        raise UsageError(f"variants must be a list of names ({', '.join(BUILT)}), got {names!r}")
+    unknown = sorted(repr(n) for n in names if n not in BUILT)
+    if unknown:
+        raise UsageError(f"no variant named {', '.join(unknown)} to build (variants: {', '.join(BUILT)})")
+    return tuple(n for n in BUILT if n in names)
+
+
+def tolerances_for(atol: float, overrides: dict[str, Tolerance] | None = None) -> dict[str, Tolerance]:
+    """Each variant's tolerance: the table's, fp32's at `atol`, then the caller's own."""
+    return {**DEFAULT_TOLERANCES, **{name: Tolerance(abs=atol) for name in FP32_TOLERANCE_VARIANTS},
+            **check_tolerances(overrides)}
