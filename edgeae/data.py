@@ -347,6 +347,20 @@ def window_starts(rows: int, timesteps: int, stride: int = 1) -> np.ndarray:
     return np.arange(0, rows - timesteps + 1, stride)
 
 
+def cut_windows(series: Series, timesteps: int, stride: int | None,
+                default_stride: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """The windows a model scores from a file's series, and the 0-based row each starts at; a file
+    of ready-made windows as it is (no starts). `stride` None means `default_stride`; one given for
+    ready-made windows is refused, not ignored."""
+    if series.is_windows:
+        if stride is not None:
+            raise UsageError(f"{series.source}: a stride applies to a series; this file holds ready-made windows")
+        return series.values, None
+    stride = default_stride if stride is None else stride
+    return (make_windows(series.values, timesteps, stride, series.source),
+            window_starts(len(series.values), timesteps, stride))
+
+
 def window_labels(labels: np.ndarray, timesteps: int, stride: int = 1) -> np.ndarray:
     """A window is anomalous when any of its rows is labelled anomalous."""
     labels = np.asarray(labels, dtype=bool)

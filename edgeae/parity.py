@@ -226,4 +226,22 @@ class ParityReport:
         }
 
     def lines(self) -> list[str]:
+        """Every comparison, one line each."""
         return [r.line() for r in self._all()]
+
+    def summary_lines(self) -> list[str]:
+        """The worst case per model and provider, the encoder check, every variant against its own
+        tolerance and where the nodes ran: what a terminal shows after a parity run."""
+        lines = ["parity " + ("passed" if self else "FAILED") + ":"]
+        for key, s in self.summary().items():
+            lines.append(f"  {key}: max abs {s['max_abs']:.2e} (tol {s['tolerance_abs']:.0e}), "
+                         f"rel-to-range {s['max_rel_range']:.2e}, mean abs {s['mean_abs']:.2e} "
+                         f"over {s['comparisons']} input sets  {'ok' if s['passed'] else 'FAIL'}")
+        if self.encoder_matches_autoencoder is not None:
+            lines.append(f"  encoder == autoencoder's internal encoding: max abs {self.encoder_matches_autoencoder.max_abs:.2e}")
+        variants = self.variant_lines()
+        if variants:
+            lines += ["  variants, each against the tolerance its export recorded:", *("  " + v for v in variants)]
+        for key, counts in self.placement.items():
+            lines.append(f"  nodes of {key}: " + ", ".join(f"{n} on {p}" for p, n in counts.items()))
+        return lines

@@ -165,19 +165,16 @@ def _pick_windows(scores: np.ndarray, count: int) -> np.ndarray:
 def _series_scores(model: Any, data: Path, columns: tuple[str, ...] | None, labels_column: str | None,
                    stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
     """Windows of a user's series, their first rows, scores and (optional) labels."""
-    from .data import load_features, load_labelled, make_windows, trained_columns, window_labels, window_starts
+    from .data import cut_windows, load_features, load_labelled, trained_columns, window_labels
 
     if labels_column:
         series, labels = load_labelled(data, model.features, columns, trained_columns(model.manifest, data), labels_column)
     else:
         series, labels = load_features(data, model.features, columns, trained_columns(model.manifest, data)), None
-    if series.is_windows:
-        windows, starts = series.values, np.arange(len(series.values), dtype=np.float64)
-    else:
-        windows = make_windows(series.values, model.timesteps, stride, series.source)
-        starts = window_starts(len(series.values), model.timesteps, stride).astype(np.float64)
-        if labels is not None:
-            labels = window_labels(labels, model.timesteps, stride)
+    windows, first_rows = cut_windows(series, model.timesteps, None, stride)
+    starts = np.arange(len(windows), dtype=np.float64) if first_rows is None else first_rows.astype(np.float64)
+    if labels is not None and first_rows is not None:
+        labels = window_labels(labels, model.timesteps, stride)
     return windows, starts, np.asarray(model.score(windows).scores), labels, list(series.columns)
 
 

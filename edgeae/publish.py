@@ -281,6 +281,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def check_export_target(out: Path, training_folder: Path | None, force: bool = False) -> None:
+    """Refuse, before anything loads, an export that would replace the training folder it reads (or
+    a folder holding it), then a target check_target refuses."""
+    if training_folder is not None:
+        run, target = Path(training_folder).resolve(), Path(out).resolve()
+        if target == run or target in run.parents:
+            raise UsageError(f"refusing to export to {out}: it is the training folder {training_folder} or holds it; "
+                             "choose another --out")
+    check_target(out, force)
+
+
 def export(training: Training, out: Path, opset: int | None = None, atol: float = DEFAULT_ATOL,
            providers: str = "all", force: bool = False, threshold_quantile: float | None = None,
            variants: tuple[str, ...] | None = None) -> tuple[Path, ParityReport]:
@@ -298,6 +309,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
         raise UsageError(f"training must be an edgeae.training.Training (from train or load_training), "
                          f"got {type(training).__name__}")
     out = as_path(out, "out")
+    check_export_target(out, training.folder, force)
     opset = DEFAULT_OPSET if opset is None else opset
     atol = check_tolerance(atol)
     variants = check_variant_names(variants)

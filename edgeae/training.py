@@ -41,6 +41,7 @@ class Training:
     train_windows: np.ndarray  # raw units
     validation_windows: np.ndarray  # raw units, possibly empty
     data: dict[str, Any]
+    folder: Path | None = None  # the training folder it was loaded from, which an export must not replace
 
     def reconstruct(self, windows: np.ndarray) -> np.ndarray:
         """Keras reconstructions of raw windows, in raw units: the training side's reference."""
@@ -99,9 +100,33 @@ def check_data_args(data: Any, columns: Any, progress: Any) -> Path | None:
     return None if data is None else as_path(data, "data")
 
 
+def config_for(data: Path | None = None, columns: tuple[str, ...] | None = None, **settings: Any):
+    """A TrainConfig with the defaults that depend on the data, as the CLI applies them: as many
+    features as the data has columns, and with a series a validation part (DATA_VALIDATION_FRACTION)
+    with early stopping (DATA_PATIENCE); a setting given (not None) is kept as it is."""
+    from .model import DATA_PATIENCE, DATA_VALIDATION_FRACTION, TrainConfig
+
+    data = check_data_args(data, columns, None)
+    if columns and data is None:
+        raise UsageError("--columns chooses columns of --data; the seed data has none to choose")
+    chosen = {key: value for key, value in settings.items() if value is not None}
+    if "features" not in chosen:
+        chosen["features"] = (load_series(data, tuple(columns) if columns else None).values.shape[-1]
+                              if data is not None else TrainConfig.features)
+    chosen.setdefault("validation_fraction", DATA_VALIDATION_FRACTION if data is not None else 0.0)
+    chosen.setdefault("patience", DATA_PATIENCE if chosen["validation_fraction"] else 0)
+    try:
+        return TrainConfig(**chosen)
+    except TypeError as exc:  # a setting TrainConfig does not have
+        raise UsageError(f"not a training setting: {exc}") from None
+
+
 def train(config, data: Path | None = None, columns: tuple[str, ...] | None = None,
           progress: Callable[[int | None, dict[str, float]], None] | None = None) -> Training:
-    """Learn the preprocessing from the training part (rows, not overlapping windows), then fit."""
+    """Learn the preprocessing from the training part (rows, not overlapping windows), then fit.
+
+    `config_for(data, columns, ...)` makes a config with the defaults the CLI uses for that data.
+    """
     from . import model
 
     check_config(config)
@@ -200,4 +225,4 @@ def load_training(folder: Path) -> Training:
     train_w, val_w = saved_windows(folder, config.timesteps, config.features)
     history = record.get("history") or {"loss": [record.get("final_loss", float("nan"))]}
     return Training(config, pre, autoencoder, encoder, history, int(record.get("epochs_run", 0)),
-                    int(record.get("best_epoch", 0)), train_w, val_w, dict(record.get("data", {})))
+                    int(record.get("best_epoch", 0)), train_w, val_w, dict(record.get("data", {})), folder)

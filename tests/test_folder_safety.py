@@ -219,5 +219,5 @@ def test_stride_is_refused_for_ready_made_windows(tiny_export, tmp_path):
     np.save(windows, np.zeros((3, 6, 3), np.float32))
     result = run("score", tiny_export, windows, "--stride", "2")
     one_line_error(result, EXIT_USAGE)
-    assert "w.npy: --stride applies to a series; this file holds ready-made windows" in result.stderr
+    assert "w.npy: a stride applies to a series; this file holds ready-made windows" in result.stderr
     assert run("score", tiny_export, windows).exit_code == 0  # the manifest's stride is no explicit one

@@ -1,0 +1,130 @@
+"""The `edgeae` command group: one error line and one exit-code table for every command.
+
+No logic lives in the CLI beyond parsing options and printing; heavy imports (TensorFlow,
+tf2onnx) happen inside the library functions the training commands call, so the runtime
+commands (encode, reconstruct, score, inspect) start without them.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import traceback
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgeAEError
+
+
+DEFAULT_EXPORT = Path("exported")
+
+
+DEFAULT_TRAINING = Path("runs/train")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a service stop, a CI timeout) takes Ctrl-C's path, exit 130.
+
+    Python's default SIGTERM kills the process on the spot, leaving staging folders and
+    locks behind; raising KeyboardInterrupt lets their context managers clean up. Only the
+    main thread may set handlers, and the previous one is restored, so a program that
+    calls the CLI in-process keeps its own.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+class EdgeGroup(click.Group):
+    """Turns every failure into one line on stderr and its documented exit code."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """click's own usage errors (bad option, missing argument) become one `error:` line too."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            with _sigterm_as_interrupt():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+                click.echo(exc.format_message(), err=True)  # a bare `edgeae` shows its help, as ever
+            else:
+                print_error(f"{exc.format_message()} (see --help)")
+            code = exc.exit_code
+        except click.exceptions.Abort:
+            print_error("interrupted; nothing was published")
+            code = EXIT_INTERRUPTED
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes one line + a code
+            if isinstance(exc, SystemExit):
+                raise
+            code, message = describe_failure(exc)
+            if ctx.params.get("debug"):
+                traceback.print_exception(exc)
+            print_error(message)
+            ctx.exit(code)
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters, line and paragraph separators and lone surrogates (from
+    undecodable file names) escaped: a path holding a newline must not split an error in two."""
+    return "".join(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   if unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") else ch for ch in text)
+
+
+def print_error(message: str) -> None:
+    """The only place an error reaches the user: one `error:` line on stderr."""
+    click.echo(f"error: {one_line(message)}", err=True)
+
+
+def describe_failure(exc: BaseException) -> tuple[int, str]:
+    """The exit code and one-line message for any exception (the only such table)."""
+    if isinstance(exc, EdgeAEError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted; nothing was published"
+    if isinstance(exc, MemoryError):
+        return EXIT_RUNTIME, "out of memory: the input or batch is too large for this machine"
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        return EXIT_USAGE, f"{exc.strerror or exc}{where}"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {first} (rerun with --debug)"
+
+
+@click.group(cls=EdgeGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Exit codes: " + "; ".join(f"{k} {v.split(' (')[0]}" for k, v in EXIT_CODES.items()))
+@click.version_option(__version__, prog_name="edgeae")
+@click.option("--debug", is_flag=True, help="Show a traceback on errors.")
+def main(debug: bool) -> None:
+    """Train a Keras LSTM sequence autoencoder, export it to ONNX, prove parity, run it on the edge.
+
+    \b
+    Example:
+      edgeae pipeline --out exported --force
+      edgeae score exported readings.csv --output scores.csv
+    """

@@ -1,0 +1,200 @@
+"""Commands that train, export, verify and rebuild: thin calls into training, publish and verification."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..artifacts import check_target
+from ..errors import ParityError
+from .app import DEFAULT_EXPORT, DEFAULT_TRAINING, main
+from .options import (
+    build_option, config_and_data, json_option, progress_printer, training_options,
+)
+from .render import detector_lines, early_stop_lines, emit
+
+
+@main.command()
+@training_options
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_TRAINING, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing folder at --out.")
+@json_option
+@click.pass_context
+def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) -> None:
+    """Train the autoencoder and save it (model.keras + training record) to --out.
+
+    \b
+    Example:
+      edgeae train --epochs 50 --out runs/small
+      edgeae train --data sensors.csv --columns temp,pressure --validation-fraction 0.2 --patience 20
+    """
+    from ..training import save_training, train as train_model
+
+    quiet = kw["quiet"]
+    config, data, columns = config_and_data(kw)
+    check_target(out, force)  # fail before training, not after
+    training = train_model(config, data, columns, progress_printer(quiet, config.epochs))
+    save_training(training, out, force)
+    summary = training.summary()
+    emit(ctx, {"out": str(out), **summary}, [
+        f"trained {summary['parameters']:,} parameters for {summary['epochs_run']} epochs: final loss {summary['final_loss']:.3e}, "
+        f"training reconstruction max abs error {summary['train_reconstruction_max_abs']:.3e}",
+        *early_stop_lines(summary),
+        f"saved to {out}",
+    ])
+
+
+@main.command()
+@click.argument("training_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_EXPORT, show_default=True)
+@click.option("--opset", type=int, default=None, help="ONNX opset [default: 17; 14-18].")
+@click.option("--atol", type=float, default=1e-5, show_default=True, help="Parity tolerance, max abs error.")
+@click.option("--provider", default="all", show_default=True, help="Providers to verify on: all, cpu or cuda.")
+@click.option("--force", is_flag=True, help="Replace an existing export at --out.")
+@click.option("--threshold-quantile", type=float, default=None,
+              help="Recalibrate the anomaly threshold at this quantile [default: the one chosen at training].")
+@build_option
+@json_option
+@click.pass_context
+def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None, atol: float, provider: str,
+           force: bool, threshold_quantile: float | None, build: tuple[str, ...], as_json: bool) -> None:
+    """Export a trained model to autoencoder.onnx + encoder.onnx, verify parity, publish to --out.
+
+    \b
+    Example:
+      edgeae export runs/train --out exported --force
+    """
+    from .. import publish
+    from ..training import load_training
+    from ..variants import check_variant_names
+
+    publish.check_export_target(out, training_dir, force)  # before TensorFlow loads and the model runs
+    built = build or None
+    check_variant_names(built)
+    path, report = publish.export(load_training(training_dir), out, opset, atol, provider, force,
+                                  threshold_quantile, built)
+    emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": publish.folder_variants(path)},
+         [*report.summary_lines(), *publish.folder_lines(path, targets=False), *detector_lines(path), f"exported to {path}"])
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
+@click.option("--atol", type=float, default=1e-5, show_default=True, help="Parity tolerance, max abs error.")
+@click.option("--provider", default="all", show_default=True, help="Providers to verify on: all, cpu or cuda.")
+@click.option("--against", type=click.Choice(["auto", "keras", "stored"]), default="auto", show_default=True,
+              help="keras: run the stored Keras model; stored: the Keras outputs saved at export (no TensorFlow "
+                   "needed); auto: keras where TensorFlow is installed.")
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, export_dir: Path, atol: float, provider: str, against: str, as_json: bool) -> None:
+    """Re-check an export: files against the manifest, ONNX against Keras on every provider.
+
+    \b
+    Example:
+      edgeae verify exported --provider cpu --atol 1e-6
+      edgeae verify exported --provider cuda --against stored   # on a device without TensorFlow
+    """
+    from ..verification import verify as verify_export
+
+    report = verify_export(export_dir, provider, atol, against)
+    emit(ctx, report.to_dict(), report.summary_lines())
+    if not report:
+        raise ParityError("; ".join(report.failures()))
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
+@click.option("--provider", default="all", show_default=True, help="Providers to check the variants on: all, cpu or cuda.")
+@click.option("--strict", is_flag=True, help="Exit 6 when a variant misses its tolerance (it is left out either way).")
+@build_option
+@json_option
+@click.pass_context
+def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, build: tuple[str, ...],
+             as_json: bool) -> None:
+    """Rebuild an export's clean graph, its batch graphs and fp16, int8 and ORT-format variants; publish those within tolerance.
+
+    Every file is checked against the manifest first; each variant is compared with Keras
+    on verify's inputs, and one that misses its tolerance is reported and left out.
+    targets.json says which execution providers can run each file, node by node. The
+    folder is replaced in one step, or not at all.
+
+    \b
+    Example:
+      edgeae optimize exported --provider cpu
+      edgeae optimize exported --build int8 --build int8-dynamic   # the fast int8, proven on each device
+    """
+    from .. import publish
+
+    result = publish.optimize(export_dir, provider, variants=build or None)
+    emit(ctx, {"out": str(export_dir), **result.to_dict()}, [*result.lines(), f"published to {export_dir}"])
+    missed = [f"{v.role}/{v.name}" for v in result.variants if not v.published]
+    if strict and missed:
+        raise ParityError(f"variants outside their tolerance, left out: {', '.join(missed)}")
+
+
+@main.command()
+@training_options
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_EXPORT, show_default=True)
+@click.option("--opset", type=int, default=None, help="ONNX opset [default: 17; 14-18].")
+@click.option("--atol", type=float, default=1e-5, show_default=True, help="Parity tolerance, max abs error.")
+@click.option("--provider", default="all", show_default=True, help="Providers to verify on: all, cpu or cuda.")
+@click.option("--force", is_flag=True, help="Replace an existing export at --out.")
+@build_option
+@json_option
+@click.pass_context
+def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, provider: str, force: bool,
+             build: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+    """Train, export and verify in one go (the seed notebook's model and data by default).
+
+    \b
+    Example:
+      edgeae pipeline --force                      # regenerate exported/
+      edgeae pipeline --epochs 20 --units 16 --out runs/small
+    """
+    from .. import publish
+
+    quiet = kw["quiet"]
+    config, data, columns = config_and_data(kw)
+    path, report, training = publish.run_pipeline(config, out, data, columns, opset, atol, provider, force,
+                                              progress_printer(quiet, config.epochs), build or None)
+    summary = training.summary()
+    emit(ctx, {"out": str(path), "training": summary, "parity": report.to_dict(), "variants": publish.folder_variants(path)}, [
+        f"trained {summary['parameters']:,} parameters, {summary['epochs_run']} epochs, final loss {summary['final_loss']:.3e}, "
+        f"training reconstruction max abs error {summary['train_reconstruction_max_abs']:.3e}",
+        *early_stop_lines(summary),
+        *report.summary_lines(),
+        *publish.folder_lines(path, targets=False),
+        *detector_lines(path),
+        f"exported to {path}",
+    ])
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 10**9), default=None, help="Training epochs [default: 150, with early stopping].")
+@click.option("--units", type=click.IntRange(1, 10**9), default=None, help="LSTM units [default: 32].")
+@click.option("--timesteps", type=click.IntRange(1, 10**9), default=None, help="Window length [default: 64].")
+@click.option("--stride", type=click.IntRange(1, 10**9), default=None, help="Step between training windows [default: 1].")
+@click.option("--threshold-quantile", type=float, default=None, help="Threshold quantile [default: 0.99].")
+@click.option("--force", is_flag=True, help="Replace an existing export at --out.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@json_option
+@click.pass_context
+def demo(ctx: click.Context, out: Path, force: bool, quiet: bool, as_json: bool, **overrides: Any) -> None:
+    """Anomaly detection on a real series: train, export, score on the runtime, report quality.
+
+    The series is InternalBleeding16 from the UCR anomaly archive, shipped inside the aeon
+    package (pip install 'edgeae[dataset]'); nothing is downloaded.
+
+    \b
+    Example:
+      edgeae demo --out runs/demo
+      edgeae report runs/demo
+    """
+    from ..datasets import demo as run_demo
+    from ..datasets import demo_config
+
+    config = demo_config(**{k: v for k, v in overrides.items() if v is not None})
+    result = run_demo(out, config, force=force, progress=progress_printer(quiet, config.epochs))
+    emit(ctx, result.to_dict(), result.lines())

@@ -1,0 +1,105 @@
+"""Options that several commands share, and how they become the library's arguments."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from .render import require_stdout
+
+
+def _json_needs_stdout(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """--json with stdout closed is refused before any work, not after it."""
+    if value:
+        require_stdout()
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_json_needs_stdout,
+                           help="Print machine-readable JSON on stdout.")
+
+
+provider_option = click.option("--provider", default="auto", show_default=True,
+                               help="auto (CUDA if available, else CPU), cpu or cuda.")
+
+
+variant_option = click.option("--variant", default="fp32", show_default=True,
+                              help="Which published model to run: fp32, fp16, int8, int8-dynamic, ort, plain, or one "
+                                   "of fp32's batch graphs alone: fp32-b1, fp32-unrolled.")
+
+
+self_check_option = click.option(
+    "--no-self-check", "no_self_check", is_flag=True,
+    help="Serve an fp16/int8 variant without first proving it on the export's golden vectors on this device.")
+
+
+build_option = click.option("--build", "build", multiple=True, metavar="VARIANT",
+                            help="A variant to build (repeatable): fp32-b1, fp32-unrolled, fp16, int8, int8-dynamic, "
+                                 "ort [default: all but int8-dynamic, whose numbers depend on the CPU].")
+
+
+def training_options(fn):
+    from ..model import DATA_PATIENCE, DATA_VALIDATION_FRACTION, TrainConfig
+
+    d = TrainConfig()
+    options = [
+        click.option("--data", type=click.Path(path_type=Path), default=None,
+                     help="CSV (header, a column per feature) or NPY series/windows. Default: the seed sequence."),
+        click.option("--columns", default=None, help="Comma-separated CSV column names (or indices) to use."),
+        click.option("--timesteps", type=click.IntRange(1, 10**9), default=d.timesteps, show_default=True, help="Window length."),
+        click.option("--features", type=int, default=None, help="Features per step [default: 5, or the data's column count]."),
+        click.option("--units", type=click.IntRange(1, 10**9), default=d.units, show_default=True, help="LSTM units (the embedding size)."),
+        click.option("--activation", default=d.activation, show_default=True, help="LSTM activation."),
+        click.option("--epochs", type=click.IntRange(1, 10**9), default=d.epochs, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1, 10**9), default=d.batch_size, show_default=True),
+        click.option("--learning-rate", type=float, default=d.learning_rate, show_default=True),
+        click.option("--seed", type=int, default=d.seed, show_default=True, help="Random seed (deterministic on one machine)."),
+        click.option("--stride", type=click.IntRange(1, 10**9), default=None,
+                     help="Step between windows of a series [default: 1]; not for ready-made windows."),
+        click.option("--validation-fraction", type=float, default=None,
+                     help="Last part of the series (by time) held out for validation and threshold calibration "
+                          f"[default: {DATA_VALIDATION_FRACTION} with --data, else 0]."),
+        click.option("--patience", type=int, default=None,
+                     help="Early stopping on validation loss after this many epochs without improvement, restoring "
+                          f"the best weights (0: off) [default: {DATA_PATIENCE} with a validation part, else 0]."),
+        click.option("--clip-quantiles", type=(float, float), default=d.clip_quantiles, show_default=True,
+                     help="Quantiles of the training data at which extreme values are clipped."),
+        click.option("--scaling", type=click.Choice(["none", "minmax", "standard"]), default=d.scaling, show_default=True),
+        click.option("--threshold-quantile", type=float, default=d.threshold_quantile, show_default=True,
+                     help="Anomaly threshold: this quantile of the validation windows' scores (of the training "
+                          "windows' when there is no validation part)."),
+        click.option("--quiet", is_flag=True, help="No progress output."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def config_and_data(kw: dict) -> tuple[Any, Path | None, tuple[str, ...] | None]:
+    from ..training import config_for
+
+    data, columns = kw.pop("data"), split_columns(kw.pop("columns"))
+    kw.pop("quiet")
+    return config_for(data, columns, **kw), data, columns
+
+
+def progress_printer(quiet: bool, epochs: int):
+    if quiet:
+        return None
+    from ..model import print_progress
+
+    return print_progress(epochs)
+
+
+def split_columns(columns: str | None) -> tuple[str, ...] | None:
+    """--columns as names; an empty list or name is refused, since ignoring it would silently use every column."""
+    if columns is None:
+        return None
+    names = tuple(c.strip() for c in columns.split(","))
+    if not any(names):
+        raise UsageError(f"--columns {columns!r} names no column; give comma-separated names or indices, or leave it out")
+    if not all(names):
+        raise UsageError(f"--columns {columns!r} has an empty column name; separate names with single commas")
+    return names

@@ -1,0 +1,125 @@
+"""What commands print and write: JSON or lines on stdout, and result files."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from ..artifacts import check_output_file
+from ..errors import ExportExistsError, UsageError
+
+
+def require_stdout() -> None:
+    """With its descriptor closed at start Python's sys.stdout is None, and click.echo would drop
+    the result without a word: a command whose result goes to stdout refuses instead."""
+    if sys.stdout is None:
+        raise UsageError("cannot write the result: standard output is closed")
+
+
+def emit(ctx: click.Context, payload: dict, lines: list[str]) -> None:
+    """Machine-readable JSON on stdout with --json, otherwise human lines."""
+    as_json = ctx.find_root().params.get("as_json") or ctx.params.get("as_json")
+    if as_json or lines:
+        require_stdout()
+    if as_json:
+        click.echo(json.dumps(payload, indent=2, sort_keys=True, default=jsonable))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def early_stop_lines(summary: dict) -> list[str]:
+    if summary["epochs_run"] >= summary["config"]["epochs"]:
+        return []
+    return [f"stopped early after {summary['epochs_run']} epochs; kept the weights of epoch {summary['best_epoch']}, "
+            "the best validation loss"]
+
+
+def detector_lines(folder: Path) -> list[str]:
+    from ..artifacts import read_manifest
+
+    d = read_manifest(folder).get("detector")
+    if not d:
+        return []
+    return [f"anomaly threshold {d['threshold']:.4g}: the {d['quantile']:g} quantile of the scores of {d['windows']} "
+            f"{d['calibrated_on']} window(s)" + (" (no validation part: expect more flags)" if "note" in d else "")]
+
+
+OUTPUT_SUFFIXES = (".csv", ".npy", ".npz", ".json")
+
+
+def check_output(output: Path | None, force: bool, single_array: bool,
+                  suffixes: tuple[str, ...] = OUTPUT_SUFFIXES, reads: tuple[Path, ...] = ()) -> None:
+    """Every way an --output can fail is found before any work is done. What the command
+    `reads` (an export folder or model file, a data file) is never written, even with --force:
+    one slip of the name would destroy the model or the data the result came from."""
+    if output is None:
+        require_stdout()  # the result goes there
+        return
+    check_output_file(output)
+    target = output.resolve()
+    for source in reads:
+        source = source.resolve()
+        if target == source or source in target.parents:
+            what = "inside the export folder" if source.is_dir() else "the file"
+            raise UsageError(f"{output} is {what} {source.name} this command reads; write the result elsewhere")
+    suffix = output.suffix.lower()
+    if suffix not in suffixes:
+        raise UsageError(f"{output.name}: --output must end in {', '.join(suffixes)}")
+    if suffix == ".npy" and not single_array:
+        raise UsageError(f"{output.name}: this command writes several arrays; use .csv, .json or .npz")
+    if output.exists() and not force:
+        raise ExportExistsError(f"{output} exists; pass --force to replace it")
+
+
+def _csv_bytes(payload: dict[str, np.ndarray]) -> bytes:
+    """One row per window; integer columns (flags, start rows) stay integers."""
+    rows = len(next(iter(payload.values())))
+    header: list[str] = []
+    columns: list[list[str]] = []
+    for key, value in payload.items():
+        flat = np.asarray(value).reshape(rows, -1)
+        header += [key] if flat.shape[1] == 1 else [f"{key}_{i}" for i in range(flat.shape[1])]
+        text = str if flat.dtype.kind in "iub" else (lambda v: repr(float(v)))
+        columns += [[text(v) for v in flat[:, j]] for j in range(flat.shape[1])]
+    lines = [",".join(header)] + [",".join(cells) for cells in zip(*columns)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_result(ctx: click.Context, payload: dict[str, np.ndarray], output: Path | None) -> None:
+    import io
+
+    from ..artifacts import atomic_write_bytes, dumps_json
+
+    if output is None:
+        emit(ctx, {k: v for k, v in payload.items()}, [json.dumps({k: jsonable(v) for k, v in payload.items()})])
+        return
+    suffix = output.suffix.lower()
+    rows = len(next(iter(payload.values())))
+    if suffix in (".npy", ".npz"):
+        buffer = io.BytesIO()
+        if suffix == ".npy":
+            np.save(buffer, next(iter(payload.values())))
+        else:
+            np.savez(buffer, **payload)
+        atomic_write_bytes(output, buffer.getvalue())
+    elif suffix == ".csv":
+        atomic_write_bytes(output, _csv_bytes(payload))
+    else:
+        atomic_write_bytes(output, dumps_json({k: jsonable(v) for k, v in payload.items()}).encode())
+    emit(ctx, {"output": str(output), "rows": rows, "arrays": list(payload)}, [])
+    click.echo(f"wrote {rows} rows to {output}", err=True)

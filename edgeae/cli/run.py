@@ -1,0 +1,212 @@
+"""Commands that run an export on the device runtime: inspect, encode, reconstruct, score, evaluate, bench, report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from ..bench import MAX_BATCH as MAX_BENCH_BATCH
+from .app import DEFAULT_EXPORT, main
+from .options import json_option, provider_option, self_check_option, split_columns, variant_option
+from .render import check_output, emit, write_result
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
+@click.option("--keras", is_flag=True, help="Also time Keras predict and tf.function (with and without XLA).")
+@click.option("--runs", type=click.IntRange(3, 10**7), default=200, show_default=True, help="Timed rounds at batch 1 (fewer at large batches).")
+@click.option("--warmup", type=click.IntRange(0, 10**6), default=10, show_default=True, help="Untimed calls per path before timing.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="Intra-op threads [default: the library's own].")
+@click.option("--batch", "batches", type=click.IntRange(1, MAX_BENCH_BATCH), multiple=True, default=(64, 4096),
+              show_default=True, help=f"Throughput batch sizes (repeat the option; at most {MAX_BENCH_BATCH}).")
+@click.option("--no-cold-start", is_flag=True, help="Skip the per-path cold start and peak memory subprocesses.")
+@click.option("--role", type=click.Choice(["autoencoder", "encoder", "both"]), default="both", show_default=True)
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Also write the JSON report to this .json file.")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
+@json_option
+@click.pass_context
+def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: int, threads: int | None,
+          batches: tuple[int, ...], no_cold_start: bool, role: str, output: Path | None, force: bool,
+          as_json: bool) -> None:
+    """Time every model of an export side by side, interleaved, with ratios against the plain export.
+
+    \b
+    Example:
+      edgeae bench exported --keras --runs 300
+      edgeae bench exported --batch 1024 --threads 1 --no-cold-start --json
+    """
+    from ..artifacts import atomic_write_json
+    from ..bench import run_bench
+
+    roles = ("autoencoder", "encoder") if role == "both" else (role,)
+    check_output(output, force, single_array=False, suffixes=(".json",), reads=(export_dir,))
+    report = run_bench(export_dir, keras, runs, warmup, threads, batches, not no_cold_start, roles,
+                       progress=lambda msg: click.echo(msg, err=True))
+    if output is not None:
+        atomic_write_json(output, report.to_dict())
+    emit(ctx, report.to_dict(), [report.table()])
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
+@provider_option
+@variant_option
+@self_check_option
+@json_option
+@click.pass_context
+def inspect(ctx: click.Context, model: Path, provider: str, variant: str, no_self_check: bool, as_json: bool) -> None:
+    """Show an export's models, inputs/outputs and which provider runs each node.
+
+    \b
+    Example:
+      edgeae inspect exported --provider cuda --variant int8
+    """
+    from .. import runtime
+
+    edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
+    info: dict[str, Any] = {"providers_available": runtime.available_providers(), "models": {}}
+    lines = [f"available providers: {', '.join(info['providers_available'])}"]
+    graphs = [(role, m) for role, m in edge.models.items()]
+    graphs += [(f"{role} ({runtime.batch_label(first, last)})", other)
+               for role, m in edge.models.items() for first, last, other in m.routes]
+    for role, m in graphs:
+        placement = m.node_placement()
+        info["models"][role] = {"file": m.name, "input": m.input_name, "outputs": m.output_names,
+                                "batch": 1 if m.one_window else "any", "window": [m.timesteps, m.features],
+                                "session_providers": m.providers, "proven_finite": m.proven_finite,
+                                "placement": placement, "placement_summary": runtime.placement_summary(placement)}
+        batch = "1" if m.one_window else "batch"
+        lines.append(f"{role} ({m.name}): {m.input_name} ({batch}, {m.timesteps}, {m.features}) -> {', '.join(m.output_names)}")
+        lines.append(f"  session providers: {', '.join(m.providers)}")
+        lines.append("  outputs: " + ("proven finite by the export's value bound, not checked per call" if m.proven_finite
+                                      else "checked for inf/NaN on every call"))
+        for prov, count in runtime.placement_summary(placement).items():
+            lines.append(f"  {count} nodes ran on {prov}")
+        for node, prov in placement.items():
+            if "LSTM" in node or prov != "CPUExecutionProvider":
+                lines.append(f"    {node}: {prov}")
+    if edge.manifest:
+        info["manifest"] = {k: edge.manifest.get(k) for k in ("kind", "edgeae_version", "created", "opset", "window", "parity")}
+    emit(ctx, info, lines)
+
+
+def _read_windows(edge: Any, path: Path, stride: int | None,
+                  columns: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Windows from a file, and for a series the 0-based data row each window starts at.
+
+    `stride` None means the manifest's; one given for ready-made windows is refused, not ignored.
+    """
+    from ..data import cut_windows, load_features, trained_columns
+
+    series = load_features(path, edge.features, split_columns(columns), trained_columns(edge.manifest, path))
+    return cut_windows(series, edge.timesteps, stride, int((edge.manifest.get("window") or {}).get("stride", 1)))
+
+
+def runtime_command(name: str, doc: str):
+    """encode / reconstruct / score share their options; only the call differs."""
+
+    @main.command(name=name, help=doc)
+    @click.argument("model", type=click.Path(path_type=Path))
+    @click.argument("data", type=click.Path(path_type=Path))
+    @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+                  help="Write .csv, .json, .npz, or .npy for one array (default: JSON on stdout).")
+    @click.option("--stride", type=click.IntRange(1, 10**9), default=None, help="Window stride for a series [default: the manifest's].")
+    @click.option("--columns", default=None, help="Comma-separated CSV columns to use.")
+    @click.option("--threshold", type=float, default=None, help="score: flag windows above this (default: the manifest's).")
+    @click.option("--force", is_flag=True, help="Replace an existing --output file.")
+    @provider_option
+    @variant_option
+    @self_check_option
+    @json_option
+    @click.pass_context
+    def command(ctx: click.Context, model: Path, data: Path, output: Path | None, stride: int | None,
+                columns: str | None, threshold: float | None, force: bool, provider: str, variant: str,
+                no_self_check: bool, as_json: bool) -> None:
+        from .. import runtime
+
+        edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
+        check_output(output, force, single_array=name != "score", reads=(model, data))
+        windows, starts = _read_windows(edge, data, stride, columns)
+        if name == "encode":
+            payload = {"embedding": edge.encode(windows)}
+        elif name == "reconstruct":
+            payload = {"reconstruction": edge.reconstruct(windows)}
+        else:
+            result = edge.score(windows, threshold=threshold)
+            payload = {"score": result.scores}
+            if result.flags is not None:
+                payload["anomaly"] = result.flags.astype(np.int8)
+            if starts is not None:
+                payload["window_start"] = starts
+        write_result(ctx, payload, output)
+
+    return command
+
+runtime_command("encode", "Encode windows to embeddings with the encoder.\n\n\b\nExample:\n  edgeae encode exported series.csv -o embeddings.npy")
+runtime_command("reconstruct", "Reconstruct windows (raw units) with the autoencoder.\n\n\b\nExample:\n  edgeae reconstruct exported windows.npy -o recon.npy")
+runtime_command("score", "Per-window reconstruction error, with anomaly flags where a threshold is known.\n\n\b\nExample:\n  edgeae score exported readings.csv -o scores.csv")
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--labels", "labels_column", required=True, help="CSV column holding 1 for anomalous rows, 0 for normal.")
+@click.option("--columns", default=None, help="Comma-separated CSV feature columns (as at training).")
+@click.option("--stride", type=click.IntRange(1, 10**9), default=1, show_default=True, help="Step between scored windows.")
+@click.option("--threshold", type=float, default=None, help="Flag above this [default: the manifest's].")
+@provider_option
+@json_option
+@click.pass_context
+def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: str, columns: str | None, stride: int,
+             threshold: float | None, provider: str, as_json: bool) -> None:
+    """Detection quality on a labelled series: ROC AUC, average precision, precision/recall/F1 at the threshold.
+
+    A window counts as anomalous when any of its rows is labelled 1.
+
+    \b
+    Example:
+      edgeae evaluate exported test.csv --columns temp,pressure --labels is_anomaly
+    """
+    from .. import runtime
+    from ..data import load_labelled, trained_columns
+    from ..detector import evaluate as run_evaluation
+
+    model = runtime.load(export_dir, provider)
+    series, labels = load_labelled(data, model.features, split_columns(columns), trained_columns(model.manifest, data),
+                                   labels_column)
+    detection, _ = run_evaluation(model, series.values, labels, stride, threshold)
+    emit(ctx, detection.to_dict(), detection.lines())
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Picture this CSV/NPY series instead of the windows the model was trained on.")
+@click.option("--columns", default=None, help="Comma-separated CSV feature columns (as at training).")
+@click.option("--labels", "labels_column", default=None, help="CSV column marking anomalous rows (1), shown on the score plot.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the PNGs here instead of into the export folder (whose manifest then lists them).")
+@click.option("--force", is_flag=True, help="Replace existing PNGs of the same names (an export's own, listed in its manifest, "
+                   "are always redrawn).")
+@provider_option
+@json_option
+@click.pass_context
+def report(ctx: click.Context, export_dir: Path, data: Path | None, columns: str | None, labels_column: str | None,
+           out: Path | None, force: bool, provider: str, as_json: bool) -> None:
+    """Draw the export as PNGs: reconstructions, score over time, loss curves, parity.
+
+    Needs matplotlib: pip install 'edgeae[plot]'.
+
+    \b
+    Example:
+      edgeae report exported
+      edgeae report runs/demo --data test.csv --columns value --labels is_anomaly
+    """
+    from ..plots import report as write_report
+
+    paths = write_report(export_dir, data, split_columns(columns), labels_column, out,
+                         "cpu" if provider == "auto" else provider, force=force)
+    emit(ctx, {"plots": [str(p) for p in paths]}, [f"wrote {p}" for p in paths])
