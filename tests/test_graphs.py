@@ -1,18 +1,13 @@
-"""Edge variants: the clean graph, fp16, int8 and ORT format, their parity, publication and target report."""
-import json
-import subprocess
-import sys
+"""The graph rewrites (graphs/): the clean graph, batch graphs, portable, fp16, int8, int8-dynamic, ORT format, and their parity."""
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 
-from edgeae import layout, publish, variants, verification
-from edgeae.artifacts import read_manifest, verify_files, write_manifest
-from edgeae.cli import main
-from edgeae.errors import EXIT_PARITY, IntegrityError, UsageError
+from edgeae import layout, publish, verification
+from edgeae.artifacts import read_manifest, verify_files
+from edgeae.errors import UsageError
 from edgeae.graphs import int8_dynamic
 from edgeae.graphs.batch1 import single_window_graph
 from edgeae.graphs.clean import clean_graph
@@ -44,7 +39,6 @@ def run(path, x):
 
 @pytest.fixture(scope="module")
 def parity_inputs(tiny_training):
-
     return verification.parity_inputs(tiny_training.train_windows, tiny_training.preprocessing, tiny_training.config.seed)
 
 
@@ -296,101 +290,3 @@ def test_ort_format_loads_and_matches_its_source(tiny_export, rng):
         np.testing.assert_array_equal(run(tiny_export / f"{role}.ort", x), run(tiny_export / f"{role}.onnx", x))
     config = (tiny_export / layout.ORT_CONFIG_FILE).read_text()
     assert "LSTM" in config and "/" not in "".join(line for line in config.splitlines() if line.startswith("# - "))
-
-
-# ---------------------------------------------------------------- target report
-
-
-def test_target_report_lists_every_node_and_provider(tiny_export):
-    targets = json.loads((tiny_export / layout.TARGETS_FILE).read_text())
-    manifest = read_manifest(tiny_export)
-    published = {v["file"] for variants in manifest["variants"].values() for name, v in variants.items()
-                 if v["published"] and name != "plain"}
-    assert set(targets["models"]) == published
-    for file, report in targets["models"].items():
-        assert report["bytes"] == (tiny_export / file).stat().st_size
-        if file.endswith(".onnx"):
-            assert [row["name"] for row in report["node_list"]] == [n.name for n in onnx.load(str(tiny_export / file)).graph.node]
-        for row in report["node_list"]:
-            assert set(row["providers"]) == {"CPU", "CUDA", "NNAPI", "CoreML-MLProgram", "CoreML-NeuralNetwork"}
-            if "LSTM" in row["op"]:
-                assert row["providers"]["CUDA"] == "cpu-fallback" and row["providers"]["NNAPI"] == "no"
-        assert sum(report["summary"]["CPU"].values()) == report["nodes"] == len(report["node_list"])
-
-
-# ---------------------------------------------------------------- optimize on a folder
-
-
-def test_variant_missing_its_tolerance_is_not_published(export_copy):
-    result = publish.optimize(export_copy, providers="cpu", tolerances={"int8": Tolerance(rel_range=1e-9)})
-    manifest = read_manifest(export_copy)
-    verify_files(export_copy, manifest)
-    for role in ("autoencoder", "encoder"):
-        entry = manifest["variants"][role]["int8"]
-        assert not entry["published"] and entry["parity"]["failures"] and entry["weights"] == "per-row"
-        assert not (export_copy / f"{role}.int8.onnx").exists() and f"{role}.int8.onnx" not in manifest["files"]
-        assert manifest["variants"][role]["fp16"]["published"]
-    assert any("int8" in line and "NOT published" in line for line in result.lines())
-    assert not any(f.endswith(".int8.onnx") for f in json.loads((export_copy / "targets.json").read_text())["models"])
-
-
-def test_optimize_upgrades_an_export_made_before_variants(export_copy):
-    manifest = read_manifest(export_copy)
-    for role in ("autoencoder", "encoder"):  # what an older export held: tf2onnx's graph as the default
-        (export_copy / f"{role}.plain.onnx").replace(export_copy / f"{role}.onnx")
-    for name in list(manifest["files"]):
-        if name.endswith((".plain.onnx", ".b1.onnx", ".unrolled.onnx", ".fp16.onnx", ".int8.onnx", ".ort", ".config")) \
-                or name == "targets.json":
-            (export_copy / name).unlink(missing_ok=True)
-            del manifest["files"][name]
-    from edgeae.artifacts import file_entry
-
-    for role in ("autoencoder", "encoder"):
-        manifest["files"][f"{role}.onnx"] = file_entry(export_copy / f"{role}.onnx", "onnx")
-        manifest["models"][role]["nodes"] = len(ops(export_copy / f"{role}.onnx"))
-    del manifest["variants"], manifest["targets"]
-    write_manifest(export_copy, manifest)
-    publish.optimize(export_copy, providers="cpu")
-    after = read_manifest(export_copy)
-    verify_files(export_copy, after)
-    assert ops(export_copy / "autoencoder.onnx") == CLEAN_OPS["autoencoder"]
-    assert after["models"]["autoencoder"]["nodes"] == len(CLEAN_OPS["autoencoder"])
-    assert after["parity"]["passed"] and after["preprocessing"] == manifest["preprocessing"]
-    assert set(after["variants"]["encoder"]) == {"plain", "fp32", "portable", "fp16", "int8", "ort"}
-    assert {"fp32-b1", "fp32-unrolled"} <= set(after["variants"]["autoencoder"])  # the batch graphs come too
-    assert [r["file"] for r in after["variants"]["autoencoder"]["fp32"]["by_batch"]] == [
-        "autoencoder.b1.onnx", "autoencoder.onnx", "autoencoder.unrolled.onnx"]
-
-
-def test_optimize_refuses_a_tampered_export_and_changes_nothing(export_copy):
-    path = export_copy / "encoder.fp16.onnx"
-    path.write_bytes(path.read_bytes()[:-10])
-    before = {p.name: p.read_bytes() for p in export_copy.iterdir()}
-    with pytest.raises(IntegrityError, match="encoder.fp16.onnx"):
-        publish.optimize(export_copy, providers="cpu")
-    assert {p.name: p.read_bytes() for p in export_copy.iterdir()} == before
-
-
-def test_cli_optimize_prints_variants_and_targets(export_copy):
-    runner = CliRunner()
-    assert "Example" in runner.invoke(main, ["optimize", "--help"]).output
-    result = runner.invoke(main, ["optimize", str(export_copy), "--provider", "cpu"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert "autoencoder/int8" in result.output and "NNAPI" in result.output and "published to" in result.output
-    result = runner.invoke(main, ["optimize", str(export_copy), "--provider", "cpu", "--json"], catch_exceptions=False)
-    payload = json.loads(result.stdout)
-    assert payload["variants"]["encoder"]["ort"]["published"]
-
-
-def test_strict_optimize_fails_when_a_variant_is_left_out(export_copy, monkeypatch):
-    monkeypatch.setitem(variants.DEFAULT_TOLERANCES, "fp16", Tolerance(rel_range=1e-12))
-    result = CliRunner().invoke(main, ["optimize", str(export_copy), "--provider", "cpu", "--strict"])
-    assert result.exit_code == EXIT_PARITY
-    assert "fp16" in result.stderr and not (export_copy / "encoder.fp16.onnx").exists()
-
-
-def test_runtime_does_not_import_the_graph_builders():
-    code = ("import sys, edgeae.runtime; print(any(m.startswith(('edgeae.graphs', 'edgeae.publish', 'edgeae.variants')) "
-            "for m in sys.modules), 'onnxruntime.quantization' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]

@@ -1,0 +1,101 @@
+"""optimize on a folder (publish.py): what is published, what is left out, and what never changes."""
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from edgeae import publish, variants
+from edgeae.artifacts import read_manifest, verify_files, write_manifest
+from edgeae.cli import main
+from edgeae.errors import EXIT_PARITY, IntegrityError
+from edgeae.parity import Tolerance
+
+CLEAN_OPS = {
+    "autoencoder": ["Min", "Max", "Transpose", "LSTM", "Expand", "LSTM", "Squeeze", "MatMul", "Add", "Transpose"],
+    "encoder": ["Min", "Max", "Transpose", "LSTM", "Squeeze"],
+}
+
+
+def ops(path):
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+# ---------------------------------------------------------------- optimize on a folder
+
+
+def test_variant_missing_its_tolerance_is_not_published(export_copy):
+    result = publish.optimize(export_copy, providers="cpu", tolerances={"int8": Tolerance(rel_range=1e-9)})
+    manifest = read_manifest(export_copy)
+    verify_files(export_copy, manifest)
+    for role in ("autoencoder", "encoder"):
+        entry = manifest["variants"][role]["int8"]
+        assert not entry["published"] and entry["parity"]["failures"] and entry["weights"] == "per-row"
+        assert not (export_copy / f"{role}.int8.onnx").exists() and f"{role}.int8.onnx" not in manifest["files"]
+        assert manifest["variants"][role]["fp16"]["published"]
+    assert any("int8" in line and "NOT published" in line for line in result.lines())
+    assert not any(f.endswith(".int8.onnx") for f in json.loads((export_copy / "targets.json").read_text())["models"])
+
+
+def test_optimize_upgrades_an_export_made_before_variants(export_copy):
+    manifest = read_manifest(export_copy)
+    for role in ("autoencoder", "encoder"):  # what an older export held: tf2onnx's graph as the default
+        (export_copy / f"{role}.plain.onnx").replace(export_copy / f"{role}.onnx")
+    for name in list(manifest["files"]):
+        if name.endswith((".plain.onnx", ".b1.onnx", ".unrolled.onnx", ".fp16.onnx", ".int8.onnx", ".ort", ".config")) \
+                or name == "targets.json":
+            (export_copy / name).unlink(missing_ok=True)
+            del manifest["files"][name]
+    from edgeae.artifacts import file_entry
+
+    for role in ("autoencoder", "encoder"):
+        manifest["files"][f"{role}.onnx"] = file_entry(export_copy / f"{role}.onnx", "onnx")
+        manifest["models"][role]["nodes"] = len(ops(export_copy / f"{role}.onnx"))
+    del manifest["variants"], manifest["targets"]
+    write_manifest(export_copy, manifest)
+    publish.optimize(export_copy, providers="cpu")
+    after = read_manifest(export_copy)
+    verify_files(export_copy, after)
+    assert ops(export_copy / "autoencoder.onnx") == CLEAN_OPS["autoencoder"]
+    assert after["models"]["autoencoder"]["nodes"] == len(CLEAN_OPS["autoencoder"])
+    assert after["parity"]["passed"] and after["preprocessing"] == manifest["preprocessing"]
+    assert set(after["variants"]["encoder"]) == {"plain", "fp32", "portable", "fp16", "int8", "ort"}
+    assert {"fp32-b1", "fp32-unrolled"} <= set(after["variants"]["autoencoder"])  # the batch graphs come too
+    assert [r["file"] for r in after["variants"]["autoencoder"]["fp32"]["by_batch"]] == [
+        "autoencoder.b1.onnx", "autoencoder.onnx", "autoencoder.unrolled.onnx"]
+
+
+def test_optimize_refuses_a_tampered_export_and_changes_nothing(export_copy):
+    path = export_copy / "encoder.fp16.onnx"
+    path.write_bytes(path.read_bytes()[:-10])
+    before = {p.name: p.read_bytes() for p in export_copy.iterdir()}
+    with pytest.raises(IntegrityError, match="encoder.fp16.onnx"):
+        publish.optimize(export_copy, providers="cpu")
+    assert {p.name: p.read_bytes() for p in export_copy.iterdir()} == before
+
+
+def test_cli_optimize_prints_variants_and_targets(export_copy):
+    runner = CliRunner()
+    assert "Example" in runner.invoke(main, ["optimize", "--help"]).output
+    result = runner.invoke(main, ["optimize", str(export_copy), "--provider", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "autoencoder/int8" in result.output and "NNAPI" in result.output and "published to" in result.output
+    result = runner.invoke(main, ["optimize", str(export_copy), "--provider", "cpu", "--json"], catch_exceptions=False)
+    payload = json.loads(result.stdout)
+    assert payload["variants"]["encoder"]["ort"]["published"]
+
+
+def test_strict_optimize_fails_when_a_variant_is_left_out(export_copy, monkeypatch):
+    monkeypatch.setitem(variants.DEFAULT_TOLERANCES, "fp16", Tolerance(rel_range=1e-12))
+    result = CliRunner().invoke(main, ["optimize", str(export_copy), "--provider", "cpu", "--strict"])
+    assert result.exit_code == EXIT_PARITY
+    assert "fp16" in result.stderr and not (export_copy / "encoder.fp16.onnx").exists()
+
+
+def test_runtime_does_not_import_the_graph_builders():
+    code = ("import sys, edgeae.runtime; print(any(m.startswith(('edgeae.graphs', 'edgeae.publish', 'edgeae.variants')) "
+            "for m in sys.modules), 'onnxruntime.quantization' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
