@@ -8,7 +8,6 @@ numpy, onnxruntime and matplotlib, never TensorFlow.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 from collections.abc import Sequence
@@ -210,10 +209,8 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
     so the manifest keeps matching the files.
     """
     from . import runtime
-    from .artifacts import (
-        as_path, atomic_write_bytes, file_entry, folder_lock, read_export_manifest, read_json, verify_file, verify_files,
-        write_manifest,
-    )
+    from .artifacts import as_path, atomic_write_bytes, file_entry, read_json, verify_file
+    from .publish import amended_export
 
     if labels is not None and data is None:
         raise UsageError("--labels marks rows of a series: give that series with --data")
@@ -231,9 +228,7 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
         out = None
     target = export_dir if out is None else Path(out)
     # Only adding files to the export needs its lock; a read-only export can still be pictured elsewhere.
-    with folder_lock(export_dir) if out is None else contextlib.nullcontext():
-        manifest = read_export_manifest(export_dir)
-        verify_files(export_dir, manifest)
+    with amended_export(export_dir, write=out is None) as manifest:
         ours = {name for name, entry in manifest["files"].items()
                 if out is None and isinstance(entry, dict) and entry.get("role") == PLOT_ROLE}
         _check_targets(target, ours, force)
@@ -281,5 +276,4 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
         if out is None:
             for path in written:
                 manifest["files"][path.name] = file_entry(path, PLOT_ROLE)
-            write_manifest(export_dir, manifest)
     return written

@@ -1,4 +1,6 @@
-"""The only writers of export folders: export, optimize and the pipeline, through one build and one manifest.
+"""The only writers of export folders: export, optimize and the pipeline, through one build and one
+manifest; and `amended_export`, through which files are added to a published export (target
+measurements, pictures).
 
 Every folder is written through `artifacts.staged_folder`, so a failure at any step (parity
 included) publishes nothing. export makes the ONNX graphs from a Training; optimize rebuilds
@@ -7,11 +9,12 @@ variants, proves them against Keras and writes the reports and golden vectors.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import platform
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -21,9 +24,8 @@ import numpy as np
 
 from . import __version__
 from .artifacts import (
-    as_path, atomic_write_json, check_target, file_entry, read_export_manifest, read_json, read_manifest, staged_folder,
-    verify_files,
-    write_manifest,
+    as_path, atomic_write_json, check_target, file_entry, folder_lock, read_export_manifest, read_json, read_manifest,
+    staged_folder, verify_files, write_manifest,
 )
 from .bounds import bound_entry
 from .errors import ParityError, UsageError, require
@@ -424,3 +426,39 @@ def folder_lines(folder: Path, targets: bool = True) -> list[str]:
         return [*head, f"target report (providers per node, mobile checks): {Path(folder) / manifest['targets']}"
                        " (edgeae optimize prints it)"]
     return [*head, *target_lines(read_json(Path(folder) / manifest["targets"], "target report"))]
+
+
+@contextlib.contextmanager
+def amended_export(folder: Path, write: bool = True) -> Iterator[dict]:
+    """A published export to add files to: locked, every file checked, its manifest yielded; the caller
+    writes each file atomically into the folder and lists it in manifest['files'], and the manifest is
+    resealed last. With `write` False the export is only read (checked, unlocked, left as it is)."""
+    with folder_lock(folder) if write else contextlib.nullcontext():
+        manifest = read_export_manifest(folder)
+        verify_files(folder, manifest)
+        yield manifest
+        if write:
+            write_manifest(folder, manifest)
+
+
+def measure_targets(folder: Path, runtimes: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Run every published file of an export on each runtime (targets.measure_runtimes) and record the
+    table, with the CPU it was measured on, in the export's targets.json.
+
+    Measured, not predicted: each file and runtime costs a child process (about half a second).
+    """
+    from .golden import read_golden
+    from .other_runtimes import RUNTIMES
+    from .targets import machine, measure_runtimes
+
+    folder = as_path(folder, "export folder")
+    runtimes = RUNTIMES if runtimes is None else tuple(runtimes)
+    with amended_export(folder) as manifest:
+        if TARGETS_FILE not in manifest["files"]:
+            raise UsageError(f"{folder} has no {TARGETS_FILE}; rebuild it first: edgeae optimize {folder}")
+        targets = read_json(folder / TARGETS_FILE, "target report")
+        targets["runtimes"] = {"measured_on": machine(), "files": measure_runtimes(
+            folder, manifest, read_golden(folder, manifest), runtimes)}
+        atomic_write_json(folder / TARGETS_FILE, targets)
+        manifest["files"][TARGETS_FILE] = file_entry(folder / TARGETS_FILE, REPORT_ROLE)
+    return targets["runtimes"]

@@ -1,8 +1,10 @@
 """Which runtime and execution provider runs each file of an export: the target report (targets.json).
 
-CPU is measured (the parity run loaded and ran every file); CUDA is measured where this
-onnxruntime has it and predicted from onnxruntime's kernel table where it does not; NNAPI
-and CoreML come from onnxruntime's usability checker.
+Per node: CPU is measured (the parity run loaded and ran every file); CUDA is measured where
+this onnxruntime has it and predicted from onnxruntime's kernel table where it does not; NNAPI
+and CoreML come from onnxruntime's usability checker. Per runtime (`measure_runtimes`, the
+`runtimes` section): each file run on onnxruntime, onnxruntime-web, tract, OpenVINO and onnx's
+reference evaluator against Keras on the golden windows, measured, never predicted.
 """
 from __future__ import annotations
 
@@ -10,9 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import require
+import numpy as np
+
+from .errors import UsageError, require
 from .graphs.common import FIXED_PREFIXES
 from .graphs.ort_format import ort_session_options
+from .parity import Tolerance, compare
 
 MOBILE_EPS = {
     "NNAPI": None,
@@ -207,3 +212,97 @@ def target_lines(targets: dict[str, Any]) -> list[str]:
                         if ep in ("CPU", "CUDA")})
         lines += [f"      {note}" for note in notes]
     return lines
+
+
+# ---------------------------------------------------------------- other runtimes, measured
+
+
+def _measure(runtime: str, path: Path, x: np.ndarray, reference: np.ndarray, tolerance: Tolerance,
+             scale: np.ndarray | None) -> dict[str, Any]:
+    """One file on one runtime: whether it loads (with a free batch, else a fixed one) and its error."""
+    from .other_runtimes import RuntimeFailed, RuntimeUnavailable, run
+
+    failures = []
+    for fixed in (False, True) if runtime == "tract" else (False,):
+        try:
+            y = run(runtime, path, x, fixed_batch=fixed)
+        except RuntimeUnavailable as exc:
+            return {"verdict": "not installed", "note": str(exc)}
+        except RuntimeFailed as exc:
+            failures.append(str(exc))
+            continue
+        result = compare(reference, y, model=path.name, provider=runtime, dataset="golden", tolerance_abs=tolerance.abs,
+                         tolerance_rel_range=tolerance.rel_range, scale=scale, source=path.name)
+        return {"verdict": "ok" if result else "wrong", "batch": "fixed" if fixed else "any",
+                "max_abs": result.max_abs, "max_rel_range": result.max_rel_range,
+                "allowed": tolerance.describe(), "windows": len(x),
+                **({"note": "with a free batch: " + failures[0]} if failures else {})}
+    return {"verdict": "fails", "note": " / ".join(failures)}
+
+
+def measure_runtimes(folder: Path, manifest: dict, golden: Any, runtimes: tuple[str, ...]) -> dict[str, Any]:
+    """Every published ONNX file of an export on each runtime, against Keras on the golden windows
+    at the tolerance its variant records: 'ok', 'wrong' (it runs and misses), 'fails' (it does not
+    load or run) or 'not installed'. A one-window graph gets the single golden window; ORT-format
+    files are read by onnxruntime alone."""
+    from .other_runtimes import RUNTIMES
+
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise UsageError(f"no runtime named {', '.join(map(repr, unknown))} (runtimes: {', '.join(RUNTIMES)})")
+    scale = np.asarray(manifest["preprocessing"]["scale"], np.float64)
+    names = list(golden.inputs)
+    table: dict[str, Any] = {}
+    for role, by_name in (manifest.get("variants") or {}).items():
+        for name, entry in by_name.items():
+            if not entry.get("published"):
+                continue
+            tolerance = Tolerance.from_manifest(entry.get("tolerance"), f"variants.{role}.{name}.tolerance")
+            sets = ["single"] if entry.get("batch") == 1 else names
+            x = np.concatenate([golden.inputs[k] for k in sets])
+            reference = np.concatenate([golden.reference(role)[k] for k in sets])
+            path = folder / entry["file"]
+            table[entry["file"]] = {
+                runtime: ({"verdict": "n/a", "note": "ORT format is read by onnxruntime builds only"}
+                          if path.suffix == ".ort" and runtime != "onnxruntime"
+                          else _measure(runtime, path, x, reference, tolerance, scale if role == "autoencoder" else None))
+                for runtime in runtimes}
+    return table
+
+
+def runtime_lines(table: dict[str, Any]) -> list[str]:
+    """The measured runtime table for a terminal: one line per file, one cell per runtime."""
+    if not table:
+        return []
+    runtimes = list(next(iter(table.values())))
+
+    def cell(m: dict[str, Any]) -> str:
+        if "max_abs" in m:
+            return f"{m['verdict']} {m['max_abs']:.1e}" + (" (fixed batch)" if m.get("batch") == "fixed" else "")
+        return m["verdict"]
+
+    width = max(len(file) for file in table)
+    lines = [f"{'file':<{width}}  " + "  ".join(f"{r:<24}" for r in runtimes)]
+    lines += [f"{file:<{width}}  " + "  ".join(f"{cell(m[r]):<24}" for r in runtimes) for file, m in table.items()]
+    return lines
+
+
+def machine() -> dict[str, Any]:
+    """The CPU a measurement came from: its model and the vector extensions that change kernels."""
+    import platform
+
+    flags, model = set(), platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "asimd", "asimddp")
+    import onnxruntime as ort
+
+    return {"cpu": model, "machine": platform.machine(), "extensions": [f for f in wanted if f in flags],
+            "onnxruntime": ort.__version__}

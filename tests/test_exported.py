@@ -48,3 +48,18 @@ def test_every_committed_variant_passes_its_self_check_on_this_cpu():
     for variant in published:
         model = runtime.load(EXPORTED, "cpu", variant=variant)
         assert model.reconstruct(seed_sequence()).shape == (1, 10, 5), variant
+
+
+def test_the_committed_target_table_was_measured_on_every_runtime():
+    """`edgeae targets exported` ran: the portable graph holds on all five runtimes, and the relu-LSTM
+    graphs are named wrong (or failing) on the two that compute tanh."""
+    manifest = json.loads((EXPORTED / "manifest.json").read_text())
+    table = json.loads((EXPORTED / manifest["targets"]).read_text())["runtimes"]
+    assert table["measured_on"]["cpu"] and table["measured_on"]["onnxruntime"]
+    files = table["files"]
+    for role in ("autoencoder", "encoder"):
+        assert {r: m["verdict"] for r, m in files[f"{role}.portable.onnx"].items()} == dict.fromkeys(
+            ("onnxruntime", "onnxruntime-web", "tract", "openvino", "onnx-reference"), "ok")
+        assert files[f"{role}.onnx"]["onnx-reference"]["verdict"] == "wrong"
+        assert files[f"{role}.onnx"]["tract"]["verdict"] in ("wrong", "fails")
+        assert files[f"{role}.onnx"]["onnxruntime"]["verdict"] == "ok"

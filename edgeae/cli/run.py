@@ -210,3 +210,32 @@ def report(ctx: click.Context, export_dir: Path, data: Path | None, columns: str
     paths = write_report(export_dir, data, split_columns(columns), labels_column, out,
                          "cpu" if provider == "auto" else provider, force=force)
     emit(ctx, {"plots": [str(p) for p in paths]}, [f"wrote {p}" for p in paths])
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
+@click.option("--runtime", "runtimes", multiple=True, metavar="RUNTIME",
+              help="A runtime to measure (repeatable): onnxruntime, onnxruntime-web, tract, openvino, onnx-reference "
+                   "[default: all].")
+@json_option
+@click.pass_context
+def targets(ctx: click.Context, export_dir: Path, runtimes: tuple[str, ...], as_json: bool) -> None:
+    """Run every published file on each runtime against Keras on the golden windows; record the table in targets.json.
+
+    'ok': within the file's tolerance; 'wrong': it runs and misses (e.g. a relu LSTM computed
+    as tanh); 'fails': it does not load or run (the runtime's own message is kept);
+    'not installed': pip install 'edgeae[runtimes]', and for onnxruntime-web `npm ci --prefix node`.
+
+    \b
+    Example:
+      edgeae targets exported
+      edgeae targets exported --runtime tract --runtime onnx-reference
+    """
+    from .. import publish
+    from ..targets import runtime_lines
+
+    measured = publish.measure_targets(export_dir, runtimes or None)
+    on = measured["measured_on"]
+    emit(ctx, measured, [f"measured on {on['cpu']} ({', '.join(on['extensions']) or 'no vector extensions listed'}), "
+                         f"onnxruntime {on['onnxruntime']}:", *runtime_lines(measured["files"]),
+                         f"recorded in {export_dir}"])
