@@ -302,7 +302,8 @@ def paired_ratio(path: list[np.ndarray], base: list[np.ndarray]) -> float:
 
 def _check_arguments(runs: Any, warmup: Any, threads: Any, batches: Any, roles: Any, keras: Any, cold: Any) -> None:
     """Refuse, before anything loads, arguments the CLI's option types would have refused."""
-    from .runtime import ROLES, check_threads, is_whole
+    from .checks import is_whole
+    from .runtime import check_threads
 
     if not isinstance(keras, (bool, np.bool_)) or not isinstance(cold, (bool, np.bool_)):
         raise UsageError(f"keras and cold must be True or False, got {keras!r} and {cold!r}")
@@ -320,7 +321,7 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
               batches: tuple[int, ...] = DEFAULT_BATCHES, cold: bool = True, roles: tuple[str, ...] = ("autoencoder", "encoder"),
               progress: Callable[[str], None] | None = None) -> BenchReport:
     """Time every path of an export folder (and Keras, if asked), side by side."""
-    from .runtime import read_export_manifest
+    from .artifacts import read_export_manifest
 
     _check_arguments(runs, warmup, threads, batches, roles, keras, cold)
     batches = tuple(dict.fromkeys(int(b) for b in batches))  # each timed once, as plain ints for the JSON

@@ -10,25 +10,17 @@ Only numpy is needed here (Keras is reached through the training object passed i
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .checks import check_quantile
 from .errors import DataError, UsageError
 
 SCORE_DESCRIPTION = "mean squared reconstruction error per window, each feature scaled as the model sees it"
 RULE = "anomalous when score > threshold"
-
-
-def check_quantile(quantile: Any) -> float:
-    """A quantile in (0, 1]; True would pass for 1 and a string fail deep inside numpy."""
-    if (isinstance(quantile, (bool, np.bool_)) or not isinstance(quantile, numbers.Real)
-            or not 0.0 < quantile <= 1.0):
-        raise UsageError(f"threshold quantile must be in (0, 1], got {quantile!r}")
-    return float(quantile)
 
 
 def _vector(values: Any, what: str, kinds: str, expected: str, per: str) -> np.ndarray:
@@ -221,7 +213,7 @@ class Detection:
 
 def detection_quality(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Detection:
     """Ranking quality (ROC AUC, average precision) and flag quality at `threshold`."""
-    from .runtime import check_threshold
+    from .checks import check_threshold
 
     threshold = check_threshold(threshold)
     scores, labels = _scored(scores, labels)
@@ -242,7 +234,7 @@ def evaluate(model: Any, values: np.ndarray, labels: np.ndarray, stride: int = 1
     A window counts as anomalous when any of its rows is labelled anomalous.
     """
     from .data import make_windows, window_labels
-    from .runtime import is_whole
+    from .checks import is_whole
 
     if not callable(getattr(model, "score", None)) or not isinstance(getattr(model, "timesteps", None), int):
         raise UsageError(f"model must be a model set from edgeae.runtime.load, got {type(model).__name__}")

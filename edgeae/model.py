@@ -18,7 +18,7 @@ from typing import Any, Callable, NoReturn
 import numpy as np
 
 from .data import SCALINGS
-from .detector import check_quantile
+from .checks import check_quantile, is_real, is_whole
 from .errors import DataError, IntegrityError, ShapeError, UsageError, require
 
 ENCODER_LAYER = "encoder"
@@ -32,16 +32,6 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid")
 # With one step tf2onnx writes the encoder LSTM without the time-major input the clean graph is
 # rebuilt from, and export fails; two is the least that exports.
 MIN_TIMESTEPS = 2
-
-
-def _is_whole(value: Any, least: int) -> bool:
-    """A Python int of at least `least`, never a bool: the config is written out as JSON."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def _is_real(value: Any) -> bool:
-    """A finite Python int or float, never a bool or a string: the config is written out as JSON."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -68,7 +58,7 @@ class TrainConfig:
         for name in ("timesteps", "features", "units", "epochs", "batch_size", "stride", "patience", "seed"):
             value = getattr(self, name)
             least = 0 if name in ("patience", "seed") else 1
-            if (name == "stride" and value is None) or _is_whole(value, least):
+            if (name == "stride" and value is None) or (isinstance(value, int) and is_whole(value, least)):
                 continue
             raise UsageError(f"{name} must be a whole number of at least {least}, got {value!r}")
         if self.timesteps < MIN_TIMESTEPS:
@@ -81,11 +71,11 @@ class TrainConfig:
         if self.activation not in ACTIVATIONS:
             raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)} (those export as a fused "
                              f"ONNX LSTM), got {self.activation!r}")
-        if not (_is_real(self.learning_rate) and 0 < self.learning_rate < 10):
+        if not (is_real(self.learning_rate) and 0 < self.learning_rate < 10):
             raise UsageError(f"learning rate must be in (0, 10), got {self.learning_rate!r}")
         if self.seed >= 2**32:
             raise UsageError(f"seed must be a whole number in [0, 2**32), got {self.seed!r}")
-        if not (_is_real(self.validation_fraction) and 0.0 <= self.validation_fraction < 1.0):
+        if not (is_real(self.validation_fraction) and 0.0 <= self.validation_fraction < 1.0):
             raise UsageError(f"validation fraction must be in [0, 1), got {self.validation_fraction!r}")
         if self.patience and not self.validation_fraction:
             raise UsageError(f"patience {self.patience} stops on the validation loss, and there is no validation "
@@ -94,7 +84,7 @@ class TrainConfig:
         if isinstance(quantiles, list):  # as JSON gives it back
             quantiles = tuple(quantiles)
             object.__setattr__(self, "clip_quantiles", quantiles)
-        if not (isinstance(quantiles, tuple) and len(quantiles) == 2 and all(map(_is_real, quantiles))
+        if not (isinstance(quantiles, tuple) and len(quantiles) == 2 and all(map(is_real, quantiles))
                 and 0.0 <= quantiles[0] < quantiles[1] <= 1.0):
             raise UsageError(f"clip quantiles must be two numbers with 0 <= low < high <= 1, got {quantiles!r}")
         if self.scaling not in SCALINGS:

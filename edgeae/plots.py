@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, ExportExistsError, UsageError, require
+from .checks import is_whole
 from .layout import PARITY_INPUTS_FILE, PARITY_REPORT_FILE, PLOT_FILES, PLOT_ROLE
 
 MAX_FEATURES_SHOWN = 6
@@ -216,7 +217,7 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
         raise UsageError("--labels marks rows of a series: give that series with --data")
     if columns is not None and data is None:
         raise UsageError("--columns chooses columns of --data; without it the training windows are pictured")
-    if not runtime.is_whole(windows_shown, 1, 64):
+    if not is_whole(windows_shown, 1, 64):
         raise UsageError(f"windows shown must be a whole number from 1 to 64, got {windows_shown!r}")
     require("matplotlib", "plot")
     export_dir = as_path(export_dir, "export folder").absolute()

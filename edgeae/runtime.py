@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import tempfile
 import threading
@@ -22,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .artifacts import read_export_manifest, verify_file
+from .checks import check_threshold, is_whole
 from .errors import DataError, InferenceError, IntegrityError, ParityError, ProviderError, ShapeError, UsageError
 from .layout import ROLES
 
@@ -133,12 +133,6 @@ def as_windows(x: Any, timesteps: int, features: int) -> tuple[np.ndarray, bool]
         where = f"step {t}, feature {f}" if single else f"window {n}, step {t}, feature {f}"
         raise DataError(f"input value {original!r} at {where} {reason}")
     return converted, single
-
-
-def is_whole(value: Any, low: int, high: int | None = None) -> bool:
-    """A whole number within [low, high] (no limit: None); not a bool, which Python counts as one."""
-    return (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
-            and (high is None or value <= high))
 
 
 def check_chunk(chunk: Any) -> int:
@@ -479,19 +473,6 @@ def reconstruction_error(x: np.ndarray, reconstruction: np.ndarray, scale: np.nd
     """
     diff = (np.asarray(x, np.float64) - np.asarray(reconstruction, np.float64)) * np.asarray(scale, np.float64)
     return np.mean(diff * diff, axis=(1, 2))
-
-
-def check_threshold(threshold: Any) -> float:
-    """A caller's threshold: a finite real number; True or "0.5" would be taken as 1.0 and 0.5."""
-    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
-        raise UsageError(f"threshold must be a number, got {threshold!r}")
-    try:
-        value = float(threshold)
-    except OverflowError:  # an int past float's range
-        value = math.inf
-    if not math.isfinite(value):
-        raise UsageError(f"threshold must be a finite number, got {threshold!r}"[:200])
-    return value
 
 
 class EdgeModel:

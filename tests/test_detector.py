@@ -173,7 +173,7 @@ def test_no_validation_part_falls_back_to_the_training_windows(tiny_export):
 
 def test_export_can_recalibrate_at_another_quantile(sensor_export, tmp_path):
     training, out = sensor_export
-    lower, _ = publish.export(training, tmp_path / "q50", providers="cpu", threshold_quantile=0.5)
+    lower, _ = publish.export(training, tmp_path / "q50", providers="cpu", threshold_quantile=0.5, variants=())
     a = json.loads((out / "manifest.json").read_text())["detector"]
     b = json.loads((lower / "manifest.json").read_text())["detector"]
     assert b["quantile"] == 0.5 and b["threshold"] < a["threshold"]

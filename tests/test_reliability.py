@@ -34,7 +34,7 @@ def existing(export_copy):
 def test_existing_export_is_kept_without_force(tiny_training, existing):
     folder, before = existing
     with pytest.raises(ExportExistsError, match="--force"):
-        publish.export(tiny_training, folder, providers="cpu")
+        publish.export(tiny_training, folder, providers="cpu", variants=())
     assert_untouched(folder, before)
 
 
@@ -44,7 +44,7 @@ def test_force_replaces_the_whole_folder(tiny_training, existing):
     manifest = artifacts.read_manifest(folder)
     manifest["files"]["stray.txt"] = artifacts.file_entry(folder / "stray.txt", "report")
     artifacts.write_manifest(folder, manifest)
-    publish.export(tiny_training, folder, providers="cpu", force=True)
+    publish.export(tiny_training, folder, providers="cpu", force=True, variants=())
     assert not (folder / "stray.txt").exists()
     manifest = artifacts.read_manifest(folder)
     artifacts.verify_files(folder, manifest)
@@ -66,7 +66,7 @@ def test_interrupt_mid_export_keeps_the_old_export(tiny_training, existing, monk
 
     monkeypatch.setattr(publish, "verify_models", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        publish.export(tiny_training, folder, providers="cpu", force=True)
+        publish.export(tiny_training, folder, providers="cpu", force=True, variants=())
     assert_untouched(folder, before)
 
 
@@ -78,7 +78,7 @@ def test_full_disk_while_writing_the_manifest(tiny_training, existing, monkeypat
 
     monkeypatch.setattr(publish, "write_manifest", no_space)
     with pytest.raises(OSError):
-        publish.export(tiny_training, folder, providers="cpu", force=True)
+        publish.export(tiny_training, folder, providers="cpu", force=True, variants=())
     assert_untouched(folder, before)
 
 
@@ -99,7 +99,7 @@ def test_full_disk_in_an_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch)
 def test_unwritable_target_is_a_usage_error(tiny_training, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda *a, **k: False)
     with pytest.raises(UsageError, match="cannot write"):
-        publish.export(tiny_training, tmp_path / "out", providers="cpu")
+        publish.export(tiny_training, tmp_path / "out", providers="cpu", variants=())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -116,7 +116,7 @@ def test_second_writer_fails_on_the_lock(tiny_training, existing):
     folder, before = existing
     with artifacts.folder_lock(folder):
         with pytest.raises(LockedError, match="another edgeae process"):
-            publish.export(tiny_training, folder, providers="cpu", force=True)
+            publish.export(tiny_training, folder, providers="cpu", force=True, variants=())
         # and from another process, through the CLI
         proc = subprocess.run([sys.executable, "-m", "edgeae.cli", "pipeline", "--epochs", "1", "--units", "2",
                                "--quiet", "--force", "--out", str(folder)], capture_output=True, text=True)
