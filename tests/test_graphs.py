@@ -195,11 +195,11 @@ def test_int8_dynamic_falls_back_to_per_channel_weights_when_per_tensor_misses_t
         return {p.key: p.value for p in model.metadata_props}["edgeae.int8_weights"] == "per-channel"
 
     path = tmp_path / "encoder.int8-dynamic.onnx"
-    weights, parity = int8_dynamic._int8_dynamic_within_tolerance(clean, path, parity_of)
+    weights, parity = int8_dynamic.within_tolerance(clean, path, parity_of)
     assert (weights, parity) == ("per-channel", True)
     assert tried == [{(1,)}, {(1, 4 * 8)}]  # one scale, then one per gate row
     assert _weight_scale_shapes(onnx.load(str(path))) == {(1, 4 * 8)}
-    weights, parity = int8_dynamic._int8_dynamic_within_tolerance(clean, path, lambda path: False)
+    weights, parity = int8_dynamic.within_tolerance(clean, path, lambda path: False)
     assert (weights, parity) == ("per-channel", False)  # none holds: the last one tried, reported as failing
     with pytest.raises(UsageError, match="per-tensor or per-channel"):
         int8_dynamic.to_int8_dynamic(clean, tmp_path / "x.onnx", "per-row")

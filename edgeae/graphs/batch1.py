@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import MODEL_INPUT, Built, Job, _clean_autoencoder, _sibling, save
+from .common import MODEL_INPUT, Built, Job, clean_autoencoder, sibling, save
 
 
 def single_window_graph(clean, role: str):
@@ -20,7 +20,7 @@ def single_window_graph(clean, role: str):
     """
     if role != "autoencoder":
         return None
-    c = _clean_autoencoder(clean, role)  # first: it makes sure onnx is there
+    c = clean_autoencoder(clean, role)  # first: it makes sure onnx is there
     from onnx import TensorProto, helper, numpy_helper
 
     graph, units, timesteps, features, attrs = c.graph, c.units, c.timesteps, c.features, c.decoder_attrs
@@ -63,7 +63,7 @@ def single_window_graph(clean, role: str):
     def one_window(value):
         return helper.make_tensor_value_info(value.name, TensorProto.FLOAT, [1, timesteps, features])
 
-    return _sibling(clean, helper.make_graph(nodes, graph.name, [one_window(graph.input[0])], [one_window(graph.output[0])],
+    return sibling(clean, helper.make_graph(nodes, graph.name, [one_window(graph.input[0])], [one_window(graph.output[0])],
                                              initializers), "fp32-b1")
 
 

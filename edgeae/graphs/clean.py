@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import require
-from .common import FIXED_PREFIXES, MODEL_INPUT, GraphError, _initializers, _set_variant
+from .common import FIXED_PREFIXES, MODEL_INPUT, GraphError, initializers_by_name, set_variant
 
 
 PASS_THROUGH = {"Unsqueeze", "Squeeze", "Expand", "Reshape", "Identity", "Cast"}
@@ -23,7 +23,7 @@ def _is_zero_state(graph, name: str) -> bool:
 
     if not name:
         return True
-    inits = _initializers(graph)
+    inits = initializers_by_name(graph)
     producers = {out: n for n in graph.node for out in n.output}
     while name not in inits:
         node = producers.get(name)
@@ -41,7 +41,7 @@ def _lstm_parts(graph, node, label: str, weights: list) -> dict[str, Any]:
     """The weights and attributes of one forward LSTM with a zero initial state."""
     from onnx import helper, numpy_helper
 
-    inits = _initializers(graph)
+    inits = initializers_by_name(graph)
     inputs = list(node.input) + [""] * (8 - len(node.input))
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if attrs.get("direction", b"forward") not in (b"forward", "forward") or attrs.get("layout", 0) != 0:
@@ -80,7 +80,7 @@ def clean_graph(plain, role: str):
     fixed_post = [n for n in graph.node if n.name.startswith(FIXED_PREFIXES[1])]
     if not fixed_pre or fixed_pre[-1].output[0] != MODEL_INPUT:
         raise GraphError(f"{role}: the preprocessing nodes export adds are missing")
-    inits = _initializers(graph)
+    inits = initializers_by_name(graph)
     producers = {out: n for n in graph.node for out in n.output}
     into_encoder = producers.get(lstms[0].input[0])
     if (into_encoder is None or into_encoder.op_type != "Transpose" or list(into_encoder.input) != [MODEL_INPUT]
@@ -130,7 +130,7 @@ def clean_graph(plain, role: str):
     )
     clean.ir_version = plain.ir_version
     clean.metadata_props.extend(plain.metadata_props)
-    _set_variant(clean, "fp32")
+    set_variant(clean, "fp32")
     onnx.checker.check_model(clean, full_check=True)
     return clean
 

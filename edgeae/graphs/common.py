@@ -59,12 +59,12 @@ class GraphError(ExportError):
     """The tf2onnx graph is not the LSTM autoencoder shape clean_graph knows how to rebuild."""
 
 
-def _initializers(graph) -> dict[str, Any]:
+def initializers_by_name(graph) -> dict[str, Any]:
     return {t.name: t for t in graph.initializer}
 
 
 @dataclass(frozen=True)
-class _CleanAutoencoder:
+class CleanAutoencoder:
     """What the batch-graph builders read from a clean autoencoder graph."""
 
     graph: Any
@@ -79,7 +79,7 @@ class _CleanAutoencoder:
     features: int
 
 
-def _clean_autoencoder(clean, role: str) -> _CleanAutoencoder:
+def clean_autoencoder(clean, role: str) -> CleanAutoencoder:
     require("onnx", "train")
     from onnx import helper, numpy_helper
 
@@ -90,7 +90,7 @@ def _clean_autoencoder(clean, role: str) -> _CleanAutoencoder:
         raise GraphError(f"{role}: not a clean graph (run clean_graph first)")
     attrs = {a.name: helper.get_attribute_value(a) for a in nodes["decoder/LSTM"].attribute}
     dims = graph.input[0].type.tensor_type.shape.dim
-    return _CleanAutoencoder(
+    return CleanAutoencoder(
         graph, arrays, nodes, attrs,
         fixed_pre=[n for n in graph.node if n.name.startswith(FIXED_PREFIXES[0])],
         fixed_post=[n for n in graph.node if n.name.startswith(FIXED_PREFIXES[1])],
@@ -98,7 +98,7 @@ def _clean_autoencoder(clean, role: str) -> _CleanAutoencoder:
         timesteps=dims[1].dim_value, features=dims[2].dim_value)
 
 
-def _sibling(clean, graph, variant: str):
+def sibling(clean, graph, variant: str):
     """A model around `graph` that carries the clean graph's opsets, producer and metadata, checked."""
     onnx = require("onnx", "train")
     from onnx import helper
@@ -107,7 +107,7 @@ def _sibling(clean, graph, variant: str):
                               producer_version=clean.producer_version, doc_string=clean.doc_string)
     model.ir_version = clean.ir_version
     model.metadata_props.extend(clean.metadata_props)
-    _set_variant(model, variant)
+    set_variant(model, variant)
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -118,7 +118,7 @@ ONNX_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu"}
 GATES = "iofc"  # ONNX's order of the four gates in an LSTM's W, R and B
 
 
-def _step_activations(attrs: dict[str, Any]) -> tuple[str, str, str] | None:
+def step_activations(attrs: dict[str, Any]) -> tuple[str, str, str] | None:
     """The gate, cell and output activations as ONNX op types; None for settings a written-out
     LSTM does not cover (clip, input_forget, activation parameters, other activations)."""
     names = [a.decode() if isinstance(a, bytes) else str(a) for a in attrs.get("activations", [b"Sigmoid", b"Tanh", b"Tanh"])]
@@ -128,7 +128,7 @@ def _step_activations(attrs: dict[str, Any]) -> tuple[str, str, str] | None:
     return acts[0], acts[1], acts[2]
 
 
-def _gate_weights(prefix: str, w: np.ndarray, r: np.ndarray, b: np.ndarray, units: int) -> dict[str, np.ndarray]:
+def gate_weights(prefix: str, w: np.ndarray, r: np.ndarray, b: np.ndarray, units: int) -> dict[str, np.ndarray]:
     """One LSTM's weights per gate, transposed for Gemm: W_g (inputs, u), R_g (u, u), and b_g, both biases summed."""
     bias = b[:4 * units] + b[4 * units:]
     out = {}
@@ -140,7 +140,7 @@ def _gate_weights(prefix: str, w: np.ndarray, r: np.ndarray, b: np.ndarray, unit
     return out
 
 
-def _lstm_steps(prefix: str, inputs: list[dict[str, str]], acts: tuple[str, str, str]) -> tuple[list, list[str]]:
+def lstm_steps(prefix: str, inputs: list[dict[str, str]], acts: tuple[str, str, str]) -> tuple[list, list[str]]:
     """An LSTM written out step by step from a zero state: nodes, and each step's hidden state.
 
     `inputs[t][g]` names step t's input term of gate g, W_g·x_t + b_g (batch, units). Each later
@@ -172,18 +172,18 @@ def _lstm_steps(prefix: str, inputs: list[dict[str, str]], acts: tuple[str, str,
     return nodes, hidden
 
 
-def _decoder_steps(c: _CleanAutoencoder, encoding: str, acts: tuple[str, str, str]) -> tuple[list, dict[str, np.ndarray]]:
+def decoder_steps(c: CleanAutoencoder, encoding: str, acts: tuple[str, str, str]) -> tuple[list, dict[str, np.ndarray]]:
     """The decoder written out, from the encoding (batch, units) to the network's output (batch, steps, features):
     the repeated input's projection made once, one Gemm per gate, then the steps and the Dense layer."""
     from onnx import helper
 
     node = helper.make_node
-    constants = _gate_weights("decoder", c.arrays["decoder/W"][0], c.arrays["decoder/R"][0], c.arrays["decoder/B"][0],
+    constants = gate_weights("decoder", c.arrays["decoder/W"][0], c.arrays["decoder/R"][0], c.arrays["decoder/B"][0],
                               c.units)
     constants["decoder/steps_shape"] = np.array([0, c.timesteps, c.units], np.int64)
     nodes = [node("Gemm", [encoding, f"decoder/W_{g}", f"decoder/b_{g}"], [f"decoder/x_{g}"], name=f"decoder/input_{g}")
              for g in GATES]
-    steps, hidden = _lstm_steps("decoder", [{g: f"decoder/x_{g}" for g in GATES}] * c.timesteps, acts)
+    steps, hidden = lstm_steps("decoder", [{g: f"decoder/x_{g}" for g in GATES}] * c.timesteps, acts)
     nodes += steps + [
         node("Concat", hidden, ["decoder/h_all"], name="decoder/steps", axis=1),
         node("Reshape", ["decoder/h_all", "decoder/steps_shape"], ["decoder/h"], name="decoder/batch_major"),
@@ -192,7 +192,7 @@ def _decoder_steps(c: _CleanAutoencoder, encoding: str, acts: tuple[str, str, st
     return nodes, constants
 
 
-def _graph_from(clean, nodes: list, constants: dict[str, np.ndarray], variant: str):
+def graph_from(clean, nodes: list, constants: dict[str, np.ndarray], variant: str):
     """A sibling of `clean` made of `nodes`: the clean graph's initializers they read, plus `constants`."""
     from onnx import helper, numpy_helper
 
@@ -200,11 +200,11 @@ def _graph_from(clean, nodes: list, constants: dict[str, np.ndarray], variant: s
     kept = {name for n in nodes for name in n.input}
     initializers = [t for t in graph.initializer if t.name in kept and t.name not in constants]
     initializers += [numpy_helper.from_array(value, name) for name, value in constants.items()]
-    return _sibling(clean, helper.make_graph(nodes, graph.name, list(graph.input), list(graph.output), initializers),
+    return sibling(clean, helper.make_graph(nodes, graph.name, list(graph.input), list(graph.output), initializers),
                     variant)
 
 
-def _set_variant(proto, name: str) -> None:
+def set_variant(proto, name: str) -> None:
     props = [p for p in proto.metadata_props if p.key != "edgeae.variant"]
     del proto.metadata_props[:]
     proto.metadata_props.extend(props)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import require
-from .common import FIXED_PREFIXES, Built, Job, _initializers, _set_variant, save
+from .common import FIXED_PREFIXES, Built, Job, initializers_by_name, set_variant, save
 
 
 def to_float16(clean):
@@ -20,7 +20,7 @@ def to_float16(clean):
     proto = onnx.ModelProto()
     proto.CopyFrom(clean)
     graph = proto.graph
-    inits = _initializers(graph)
+    inits = initializers_by_name(graph)
     core = [n for n in graph.node if not n.name.startswith(FIXED_PREFIXES)]
     half = {out for n in core for out in n.output}
     outputs = {o.name for o in graph.output}
@@ -55,7 +55,7 @@ def to_float16(clean):
         nodes.append(helper.make_node("Cast", [inner], [name], name=f"cast/{name}", to=TensorProto.FLOAT))
     del graph.node[:]
     graph.node.extend(nodes)
-    _set_variant(proto, "fp16")
+    set_variant(proto, "fp16")
     onnx.checker.check_model(proto, full_check=True)
     return proto
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import require
-from .common import Built, Job, _initializers, _set_variant
+from .common import Built, Job, initializers_by_name, set_variant
 
 
 INT8_WEIGHTS = "per-row"  # the int8 variant: one scale per row of each LSTM weight matrix
@@ -28,7 +28,7 @@ def to_int8(clean):
     proto = onnx.ModelProto()
     proto.CopyFrom(clean)
     graph = proto.graph
-    inits = _initializers(graph)
+    inits = initializers_by_name(graph)
     quantized = {name for n in graph.node if n.op_type == "LSTM" for name in n.input[1:3]}
     dequantize = []
     for name in sorted(quantized):
@@ -45,7 +45,7 @@ def to_int8(clean):
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend(dequantize + nodes)
-    _set_variant(proto, "int8")
+    set_variant(proto, "int8")
     proto.metadata_props.add(key="edgeae.int8_weights", value=INT8_WEIGHTS)
     onnx.checker.check_model(proto, full_check=True)
     return proto

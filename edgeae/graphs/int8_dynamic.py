@@ -10,7 +10,7 @@ from typing import Any
 
 from ..artifacts import atomic_write_bytes
 from ..errors import UsageError, require
-from .common import Built, Job, _set_variant
+from .common import Built, Job, set_variant
 
 
 def _not_preprocessing_advice(record: logging.LogRecord) -> bool:
@@ -54,12 +54,12 @@ def to_int8_dynamic(clean, path: Path, weights: str = "per-tensor") -> None:
             quantize_dynamic(clean, out, op_types_to_quantize=["LSTM"], per_channel=weights == "per-channel",
                              weight_type=QuantType.QInt8)
         proto = onnx.load(str(out))
-    _set_variant(proto, "int8-dynamic")
+    set_variant(proto, "int8-dynamic")
     proto.metadata_props.add(key="edgeae.int8_weights", value=weights)
     atomic_write_bytes(path, proto.SerializeToString())
 
 
-def _int8_dynamic_within_tolerance(clean, path: Path,
+def within_tolerance(clean, path: Path,
                                    parity_of: Callable[[Path], Any]) -> tuple[str, Any]:
     """Write the int8-dynamic file with the first weight quantization (INT8_DYNAMIC_WEIGHTS order)
     whose parity holds; the last one tried, and its failing parity, when none does."""
@@ -75,5 +75,5 @@ def build(job: Job) -> Built | None:
     """The first weight quantization within the tolerance, or the last one tried and its failing parity."""
     import onnx
 
-    weights, parity = _int8_dynamic_within_tolerance(job.clean, job.path, job.parity)
+    weights, parity = within_tolerance(job.clean, job.path, job.parity)
     return Built(onnx.load(str(job.path)), parity, weights)

@@ -5,8 +5,8 @@ import numpy as np
 
 from ..errors import require
 from .common import (
-    FIXED_PREFIXES, GATES, MODEL_INPUT, Built, GraphError, Job, _clean_autoencoder, _decoder_steps, _gate_weights,
-    _graph_from, _lstm_steps, _step_activations, save,
+    FIXED_PREFIXES, GATES, MODEL_INPUT, Built, GraphError, Job, clean_autoencoder, decoder_steps, gate_weights,
+    graph_from, lstm_steps, step_activations, save,
 )
 
 
@@ -31,13 +31,13 @@ def portable_graph(clean, role: str):
     if encoder is None or "encoder/W" not in arrays:
         raise GraphError(f"{role}: not a clean graph (run clean_graph first)")
     attrs = {a.name: helper.get_attribute_value(a) for a in encoder.attribute}
-    acts = _step_activations(attrs)
+    acts = step_activations(attrs)
     if acts is None:
         return None
     timesteps = graph.input[0].type.tensor_type.shape.dim[1].dim_value
     units = int(attrs["hidden_size"])
     node = helper.make_node
-    constants = _gate_weights("encoder", arrays["encoder/W"][0], arrays["encoder/R"][0], arrays["encoder/B"][0], units)
+    constants = gate_weights("encoder", arrays["encoder/W"][0], arrays["encoder/R"][0], arrays["encoder/B"][0], units)
     nodes = [n for n in graph.node if n.name.startswith(FIXED_PREFIXES[0])]
     terms = []
     for t in range(timesteps):
@@ -47,17 +47,17 @@ def portable_graph(clean, role: str):
         nodes += [node("Gemm", [f"encoder/x_{t}", f"encoder/W_{g}", f"encoder/b_{g}"], [f"encoder/{t}/x_{g}"],
                        name=f"encoder/{t}/input_{g}") for g in GATES]
         terms.append({g: f"encoder/{t}/x_{g}" for g in GATES})
-    steps, hidden = _lstm_steps("encoder", terms, acts)
+    steps, hidden = lstm_steps("encoder", terms, acts)
     nodes += steps
     if role == "encoder":
         nodes.append(node("Identity", [hidden[-1]], [nodes_by_name["encoder/embedding"].output[0]], name="encoder/embedding"))
-        return _graph_from(clean, nodes, constants, "portable")
-    c = _clean_autoencoder(clean, role)
-    decoder_acts = _step_activations(c.decoder_attrs)
+        return graph_from(clean, nodes, constants, "portable")
+    c = clean_autoencoder(clean, role)
+    decoder_acts = step_activations(c.decoder_attrs)
     if decoder_acts is None:
         return None
-    decoder, weights = _decoder_steps(c, hidden[-1], decoder_acts)
-    return _graph_from(clean, nodes + decoder + c.fixed_post, {**constants, **weights}, "portable")
+    decoder, weights = decoder_steps(c, hidden[-1], decoder_acts)
+    return graph_from(clean, nodes + decoder + c.fixed_post, {**constants, **weights}, "portable")
 
 
 def build(job: Job) -> Built | None:

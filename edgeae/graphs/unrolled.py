@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import Built, Job, _clean_autoencoder, _decoder_steps, _graph_from, _step_activations, save
+from .common import Built, Job, clean_autoencoder, decoder_steps, graph_from, step_activations, save
 
 
 # Graphs a variant hands some batch sizes to, as (graph, first, last batch size; None: no limit). Measured
@@ -28,18 +28,18 @@ def unrolled_graph(clean, role: str):
     """
     if role != "autoencoder":
         return None
-    c = _clean_autoencoder(clean, role)  # first: it makes sure onnx is there
+    c = clean_autoencoder(clean, role)  # first: it makes sure onnx is there
     from onnx import helper
 
-    acts = _step_activations(c.decoder_attrs)
+    acts = step_activations(c.decoder_attrs)
     if acts is None:
         return None
     by_name = c.nodes
     constants = {"axes/0": np.array([0], np.int64)}
     nodes = [*c.fixed_pre, by_name["encoder/time_major"], by_name["encoder/LSTM"],
              helper.make_node("Squeeze", ["encoder/h", "axes/0"], ["encoder/h2"], name="encoder/embedding")]
-    decoder, weights = _decoder_steps(c, "encoder/h2", acts)
-    return _graph_from(clean, nodes + decoder + c.fixed_post, {**constants, **weights}, "fp32-unrolled")
+    decoder, weights = decoder_steps(c, "encoder/h2", acts)
+    return graph_from(clean, nodes + decoder + c.fixed_post, {**constants, **weights}, "fp32-unrolled")
 
 
 def build(job: Job) -> Built | None:
