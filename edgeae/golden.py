@@ -20,6 +20,7 @@ This module needs numpy only: the runtime reads it for its self-check on load.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,16 @@ def write_golden(stage: Path, inputs: dict[str, np.ndarray],
 
 
 def _entry(data: np.ndarray, where: str, entry: Any) -> np.ndarray:
-    """One array of golden.bin, its index entry checked against the file and its values finite."""
+    """One array of golden.bin, its index entry checked against the file (every field a reader in
+    another language may use: offset, byte_offset, count, shape) and its values finite."""
     if (not isinstance(entry, dict) or type(entry.get("offset")) is not int or not isinstance(entry.get("shape"), list)
             or not all(type(d) is int and d >= 0 for d in entry["shape"])):
         raise IntegrityError(f"{INDEX_FILE}: {where} needs a whole offset and a shape of whole numbers")
-    count = int(np.prod(entry["shape"], dtype=np.int64))
+    count = math.prod(entry["shape"])  # Python ints: a huge shape cannot wrap around
     if entry["offset"] < 0 or entry["offset"] + count > data.size:
         raise IntegrityError(f"{INDEX_FILE}: {where} lies outside {DATA_FILE} ({data.size} float32 values)")
+    if entry.get("count", count) != count or entry.get("byte_offset", 4 * entry["offset"]) != 4 * entry["offset"]:
+        raise IntegrityError(f"{INDEX_FILE}: {where}: count and byte_offset must agree with shape and offset")
     array = data[entry["offset"]:entry["offset"] + count].reshape(entry["shape"])
     if not np.isfinite(array).all():
         raise IntegrityError(f"{DATA_FILE}: {where} holds NaN or inf")
@@ -104,10 +108,13 @@ def read_golden(folder: Path, manifest: dict) -> Golden:
                              "export it again with this edgeae")
     try:
         index = json.loads(verify_file(folder, INDEX_FILE, files[INDEX_FILE]).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"{INDEX_FILE}: not JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise IntegrityError(f"{INDEX_FILE}: not JSON ({str(exc)[:80]})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("data") != DATA_FILE:
         raise IntegrityError(f"{INDEX_FILE}: not an edgeae golden index for {DATA_FILE}")
+    layout = {key: index.get(key) for key in ("format_version", "dtype", "byte_order")}
+    if layout != {"format_version": 1, "dtype": "float32", "byte_order": "little"}:
+        raise IntegrityError(f"{INDEX_FILE}: format_version 1, little-endian float32 expected, got {layout}")
     raw = verify_file(folder, DATA_FILE, files[DATA_FILE]).read_bytes()
     if len(raw) % 4:
         raise IntegrityError(f"{DATA_FILE}: {len(raw)} bytes is not a whole number of float32 values")

@@ -181,20 +181,22 @@ class ParityReport:
     encoder_matches_autoencoder: ParityResult | None = None
     placement: dict = field(default_factory=dict)
     variants: tuple[ParityResult, ...] = ()
+    detectors: tuple[ParityResult, ...] = ()  # the detector graphs' reconstructions against Keras
+    disagreements: tuple[str, ...] = ()  # detector graphs whose score or flag differ from the runtime's
 
     def _all(self) -> list[ParityResult]:
         extra = [self.encoder_matches_autoencoder] if self.encoder_matches_autoencoder is not None else []
-        return [*self.results, *extra, *self.variants]
+        return [*self.results, *extra, *self.variants, *self.detectors]
 
     def __bool__(self) -> bool:
-        return bool(self.results) and all(self._all())
+        return bool(self.results) and all(self._all()) and not self.disagreements
 
     @property
     def passed(self) -> bool:
         return bool(self)
 
     def failures(self) -> list[str]:
-        return [r.line() for r in self._all() if not r]
+        return [r.line() for r in self._all() if not r] + list(self.disagreements)
 
     def summary(self) -> dict[str, dict]:
         """Worst case per default graph and provider, the figures a manifest keeps."""
@@ -204,10 +206,10 @@ class ParityReport:
         """Worst case per variant and provider."""
         return _worst(self.variants)
 
-    def variant_lines(self) -> list[str]:
-        """One terminal line per variant and provider: its worst figures against its own tolerance."""
+    def variant_lines(self, detectors: bool = False) -> list[str]:
+        """One terminal line per variant (or detector graph) and provider: its worst figures against its own tolerance."""
         lines = []
-        for key, s in self.variant_summary().items():
+        for key, s in _worst(self.detectors if detectors else self.variants).items():
             allowed = Tolerance(s["tolerance_abs"], s.get("tolerance_rel_range")).describe()
             lines.append(f"  {key}: max abs {s['max_abs']:.2e}, {s['max_rel_range']:.2e} of range (allowed {allowed}) "
                          f"over {s['comparisons']} input sets  {'ok' if s['passed'] else 'FAIL'}")
@@ -223,6 +225,8 @@ class ParityReport:
             "placement": self.placement,
             "variant_summary": self.variant_summary(),
             "variants": [r.to_dict() for r in self.variants],
+            "detectors": [r.to_dict() for r in self.detectors],
+            "disagreements": list(self.disagreements),
         }
 
     def lines(self) -> list[str]:
@@ -242,6 +246,10 @@ class ParityReport:
         variants = self.variant_lines()
         if variants:
             lines += ["  variants, each against the tolerance its export recorded:", *("  " + v for v in variants)]
+        detectors = self.variant_lines(detectors=True)
+        if detectors:
+            lines += ["  detector graphs (score and flag also against the runtime's own):", *("  " + v for v in detectors)]
+        lines += [f"  DISAGREES: {line}" for line in self.disagreements]
         for key, counts in self.placement.items():
             lines.append(f"  nodes of {key}: " + ", ".join(f"{n} on {p}" for p, n in counts.items()))
         return lines

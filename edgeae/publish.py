@@ -30,18 +30,18 @@ from .artifacts import (
 from .bounds import bound_entry
 from .errors import ParityError, UsageError, require
 from .layout import (
-    BUILT_FILES, DATA_ROLE, KERAS_FILE, KERAS_ROLE, ORT_CONFIG_FILE, ORT_CONFIG_ROLE, PARITY_INPUTS_FILE,
-    PARITY_REPORT_FILE, REPORT_ROLE, ROLES, TARGETS_FILE,
+    BUILT_FILES, DATA_ROLE, DETECTOR_PRECISIONS, DETECTOR_ROLE, KERAS_FILE, KERAS_ROLE, ORT_CONFIG_FILE, ORT_CONFIG_ROLE,
+    PARITY_INPUTS_FILE, PARITY_REPORT_FILE, REPORT_ROLE, ROLES, TARGETS_FILE, detector_file,
 )
 from .parity import DEFAULT_ATOL, ParityReport, Tolerance, check_tolerance
 from .targets import describe_graph, target_lines, target_report
 from .training import Training, check_config, check_data_args, load_training, train
 from .variants import (
-    BY_NAME, DEFAULT_VARIANT, SPECS, VARIANTS, batch_graphs, check_tolerances, check_variant_names, tolerances_for,
+    BY_NAME, DEFAULT_BUILT, DEFAULT_VARIANT, SPECS, VARIANTS, batch_graphs, check_tolerances, check_variant_names, tolerances_for,
     variant_file,
 )
 from .verification import (
-    VariantParity, keras_references, parity_inputs, stored_inputs, variant_parity, verification_providers,
+    VariantParity, detector_parity, keras_references, parity_inputs, stored_inputs, variant_parity, verification_providers,
     verify_models, write_golden_vectors,
 )
 
@@ -222,6 +222,8 @@ class _Built:
     models: dict[str, Any]
     report: ParityReport
     variants: Optimized
+    inputs: dict[str, np.ndarray]
+    references: dict[str, dict[str, np.ndarray]]
 
 
 def _build(stage: Path, training: Training, plains: dict[str, Any], inputs: dict[str, np.ndarray],
@@ -250,13 +252,42 @@ def _build(stage: Path, training: Training, plains: dict[str, Any], inputs: dict
     files[PARITY_REPORT_FILE] = file_entry(stage / PARITY_REPORT_FILE, REPORT_ROLE)
     files.update(built.files)
     files.update(write_golden_vectors(stage, inputs, references, built.manifest_section(), training.preprocessing))
-    return _Built(files, models, report, built)
+    return _Built(files, models, report, built, inputs, references)
+
+
+def _detector_graphs(stage: Path, built: _Built, detector: dict[str, Any], training: Training,
+                     providers: list[str]) -> tuple[dict[str, dict], dict[str, Any]]:
+    """A detector graph (reconstruction, score, flag) for each published precision of the autoencoder,
+    with that precision's threshold inside, proven against Keras and the Python runtime's score."""
+    import onnx
+
+    from .graphs.detector import ANOMALY, SCORE, detector_graph
+
+    autoencoders = built.variants.manifest_section()["autoencoder"]
+    scale = training.preprocessing.arrays()["scale"]
+    files, graphs = {}, {}
+    for precision in DETECTOR_PRECISIONS:
+        entry = autoencoders.get(precision)
+        if not entry or not entry["published"]:
+            continue
+        threshold = detector["threshold"] if precision == DEFAULT_VARIANT else detector["variants"][precision]["threshold"]
+        path = stage / detector_file(precision)
+        onnx.save(detector_graph(onnx.load(str(stage / entry["file"])), scale, threshold, precision), str(path))
+        parity, problems = detector_parity(path, precision, entry, threshold, built.references["autoencoder"],
+                                           built.inputs, providers, scale)
+        if not parity or problems:
+            raise ParityError(f"the {precision} detector graph disagrees, nothing published: "
+                              + "; ".join([*parity.failures(), *problems]))
+        files[path.name] = file_entry(path, DETECTOR_ROLE)
+        graphs[precision] = {"file": path.name, "source": entry["file"], "threshold": threshold,
+                             "outputs": ["reconstruction", SCORE, ANOMALY], "parity": parity.to_dict()}
+    return files, graphs
 
 
 def _manifest_sections(built: _Built, atol: float, providers: list[str], detector: dict[str, Any] | None,
                        stage: Path, training: Training) -> dict[str, Any]:
-    """The manifest sections a build decides: files, models, parity, variants, targets, and each
-    variant's own anomaly threshold."""
+    """The manifest sections a build decides: files, models, parity, variants, targets, each
+    variant's own anomaly threshold, and the detector graphs made with them."""
     from .detector import variant_thresholds
 
     section = built.variants.manifest_section()
@@ -268,8 +299,11 @@ def _manifest_sections(built: _Built, atol: float, providers: list[str], detecto
                    "report": PARITY_REPORT_FILE},
     }
     if detector:
-        out["detector"] = {**detector, "variants": variant_thresholds(stage, section["autoencoder"], training,
-                                                                      detector["quantile"])}
+        detector = {**detector, "variants": variant_thresholds(stage, section["autoencoder"], training,
+                                                               detector["quantile"])}
+        files, detector["graphs"] = _detector_graphs(stage, built, detector, training, providers)
+        out["files"] = {**built.files, **files}
+        out["detector"] = detector
     return out
 
 
@@ -307,6 +341,9 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     from .export import DEFAULT_OPSET, export_model
     from .model import save
 
+    # onnx's native module is loaded before the staging folder exists: a Ctrl-C landing inside its
+    # initialisation crashes the process (SIGSEGV) instead of cleaning up.
+    require("onnx", "train")
     if not isinstance(training, Training):
         raise UsageError(f"training must be an edgeae.training.Training (from train or load_training), "
                          f"got {type(training).__name__}")
@@ -349,6 +386,9 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
              variants: tuple[str, ...] | None = None) -> Optimized:
     """Rebuild an export folder's clean graph and variants, re-check them, and republish it atomically.
 
+    `variants` None rebuilds the defaults and every other variant the export already has; a list
+    rebuilds exactly those.
+
     Every listed file is checked against the manifest first. An export made before the clean
     graph existed (its `<role>.onnx` is tf2onnx's) gets it now, the tf2onnx file kept as
     `<role>.plain.onnx`; verify then runs again on the new default files.
@@ -363,6 +403,9 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
         manifest = read_export_manifest(folder)
         verify_files(folder, manifest)
         training = load_training(folder)
+        if variants is None:  # the defaults, and whatever else the export was given (int8-dynamic)
+            had = {name for by_name in (manifest.get("variants") or {}).values() for name in by_name}
+            variants = tuple(name for name in BY_NAME if name in set(DEFAULT_BUILT) | had and BY_NAME[name].build)
         rebuilt = {variant_file(role, name) for role in ROLES for name in VARIANTS} | set(BUILT_FILES)
         kept = {name: entry for name, entry in manifest["files"].items() if name not in rebuilt}
         for name in kept:
@@ -443,13 +486,14 @@ def amended_export(folder: Path, write: bool = True) -> Iterator[dict]:
 
 def measure_targets(folder: Path, runtimes: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run every published file of an export on each runtime (targets.measure_runtimes) and record the
-    table, with the CPU it was measured on, in the export's targets.json.
+    table, with the CPU it was measured on, in the export's targets.json, over what it held before
+    (targets.merged: a runtime measured elsewhere and not installed here keeps its figures).
 
     Measured, not predicted: each file and runtime costs a child process (about half a second).
     """
     from .golden import read_golden
     from .other_runtimes import RUNTIMES
-    from .targets import machine, measure_runtimes
+    from .targets import machine, measure_runtimes, merged
 
     folder = as_path(folder, "export folder")
     runtimes = RUNTIMES if runtimes is None else tuple(runtimes)
@@ -457,8 +501,9 @@ def measure_targets(folder: Path, runtimes: tuple[str, ...] | None = None) -> di
         if TARGETS_FILE not in manifest["files"]:
             raise UsageError(f"{folder} has no {TARGETS_FILE}; rebuild it first: edgeae optimize {folder}")
         targets = read_json(folder / TARGETS_FILE, "target report")
-        targets["runtimes"] = {"measured_on": machine(), "files": measure_runtimes(
-            folder, manifest, read_golden(folder, manifest), runtimes)}
+        before = targets.get("runtimes") if isinstance(targets.get("runtimes"), dict) else {}
+        measured = measure_runtimes(folder, manifest, read_golden(folder, manifest), runtimes)
+        targets["runtimes"] = {"measured_on": machine(), "files": merged(before.get("files") or {}, measured)}
         atomic_write_json(folder / TARGETS_FILE, targets)
         manifest["files"][TARGETS_FILE] = file_entry(folder / TARGETS_FILE, REPORT_ROLE)
     return targets["runtimes"]

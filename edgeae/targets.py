@@ -231,6 +231,9 @@ def _measure(runtime: str, path: Path, x: np.ndarray, reference: np.ndarray, tol
         except RuntimeFailed as exc:
             failures.append(str(exc))
             continue
+        if y.shape != reference.shape or not np.isfinite(y).all():
+            return {"verdict": "wrong", "batch": "fixed" if fixed else "any", "windows": len(x),
+                    "note": f"gives shape {y.shape}" if y.shape != reference.shape else "gives NaN or inf"}
         result = compare(reference, y, model=path.name, provider=runtime, dataset="golden", tolerance_abs=tolerance.abs,
                          tolerance_rel_range=tolerance.rel_range, scale=scale, source=path.name)
         return {"verdict": "ok" if result else "wrong", "batch": "fixed" if fixed else "any",
@@ -241,8 +244,8 @@ def _measure(runtime: str, path: Path, x: np.ndarray, reference: np.ndarray, tol
 
 
 def measure_runtimes(folder: Path, manifest: dict, golden: Any, runtimes: tuple[str, ...]) -> dict[str, Any]:
-    """Every published ONNX file of an export on each runtime, against Keras on the golden windows
-    at the tolerance its variant records: 'ok', 'wrong' (it runs and misses), 'fails' (it does not
+    """Every published ONNX file of an export (the detector graphs by their reconstruction) on each
+    runtime, against Keras on the golden windows at the tolerance its variant records: 'ok', 'wrong' (it runs and misses), 'fails' (it does not
     load or run) or 'not installed'. A one-window graph gets the single golden window; ORT-format
     files are read by onnxruntime alone."""
     from .other_runtimes import RUNTIMES
@@ -252,29 +255,43 @@ def measure_runtimes(folder: Path, manifest: dict, golden: Any, runtimes: tuple[
         raise UsageError(f"no runtime named {', '.join(map(repr, unknown))} (runtimes: {', '.join(RUNTIMES)})")
     scale = np.asarray(manifest["preprocessing"]["scale"], np.float64)
     names = list(golden.inputs)
+    files = [(role, entry["file"], entry) for role, by_name in (manifest.get("variants") or {}).items()
+             for entry in by_name.values() if entry.get("published")]
+    autoencoders = (manifest.get("variants") or {}).get("autoencoder") or {}
+    files += [("autoencoder", graph["file"], {**autoencoders.get(precision, {}), "batch": "any"})  # its reconstruction
+              for precision, graph in ((manifest.get("detector") or {}).get("graphs") or {}).items()]
     table: dict[str, Any] = {}
-    for role, by_name in (manifest.get("variants") or {}).items():
-        for name, entry in by_name.items():
-            if not entry.get("published"):
-                continue
-            tolerance = Tolerance.from_manifest(entry.get("tolerance"), f"variants.{role}.{name}.tolerance")
-            sets = ["single"] if entry.get("batch") == 1 else names
-            x = np.concatenate([golden.inputs[k] for k in sets])
-            reference = np.concatenate([golden.reference(role)[k] for k in sets])
-            path = folder / entry["file"]
-            table[entry["file"]] = {
-                runtime: ({"verdict": "n/a", "note": "ORT format is read by onnxruntime builds only"}
-                          if path.suffix == ".ort" and runtime != "onnxruntime"
-                          else _measure(runtime, path, x, reference, tolerance, scale if role == "autoencoder" else None))
-                for runtime in runtimes}
+    for role, file, entry in files:
+        tolerance = Tolerance.from_manifest(entry.get("tolerance"), f"the tolerance of {file}")
+        sets = ["single"] if entry.get("batch") == 1 else names
+        x = np.concatenate([golden.inputs[k] for k in sets])
+        reference = np.concatenate([golden.reference(role)[k] for k in sets])
+        path = folder / file
+        table[file] = {
+            runtime: ({"verdict": "n/a", "note": "ORT format is read by onnxruntime builds only"}
+                      if path.suffix == ".ort" and runtime != "onnxruntime"
+                      else _measure(runtime, path, x, reference, tolerance, scale if role == "autoencoder" else None))
+            for runtime in runtimes}
     return table
+
+
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A new measurement over an old table: the runtimes measured now replace their old cells, the
+    others are kept, and 'not installed' here never replaces a figure measured elsewhere. Files the
+    export no longer holds are dropped."""
+    out = {}
+    for file, cells in new.items():
+        kept = {r: m for r, m in (old.get(file) or {}).items() if isinstance(m, dict)}
+        out[file] = {**kept, **{r: m for r, m in cells.items()
+                                if not (m.get("verdict") == "not installed" and r in kept)}}
+    return out
 
 
 def runtime_lines(table: dict[str, Any]) -> list[str]:
     """The measured runtime table for a terminal: one line per file, one cell per runtime."""
     if not table:
         return []
-    runtimes = list(next(iter(table.values())))
+    runtimes = sorted({r for cells in table.values() for r in cells})
 
     def cell(m: dict[str, Any]) -> str:
         if "max_abs" in m:
@@ -283,7 +300,8 @@ def runtime_lines(table: dict[str, Any]) -> list[str]:
 
     width = max(len(file) for file in table)
     lines = [f"{'file':<{width}}  " + "  ".join(f"{r:<24}" for r in runtimes)]
-    lines += [f"{file:<{width}}  " + "  ".join(f"{cell(m[r]):<24}" for r in runtimes) for file, m in table.items()]
+    lines += [f"{file:<{width}}  " + "  ".join(f"{cell(m[r]) if r in m else '-':<24}" for r in runtimes)
+              for file, m in table.items()]
     return lines
 
 

@@ -8,7 +8,7 @@ TensorFlow needed) or against the stored Keras model.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,16 +183,37 @@ def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, aga
     provider_list = verification_providers(providers)
     if against == "keras":
         training = load_training(folder)
-        inputs = stored_inputs(folder, manifest, training)
-        return verify_models(training.preprocessing, keras_references(training, inputs), paths, inputs,
-                             provider_list, atol, batch_graphs=extra, variants=variants)
-    from .golden import read_golden
+        pre, inputs = training.preprocessing, stored_inputs(folder, manifest, training)
+        references = keras_references(training, inputs)
+        report = verify_models(pre, references, paths, inputs, provider_list, atol, batch_graphs=extra,
+                               variants=variants)
+    else:
+        from .golden import read_golden
 
-    pre = Preprocessing.from_dict(manifest["preprocessing"])
-    golden = read_golden(folder, manifest)
-    references = {role: golden.reference(role) for role in ONNX_FILES}
-    return verify_models(pre, references, paths, golden.inputs, provider_list, atol,
-                         internal_check=_installed("onnx"), batch_graphs=extra, variants=variants)
+        pre = Preprocessing.from_dict(manifest["preprocessing"])
+        golden = read_golden(folder, manifest)
+        inputs, references = golden.inputs, {role: golden.reference(role) for role in ONNX_FILES}
+        report = verify_models(pre, references, paths, inputs, provider_list, atol,
+                               internal_check=_installed("onnx"), batch_graphs=extra, variants=variants)
+    return _with_detector_graphs(report, folder, manifest, pre, references["autoencoder"], inputs, provider_list)
+
+
+def _with_detector_graphs(report: ParityReport, folder: Path, manifest: dict, pre: Preprocessing,
+                          references: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+                          providers: list[str]) -> ParityReport:
+    """The report with every detector graph the manifest lists checked too (detector_parity)."""
+    results, disagreements = [], []
+    autoencoders = (manifest.get("variants") or {}).get("autoencoder") or {}
+    for precision, graph in ((manifest.get("detector") or {}).get("graphs") or {}).items():
+        if not isinstance(graph, dict) or precision not in autoencoders or "threshold" not in graph:
+            raise IntegrityError(f"manifest field detector.graphs.{precision} names no published autoencoder "
+                                 "and threshold")
+        path = verify_file(folder, graph.get("file"), manifest["files"].get(graph.get("file")))
+        parity, problems = detector_parity(path, precision, autoencoders[precision], float(graph["threshold"]),
+                                           references, inputs, providers, pre.arrays()["scale"])
+        results += parity.results
+        disagreements += problems
+    return replace(report, detectors=tuple(results), disagreements=tuple(disagreements))
 
 
 def published_variants(folder: Path, manifest: dict, checked: set[str]) -> list[tuple[str, str, Path, Tolerance]]:
@@ -270,3 +291,34 @@ def variant_parity(path: Path, role: str, variant: str, references: dict[str, np
                 scores.append(compare(reconstruction_error(x, ref, scale), reconstruction_error(x, out, scale),
                                       model=f"{path.name} score", provider=short, dataset=dataset))
     return VariantParity(tuple(results), tolerance, tuple(scores))
+
+
+def detector_parity(path: Path, precision: str, autoencoder_entry: dict[str, Any], threshold: float,
+                    references: dict[str, np.ndarray], inputs: dict[str, np.ndarray], providers: list[str],
+                    scale: np.ndarray) -> tuple[VariantParity, list[str]]:
+    """A detector graph against Keras (its reconstruction, at the tolerance of the autoencoder file it
+    was made from) and against the Python runtime's own score and rule: each window's score within
+    1e-6 relative of `reconstruction_error` on the graph's reconstruction, and its flag exactly
+    `score > threshold`. Returns the parity and one line per window set where score or flag differ."""
+    import onnxruntime as ort
+
+    from .runtime import reconstruction_error
+
+    tolerance = Tolerance.from_manifest(autoencoder_entry.get("tolerance"), f"detector.graphs.{precision}")
+    results, problems = [], []
+    for provider in providers:
+        short = "cuda" if provider.startswith("CUDA") else "cpu"
+        session = ort.InferenceSession(str(path), providers=[provider])
+        name = session.get_inputs()[0].name
+        for dataset, x in inputs.items():
+            reconstruction, score, flag = session.run(None, {name: x})
+            results.append(compare(references[dataset], reconstruction, model=f"detector/{precision} ({path.name})",
+                                   provider=short, dataset=dataset, tolerance_abs=tolerance.abs,
+                                   tolerance_rel_range=tolerance.rel_range, scale=scale, source=path.name))
+            expected = reconstruction_error(x, reconstruction, scale)
+            worst = float(np.max(np.abs(score - expected) / np.maximum(np.abs(expected), 1e-300)))
+            differ = int(np.sum(flag != (expected > threshold)))
+            if worst > 1e-6 or differ:
+                problems.append(f"{path.name} [{short}] {dataset}: score off by {worst:.1e} relative, "
+                                f"{differ} flag(s) differ from score > {threshold:.6g}")
+    return VariantParity(tuple(results), tolerance), problems

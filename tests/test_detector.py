@@ -127,7 +127,7 @@ def test_manifest_detector_record(sensor_export):
     training, out = sensor_export
     detector = json.loads((out / "manifest.json").read_text())["detector"]
     assert set(detector) == {"score", "rule", "threshold", "quantile", "calibrated_on", "windows", "flagged", "scores",
-                             "variants"}
+                             "variants", "graphs"}
     assert set(detector["variants"]) == {"plain", "fp32-b1", "fp32-unrolled", "portable", "fp16", "int8", "ort"}
     for record in detector["variants"].values():
         assert record["threshold"] > 0 and record["flagged"] <= 0.05 * detector["windows"]

@@ -71,12 +71,20 @@ def test_an_edited_input_fails_verify_against_keras_and_stored(export_copy):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda ix: ix["inputs"]["training"].update(offset=10**9), "lies outside golden.bin"),
-    (lambda ix: ix["inputs"]["training"].update(shape=[1, 2]), "not windows of this export"),
+    (lambda ix: ix["inputs"]["training"].update(shape=[1, 2], count=2), "not windows of this export"),
     (lambda ix: ix["inputs"]["training"].update(offset="0"), "needs a whole offset"),
     (lambda ix: ix["expected"]["encoder"]["keras"].pop("single"), "one output for each input set"),
     (lambda ix: ix["expected"].pop("encoder"), "no Keras output of the encoder"),
     (lambda ix: ix.update(format="other"), "not an edgeae golden index"),
-    (lambda ix: ix["expected"]["encoder"]["keras"]["single"].update(shape=[1, 3]), "not this export's reference"),
+    (lambda ix: ix["expected"]["encoder"]["keras"]["single"].update(shape=[1, 3], count=3),
+     "not this export's reference"),
+    (lambda ix: ix["inputs"]["single"].update(shape=[2**32, 2**32, 1]), "lies outside golden.bin"),  # no wrap-around
+    (lambda ix: ix["inputs"]["single"].update(shape=[10**30, 10, 5]), "lies outside golden.bin"),
+    (lambda ix: ix["inputs"]["single"].update(count=7), "count and byte_offset must agree"),
+    (lambda ix: ix["inputs"]["single"].update(byte_offset=3), "count and byte_offset must agree"),
+    (lambda ix: ix.update(dtype="float64"), "little-endian float32 expected"),
+    (lambda ix: ix.update(byte_order="big"), "little-endian float32 expected"),
+    (lambda ix: ix.update(format_version=99), "little-endian float32 expected"),
 ])
 def test_a_broken_golden_index_is_refused_in_one_line(export_copy, edit, message):
     index = json.loads((export_copy / golden.INDEX_FILE).read_text())
@@ -129,6 +137,16 @@ def test_the_cli_refuses_a_variant_failing_its_self_check_with_exit_6(export_cop
     result = CliRunner().invoke(main, ["score", str(export_copy), str(data), "--provider", "cpu", "--variant", "int8",
                                        "--no-self-check"])
     assert result.exit_code == 0, result.output
+
+
+def test_the_self_check_is_decided_by_the_variants_name_not_a_manifest_field(export_copy):
+    manifest = read_manifest(export_copy)
+    entry = manifest["variants"]["encoder"]["int8"]
+    entry["tolerance"], entry["parity"] = {"abs": None, "rel_range": 1e-9}, [1]
+    del entry["precision"]
+    write_manifest(export_copy, manifest)
+    with pytest.raises(SelfCheckError, match="self-check: encoder.int8.onnx misses Keras"):
+        runtime.load(export_copy, "cpu", variant="int8")
 
 
 def test_self_check_reads_golden_vectors_checked_against_the_manifest(export_copy):

@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -81,7 +82,7 @@ def test_the_measured_table_is_recorded_in_targets_json(export_copy):
     files = table["files"]
     manifest = read_manifest(export_copy)
     published = {v["file"] for by_name in manifest["variants"].values() for v in by_name.values() if v["published"]}
-    assert set(files) == published
+    assert set(files) == published | {g["file"] for g in manifest["detector"]["graphs"].values()}
     for role in ("autoencoder", "encoder"):
         assert files[f"{role}.portable.onnx"]["onnx-reference"]["verdict"] == "ok"
         assert files[f"{role}.portable.onnx"]["tract"] == {**files[f"{role}.portable.onnx"]["tract"], "verdict": "ok",
@@ -99,3 +100,26 @@ def test_cli_targets_prints_the_table_and_refuses_unknown_runtimes(export_copy):
     assert "measured on" in result.output and "encoder.portable.onnx" in result.output and "wrong" in result.output
     result = CliRunner().invoke(main, ["targets", str(export_copy), "--runtime", "tensorrt"])
     assert result.exit_code == EXIT_USAGE and "no runtime named 'tensorrt'" in result.stderr
+
+
+def test_a_new_measurement_keeps_the_runtimes_it_did_not_measure(export_copy):
+    publish.measure_targets(export_copy, ("onnx-reference",))
+    publish.measure_targets(export_copy, ("onnxruntime",))
+    files = json.loads((export_copy / "targets.json").read_text())["runtimes"]["files"]
+    assert all(set(cells) == {"onnx-reference", "onnxruntime"} for cells in files.values())
+
+
+def test_a_file_that_gives_nan_is_recorded_wrong_not_a_crash(export_copy):
+    from onnx import numpy_helper
+
+    from edgeae.artifacts import file_entry, write_manifest
+
+    model = onnx.load(str(export_copy / "autoencoder.portable.onnx"))
+    bias = next(t for t in model.graph.initializer if t.name == "dense/bias")
+    bias.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(bias).shape, np.nan, np.float32), "dense/bias"))
+    (export_copy / "autoencoder.portable.onnx").write_bytes(model.SerializeToString())
+    manifest = read_manifest(export_copy)
+    manifest["files"]["autoencoder.portable.onnx"] = file_entry(export_copy / "autoencoder.portable.onnx", "onnx-portable")
+    write_manifest(export_copy, manifest)
+    cell = publish.measure_targets(export_copy, ("onnx-reference",))["files"]["autoencoder.portable.onnx"]["onnx-reference"]
+    assert cell["verdict"] == "wrong" and cell["note"] == "gives NaN or inf"

@@ -99,3 +99,12 @@ def test_runtime_does_not_import_the_graph_builders():
             "for m in sys.modules), 'onnxruntime.quantization' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_optimize_keeps_the_variants_the_export_was_given(export_copy):
+    publish.optimize(export_copy, providers="cpu", variants=("int8", "int8-dynamic"),
+                     tolerances={"int8-dynamic": Tolerance(rel_range=10.0)})
+    publish.optimize(export_copy, providers="cpu")  # the defaults, and int8-dynamic since the export has it
+    manifest = read_manifest(export_copy)
+    assert "int8-dynamic" in manifest["variants"]["autoencoder"]  # rebuilt (published where this CPU holds it)
+    assert {"fp32-b1", "portable", "fp16", "ort"} <= set(manifest["variants"]["autoencoder"])

@@ -189,4 +189,5 @@ def test_verify_prints_every_variant_against_its_tolerance(tiny_export):
     result = CliRunner().invoke(main, ["verify", str(tiny_export), "--provider", "cpu", "--against", "stored"])
     assert result.exit_code == 0, result.output
     assert "each against the tolerance its export recorded" in result.output
-    assert sum("int8" in line and line.endswith("ok") for line in result.output.splitlines()) == 2  # both roles
+    assert sum("coder/int8 (" in line and line.endswith("ok") for line in result.output.splitlines()) == 2  # both roles
+    assert "detector/int8 (detector.int8.onnx)/cpu" in result.output

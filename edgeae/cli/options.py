@@ -36,8 +36,9 @@ self_check_option = click.option(
 
 
 build_option = click.option("--build", "build", multiple=True, metavar="VARIANT",
-                            help="A variant to build (repeatable): fp32-b1, fp32-unrolled, fp16, int8, int8-dynamic, "
-                                 "ort [default: all but int8-dynamic, whose numbers depend on the CPU].")
+                            help="A variant to build (repeatable): fp32-b1, fp32-unrolled, portable, fp16, int8, "
+                                 "int8-dynamic, ort [default: all but int8-dynamic, whose numbers depend on the CPU; "
+                                 "optimize also keeps what the export has].")
 
 
 def training_options(fn):
