@@ -108,12 +108,9 @@ def _parse_number(cell: str) -> float | None:
         return None
 
 
-def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
-    """Read a CSV with a header row, one column per feature and one row per time step.
-
-    Rows are numbered as lines of the file (the header is row 1); blank lines may only
-    trail the data, since one inside it would silently drop a time step.
-    """
+def _csv_table(path: Path) -> tuple[str, list[str], list[tuple[int, list[str]]]]:
+    """A CSV's name, header and data rows (each with its line number), checked
+    to hold a header and data; trailing blank lines dropped."""
     source = Path(path).name
     if Path(path).stat().st_size == 0:
         raise DataError(f"{source}: the file is empty")
@@ -140,9 +137,19 @@ def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
         raise DataError(f"{source}: row {header_line} holds numbers, expected a header row naming the columns")
     if len(lines) == 1:
         raise DataError(f"{source}: a header row but no data rows")
+    return source, header, lines[1:]
+
+
+def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
+    """Read a CSV with a header row, one column per feature and one row per time step.
+
+    Rows are numbered as lines of the file (the header is row 1); blank lines may only
+    trail the data, since one inside it would silently drop a time step.
+    """
+    source, header, rows = _csv_table(path)
     picked = _select_columns(header, columns, source)
-    values = np.empty((len(lines) - 1, len(picked)), dtype=np.float64)
-    for i, (line, row) in enumerate(lines[1:]):
+    values = np.empty((len(rows), len(picked)), dtype=np.float64)
+    for i, (line, row) in enumerate(rows):
         if not any(cell.strip() for cell in row):
             raise DataError(f"{source}: row {line} is empty (a missing time step?)")
         if len(row) != len(header):
@@ -277,18 +284,61 @@ def load_features(path: Path, features: int, columns: tuple[str, ...] | None = N
                   trained: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> Series:
     """A model's input columns from a data file, checked against the feature count it expects.
 
-    The columns asked for win; else the columns the model was trained on (`trained_columns`);
-    else every column but `exclude` (a label column is never a feature).
+    The columns asked for win, put in the model's order where they are its `trained` names in
+    another order (`match_trained`); else the columns the model was trained on (`trained_columns`,
+    found by name wherever the header has them); else every column but `exclude` (a label or time
+    column is never a feature).
     """
     path = Path(path)
     chosen = columns or trained
-    series = load_series(path, chosen)
+    series = match_trained(load_series(path, chosen), trained)
     if not chosen and exclude and set(exclude) & set(series.columns):
         series = load_series(path, tuple(c for c in series.columns if c not in exclude))
     if series.values.shape[-1] != features:
         raise ShapeError(f"{series.source}: {series.values.shape[-1]} feature column(s), the model expects {features}"
                          " (choose them with --columns)")
     return series
+
+
+def match_trained(series: Series, trained: tuple[str, ...] | None) -> Series:
+    """The series with its columns in the model's order where they are the model's own names in
+    another order; refused where a model's column would reach the network as another feature.
+
+    Names the model was not trained on (another file's names for the same signals) pass as given:
+    only a name the model knows can be checked, and only its position is.
+    """
+    if not trained or series.columns == trained or series.is_windows:
+        return series
+    if len(series.columns) == len(trained) and sorted(series.columns) == sorted(trained):
+        order = [series.columns.index(name) for name in trained]
+        return Series(series.values[:, order], trained, series.source)
+    for position, name in enumerate(series.columns):
+        if name in trained and trained.index(name) != position:
+            raise DataError(f"{series.source}: column {name!r} would be the model's feature {position + 1}, but it "
+                            f"was trained as feature {trained.index(name) + 1}; the model reads "
+                            f"{_listing(list(trained))} in that order (name them all, in any order)")
+    return series
+
+
+def load_times(path: Path, column: str, rows: int) -> np.ndarray:
+    """The text of a CSV's time column, as written, one per data row (`rows` expected): the
+    timestamps a window's start and end are reported at."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise UsageError(f"{path.name}: a time column is read from a CSV file's header")
+    source, header, lines = _csv_table(path)
+    if column not in header:  # by name only: an index would read as a column named by digits
+        raise DataError(f"{source}: no time column {column!r}; columns are {_listing(header)}")
+    [index] = _select_columns(header, (column,), source)  # refuses a name the header repeats
+    times = []
+    for line, row in lines:
+        cell = row[index].strip() if index < len(row) else ""
+        if not cell:
+            raise DataError(f"{source}: row {line}, column {column!r}: missing time")
+        times.append(cell)
+    if len(times) != rows:
+        raise DataError(f"{source}: {len(times)} times but {rows} rows of values")
+    return np.asarray(times, dtype=str)
 
 
 def _labels(labels: Series, column: str, path: Path) -> np.ndarray:

@@ -87,26 +87,37 @@ def check_output(output: Path | None, force: bool, single_array: bool,
 
 
 def _csv_bytes(payload: dict[str, np.ndarray]) -> bytes:
-    """One row per window; integer columns (flags, start rows) stay integers."""
+    """One row per window; integer columns (flags, start rows) stay integers, text (timestamps)
+    as written, quoted where it holds a comma."""
+    import csv
+    import io
+
     rows = len(next(iter(payload.values())))
     header: list[str] = []
     columns: list[list[str]] = []
     for key, value in payload.items():
         flat = np.asarray(value).reshape(rows, -1)
         header += [key] if flat.shape[1] == 1 else [f"{key}_{i}" for i in range(flat.shape[1])]
-        text = str if flat.dtype.kind in "iub" else (lambda v: repr(float(v)))
+        text = str if flat.dtype.kind in "iubU" else (lambda v: repr(float(v)))
         columns += [[text(v) for v in flat[:, j]] for j in range(flat.shape[1])]
-    lines = [",".join(header)] + [",".join(cells) for cells in zip(*columns)]
-    return ("\n".join(lines) + "\n").encode()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(zip(*columns))
+    return buffer.getvalue().encode()
 
 
-def write_result(ctx: click.Context, payload: dict[str, np.ndarray], output: Path | None) -> None:
+def write_result(ctx: click.Context, payload: dict[str, np.ndarray], output: Path | None,
+                 info: dict[str, Any] | None = None) -> None:
+    """Per-window arrays to stdout or `output`; `info` (said once for all windows, such as drift)
+    joins them in JSON and in the summary a file's --json prints."""
     import io
 
     from ..artifacts import atomic_write_bytes, dumps_json
 
+    info = info or {}
     if output is None:
-        emit(ctx, {k: v for k, v in payload.items()}, [json.dumps({k: jsonable(v) for k, v in payload.items()})])
+        emit(ctx, {**payload, **info}, [json.dumps({**payload, **info}, default=jsonable)])
         return
     suffix = output.suffix.lower()
     rows = len(next(iter(payload.values())))
@@ -120,6 +131,6 @@ def write_result(ctx: click.Context, payload: dict[str, np.ndarray], output: Pat
     elif suffix == ".csv":
         atomic_write_bytes(output, _csv_bytes(payload))
     else:
-        atomic_write_bytes(output, dumps_json({k: jsonable(v) for k, v in payload.items()}).encode())
-    emit(ctx, {"output": str(output), "rows": rows, "arrays": list(payload)}, [])
+        atomic_write_bytes(output, dumps_json({**{k: jsonable(v) for k, v in payload.items()}, **info}).encode())
+    emit(ctx, {"output": str(output), "rows": rows, "arrays": list(payload), **info}, [])
     click.echo(f"wrote {rows} rows to {output}", err=True)

@@ -1,6 +1,7 @@
 """Commands that run an export on the device runtime: inspect, encode, reconstruct, score, evaluate, bench, report."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,29 +94,64 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, no_sel
     emit(ctx, info, lines)
 
 
-def _read_windows(edge: Any, path: Path, stride: int | None,
-                  columns: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Windows from a file, and for a series the 0-based data row each window starts at.
+def _read_windows(edge: Any, path: Path, stride: int | None, columns: str | None,
+                  time_column: str | None = None) -> tuple[np.ndarray, np.ndarray | None, Any]:
+    """Windows from a file, for a series the 0-based data row each window starts at, and the series.
 
-    `stride` None means the manifest's; one given for ready-made windows is refused, not ignored.
+    `stride` None means the model's; one given for ready-made windows is refused, not ignored. A
+    time column is never read as a feature.
     """
     from ..data import cut_windows, load_features, trained_columns
 
-    series = load_features(path, edge.features, split_columns(columns), trained_columns(edge.manifest, path))
-    return cut_windows(series, edge.timesteps, stride, int((edge.manifest.get("window") or {}).get("stride", 1)))
+    series = load_features(path, edge.features, split_columns(columns), trained_columns(edge.manifest, path),
+                           exclude=(time_column,) if time_column else ())
+    return (*cut_windows(series, edge.timesteps, stride, edge.stride), series)
+
+
+def _score_payload(edge: Any, windows: np.ndarray, starts: np.ndarray | None, series: Any, data: Path,
+                   threshold: float | None, time_column: str | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """score's columns (score, anomaly, window_start, start_time/end_time, one score_<feature> per
+    feature: its part of the score) and what is said once for all windows (drift)."""
+    from ..data import load_times
+
+    result = edge.score(windows, threshold=threshold)
+    payload: dict[str, np.ndarray] = {"score": result.scores}
+    if result.flags is not None:
+        payload["anomaly"] = result.flags.astype(np.int8)
+    if starts is not None:
+        payload["window_start"] = starts
+    if time_column:
+        times = load_times(data, time_column, len(series.values))
+        payload["start_time"], payload["end_time"] = times[starts], times[starts + edge.timesteps - 1]
+    for j, name in enumerate(series.columns):
+        payload[f"score_{name}"] = result.contributions[:, j]
+    if result.drift is None:
+        return payload, {}
+    drift = replace(result.drift, names=series.columns)  # as the file names them
+    if drift:
+        click.echo(f"warning: {drift.warning()}", err=True)
+    return payload, {"drift": drift.to_dict()}
 
 
 def runtime_command(name: str, doc: str):
     """encode / reconstruct / score share their options; only the call differs."""
+
+    time_option = click.option(
+        "--time-column", default=None, metavar="NAME",
+        help="A CSV column of timestamps: each window's start_time and end_time, as written.") if name == "score" \
+        else (lambda fn: fn)
 
     @main.command(name=name, help=doc)
     @click.argument("model", type=click.Path(path_type=Path))
     @click.argument("data", type=click.Path(path_type=Path))
     @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
                   help="Write .csv, .json, .npz, or .npy for one array (default: JSON on stdout).")
-    @click.option("--stride", type=click.IntRange(1, 10**9), default=None, help="Window stride for a series [default: the manifest's].")
-    @click.option("--columns", default=None, help="Comma-separated CSV columns to use.")
+    @click.option("--stride", type=click.IntRange(1, 10**9), default=None,
+                  help="Window stride for a series [default: the model's, as for evaluate and report].")
+    @click.option("--columns", default=None, help="Comma-separated CSV columns to use (the model's names in any "
+                                                   "order are put in its order).")
     @click.option("--threshold", type=float, default=None, help="score: flag windows above this (default: the manifest's).")
+    @time_option
     @click.option("--force", is_flag=True, help="Replace an existing --output file.")
     @provider_option
     @variant_option
@@ -124,30 +160,26 @@ def runtime_command(name: str, doc: str):
     @click.pass_context
     def command(ctx: click.Context, model: Path, data: Path, output: Path | None, stride: int | None,
                 columns: str | None, threshold: float | None, force: bool, provider: str, variant: str,
-                no_self_check: bool, as_json: bool) -> None:
+                no_self_check: bool, as_json: bool, time_column: str | None = None) -> None:
         from .. import runtime
 
         edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
         check_output(output, force, single_array=name != "score", reads=(model, data))
-        windows, starts = _read_windows(edge, data, stride, columns)
+        windows, starts, series = _read_windows(edge, data, stride, columns, time_column)
+        info: dict[str, Any] = {}
         if name == "encode":
             payload = {"embedding": edge.encode(windows)}
         elif name == "reconstruct":
             payload = {"reconstruction": edge.reconstruct(windows)}
         else:
-            result = edge.score(windows, threshold=threshold)
-            payload = {"score": result.scores}
-            if result.flags is not None:
-                payload["anomaly"] = result.flags.astype(np.int8)
-            if starts is not None:
-                payload["window_start"] = starts
-        write_result(ctx, payload, output)
+            payload, info = _score_payload(edge, windows, starts, series, data, threshold, time_column)
+        write_result(ctx, payload, output, info)
 
     return command
 
 runtime_command("encode", "Encode windows to embeddings with the encoder.\n\n\b\nExample:\n  edgeae encode exported series.csv -o embeddings.npy")
 runtime_command("reconstruct", "Reconstruct windows (raw units) with the autoencoder.\n\n\b\nExample:\n  edgeae reconstruct exported windows.npy -o recon.npy")
-runtime_command("score", "Per-window reconstruction error, with anomaly flags where a threshold is known.\n\n\b\nExample:\n  edgeae score exported readings.csv -o scores.csv")
+runtime_command("score", "Per-window reconstruction error, each feature's part of it (score_<feature>), with anomaly flags where a threshold is known; warns (stderr, and \"drift\" in JSON) when more than 1% of a feature's values lie outside the training range.\n\n\b\nExample:\n  edgeae score exported readings.csv -o scores.csv\n  edgeae score runs/sensors readings.csv --time-column timestamp -o scores.csv")
 
 
 @main.command()
