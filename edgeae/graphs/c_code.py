@@ -350,7 +350,7 @@ def render(network: Network, pre: dict, timesteps: int, threshold: float, precis
 
 
 def _bound(tolerance: Tolerance, reference: np.ndarray) -> float:
-    """The max abs error `tolerance` allows on outputs like `reference` (its bound relative to their range)."""
+    """The max abs error `tolerance` allows on outputs like `reference`; with two bounds, the stricter."""
     bounds = [] if tolerance.abs is None else [tolerance.abs]
     if tolerance.rel_range is not None:
         spread = float(reference.max() - reference.min())
@@ -371,13 +371,13 @@ def render_golden(golden: Any, pre: dict, tolerance: Tolerance, precision: str, 
     embedding = np.concatenate([golden.expected["encoder"][KERAS][n] for n in names])
     scores = np.concatenate([golden.expected[SCORE][KERAS][n] for n in names]).astype(np.float64)
     own = np.concatenate([own_scores[n] for n in names]).astype(np.float64)
-    recon_tol = [_bound(tolerance, golden.expected["autoencoder"][KERAS][n]) for n in names]
+    unit = np.abs(np.asarray(pre["scale"], np.float64))  # errors are judged in the model's units, as verify does
+    recon_tol = [_bound(tolerance, golden.expected["autoencoder"][KERAS][n] * unit) for n in names]
     embed_tol = [_bound(tolerance, golden.expected["encoder"][KERAS][n]) for n in names]
-    # A reconstruction within d of Keras's moves each squared term by at most 2|x - y|d + d^2.
+    # A reconstruction within d (model units) of Keras's moves each squared term by at most 2|x - y|d + d^2.
     per_window = np.repeat(recon_tol, np.diff(starts))[:, None, None]
-    scale2 = np.asarray(pre["scale"], np.float64) ** 2
-    gap = np.abs(inputs.astype(np.float64) - reconstruction.astype(np.float64))
-    score_tol = np.mean((2 * gap * per_window + per_window ** 2) * scale2, axis=(1, 2)) + 1e-12 * np.abs(scores)
+    gap = np.abs(inputs.astype(np.float64) - reconstruction.astype(np.float64)) * unit
+    score_tol = np.mean(2 * gap * per_window + per_window ** 2, axis=(1, 2)) + 1e-12 * np.abs(scores)
     flags = scores > reference_threshold
     allowed = int(np.sum((own > own_threshold) != flags))
     note = tolerance.describe()
@@ -385,7 +385,7 @@ def render_golden(golden: Any, pre: dict, tolerance: Tolerance, precision: str, 
         "VERSION": __version__, "PRECISION": precision, "TOLERANCE_NOTE": note,
         "SETS": len(names), "WINDOWS": len(inputs), "SET_NAMES": ",".join(f'"{n}"' for n in names),
         "SET_STARTS": ",".join(map(str, starts)),
-        "RECONSTRUCTION_TOL": _floats(np.array(recon_tol)), "EMBEDDING_TOL": _floats(np.array(embed_tol)),
+        "ERROR_UNIT": _floats(unit), "RECONSTRUCTION_TOL": _floats(np.array(recon_tol)), "EMBEDDING_TOL": _floats(np.array(embed_tol)),
         "SCORE_TOL": _doubles(score_tol),
         "INPUTS": _floats(inputs), "RECONSTRUCTIONS": _floats(reconstruction), "EMBEDDINGS": _floats(embedding),
         "SCORES": _doubles(scores), "FLAGS": ",".join("1" if f else "0" for f in flags), "FLAGS_ALLOWED": allowed,
@@ -454,8 +454,9 @@ def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: s
         origin = _model_file(manifest, precision)
         if origin not in files:
             raise IntegrityError(f"the manifest lists no {origin}")
+        path = verify_file(export_dir, origin, files[origin])
         try:
-            proto = onnx.load(str(verify_file(export_dir, origin, files[origin])))
+            proto = onnx.load(str(path))
         except Exception as exc:  # a file whose hash matches but does not parse: one line, not a traceback
             raise IntegrityError(f"{origin}: not a readable ONNX model ({type(exc).__name__})") from None
         network = network_from_onnx(proto)
