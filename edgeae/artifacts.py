@@ -382,6 +382,9 @@ def read_manifest(folder: Path) -> dict:
     if not folder.is_dir():
         raise UsageError(f"folder not found: {folder}")
     path = _safe_member(folder, MANIFEST_FILE)
+    if not path.exists():  # a folder edgeae never wrote (or the wrong one given): the user's mistake
+        raise UsageError(f"{folder} is not an edgeae folder: it has no {MANIFEST_FILE} (give a training run or an "
+                         "export: edgeae train / edgeae export make them)")
     manifest = read_json(path, "manifest")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise IntegrityError(f"{path} is not an edgeae manifest")
@@ -557,7 +560,8 @@ _MANIFEST = _record({
                          "graphs": _map_of(_record({"file": _text, "threshold": _THRESHOLD},
                                                    required=("file", "threshold")))}, required=("threshold",)),
     "variants": _map_of(_map_of(_VARIANT)),
-    "parity": _record({"passed": _flag, "tolerance_abs": _real(0, above=True)}),
+    "parity": _record({"passed": _flag, "tolerance_abs": _nullable(_real(0, above=True)),
+                       "tolerance_rel_range": _nullable(_real(0, above=True))}),
     "versions": _map_of(_nullable(_text)),
 })
 _EXPORT = _record({}, required=("models", "window", "preprocessing", "training"))

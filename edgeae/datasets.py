@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IntegrityError, MissingDependencyError
+from .parity import DEFAULT_ATOL, DEFAULT_RTOL
 
 PACKAGE = "aeon"
 EXTRA = "dataset"
@@ -124,21 +125,28 @@ def evaluation_part(dataset: LabelledDataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def demo(out: Path, config: Any = None, providers: str = "cpu", force: bool = False,
-         progress: Callable[[int | None, dict[str, float]], None] | None = None) -> DemoResult:
-    """Train on the normal part, export with a calibrated threshold, score the rest on the runtime."""
+         progress: Callable[[int | None, dict[str, float]], None] | None = None,
+         atol: float | None = DEFAULT_ATOL, rtol: float | None = DEFAULT_RTOL) -> DemoResult:
+    """Train on the normal part, export with a calibrated threshold, score the rest on the runtime.
+
+    `atol` and `rtol` are the export's fp32 parity bounds, as for `export`; a run that fails them
+    is kept as a training folder beside `out`.
+    """
     from . import publish, runtime
     from .training import train
     from .artifacts import check_target
     from .detector import evaluate
+    from .parity import fp32_tolerance
 
     dataset = internal_bleeding()
     config = config or demo_config()
     out = Path(out)
     check_target(out, force)  # before minutes of training
+    fp32_tolerance(atol, rtol)
     start = time.perf_counter()
     training = train(config, dataset.train_file, dataset.columns, progress)
     train_seconds = time.perf_counter() - start
-    path, _ = publish.export(training, out, providers=providers, force=force)
+    path, _ = publish.export_or_keep(training, out, providers=providers, force=force, atol=atol, rtol=rtol)
     model = runtime.load(path, "cpu")
     values, labels = evaluation_part(dataset)
     detection, _ = evaluate(model, values, labels, stride=1)

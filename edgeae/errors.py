@@ -13,6 +13,7 @@ EXIT_RUNTIME = 5
 EXIT_PARITY = 6
 EXIT_DEPENDENCY = 7
 EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a program whose reader went away
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
@@ -24,6 +25,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_PARITY: "parity (ONNX differs from Keras beyond the tolerance)",
     EXIT_DEPENDENCY: "missing optional dependency (install the extra it names)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C or SIGTERM; nothing published)",
+    EXIT_CLOSED_PIPE: "stdout closed by its reader (e.g. `| head`); the output was cut short, quietly",
 }
 
 
@@ -47,6 +49,10 @@ class LockedError(UsageError):
 
 class DataError(EdgeAEError, ValueError):
     exit_code = EXIT_DATA
+
+
+class LearningError(DataError):
+    """Training ran but the model learned nothing worth exporting (its run is kept for a look)."""
 
 
 class ShapeError(DataError):

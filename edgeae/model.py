@@ -26,6 +26,14 @@ ENCODER_LAYER = "encoder"
 # last fifth for validation and threshold calibration, and stop once it stops improving.
 DATA_VALIDATION_FRACTION = 0.2
 DATA_PATIENCE = 20
+# ...and the activation and scaling that learn on real series (the README's "Your own data" has the
+# measurements): relu LSTM units on raw or trending values die or blow up, tanh on standardized
+# values learned on every series tried. The seed's own run keeps the notebook's relu, unscaled.
+DATA_ACTIVATION = "tanh"
+DATA_SCALING = "standard"
+# A run learned nothing when its best loss is not below this share of the loss of predicting each
+# feature's mean (training.learning_ratio).
+LEARNED_BELOW = 0.5
 # The activations tf2onnx fuses into an ONNX LSTM op; with any other Keras activation
 # (elu, selu, softsign, linear tried) it writes the LSTM as a Loop, which export refuses.
 ACTIVATIONS = ("relu", "tanh", "sigmoid")

@@ -13,7 +13,12 @@ import numpy as np
 
 from .errors import IntegrityError, UsageError
 
+# fp32 parity: an error passes within the larger of an absolute floor (in the model's own, scaled
+# units) and a share of the reference output's value range. float32 rounding grows with the values
+# and with the number of recurrent steps; a wrong graph (gate order, activation) misses by tenths of
+# the range. See the README's "Parity" section for the measurements behind these two numbers.
 DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 5e-5
 
 
 class MismatchError(IntegrityError, ValueError):
@@ -33,7 +38,8 @@ def check_tolerance(atol: float) -> float:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """A parity bound: max abs error, max error relative to the output's value range, or both."""
+    """A parity bound: max abs error, max error relative to the output's value range, or both; with
+    both, an error passes within the larger of the two (an absolute floor under a relative bound)."""
 
     abs: float | None = None
     rel_range: float | None = None
@@ -59,10 +65,24 @@ class Tolerance:
     def describe(self) -> str:
         parts = ([f"max abs {self.abs:.0e}"] if self.abs is not None else []) + (
             [f"{self.rel_range:.0e} of range"] if self.rel_range is not None else [])
-        return " and ".join(parts)
+        return " or ".join(parts) + (", whichever is larger" if len(parts) == 2 else "")
 
     def to_dict(self) -> dict[str, float | None]:
         return {"abs": self.abs, "rel_range": self.rel_range}
+
+
+def fp32_tolerance(atol: float | None = DEFAULT_ATOL, rtol: float | None = DEFAULT_RTOL) -> Tolerance:
+    """The bound fp32 graphs are held to: `atol` (model units) or `rtol` of the output's range,
+    whichever is larger; None leaves that bound out."""
+    return Tolerance(atol, rtol)
+
+
+def recorded_tolerance(parity: dict, atol: float | None = None, rtol: float | None = None) -> Tolerance:
+    """The fp32 tolerance an export's manifest `parity` section recorded, with `atol`/`rtol` (when
+    given) in place of the recorded ones. An export from before the relative bound has none."""
+    recorded = Tolerance.from_manifest({"abs": parity.get("tolerance_abs"), "rel_range": parity.get("tolerance_rel_range")},
+                                       "parity.tolerance_abs/tolerance_rel_range")
+    return Tolerance(recorded.abs if atol is None else atol, recorded.rel_range if rtol is None else rtol)
 
 
 @dataclass(frozen=True)
@@ -92,16 +112,26 @@ class ParityResult:
         return self.tolerance_rel_range is None or self.max_rel_range <= self.tolerance_rel_range
 
     def __bool__(self) -> bool:
+        if self.tolerance_abs is not None and self.tolerance_rel_range is not None:
+            return self.max_abs <= self.tolerance_abs or self.max_rel_range <= self.tolerance_rel_range
         return self.within_abs and self.within_rel_range
 
     @property
     def passed(self) -> bool:
         return bool(self)
 
+    @property
+    def tolerance(self) -> Tolerance:
+        return Tolerance(self.tolerance_abs, self.tolerance_rel_range)
+
     def line(self) -> str:
         def bound(within: bool, tolerance: float | None) -> str:
             return "" if tolerance is None else f" {'<=' if within else '>'} {tolerance:.0e}"
 
+        if self.tolerance_abs is not None and self.tolerance_rel_range is not None:
+            return (f"{self.model} [{self.provider}] {self.dataset} (batch {self.batch}): max abs {self.max_abs:.2e} "
+                    f"= {self.max_rel_range:.2e} of range, allowed {self.tolerance.describe()}; mean "
+                    f"{self.mean_abs:.2e}  {'ok' if self else 'FAIL'}")
         return (f"{self.model} [{self.provider}] {self.dataset} (batch {self.batch}): max abs {self.max_abs:.2e}"
                 f"{bound(self.within_abs, self.tolerance_abs)}, rel-to-range {self.max_rel_range:.2e}"
                 f"{bound(self.within_rel_range, self.tolerance_rel_range)}, mean {self.mean_abs:.2e}  "
@@ -238,9 +268,10 @@ class ParityReport:
         tolerance and where the nodes ran: what a terminal shows after a parity run."""
         lines = ["parity " + ("passed" if self else "FAILED") + ":"]
         for key, s in self.summary().items():
-            lines.append(f"  {key}: max abs {s['max_abs']:.2e} (tol {s['tolerance_abs']:.0e}), "
-                         f"rel-to-range {s['max_rel_range']:.2e}, mean abs {s['mean_abs']:.2e} "
-                         f"over {s['comparisons']} input sets  {'ok' if s['passed'] else 'FAIL'}")
+            allowed = Tolerance(s["tolerance_abs"], s.get("tolerance_rel_range")).describe()
+            lines.append(f"  {key}: max abs {s['max_abs']:.2e}, rel-to-range {s['max_rel_range']:.2e} (allowed "
+                         f"{allowed}), mean abs {s['mean_abs']:.2e} over {s['comparisons']} input sets  "
+                         f"{'ok' if s['passed'] else 'FAIL'}")
         if self.encoder_matches_autoencoder is not None:
             lines.append(f"  encoder == autoencoder's internal encoding: max abs {self.encoder_matches_autoencoder.max_abs:.2e}")
         variants = self.variant_lines()

@@ -28,14 +28,14 @@ from .artifacts import (
     staged_folder, verify_files, write_manifest,
 )
 from .bounds import bound_entry
-from .errors import ParityError, UsageError, require
+from .errors import EdgeAEError, ParityError, UsageError, require
 from .layout import (
     BUILT_FILES, DATA_ROLE, DETECTOR_PRECISIONS, DETECTOR_ROLE, KERAS_FILE, KERAS_ROLE, ORT_CONFIG_FILE, ORT_CONFIG_ROLE,
     PARITY_INPUTS_FILE, PARITY_REPORT_FILE, REPORT_ROLE, ROLES, TARGETS_FILE, detector_file,
 )
-from .parity import DEFAULT_ATOL, ParityReport, Tolerance, check_tolerance
+from .parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, Tolerance, fp32_tolerance, recorded_tolerance
 from .targets import describe_graph, target_lines, target_report
-from .training import Training, check_config, check_data_args, load_training, train
+from .training import Training, check_config, check_data_args, check_learned, load_training, save_training, train
 from .variants import (
     BY_NAME, DEFAULT_BUILT, DEFAULT_VARIANT, SPECS, VARIANTS, batch_graphs, check_tolerances, check_variant_names, tolerances_for,
     variant_file,
@@ -143,7 +143,7 @@ def model_entry(proto, file: str) -> dict[str, Any]:
 
 
 def build_variants(stage: Path, training: Training, inputs: dict[str, np.ndarray], providers: list[str],
-                   atol: float = DEFAULT_ATOL, tolerances: dict[str, Tolerance] | None = None,
+                   fp32: Tolerance | None = None, tolerances: dict[str, Tolerance] | None = None,
                    references: dict[str, dict[str, np.ndarray]] | None = None,
                    variants: tuple[str, ...] | None = None) -> Optimized:
     """Make the variants named in `variants` (default: the table's defaults) from the clean graphs in
@@ -157,7 +157,7 @@ def build_variants(stage: Path, training: Training, inputs: dict[str, np.ndarray
     from .graphs.ort_format import write_ort_config
 
     wanted = check_variant_names(variants)
-    tolerance = tolerances_for(atol, tolerances)
+    tolerance = tolerances_for(fp32_tolerance() if fp32 is None else fp32, tolerances)
     references = references or keras_references(training, inputs)
     scale = training.preprocessing.arrays()["scale"]
     made: list[Variant] = []
@@ -227,7 +227,7 @@ class _Built:
 
 
 def _build(stage: Path, training: Training, plains: dict[str, Any], inputs: dict[str, np.ndarray],
-           providers: list[str], atol: float, tolerances: dict[str, Tolerance] | None,
+           providers: list[str], fp32: Tolerance, tolerances: dict[str, Tolerance] | None,
            variants: tuple[str, ...] | None, failure: str) -> _Built:
     """From each role's tf2onnx graph: the clean graph, parity against Keras (raising ParityError,
     prefixed with `failure`, when it fails), the variants, the reports and the golden vectors."""
@@ -243,11 +243,13 @@ def _build(stage: Path, training: Training, plains: dict[str, Any], inputs: dict
         onnx.save(clean, str(paths[role]))
         models[role] = model_entry(clean, paths[role].name)
     references = keras_references(training, inputs)
-    report = verify_models(training.preprocessing, references, paths, inputs, providers, atol)
+    report = verify_models(training.preprocessing, references, paths, inputs, providers, fp32)
     if not report:
-        raise ParityError(f"{failure}, nothing published: " + "; ".join(report.failures()))
+        raise ParityError(f"{failure}, nothing published: " + "; ".join(report.failures())
+                          + "; if that is float32 rounding, allow more with --rtol (a share of the output's range) "
+                            "or --atol (rtol=, atol= in the API)")
     atomic_write_json(stage / PARITY_REPORT_FILE, report.to_dict())
-    built = build_variants(stage, training, inputs, providers, atol, tolerances, references, variants)
+    built = build_variants(stage, training, inputs, providers, fp32, tolerances, references, variants)
     files = {path.name: file_entry(path, BY_NAME[DEFAULT_VARIANT].file_role) for path in paths.values()}
     files[PARITY_REPORT_FILE] = file_entry(stage / PARITY_REPORT_FILE, REPORT_ROLE)
     files.update(built.files)
@@ -284,7 +286,7 @@ def _detector_graphs(stage: Path, built: _Built, detector: dict[str, Any], train
     return files, graphs
 
 
-def _manifest_sections(built: _Built, atol: float, providers: list[str], detector: dict[str, Any] | None,
+def _manifest_sections(built: _Built, fp32: Tolerance, providers: list[str], detector: dict[str, Any] | None,
                        stage: Path, training: Training) -> dict[str, Any]:
     """The manifest sections a build decides: files, models, parity, variants, targets, each
     variant's own anomaly threshold, and the detector graphs made with them."""
@@ -293,7 +295,8 @@ def _manifest_sections(built: _Built, atol: float, providers: list[str], detecto
     section = built.variants.manifest_section()
     out = {
         "files": built.files, "models": built.models, "variants": section, "targets": TARGETS_FILE,
-        "parity": {"passed": built.report.passed, "tolerance_abs": atol, "providers": providers,
+        "parity": {"passed": built.report.passed, "tolerance_abs": fp32.abs, "tolerance_rel_range": fp32.rel_range,
+                   "providers": providers,
                    "summary": built.report.summary(),
                    "encoder_matches_autoencoder_max_abs": built.report.encoder_matches_autoencoder.max_abs,
                    "report": PARITY_REPORT_FILE},
@@ -328,10 +331,13 @@ def check_export_target(out: Path, training_folder: Path | None, force: bool = F
     check_target(out, force)
 
 
-def export(training: Training, out: Path, opset: int | None = None, atol: float = DEFAULT_ATOL,
+def export(training: Training, out: Path, opset: int | None = None, atol: float | None = DEFAULT_ATOL,
            providers: str = "all", force: bool = False, threshold_quantile: float | None = None,
-           variants: tuple[str, ...] | None = None) -> tuple[Path, ParityReport]:
+           variants: tuple[str, ...] | None = None, rtol: float | None = DEFAULT_RTOL) -> tuple[Path, ParityReport]:
     """Export both models, verify them against Keras, and publish the folder only if parity holds.
+
+    The fp32 graphs must match Keras within `atol` (in the model's units) or `rtol` of the output's
+    range, whichever is larger (parity.fp32_tolerance); the manifest records both.
 
     `variants` names the edge variants to build (the table's defaults when None). The anomaly
     threshold is calibrated here, at `threshold_quantile` (default: the training
@@ -350,7 +356,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     out = as_path(out, "out")
     check_export_target(out, training.folder, force)
     opset = DEFAULT_OPSET if opset is None else opset
-    atol = check_tolerance(atol)
+    fp32 = fp32_tolerance(atol, rtol)
     variants = check_variant_names(variants)
     config, pre = training.config, training.preprocessing
     summary = training.summary()
@@ -361,11 +367,11 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
                                      training={k: summary[k] for k in ("parameters", "final_loss", "epochs_run")})
                   for role, keras_model in (("autoencoder", training.autoencoder), ("encoder", training.encoder))}
         inputs = parity_inputs(training.train_windows, pre, config.seed)
-        built = _build(stage, training, plains, inputs, provider_list, atol, None, variants, "parity failed")
+        built = _build(stage, training, plains, inputs, provider_list, fp32, None, variants, "parity failed")
         save(training.autoencoder, stage / KERAS_FILE)
         np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
                  validation=training.validation_windows.astype(np.float32))
-        sections = _manifest_sections(built, atol, provider_list, detector, stage, training)
+        sections = _manifest_sections(built, fp32, provider_list, detector, stage, training)
         sections["files"].update({KERAS_FILE: file_entry(stage / KERAS_FILE, KERAS_ROLE),
                                   PARITY_INPUTS_FILE: file_entry(stage / PARITY_INPUTS_FILE, DATA_ROLE)})
         write_manifest(stage, {
@@ -414,12 +420,12 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
         plains = {role: onnx.load(str(folder / variant_file(role, "plain" if has_plain else DEFAULT_VARIANT)))
                   for role in ROLES}
         parity = manifest.get("parity") or {}
-        atol = float(parity.get("tolerance_abs", DEFAULT_ATOL))
+        fp32 = recorded_tolerance(parity)
         provider_list = verification_providers(providers)
         inputs = stored_inputs(folder, manifest, training)
-        built = _build(stage, training, plains, inputs, provider_list, atol, tolerances, variants,
+        built = _build(stage, training, plains, inputs, provider_list, fp32, tolerances, variants,
                        "the clean graph fails parity")
-        sections = _manifest_sections(built, atol, provider_list, manifest.get("detector"), stage, training)
+        sections = _manifest_sections(built, fp32, provider_list, manifest.get("detector"), stage, training)
         sections["files"].update(kept)
         sections["models"] = {role: {**(manifest.get("models") or {}).get(role, {}), **entry}
                               for role, entry in sections["models"].items()}
@@ -430,24 +436,51 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
 
 
 def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str, ...] | None = None,
-                 opset: int | None = None, atol: float = DEFAULT_ATOL, providers: str = "all", force: bool = False,
+                 opset: int | None = None, atol: float | None = DEFAULT_ATOL, providers: str = "all", force: bool = False,
                  progress: Callable[[int, dict[str, float]], None] | None = None,
-                 variants: tuple[str, ...] | None = None) -> tuple[Path, ParityReport, Training]:
-    """train -> export -> verify -> publish, refusing early if the target exists."""
+                 variants: tuple[str, ...] | None = None,
+                 rtol: float | None = DEFAULT_RTOL) -> tuple[Path, ParityReport, Training]:
+    """train -> export -> verify -> publish, refusing early if the target exists.
+
+    A model that learned nothing, or whose export fails, is not thrown away: the training run is
+    saved beside `out` (kept_run_folder) and the error says where, so `edgeae export` can pick it up.
+    """
     from .export import check_opset
 
     check_config(config)
     check_data_args(data, columns, progress)
     out = as_path(out, "out")
     check_target(out, force)  # fail before minutes of training, not after: so do the export's settings
-    atol = check_tolerance(atol)
+    fp32_tolerance(atol, rtol)
     if opset is not None:
         check_opset(opset)
     verification_providers(providers)
     check_variant_names(variants)
     training = train(config, data, columns, progress)
-    path, report = export(training, out, opset, atol, providers, force, variants=variants)
+    path, report = export_or_keep(training, out, opset, atol, providers, force, variants, rtol)
     return path, report, training
+
+
+def export_or_keep(training: Training, out: Path, opset: int | None = None, atol: float | None = DEFAULT_ATOL,
+                   providers: str = "all", force: bool = False, variants: tuple[str, ...] | None = None,
+                   rtol: float | None = DEFAULT_RTOL) -> tuple[Path, ParityReport]:
+    """export() for a model trained moments ago (pipeline, demo): one that learned nothing or fails
+    to export is saved as a training run beside `out` (kept_run_folder), and the error says where."""
+    try:
+        check_learned(training)
+        return export(training, out, opset, atol, providers, force, variants=variants, rtol=rtol)
+    except EdgeAEError as exc:
+        kept = save_training(training, kept_run_folder(out))
+        raise type(exc)(f"{exc}; the trained model is kept in {kept} (`edgeae export {kept}` publishes it)") from None
+
+
+def kept_run_folder(out: Path) -> Path:
+    """A new folder beside `out` for a training run a failed pipeline keeps: never one that exists."""
+    candidate, number = out.with_name(f"{out.name}.training"), 1
+    while candidate.exists() or candidate.is_symlink():
+        number += 1
+        candidate = out.with_name(f"{out.name}.training-{number}")
+    return candidate
 
 
 def folder_variants(folder: Path) -> dict[str, Any]:

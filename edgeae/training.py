@@ -21,7 +21,7 @@ from .artifacts import (
     verify_file, write_manifest,
 )
 from .data import Preprocessing, Series, Windows, load_series, seed_sequence, window_series
-from .errors import DataError, IntegrityError, UsageError
+from .errors import DataError, IntegrityError, LearningError, UsageError
 from .layout import (
     DATA_ROLE, KERAS_FILE, KERAS_ROLE, MANIFEST_FILE, PARITY_INPUTS_FILE, TRAINING_FILE, TRAINING_ROLE,
 )
@@ -69,6 +69,50 @@ class Training:
         return dict(self._summary)
 
 
+def mean_predictor_loss(windows: np.ndarray, reference: np.ndarray) -> float:
+    """The mean squared error of predicting each feature's mean over `reference` for every value
+    of `windows` (both in the model's units): the loss a model that learned nothing reaches."""
+    mean = reference.reshape(-1, reference.shape[-1]).mean(axis=0)
+    return float(np.mean((windows - mean) ** 2))
+
+
+def learning_ratio(training: Training) -> float:
+    """The best loss the model reached as a share of predicting each feature's mean (on the
+    validation windows where there are some): near 1 the model learned nothing; NaN for data
+    with nothing to learn (every value the same)."""
+    pre = training.preprocessing
+    scaled_train = pre.apply(training.train_windows)
+    held_out = len(training.validation_windows) and "val_loss" in training.history
+    windows = pre.apply(training.validation_windows) if held_out else scaled_train
+    baseline = mean_predictor_loss(windows, scaled_train)
+    best = float(np.min(training.history["val_loss" if held_out else "loss"]))
+    return best / baseline if baseline > 0 else float("nan")
+
+
+def check_learned(training: Training, kept: Path | None = None) -> None:
+    """Refuse (LearningError) a run whose best loss is not below LEARNED_BELOW of predicting each
+    feature's mean, naming the likely cause; the caller keeps the run for a look first (`kept`:
+    where it is, for the message)."""
+    from .model import LEARNED_BELOW
+
+    if training.data.get("source") == "seed":  # the notebook's one window: its own 2.5e-2 bar (test_slow)
+        return
+    ratio = learning_ratio(training)
+    if not ratio >= LEARNED_BELOW:  # NaN (nothing to learn) passes
+        return
+    config = training.config
+    causes = []
+    if config.activation == "relu":
+        causes.append("relu LSTM units that stopped responding (try --activation tanh)")
+    if config.scaling == "none" and float(np.abs(training.train_windows).max()) > 10:
+        causes.append(f"unscaled values up to {float(np.abs(training.train_windows).max()):.3g} (try --scaling standard)")
+    causes.append(f"too few epochs ({training.epochs_run} ran) or too small a learning rate "
+                  f"({config.learning_rate:g}) for this data")
+    raise LearningError(f"the model learned nothing: its best loss is {ratio:.2f} of the loss of predicting each "
+                        f"feature's mean (it must be below {LEARNED_BELOW}); likely cause: {causes[0]}"
+                        + (f"; the run is saved in {kept} for a look" if kept is not None else ""))
+
+
 def prepare_windows(config, series: Series | None) -> Windows:
     """Raw training and validation windows, from a user's series or the seed data."""
     if series is None:
@@ -103,8 +147,9 @@ def check_data_args(data: Any, columns: Any, progress: Any) -> Path | None:
 def config_for(data: Path | None = None, columns: tuple[str, ...] | None = None, **settings: Any):
     """A TrainConfig with the defaults that depend on the data, as the CLI applies them: as many
     features as the data has columns, and with a series a validation part (DATA_VALIDATION_FRACTION)
-    with early stopping (DATA_PATIENCE); a setting given (not None) is kept as it is."""
-    from .model import DATA_PATIENCE, DATA_VALIDATION_FRACTION, TrainConfig
+    with early stopping (DATA_PATIENCE), tanh units (DATA_ACTIVATION) and standardized values
+    (DATA_SCALING); a setting given (not None) is kept as it is."""
+    from .model import DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig
 
     data = check_data_args(data, columns, None)
     if columns and data is None:
@@ -113,6 +158,9 @@ def config_for(data: Path | None = None, columns: tuple[str, ...] | None = None,
     if "features" not in chosen:
         chosen["features"] = (load_series(data, tuple(columns) if columns else None).values.shape[-1]
                               if data is not None else TrainConfig.features)
+    if data is not None:
+        chosen.setdefault("activation", DATA_ACTIVATION)
+        chosen.setdefault("scaling", DATA_SCALING)
     chosen.setdefault("validation_fraction", DATA_VALIDATION_FRACTION if data is not None else 0.0)
     chosen.setdefault("patience", DATA_PATIENCE if chosen["validation_fraction"] else 0)
     try:

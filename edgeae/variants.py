@@ -14,7 +14,7 @@ from .graphs import batch1, fp16, int8, int8_dynamic, ort_format, portable, unro
 from .graphs.common import Built, Job
 from .graphs.unrolled import UNROLLED_FROM
 from .layout import model_file
-from .parity import DEFAULT_ATOL, Tolerance
+from .parity import Tolerance, fp32_tolerance
 
 DEFAULT_VARIANT = "fp32"
 
@@ -36,7 +36,7 @@ class VariantSpec:
     about: str = ""
 
 
-FP32 = Tolerance(abs=DEFAULT_ATOL)
+FP32 = fp32_tolerance()
 # fp32 graphs must match Keras as the export does. fp16 rounds weights and the network's input to 11
 # significant bits (2**-11 = 4.9e-4 of a value), and the recurrence amplifies that; int8 rounds each
 # weight to 1/254 of its row's largest. Worst errors measured (seed model; the test suite's small
@@ -63,7 +63,7 @@ BY_NAME = {spec.name: spec for spec in SPECS}
 VARIANTS = tuple(BY_NAME)
 BUILT = tuple(spec.name for spec in SPECS if spec.build is not None)
 DEFAULT_BUILT = tuple(spec.name for spec in SPECS if spec.build is not None and spec.default)
-FP32_TOLERANCE_VARIANTS = tuple(spec.name for spec in SPECS if spec.tolerance == FP32)  # follow --atol
+FP32_TOLERANCE_VARIANTS = tuple(spec.name for spec in SPECS if spec.tolerance == FP32)  # follow --atol/--rtol
 DEFAULT_TOLERANCES = {spec.name: spec.tolerance for spec in SPECS}
 
 
@@ -107,7 +107,7 @@ def check_variant_names(names: object) -> tuple[str, ...]:
     return tuple(n for n in BUILT if n in names)
 
 
-def tolerances_for(atol: float, overrides: dict[str, Tolerance] | None = None) -> dict[str, Tolerance]:
-    """Each variant's tolerance: the table's, fp32's at `atol`, then the caller's own."""
-    return {**DEFAULT_TOLERANCES, **{name: Tolerance(abs=atol) for name in FP32_TOLERANCE_VARIANTS},
+def tolerances_for(fp32: Tolerance, overrides: dict[str, Tolerance] | None = None) -> dict[str, Tolerance]:
+    """Each variant's tolerance: the table's, the fp32 graphs' at `fp32`, then the caller's own."""
+    return {**DEFAULT_TOLERANCES, **{name: fp32 for name in FP32_TOLERANCE_VARIANTS},
             **check_tolerances(overrides)}

@@ -18,7 +18,7 @@ from .artifacts import as_path, read_export_manifest, verify_file, verify_files
 from .data import FLOAT32_MAX, Preprocessing
 from .errors import IntegrityError, UsageError
 from .layout import GOLDEN_INDEX_FILE, ROLES
-from .parity import DEFAULT_ATOL, ParityReport, ParityResult, Tolerance, check_tolerance, compare
+from .parity import ParityReport, ParityResult, Tolerance, check_tolerance, compare, fp32_tolerance, recorded_tolerance
 from .training import Training, load_training
 from .variants import DEFAULT_VARIANT, variant_file
 
@@ -95,7 +95,7 @@ def stored_inputs(folder: Path, manifest: dict, training: Training | None = None
 
 
 def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray]], onnx_paths: dict[str, Path],
-                  inputs: dict[str, np.ndarray], providers: list[str], atol: float = DEFAULT_ATOL,
+                  inputs: dict[str, np.ndarray], providers: list[str], tolerance: Tolerance | None = None,
                   internal_check: bool = True, batch_graphs: list[tuple[str, str, Path]] | None = None,
                   variants: list[tuple[str, str, Path, Tolerance]] | None = None) -> ParityReport:
     """Compare both ONNX files with the Keras outputs on every input set and provider.
@@ -104,9 +104,12 @@ def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray
     sizes to; a one-window graph runs window by window. `internal_check` also proves the
     encoder equals the autoencoder's own encoding; it edits the graph with onnx, which a
     runtime-only machine may not have. `variants` adds (role, variant, file, tolerance) for
-    each other file the runtime may load, each held to its own tolerance.
+    each other file the runtime may load, each held to its own tolerance. The default files and
+    batch graphs are held to `tolerance` (default: fp32_tolerance()).
     """
     from .runtime import OnnxModel, placement_summary
+
+    tolerance = fp32_tolerance() if tolerance is None else tolerance
 
     results, placement, encoder_check = [], {}, None
     internal = None
@@ -129,7 +132,8 @@ def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray
             scale = pre.arrays()["scale"] if role == "autoencoder" else None
             for dataset, x in inputs.items():
                 results.append(compare(references[role][dataset], session.run_windows(x), model=label, provider=short,
-                                       dataset=dataset, tolerance_abs=atol, scale=scale, source=path.name))
+                                       dataset=dataset, tolerance_abs=tolerance.abs,
+                                       tolerance_rel_range=tolerance.rel_range, scale=scale, source=path.name))
         if internal is None:
             continue
         both = OnnxModel(internal, [provider], name="autoencoder (internal encoding)")
@@ -137,7 +141,8 @@ def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray
         x = np.concatenate([inputs["training"], inputs["in_range"], inputs["outside_range"]])
         # The encoder's shape has just matched Keras's, so an encoding of another width is the autoencoder's fault.
         check = compare(encoder.run_windows(x), both.run_windows(x, output=1), model="encoder-vs-autoencoder",
-                        provider=short, dataset="internal encoding", tolerance_abs=atol,
+                        provider=short, dataset="internal encoding", tolerance_abs=tolerance.abs,
+                        tolerance_rel_range=tolerance.rel_range,
                         source=f"{onnx_paths['autoencoder'].name}'s encoding")
         if encoder_check is None or check.max_abs > encoder_check.max_abs:
             encoder_check = check
@@ -154,8 +159,12 @@ def _installed(module: str) -> bool:
         return False
 
 
-def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, against: str = "auto") -> ParityReport:
+def verify(folder: Path, providers: str = "all", atol: float | None = None, against: str = "auto",
+           rtol: float | None = None) -> ParityReport:
     """Re-run parity on a published export folder.
+
+    Every file is held to the tolerance the export recorded for it; `atol` and `rtol` replace the
+    fp32 graphs' recorded bounds (absolute, and as a share of the range) for this run only.
 
     against="keras" runs the Keras model stored in the folder (needs edgeae[train]);
     against="stored" compares with the Keras outputs saved at export, so a device or a GPU
@@ -164,7 +173,9 @@ def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, aga
     """
     from .runtime import batch_label, batch_routes
 
-    atol = check_tolerance(atol)
+    for bound in (atol, rtol):  # a bad bound is refused before the folder is read
+        if bound is not None:
+            check_tolerance(bound)
     if against not in ("auto", "keras", "stored"):
         raise UsageError(f"verify against 'auto', 'keras' or 'stored', got {against!r}")
     if against == "auto":
@@ -181,11 +192,12 @@ def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, aga
              for role in ONNX_FILES for first, last, file in batch_routes(manifest, role, "fp32")]
     variants = published_variants(folder, manifest, {path.name for path in paths.values()} | {p.name for *_, p in extra})
     provider_list = verification_providers(providers)
+    tolerance = recorded_tolerance(manifest.get("parity") or {}, atol, rtol)
     if against == "keras":
         training = load_training(folder)
         pre, inputs = training.preprocessing, stored_inputs(folder, manifest, training)
         references = keras_references(training, inputs)
-        report = verify_models(pre, references, paths, inputs, provider_list, atol, batch_graphs=extra,
+        report = verify_models(pre, references, paths, inputs, provider_list, tolerance, batch_graphs=extra,
                                variants=variants)
     else:
         from .golden import read_golden
@@ -193,7 +205,7 @@ def verify(folder: Path, providers: str = "all", atol: float = DEFAULT_ATOL, aga
         pre = Preprocessing.from_dict(manifest["preprocessing"])
         golden = read_golden(folder, manifest)
         inputs, references = golden.inputs, {role: golden.reference(role) for role in ONNX_FILES}
-        report = verify_models(pre, references, paths, inputs, provider_list, atol,
+        report = verify_models(pre, references, paths, inputs, provider_list, tolerance,
                                internal_check=_installed("onnx"), batch_graphs=extra, variants=variants)
     return _with_detector_graphs(report, folder, manifest, pre, references["autoencoder"], inputs, provider_list)
 

@@ -5,7 +5,7 @@ import pytest
 
 from edgeae import verification
 from edgeae.graphs.unrolled import UNROLLED_FROM
-from edgeae.parity import ParityReport, compare
+from edgeae.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, compare, fp32_tolerance
 
 from .conftest import PROVIDERS
 
@@ -82,9 +82,47 @@ def test_verify_on_each_provider(tiny_export, provider):
 
 
 def test_verify_fails_beyond_a_tight_tolerance(tiny_export):
-    report = verification.verify(tiny_export, providers="cpu", atol=1e-12)
+    report = verification.verify(tiny_export, providers="cpu", atol=1e-12, rtol=1e-12)
     assert not report
     assert any("autoencoder [cpu]" in line for line in report.failures())
+
+
+def test_fp32_bound_is_the_larger_of_the_floor_and_the_share_of_range():
+    """float32 rounding grows with the values: a 1e-3 miss on outputs spanning 1e3 is noise
+    (1e-6 of range), the same share of a small range passes by the floor, and a wrong graph's
+    miss (tenths of the range) fails at any scale."""
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 1, (20, 4))
+    bound = fp32_tolerance()
+    assert (bound.abs, bound.rel_range) == (DEFAULT_ATOL, DEFAULT_RTOL)
+
+    def check(scale: float, miss: float):
+        out = ref.copy()
+        out[3, 2] += miss
+        return compare(ref * scale, out * scale, model="m", provider="cpu", dataset="d",
+                       tolerance_abs=bound.abs, tolerance_rel_range=bound.rel_range)
+
+    assert check(1000.0, 1e-6)  # 1e-3 abs in raw units, 1e-6 of the range
+    assert not check(1000.0, 1e-4)  # 0.1 abs, 1e-4 of the range
+    assert check(1e-3, 5e-3)  # 5e-6 abs: under the floor although 5e-3 of the range
+    for scale in (1e-3, 1.0, 1e3):  # a wrong gate order or activation misses by tenths of the range
+        assert not check(scale, 0.3)
+    line = check(1000.0, 1e-4).line()
+    assert "allowed max abs 1e-05 or 5e-05 of range, whichever is larger" in line and "FAIL" in line
+
+
+def test_verify_holds_fp32_to_the_tolerance_the_export_recorded(tiny_training, tmp_path):
+    """An export published at a looser bound verifies at that bound, not the library's default;
+    a bound given to verify replaces it for that run."""
+    from edgeae import publish
+
+    out, _ = publish.export(tiny_training, tmp_path / "loose", providers="cpu", atol=2e-3, rtol=3e-3, variants=())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["parity"]["tolerance_abs"], manifest["parity"]["tolerance_rel_range"]) == (2e-3, 3e-3)
+    report = verification.verify(out, providers="cpu", against="stored")
+    assert report and {(r.tolerance_abs, r.tolerance_rel_range) for r in report.results} == {(2e-3, 3e-3)}
+    tight = verification.verify(out, providers="cpu", against="stored", atol=1e-12, rtol=1e-12)
+    assert not tight and {(r.tolerance_abs, r.tolerance_rel_range) for r in tight.results} == {(1e-12, 1e-12)}
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

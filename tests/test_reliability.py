@@ -54,7 +54,7 @@ def test_force_replaces_the_whole_folder(tiny_training, existing):
 def test_failed_parity_publishes_nothing(tiny_training, existing):
     folder, before = existing
     with pytest.raises(ParityError, match="nothing published"):
-        publish.export(tiny_training, folder, providers="cpu", atol=1e-15, force=True)
+        publish.export(tiny_training, folder, providers="cpu", atol=1e-15, rtol=1e-15, force=True)
     assert_untouched(folder, before)
 
 
@@ -238,10 +238,13 @@ def test_pipeline_refuses_a_bad_target_before_training(tiny_config, tmp_path, mo
         publish.run_pipeline(tiny_config, tmp_path / "new", atol=-1.0)
 
 
-@pytest.mark.parametrize("atol", [0.0, -1e-5, float("nan"), float("inf")])
-def test_impossible_tolerances_are_usage_errors(tiny_export, atol):
+@pytest.mark.parametrize("bound", [0.0, -1e-5, float("nan"), float("inf")])
+@pytest.mark.parametrize("name", ["atol", "rtol"])
+def test_impossible_tolerances_are_usage_errors(tiny_export, tiny_config, tmp_path, name, bound):
     with pytest.raises(UsageError, match="tolerance"):
-        verification.verify(tiny_export, providers="cpu", atol=atol)
+        verification.verify(tiny_export, providers="cpu", **{name: bound})
+    with pytest.raises(UsageError, match="tolerance"):
+        publish.run_pipeline(tiny_config, tmp_path / "new", **{name: bound})
 
 
 def test_real_ctrl_c_during_export_keeps_the_old_export(existing):

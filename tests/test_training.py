@@ -1,10 +1,17 @@
 """The training stage's library rules: the defaults the CLI applies, and an export never replacing its training folder."""
+import re
+
+import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from edgeae import publish
 from edgeae import training as trainer
-from edgeae.errors import UsageError
-from edgeae.model import DATA_PATIENCE, DATA_VALIDATION_FRACTION, TrainConfig
+from edgeae.cli import main
+from edgeae.errors import EXIT_DATA, LearningError, ParityError, UsageError
+from edgeae.model import (
+    DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, LEARNED_BELOW, TrainConfig,
+)
 
 
 def test_config_for_gives_the_clis_defaults_for_the_data(tmp_path):
@@ -31,3 +38,58 @@ def test_the_api_refuses_to_export_over_the_training_folder(tiny_training, tmp_p
         with pytest.raises(UsageError, match="refusing to export to .*: it is the training folder"):
             publish.export(loaded, out, providers="cpu", force=True)
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def _sine_csv(folder):
+    path = folder / "sine.csv"
+    t = np.arange(240)
+    rows = "".join(f"{500 + 300 * np.sin(i / 6):.4f},{20 * np.cos(i / 9):.4f}\n" for i in t)
+    path.write_text("a,b\n" + rows)
+    return path
+
+
+def test_a_users_series_gets_tanh_and_standard_scaling_the_seed_keeps_relu(tmp_path):
+    data = _sine_csv(tmp_path)
+    assert (trainer.config_for().activation, trainer.config_for().scaling) == ("relu", "none")
+    chosen = trainer.config_for(data)
+    assert (chosen.activation, chosen.scaling) == (DATA_ACTIVATION, DATA_SCALING) == ("tanh", "standard")
+    kept = trainer.config_for(data, activation="relu", scaling="minmax")
+    assert (kept.activation, kept.scaling) == ("relu", "minmax")
+
+
+def test_a_run_that_learns_nothing_is_saved_then_refused_naming_the_cause(tmp_path):
+    data = _sine_csv(tmp_path)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--epochs", "2", "--units", "4", "--timesteps", "4",
+                                       "--learning-rate", "1e-7", "--out", str(out), "--quiet"])
+    assert result.exit_code == EXIT_DATA, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "the model learned nothing" in lines[0] and "too few epochs" in lines[0]
+    assert f"saved in {out}" in lines[0]
+    training = trainer.load_training(out)  # kept for a look
+    assert trainer.learning_ratio(training) >= LEARNED_BELOW
+    learned = trainer.train(trainer.config_for(data, epochs=30, units=8, timesteps=8, learning_rate=0.01), data)
+    assert trainer.learning_ratio(learned) < LEARNED_BELOW
+    trainer.check_learned(learned)
+
+
+def test_relu_on_raw_values_that_learns_nothing_is_named_as_the_likely_cause(tmp_path):
+    data = _sine_csv(tmp_path)
+    config = trainer.config_for(data, activation="relu", scaling="none", epochs=1, units=3, timesteps=4,
+                                learning_rate=1e-7)
+    training = trainer.train(config, data)
+    with pytest.raises(LearningError, match=r"likely cause: relu LSTM units .*--activation tanh"):
+        trainer.check_learned(training)
+
+
+def test_pipeline_keeps_the_trained_model_when_the_export_fails(tmp_path):
+    data = _sine_csv(tmp_path)
+    config = trainer.config_for(data, epochs=30, units=8, timesteps=8, learning_rate=0.01)
+    out = tmp_path / "export"
+    for kept in ("export.training", "export.training-2"):  # a second failure never replaces the first run
+        with pytest.raises(ParityError, match=rf"allow more with --rtol .*kept in {re.escape(str(tmp_path / kept))}"):
+            publish.run_pipeline(config, out, data, providers="cpu", atol=1e-15, rtol=1e-15, variants=())
+        assert not out.exists()
+    path, report = publish.export(trainer.load_training(tmp_path / "export.training"), out, providers="cpu",
+                                  variants=())
+    assert report and path == out

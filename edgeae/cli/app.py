@@ -7,6 +7,7 @@ commands (encode, reconstruct, score, inspect) start without them.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -19,7 +20,9 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgeAEError
+from ..errors import (
+    EXIT_CLOSED_PIPE, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgeAEError,
+)
 
 
 DEFAULT_EXPORT = Path("exported")
@@ -63,6 +66,11 @@ class EdgeGroup(click.Group):
         try:
             with _sigterm_as_interrupt():
                 code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+                if sys.stdout is not None:  # None: started with stdout closed (`>&-`)
+                    sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
+        except BrokenPipeError:
+            _quiet_closed_stdout()
+            code = EXIT_CLOSED_PIPE
         except click.ClickException as exc:
             if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
                 click.echo(exc.format_message(), err=True)  # a bare `edgeae` shows its help, as ever
@@ -79,6 +87,9 @@ class EdgeGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except BrokenPipeError:  # before click's own handler, which would exit 1
+            _quiet_closed_stdout()
+            ctx.exit(EXIT_CLOSED_PIPE)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes one line + a code
             if isinstance(exc, SystemExit):
                 raise
@@ -87,6 +98,17 @@ class EdgeGroup(click.Group):
                 traceback.print_exception(exc)
             print_error(message)
             ctx.exit(code)
+
+
+def _quiet_closed_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush into the closed pipe (`| head`)
+    neither fails nor prints a warning."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a real file (an embedding program's): nothing to flush
+        pass
 
 
 def one_line(text: str) -> str:

@@ -10,7 +10,7 @@ from ..artifacts import check_target
 from ..errors import ParityError
 from .app import DEFAULT_EXPORT, DEFAULT_TRAINING, main
 from .options import (
-    build_option, config_and_data, json_option, progress_printer, training_options,
+    build_option, config_and_data, json_option, parity_options, progress_printer, training_options,
 )
 from .render import detector_lines, early_stop_lines, emit
 
@@ -29,13 +29,14 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
       edgeae train --epochs 50 --out runs/small
       edgeae train --data sensors.csv --columns temp,pressure --validation-fraction 0.2 --patience 20
     """
-    from ..training import save_training, train as train_model
+    from ..training import check_learned, save_training, train as train_model
 
     quiet = kw["quiet"]
     config, data, columns = config_and_data(kw)
     check_target(out, force)  # fail before training, not after
     training = train_model(config, data, columns, progress_printer(quiet, config.epochs))
     save_training(training, out, force)
+    check_learned(training, kept=out)
     summary = training.summary()
     emit(ctx, {"out": str(out), **summary}, [
         f"trained {summary['parameters']:,} parameters for {summary['epochs_run']} epochs: final loss {summary['final_loss']:.3e}, "
@@ -49,7 +50,7 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
 @click.argument("training_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_EXPORT, show_default=True)
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: 17; 14-18].")
-@click.option("--atol", type=float, default=1e-5, show_default=True, help="Parity tolerance, max abs error.")
+@parity_options()
 @click.option("--provider", default="all", show_default=True, help="Providers to verify on: all, cpu or cuda.")
 @click.option("--force", is_flag=True, help="Replace an existing export at --out.")
 @click.option("--threshold-quantile", type=float, default=None,
@@ -57,8 +58,8 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
 @build_option
 @json_option
 @click.pass_context
-def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None, atol: float, provider: str,
-           force: bool, threshold_quantile: float | None, build: tuple[str, ...], as_json: bool) -> None:
+def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None, atol: float, rtol: float,
+           provider: str, force: bool, threshold_quantile: float | None, build: tuple[str, ...], as_json: bool) -> None:
     """Export a trained model to autoencoder.onnx + encoder.onnx, verify parity, publish to --out.
 
     \b
@@ -73,21 +74,22 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
     built = build or None
     check_variant_names(built)
     path, report = publish.export(load_training(training_dir), out, opset, atol, provider, force,
-                                  threshold_quantile, built)
+                                  threshold_quantile, built, rtol)
     emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": publish.folder_variants(path)},
          [*report.summary_lines(), *publish.folder_lines(path, targets=False), *detector_lines(path), f"exported to {path}"])
 
 
 @main.command()
 @click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
-@click.option("--atol", type=float, default=1e-5, show_default=True, help="Parity tolerance, max abs error.")
+@parity_options(recorded=True)
 @click.option("--provider", default="all", show_default=True, help="Providers to verify on: all, cpu or cuda.")
 @click.option("--against", type=click.Choice(["auto", "keras", "stored"]), default="auto", show_default=True,
               help="keras: run the stored Keras model; stored: the Keras outputs saved at export (no TensorFlow "
                    "needed); auto: keras where TensorFlow is installed.")
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, export_dir: Path, atol: float, provider: str, against: str, as_json: bool) -> None:
+def verify(ctx: click.Context, export_dir: Path, atol: float | None, rtol: float | None, provider: str, against: str,
+           as_json: bool) -> None:
     """Re-check an export: files against the manifest, ONNX against Keras on every provider.
 
     \b
@@ -97,7 +99,7 @@ def verify(ctx: click.Context, export_dir: Path, atol: float, provider: str, aga
     """
     from ..verification import verify as verify_export
 
-    report = verify_export(export_dir, provider, atol, against)
+    report = verify_export(export_dir, provider, atol, against, rtol)
     emit(ctx, report.to_dict(), report.summary_lines())
     if not report:
         raise ParityError("; ".join(report.failures()))
@@ -137,13 +139,13 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
 @training_options
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_EXPORT, show_default=True)
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: 17; 14-18].")
-@click.option("--atol", type=float, default=1e-5, show_default=True, help="Parity tolerance, max abs error.")
+@parity_options()
 @click.option("--provider", default="all", show_default=True, help="Providers to verify on: all, cpu or cuda.")
 @click.option("--force", is_flag=True, help="Replace an existing export at --out.")
 @build_option
 @json_option
 @click.pass_context
-def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, provider: str, force: bool,
+def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol: float, provider: str, force: bool,
              build: tuple[str, ...], as_json: bool, **kw: Any) -> None:
     """Train, export and verify in one go (the seed notebook's model and data by default).
 
@@ -157,7 +159,7 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, prov
     quiet = kw["quiet"]
     config, data, columns = config_and_data(kw)
     path, report, training = publish.run_pipeline(config, out, data, columns, opset, atol, provider, force,
-                                              progress_printer(quiet, config.epochs), build or None)
+                                                  progress_printer(quiet, config.epochs), build or None, rtol)
     summary = training.summary()
     emit(ctx, {"out": str(path), "training": summary, "parity": report.to_dict(), "variants": publish.folder_variants(path)}, [
         f"trained {summary['parameters']:,} parameters, {summary['epochs_run']} epochs, final loss {summary['final_loss']:.3e}, "
@@ -177,11 +179,13 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, prov
 @click.option("--timesteps", type=click.IntRange(1, 10**9), default=None, help="Window length [default: 64].")
 @click.option("--stride", type=click.IntRange(1, 10**9), default=None, help="Step between training windows [default: 1].")
 @click.option("--threshold-quantile", type=float, default=None, help="Threshold quantile [default: 0.99].")
+@parity_options()
 @click.option("--force", is_flag=True, help="Replace an existing export at --out.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @json_option
 @click.pass_context
-def demo(ctx: click.Context, out: Path, force: bool, quiet: bool, as_json: bool, **overrides: Any) -> None:
+def demo(ctx: click.Context, out: Path, atol: float, rtol: float, force: bool, quiet: bool, as_json: bool,
+         **overrides: Any) -> None:
     """Anomaly detection on a real series: train, export, score on the runtime, report quality.
 
     The series is InternalBleeding16 from the UCR anomaly archive, shipped inside the aeon
@@ -196,5 +200,5 @@ def demo(ctx: click.Context, out: Path, force: bool, quiet: bool, as_json: bool,
     from ..datasets import demo_config
 
     config = demo_config(**{k: v for k, v in overrides.items() if v is not None})
-    result = run_demo(out, config, force=force, progress=progress_printer(quiet, config.epochs))
+    result = run_demo(out, config, force=force, progress=progress_printer(quiet, config.epochs), atol=atol, rtol=rtol)
     emit(ctx, result.to_dict(), result.lines())

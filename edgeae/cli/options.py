@@ -41,8 +41,26 @@ build_option = click.option("--build", "build", multiple=True, metavar="VARIANT"
                                  "optimize also keeps what the export has].")
 
 
+def parity_options(recorded: bool = False):
+    """--atol and --rtol, the fp32 parity bounds, for every command that checks parity; `recorded`:
+    they default to what the export recorded (verify) instead of the library's defaults."""
+    from ..parity import DEFAULT_ATOL, DEFAULT_RTOL
+
+    def note(value: float) -> str:
+        return " [default: the export's recorded one]" if recorded else f" [default: {value:g}]"
+
+    def add(fn):
+        fn = click.option("--rtol", type=float, default=None if recorded else DEFAULT_RTOL,
+                          help="fp32 parity bound as a share of the output's value range; an error passes within "
+                               "the larger of --atol and --rtol x range" + note(DEFAULT_RTOL) + ".")(fn)
+        return click.option("--atol", type=float, default=None if recorded else DEFAULT_ATOL,
+                            help="fp32 parity bound, max abs error in the model's (scaled) units" + note(DEFAULT_ATOL)
+                                 + ".")(fn)
+    return add
+
+
 def training_options(fn):
-    from ..model import DATA_PATIENCE, DATA_VALIDATION_FRACTION, TrainConfig
+    from ..model import ACTIVATIONS, DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig
 
     d = TrainConfig()
     options = [
@@ -52,7 +70,8 @@ def training_options(fn):
         click.option("--timesteps", type=click.IntRange(1, 10**9), default=d.timesteps, show_default=True, help="Window length."),
         click.option("--features", type=int, default=None, help="Features per step [default: 5, or the data's column count]."),
         click.option("--units", type=click.IntRange(1, 10**9), default=d.units, show_default=True, help="LSTM units (the embedding size)."),
-        click.option("--activation", default=d.activation, show_default=True, help="LSTM activation."),
+        click.option("--activation", type=click.Choice(ACTIVATIONS), default=None,
+                     help=f"LSTM activation [default: {d.activation}; {DATA_ACTIVATION} with --data]."),
         click.option("--epochs", type=click.IntRange(1, 10**9), default=d.epochs, show_default=True),
         click.option("--batch-size", type=click.IntRange(1, 10**9), default=d.batch_size, show_default=True),
         click.option("--learning-rate", type=float, default=d.learning_rate, show_default=True),
@@ -67,7 +86,8 @@ def training_options(fn):
                           f"the best weights (0: off) [default: {DATA_PATIENCE} with a validation part, else 0]."),
         click.option("--clip-quantiles", type=(float, float), default=d.clip_quantiles, show_default=True,
                      help="Quantiles of the training data at which extreme values are clipped."),
-        click.option("--scaling", type=click.Choice(["none", "minmax", "standard"]), default=d.scaling, show_default=True),
+        click.option("--scaling", type=click.Choice(["none", "minmax", "standard"]), default=None,
+                     help=f"How values are scaled before the network [default: {d.scaling}; {DATA_SCALING} with --data]."),
         click.option("--threshold-quantile", type=float, default=d.threshold_quantile, show_default=True,
                      help="Anomaly threshold: this quantile of the validation windows' scores (of the training "
                           "windows' when there is no validation part)."),
