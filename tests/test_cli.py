@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeae.cli import main
-from edgeae.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_PARITY, EXIT_RUNTIME, EXIT_USAGE
+from edgeae.errors import EXIT_CLOSED_PIPE, EXIT_DATA, EXIT_INTEGRITY, EXIT_PARITY, EXIT_RUNTIME, EXIT_USAGE
 from edgeae.graphs.unrolled import UNROLLED_FROM
 from edgeae import training as trainer
 
@@ -58,9 +58,10 @@ def test_pipeline_writes_a_complete_export(tmp_path):
 
 
 def test_verify_exits_non_zero_naming_model_and_provider(tiny_export):
-    result = run("verify", tiny_export, "--provider", "cpu", "--atol", "1e-12")
+    result = run("verify", tiny_export, "--provider", "cpu", "--atol", "1e-12", "--rtol", "1e-12")
     one_line_error(result, EXIT_PARITY)
     assert "autoencoder [cpu]" in result.stderr
+    assert "allowed max abs 1e-12 or 1e-12 of range" in result.stderr
 
 
 @pytest.mark.parametrize("args, code", [
@@ -163,8 +164,9 @@ def test_an_npy_model_reads_the_columns_it_was_trained_on(tmp_path):
         assert result.exit_code == 0, result.output
         scores[label] = json.loads(result.stdout)["score"]
     assert scores["manifest's"] == scores["given"]
+    # The model's columns named in another order are put back in its order (issue 19), never scored swapped.
     swapped = json.loads(run("score", tmp_path / "exp", series, "--columns", "0,1", "--json").stdout)["score"]
-    assert swapped != scores["given"]  # the order matters, so the test above could fail
+    assert swapped == scores["given"]
 
 
 @pytest.mark.parametrize("args", [("--data", "DATA", "--columns", "²"), ("--columns", "a")])
@@ -176,3 +178,37 @@ def test_columns_that_cannot_be_used_are_refused(tmp_path, args):
                  "--out", tmp_path / "o")
     one_line_error(result, EXIT_DATA if "DATA" in args else EXIT_USAGE)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_folder_edgeae_never_wrote_is_a_usage_error_for_every_command(tmp_path):
+    """`edgeae score somefolder data.csv` with the wrong folder is the user's mistake (exit 2),
+    not an integrity failure, whichever command reads it."""
+    empty = tmp_path / "not-an-export"
+    empty.mkdir()
+    data = tmp_path / "d.csv"
+    data.write_text("a,b,c\n" + "1,2,3\n" * 12)
+    for args in (("score", empty, data), ("encode", empty, data), ("reconstruct", empty, data), ("inspect", empty),
+                 ("report", empty, "--out", tmp_path / "plots"), ("verify", empty), ("optimize", empty),
+                 ("export", empty, "--out", tmp_path / "e"), ("targets", empty),
+                 ("evaluate", empty, data, "--labels", "c"), ("bench", empty, "--no-cold-start")):
+        result = run(*args)
+        one_line_error(result, EXIT_USAGE)
+        assert "is not an edgeae folder: it has no manifest.json" in result.stderr, (args, result.stderr)
+
+
+def test_a_reader_that_closes_stdout_ends_the_command_quietly(tiny_export):
+    """`edgeae inspect ... | head -1`: the reader leaves before the output is written; the command
+    ends with the shell's code for that (141), without a traceback or an "internal error"."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgeae.cli", "inspect", str(tiny_export), "--provider", "cpu"],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == EXIT_CLOSED_PIPE, proc.stderr
+    assert "error" not in proc.stderr.lower() and "Traceback" not in proc.stderr
