@@ -10,13 +10,13 @@ Only numpy is needed here (Keras is reached through the training object passed i
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .checks import check_quantile
+from .checks import check_quantile, check_threshold
 from .errors import DataError, UsageError
 
 SCORE_DESCRIPTION = "mean squared reconstruction error per window, each feature scaled as the model sees it"
@@ -197,6 +197,7 @@ class Detection:
     false_positives: int
     false_negatives: int
     true_negatives: int
+    suggestions: Suggestions | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,13 +209,117 @@ class Detection:
             (f"at threshold {self.threshold:.4g}: precision {self.precision:.4f}, recall {self.recall:.4f}, "
              f"F1 {self.f1:.4f} (TP {self.true_positives}, FP {self.false_positives}, "
              f"FN {self.false_negatives}, TN {self.true_negatives})"),
+            *(self.suggestions.lines() if self.suggestions else []),
         ]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One threshold and what it gives on the labelled windows it was chosen on."""
+
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    flagged: int
+
+    def text(self) -> str:
+        return (f"{self.threshold:.6g} (precision {self.precision:.4f}, recall {self.recall:.4f}, F1 {self.f1:.4f}, "
+                f"{self.flagged} flagged)")
+
+
+@dataclass(frozen=True)
+class Suggestions:
+    """Thresholds chosen from labels: the best F1, and the lowest reaching a target precision (the
+    most recall at that precision; None when no threshold reaches it)."""
+
+    best_f1: Choice
+    target_precision: float
+    for_precision: Choice | None
+
+    def lines(self) -> list[str]:
+        reach = (self.for_precision.text() if self.for_precision
+                 else "none (no threshold reaches it on these labels)")
+        return [f"suggested threshold, best F1: {self.best_f1.text()}",
+                f"suggested threshold, lowest with precision >= {self.target_precision:g}: {reach}",
+                "(chosen on these labels: check on other labelled data; export RUN --threshold VALUE records one)"]
+
+
+def check_precision(precision: Any) -> float:
+    """A target precision in (0, 1]; 0 is reached by any threshold, and True would pass for 1."""
+    if (isinstance(precision, (bool, np.bool_)) or not isinstance(precision, (int, float, np.integer, np.floating))
+            or not 0.0 < precision <= 1.0):
+        raise UsageError(f"precision must be in (0, 1], got {precision!r}")
+    return float(precision)
+
+
+def suggest_thresholds(scores: Any, labels: Any, precision: float = 0.9) -> Suggestions:
+    """Thresholds from labelled windows: the one with the best F1 (the highest, of ties), and the
+    lowest whose precision reaches `precision`.
+
+    Each candidate lies between two neighbouring distinct scores, never on one (the rule is
+    score > threshold), so it flags exactly the windows scoring above it here.
+    """
+    precision = check_precision(precision)
+    scores, labels = _scored(scores, labels)
+    positives = int(labels.sum())
+    if positives == 0:
+        raise DataError("choosing a threshold from labels needs at least one anomalous window; got none")
+    order = np.argsort(-scores, kind="mergesort")
+    ranked, hits = scores[order], labels[order]
+    last = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])  # the last window of each tie group
+    tp = np.cumsum(hits)[last]
+    flagged = last + 1
+    above = ranked[last]  # the lowest score each candidate flags
+    below = np.r_[ranked[last[:-1] + 1], -np.inf]  # the next lower score, left unflagged
+    middle = np.where(np.isfinite(below), (above + below) / 2, above / 2)
+    # Midway, or the score below where the two are adjacent floats (a score equal to it stays unflagged).
+    threshold = np.where((middle >= above) | (middle < below), below, middle)
+    usable = threshold >= 0  # a score of 0 cannot be flagged by a threshold, which is never negative
+    if not usable.any():
+        raise DataError("every score is 0 or below: no threshold (at least 0) separates any window")
+    prec, rec = tp / flagged, tp / positives
+    f1 = np.where(tp > 0, 2 * prec * rec / np.where(tp > 0, prec + rec, 1), 0.0)
+
+    def choice(i: int) -> Choice:
+        return Choice(float(threshold[i]), float(prec[i]), float(rec[i]), float(f1[i]), int(flagged[i]))
+
+    best = int(np.flatnonzero(usable & (f1 == f1[usable].max()))[0])  # highest threshold among ties
+    reaching = np.flatnonzero(usable & (prec >= precision))
+    return Suggestions(choice(best), precision, choice(int(reaching[-1])) if len(reaching) else None)
+
+
+def set_threshold(record: dict[str, Any], threshold: Any, source: str,
+                  calibration_scores: Any = None) -> dict[str, Any]:
+    """The manifest's `detector` record with a threshold the user chose (say from evaluate's
+    suggestions), saying where it came from; the calibrated one is kept beside it.
+
+    Every variant and detector graph takes the same value: a threshold chosen on labelled data
+    is a decision about what to flag, not a quantile of one variant's scores (rebuild the
+    detector graphs with it: their threshold is inside). `calibration_scores`, where given,
+    recounts `flagged` on the calibration windows; otherwise the stale counts are dropped.
+    """
+    value = check_threshold(threshold)
+    if value < 0:
+        raise UsageError(f"threshold must be at least 0 (scores are), got {threshold!r}")
+    if not isinstance(source, str) or not source.strip():
+        raise UsageError(f"say where the threshold comes from (a non-empty text), got {source!r}")
+    if not isinstance(record, dict) or "threshold" not in record:
+        raise UsageError("record must be a manifest's detector record (with its calibrated threshold)")
+    out = {key: value_ for key, value_ in record.items() if key != "flagged"}
+    chosen = record.get("chosen") or {}
+    out["threshold"] = value
+    out["chosen"] = {"by": "user", "source": source.strip(),
+                     "calibrated_threshold": chosen.get("calibrated_threshold", record["threshold"])}
+    if calibration_scores is not None:
+        out["flagged"] = int((check_scores(calibration_scores) > value).sum())
+    out["variants"] = {name: {"threshold": value} for name in record.get("variants") or {}}
+    out["graphs"] = {name: {**graph, "threshold": value} for name, graph in (record.get("graphs") or {}).items()}
+    return out
 
 
 def detection_quality(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Detection:
     """Ranking quality (ROC AUC, average precision) and flag quality at `threshold`."""
-    from .checks import check_threshold
-
     threshold = check_threshold(threshold)
     scores, labels = _scored(scores, labels)
     flags = scores > threshold
@@ -227,17 +332,22 @@ def detection_quality(scores: np.ndarray, labels: np.ndarray, threshold: float) 
                      average_precision(scores, labels), precision, recall, f1, tp, fp, fn, tn)
 
 
-def evaluate(model: Any, values: np.ndarray, labels: np.ndarray, stride: int = 1,
-             threshold: float | None = None) -> tuple[Detection, np.ndarray]:
+def evaluate(model: Any, values: np.ndarray, labels: np.ndarray, stride: int | None = None,
+             threshold: float | None = None, precision: float | None = None) -> tuple[Detection, np.ndarray]:
     """Score a labelled (time, features) series on the device runtime: (quality, window scores).
 
-    A window counts as anomalous when any of its rows is labelled anomalous.
+    A window counts as anomalous when any of its rows is labelled anomalous. `stride` None means
+    the model's, as `score` cuts a series. With a target `precision` the result also suggests
+    thresholds from the labels (`suggest_thresholds`).
     """
     from .data import make_windows, window_labels
     from .checks import is_whole
 
     if not callable(getattr(model, "score", None)) or not isinstance(getattr(model, "timesteps", None), int):
         raise UsageError(f"model must be a model set from edgeae.runtime.load, got {type(model).__name__}")
+    stride = model.stride if stride is None else stride
+    if precision is not None:
+        precision = check_precision(precision)
     if not is_whole(stride, 1):
         raise UsageError(f"stride must be a whole number of at least 1, got {stride!r}")
     labels = check_labels(labels)
@@ -252,4 +362,7 @@ def evaluate(model: Any, values: np.ndarray, labels: np.ndarray, stride: int = 1
     if result.threshold is None:
         raise UsageError("this model set has no calibrated threshold; pass one, or export it again")
     truth = window_labels(labels, model.timesteps, stride)
-    return detection_quality(result.scores, truth, result.threshold), result.scores
+    detection = detection_quality(result.scores, truth, result.threshold)
+    if precision is not None:
+        detection = replace(detection, suggestions=suggest_thresholds(result.scores, truth, precision))
+    return detection, result.scores

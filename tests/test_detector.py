@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 
 from edgeae import publish, runtime
 from edgeae.cli import main
-from edgeae.data import make_windows
+from edgeae.data import load_csv, make_windows
 from edgeae.detector import (
-    average_precision, calibrate_threshold, detection_quality, evaluate, keras_scores, roc_auc,
+    average_precision, calibrate_threshold, detection_quality, evaluate, keras_scores, roc_auc, set_threshold,
+    suggest_thresholds,
 )
-from edgeae.errors import EXIT_USAGE, DataError, UsageError
+from edgeae.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
 from edgeae.model import TrainConfig
 from edgeae import training as trainer
 
@@ -157,7 +158,7 @@ def test_training_and_device_flags_agree_on_real_windows(sensor_export):
 def test_faults_score_above_the_threshold(sensor_export):
     _, out = sensor_export
     values, labels = _new_readings()
-    detection, scores = evaluate(runtime.load(out, "cpu"), values, labels)
+    detection, scores = evaluate(runtime.load(out, "cpu"), values, labels, stride=1)
     assert len(scores) == detection.windows == 200 - 8 + 1
     assert detection.roc_auc > 0.9
     assert detection.recall > 0.5
@@ -192,7 +193,7 @@ def test_cli_score_and_evaluate_use_the_manifest_threshold(sensor_export, tmp_pa
     expected = runtime.load(out, "cpu").score(make_windows(values, 8, 1))
     np.testing.assert_array_equal(table[:, 1].astype(bool), expected.flags)
     result = CliRunner().invoke(main, ["evaluate", str(out), str(tmp_path / "new.csv"), "--columns", columns,
-                                       "--labels", "is_anomaly", "--provider", "cpu", "--json"])
+                                       "--labels", "is_anomaly", "--stride", "1", "--provider", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["windows"] == 193 and report["threshold"] == runtime.load(out, "cpu").threshold
@@ -214,4 +215,176 @@ def test_evaluate_reads_the_trained_columns_and_never_the_label(sensor_export, t
     result = CliRunner().invoke(main, ["evaluate", str(out), str(tmp_path / "new.csv"), "--labels", "is_anomaly",
                                        "--provider", "cpu", "--json"])
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["windows"] == 193
+    assert json.loads(result.stdout)["windows"] == 97  # the model's stride (2), as score cuts it
+
+
+# ---------------------------------------------------------------- thresholds from labels (issue 19)
+
+
+def test_suggested_thresholds_flag_what_they_promise():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.1])
+    labels = np.array([True, False, True, False, False, False])
+    suggested = suggest_thresholds(scores, labels, precision=0.9)
+    assert suggested.best_f1.threshold == pytest.approx(0.65) and suggested.best_f1.f1 == pytest.approx(0.8)
+    assert suggested.for_precision.threshold == pytest.approx(0.85) and suggested.for_precision.recall == 0.5
+    for choice in (suggested.best_f1, suggested.for_precision):
+        d = detection_quality(scores, labels, choice.threshold)
+        assert (d.precision, d.recall, d.f1) == (choice.precision, choice.recall, choice.f1)
+        assert choice.threshold not in scores
+    assert suggest_thresholds(scores, ~labels, precision=1.0).for_precision is None  # the top window is normal
+
+
+@settings(max_examples=100, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(0, 6), st.booleans()), min_size=1, max_size=30),
+       precision=st.floats(0.05, 1.0))
+def test_the_precision_threshold_is_the_lowest_that_reaches_it(pairs, precision):
+    scores = np.array([p[0] for p in pairs], dtype=float) / 4
+    labels = np.array([p[1] for p in pairs])
+    if not labels.any():
+        with pytest.raises(DataError, match="at least one anomalous"):
+            suggest_thresholds(scores, labels, precision)
+        return
+    if not (scores > 0).any():
+        with pytest.raises(DataError):
+            suggest_thresholds(scores, labels, precision)
+        return
+    suggested = suggest_thresholds(scores, labels, precision)
+    candidates = [t for t in np.unique(np.r_[scores, 0.0]) - 1e-9 if t >= 0] + list(np.unique(scores))
+    reaching = [t for t in candidates if (scores > t).any() and (labels[scores > t]).mean() >= precision]
+    if suggested.for_precision is None:
+        assert not reaching
+    else:
+        flagged = scores > suggested.for_precision.threshold
+        assert labels[flagged].mean() >= precision
+        assert flagged.sum() == max((scores > t).sum() for t in reaching)  # nothing lower reaches it
+
+    def f1(t):
+        tp, flagged = (labels & (scores > t)).sum(), (scores > t).sum()
+        return 2 * tp / (flagged + labels.sum())  # 2PR / (P + R)
+
+    assert suggested.best_f1.f1 == pytest.approx(max(f1(t) for t in candidates))
+    assert suggested.best_f1.f1 == pytest.approx(f1(suggested.best_f1.threshold))
+
+
+@pytest.mark.parametrize("precision", [0, 1.5, -0.1, True, "0.9", float("nan")])
+def test_an_impossible_precision_is_refused(precision):
+    with pytest.raises(UsageError, match=r"precision must be in \(0, 1\]"):
+        suggest_thresholds(np.ones(3), np.array([True, False, False]), precision)
+
+
+def test_a_chosen_threshold_is_recorded_with_its_source(sensor_export):
+    _, out = sensor_export
+    record = runtime.load(out, "cpu").manifest["detector"]
+    chosen = set_threshold(record, 0.25, "evaluate --precision 0.9 on new.csv", calibration_scores=[0.1, 0.3])
+    assert chosen["threshold"] == 0.25 and chosen["flagged"] == 1
+    assert chosen["chosen"] == {"by": "user", "source": "evaluate --precision 0.9 on new.csv",
+                                "calibrated_threshold": record["threshold"]}
+    assert all(v == {"threshold": 0.25} for v in chosen["variants"].values())
+    assert all(g["threshold"] == 0.25 and g["file"] for g in chosen["graphs"].values())
+    again = set_threshold(chosen, 0.5, "by hand")
+    assert again["chosen"]["calibrated_threshold"] == record["threshold"] and "flagged" not in again
+    assert record["threshold"] != 0.25  # the record handed in is left as it was
+    for bad, words in ((-1.0, "at least 0"), (float("nan"), "finite"), ("0.3", "must be a number")):
+        with pytest.raises(UsageError, match=words):
+            set_threshold(record, bad, "x")
+    with pytest.raises(UsageError, match="where the threshold comes from"):
+        set_threshold(record, 0.3, " ")
+
+
+def test_cli_evaluate_suggests_thresholds_and_uses_the_models_stride(sensor_export, tmp_path):
+    _, out = sensor_export
+    values, labels = _new_readings()
+    _write_csv(tmp_path / "new.csv", values, labels)
+    model = runtime.load(out, "cpu")
+    result = CliRunner().invoke(main, ["evaluate", str(out), str(tmp_path / "new.csv"), "--labels", "is_anomaly",
+                                       "--precision", "0.8", "--provider", "cpu", "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert model.stride == 2 and report["windows"] == 97  # (200 - 8) // 2 + 1: the model's stride, as score
+    read = load_csv(tmp_path / "new.csv", ("temp", "pressure", "vibration")).values
+    detection, _ = evaluate(model, read, labels, precision=0.8)
+    assert report["suggestions"]["for_precision"]["threshold"] == detection.suggestions.for_precision.threshold
+    assert report["suggestions"]["for_precision"]["precision"] >= 0.8
+    text = CliRunner().invoke(main, ["evaluate", str(out), str(tmp_path / "new.csv"), "--labels", "is_anomaly"])
+    assert "suggested threshold, best F1" in text.stdout and "lowest with precision >= 0.9" in text.stdout
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--precision", "0"], EXIT_USAGE, "precision must be in (0, 1]"),
+    (["--precision", "1.01"], EXIT_USAGE, "precision must be in (0, 1]"),
+    (["--labels", "normal"], EXIT_DATA, "needs anomalous and normal windows; got 0 and 97"),
+])
+def test_cli_evaluate_refuses_in_one_line(sensor_export, tmp_path, args, code, words):
+    _, out = sensor_export
+    values, labels = _new_readings()
+    _write_csv(tmp_path / "new.csv", values, labels)
+    text = (tmp_path / "new.csv").read_text().splitlines()
+    (tmp_path / "new.csv").write_text("\n".join([text[0] + ",normal"] + [r + ",0" for r in text[1:]]) + "\n")
+    result = CliRunner().invoke(main, ["evaluate", str(out), str(tmp_path / "new.csv"), "--labels", "is_anomaly",
+                                       "--provider", "cpu", *args])
+    assert result.exit_code == code, result.output
+    assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- columns by name, time, parts (issue 19)
+
+
+def _score_cli(out, data, *args):
+    return CliRunner().invoke(main, ["score", str(out), str(data), "--provider", "cpu", *map(str, args)])
+
+
+def test_columns_in_another_order_are_matched_by_name(sensor_export, tmp_path):
+    _, out = sensor_export
+    values, _ = _new_readings()
+    _write_csv(tmp_path / "new.csv", values)
+    read = load_csv(tmp_path / "new.csv", ("temp", "pressure", "vibration")).values
+    expected = runtime.load(out, "cpu").score(make_windows(read, 8, 2))
+    shuffled = tmp_path / "shuffled.csv"  # the header in another order, no --columns
+    shuffled.write_text("vibration,temp,pressure\n" + "\n".join(
+        ",".join(f"{v:.6f}" for v in row[[2, 0, 1]]) for row in values) + "\n")
+    for data, args in ((tmp_path / "new.csv", ("--columns", "pressure,vibration,temp")), (shuffled, ())):
+        result = _score_cli(out, data, "--json", *args)
+        assert result.exit_code == 0, result.stderr
+        scores = json.loads(result.stdout)
+        np.testing.assert_array_equal(scores["score"], expected.scores)
+        np.testing.assert_array_equal(scores["score_temp"], expected.contributions[:, 0])
+
+
+def test_a_model_column_in_the_wrong_place_is_refused(sensor_export, tmp_path):
+    _, out = sensor_export
+    values, _ = _new_readings()
+    _write_csv(tmp_path / "new.csv", values)
+    text = (tmp_path / "new.csv").read_text()
+    (tmp_path / "more.csv").write_text(text.replace("temp,pressure,vibration", "temp,pressure,vibration,extra")
+                                       .replace("\n", ",1\n").replace("extra,1\n", "extra\n", 1))
+    result = _score_cli(out, tmp_path / "more.csv", "--columns", "pressure,extra,vibration")
+    assert result.exit_code == EXIT_DATA
+    assert "column 'pressure' would be the model's feature 1, but it was trained as feature 2" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    renamed = _score_cli(out, tmp_path / "more.csv", "--columns", "temp,extra,vibration")  # a stand-in, in place
+    assert renamed.exit_code == 0, renamed.stderr
+
+
+def test_time_column_and_parts_of_the_score(sensor_export, tmp_path):
+    _, out = sensor_export
+    values, _ = _new_readings(40)
+    stamps = [f"2026-01-01 00:{i:02d}:00" for i in range(40)]
+    (tmp_path / "t.csv").write_text("time,temp,pressure,vibration\n" + "\n".join(
+        f"{stamps[i]}," + ",".join(f"{v:.6f}" for v in row) for i, row in enumerate(values)) + "\n")
+    result = _score_cli(out, tmp_path / "t.csv", "--time-column", "time", "-o", tmp_path / "s.csv")
+    assert result.exit_code == 0, result.stderr
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert len(rows) == 17 and rows[1]["window_start"] == "2"
+    assert (rows[1]["start_time"], rows[1]["end_time"]) == (stamps[2], stamps[9])
+    for row in rows:
+        parts = [float(row[f"score_{name}"]) for name in ("temp", "pressure", "vibration")]
+        assert sum(parts) == pytest.approx(float(row["score"]), rel=1e-12)
+    for args, code, words in ((("--time-column", "when"), EXIT_DATA, "no time column 'when'"),
+                              (("--time-column", "temp", "--columns", "temp,pressure,vibration"), 0, "")):
+        result = _score_cli(out, tmp_path / "t.csv", *args)
+        assert result.exit_code == code and words in result.stderr
+    np.save(tmp_path / "v.npy", values)
+    result = _score_cli(out, tmp_path / "v.npy", "--time-column", "time")
+    assert result.exit_code == EXIT_USAGE and "read from a CSV" in result.stderr

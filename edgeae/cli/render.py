@@ -55,8 +55,13 @@ def detector_lines(folder: Path) -> list[str]:
     d = read_manifest(folder).get("detector")
     if not d:
         return []
-    return [f"anomaly threshold {d['threshold']:.4g}: the {d['quantile']:g} quantile of the scores of {d['windows']} "
-            f"{d['calibrated_on']} window(s)" + (" (no validation part: expect more flags)" if "note" in d else "")]
+    calibrated = (f"the {d['quantile']:g} quantile of the scores of {d['windows']} {d['calibrated_on']} window(s)"
+                  + (" (no validation part: expect more flags)" if "note" in d else ""))
+    chosen = d.get("chosen")
+    if isinstance(chosen, dict):  # detector.set_threshold's record
+        return [f"anomaly threshold {d['threshold']:.4g}: chosen by the user ({chosen.get('source')}); "
+                f"calibrated {chosen.get('calibrated_threshold')}, {calibrated}"]
+    return [f"anomaly threshold {d['threshold']:.4g}: {calibrated}"]
 
 
 OUTPUT_SUFFIXES = (".csv", ".npy", ".npz", ".json")

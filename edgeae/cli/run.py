@@ -187,14 +187,18 @@ runtime_command("score", "Per-window reconstruction error, each feature's part o
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--labels", "labels_column", required=True, help="CSV column holding 1 for anomalous rows, 0 for normal.")
 @click.option("--columns", default=None, help="Comma-separated CSV feature columns (as at training).")
-@click.option("--stride", type=click.IntRange(1, 10**9), default=1, show_default=True, help="Step between scored windows.")
+@click.option("--stride", type=click.IntRange(1, 10**9), default=None,
+              help="Step between scored windows [default: the model's, as for score and report].")
 @click.option("--threshold", type=float, default=None, help="Flag above this [default: the manifest's].")
+@click.option("--precision", type=float, default=0.9, show_default=True,
+              help="Also suggest the lowest threshold whose precision reaches this, in (0, 1].")
 @provider_option
 @json_option
 @click.pass_context
-def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: str, columns: str | None, stride: int,
-             threshold: float | None, provider: str, as_json: bool) -> None:
-    """Detection quality on a labelled series: ROC AUC, average precision, precision/recall/F1 at the threshold.
+def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: str, columns: str | None,
+             stride: int | None, threshold: float | None, precision: float, provider: str, as_json: bool) -> None:
+    """Detection quality on a labelled series: ROC AUC, average precision, precision/recall/F1 at the
+    threshold, and thresholds suggested by the labels (best F1; lowest with --precision).
 
     A window counts as anomalous when any of its rows is labelled 1.
 
@@ -204,12 +208,13 @@ def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: st
     """
     from .. import runtime
     from ..data import load_labelled, trained_columns
-    from ..detector import evaluate as run_evaluation
+    from ..detector import check_precision, evaluate as run_evaluation
 
+    check_precision(precision)  # before anything is loaded
     model = runtime.load(export_dir, provider)
     series, labels = load_labelled(data, model.features, split_columns(columns), trained_columns(model.manifest, data),
                                    labels_column)
-    detection, _ = run_evaluation(model, series.values, labels, stride, threshold)
+    detection, _ = run_evaluation(model, series.values, labels, stride, threshold, precision)
     emit(ctx, detection.to_dict(), detection.lines())
 
 
