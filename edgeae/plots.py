@@ -41,31 +41,50 @@ def _png(figure) -> bytes:
 
 
 def reconstruction_png(windows: np.ndarray, reconstructions: np.ndarray, columns: Sequence[str],
-                       titles: Sequence[str]) -> bytes:
-    """One column per window, one row per feature (the first few): input against reconstruction."""
+                       titles: Sequence[str], shown: Sequence[int] | None = None, why: str = "") -> bytes:
+    """One column per window, one row per feature shown (`shown`, by index; the first few by
+    default): input against reconstruction. `why` says how the features were chosen."""
     windows, reconstructions = np.asarray(windows), np.asarray(reconstructions)
     if windows.shape != reconstructions.shape or windows.ndim != 3 or len(windows) == 0:
         raise DataError(f"need matching (n, timesteps, features) windows, got {windows.shape} "
                         f"and {reconstructions.shape}")
     n, steps, features = windows.shape
-    shown = min(features, MAX_FEATURES_SHOWN)
-    figure = _figure(3.2 * n + 0.8, 1.9 * shown + 0.8)
-    axes = figure.subplots(shown, n, squeeze=False, sharex=True)
+    shown = list(range(min(features, MAX_FEATURES_SHOWN)) if shown is None else shown)
+    figure = _figure(3.2 * n + 0.8, 1.9 * len(shown) + 0.8)
+    axes = figure.subplots(len(shown), n, squeeze=False, sharex=True)
     for i in range(n):
-        for j in range(shown):
-            ax = axes[j, i]
+        for row, j in enumerate(shown):
+            ax = axes[row, i]
             ax.plot(np.arange(steps), windows[i, :, j], color="tab:blue", label="input")
             ax.plot(np.arange(steps), reconstructions[i, :, j], color="tab:orange", linestyle="--",
                     label="reconstruction")
             if i == 0:
                 ax.set_ylabel(str(columns[j]) if j < len(columns) else f"feature {j}")
-            if j == 0:
+            if row == 0:
                 ax.set_title(titles[i], fontsize=9)
         axes[-1, i].set_xlabel("step")
     axes[0, 0].legend(fontsize=8, loc="best")
-    note = f" (first {shown} of {features} features)" if shown < features else ""
+    note = f" ({len(shown)} of {features} features{': ' + why if why else ''})" if len(shown) < features else ""
     figure.suptitle("Input windows and their reconstructions (onnxruntime)" + note)
     return _png(figure)
+
+
+def driving_features(parts: np.ndarray, names: Sequence[str], chosen: Sequence[str] | None = None,
+                     limit: int = MAX_FEATURES_SHOWN) -> tuple[list[int], str]:
+    """The features to draw for windows whose score parts are `parts` (n, features), the worst
+    window last: those named in `chosen`, else the `limit` with the largest part of the worst
+    window's score (the channels that caused it), largest first. And why, in words."""
+    names = [str(n) for n in names]
+    if chosen:
+        unknown = [c for c in chosen if c not in names]
+        if unknown:
+            raise UsageError(f"no feature {unknown[0]!r} to draw; the model's features are {', '.join(names)}")
+        if len(set(chosen)) != len(chosen):
+            raise UsageError(f"a feature is named twice in {','.join(chosen)}")
+        return [names.index(c) for c in chosen], "as chosen"
+    worst = np.asarray(parts)[-1]
+    order = [int(j) for j in np.argsort(-worst, kind="mergesort")[:limit]]
+    return order, "those with the largest part in the worst window's score"
 
 
 def scores_png(starts: np.ndarray, scores: np.ndarray, threshold: float | None,
@@ -199,10 +218,11 @@ def _check_targets(target: Path, ours: set[str], force: bool) -> None:
 
 def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] | None = None,
            labels: str | None = None, out: Path | None = None, provider: str = "cpu",
-           windows_shown: int = 4, force: bool = False) -> list[Path]:
+           windows_shown: int = 4, force: bool = False, features: tuple[str, ...] | None = None) -> list[Path]:
     """Write the four PNGs into the export folder (listed in its manifest) or into `out`.
 
-    Without `data`, the windows the model was trained and calibrated on are pictured.
+    Without `data`, the windows the model was trained and calibrated on are pictured. The
+    reconstructions show `features` (names), else those that drive the worst window's score.
     Adding files to a published export happens under its lock: every listed file is
     checked first, the PNGs are written atomically, and the manifest is rewritten last.
     An existing PNG the report did not write is kept unless `force`; all are checked
@@ -252,13 +272,16 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
                 spans.append((len(train_w) - 0.5, len(windows) - 0.5, "validation windows (calibration)"))
             names = list((manifest.get("training") or {}).get("data", {}).get("columns") or [])
             xlabel = "window, in time order"
-        picked = _pick_windows(scores, windows_shown)
+        picked = _pick_windows(scores, windows_shown)  # the worst last
         titles = [f"window at {starts[i]:g}: score {scores[i]:.3g}"
                   + (" FLAGGED" if threshold is not None and scores[i] > threshold else "") for i in picked]
+        names = names or [str(j) for j in range(model.features)]
+        shown, why = driving_features(model.score(windows[picked]).contributions, names, features)
         training = manifest.get("training") or {}
         parity = read_json(verify_file(export_dir, PARITY_REPORT_FILE, manifest["files"].get(PARITY_REPORT_FILE)), "parity report")
         images = {
-            "reconstruction": reconstruction_png(windows[picked], model.reconstruct(windows[picked]), names, titles),
+            "reconstruction": reconstruction_png(windows[picked], model.reconstruct(windows[picked]), names, titles,
+                                                 shown, why),
             "scores": scores_png(starts, scores, threshold, window_flags, spans, xlabel),
             "loss": loss_png(training.get("history") or {"loss": [training.get("final_loss")]},
                              training.get("best_epoch")),

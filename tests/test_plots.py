@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from edgeae import plots, runtime
 from edgeae.artifacts import read_manifest, verify_files
 from edgeae.cli import main
-from edgeae.errors import EXIT_DEPENDENCY, EXIT_INTEGRITY, IntegrityError, MissingDependencyError, UsageError
+from edgeae.errors import EXIT_DEPENDENCY, EXIT_INTEGRITY, EXIT_USAGE, IntegrityError, MissingDependencyError, UsageError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -122,3 +122,27 @@ def test_report_refuses_links_and_columns_without_data_before_drawing(export_cop
     with pytest.raises(UsageError, match="--columns chooses columns of --data"):
         plots.report(export_copy, columns=("a",), out=real)
     assert not list(real.iterdir())
+
+
+def test_reconstructions_show_the_features_that_drive_the_worst_window():
+    parts = np.array([[0.1, 0.2, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                      [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.9]])  # the worst window last
+    names = [f"acc_{i}" for i in range(9)]
+    shown, why = plots.driving_features(parts, names)
+    assert shown[:2] == [8, 7] and len(shown) == plots.MAX_FEATURES_SHOWN and "worst window" in why
+    assert plots.driving_features(parts, names, ("acc_2", "acc_0")) == ([2, 0], "as chosen")
+    with pytest.raises(UsageError, match="no feature 'gyro' to draw; the model's features are acc_0, acc_1"):
+        plots.driving_features(parts, names, ("gyro",))
+    windows = np.random.default_rng(0).uniform(size=(2, 5, 9))
+    assert_real_png(plots.reconstruction_png(windows, windows * 0.9, names, ["a", "b"], shown, why))
+
+
+def test_report_draws_the_features_asked_for(tiny_export, tmp_path):
+    rows = np.random.default_rng(2).uniform(0, 1, (30, 3))
+    (tmp_path / "d.csv").write_text("a,b,c\n" + "\n".join(",".join(f"{v:.4f}" for v in r) for r in rows) + "\n")
+    paths = plots.report(tiny_export, tmp_path / "d.csv", out=tmp_path / "pics", features=("c",))
+    assert (tmp_path / "pics" / "reconstruction.png") in paths
+    result = CliRunner().invoke(main, ["report", str(tiny_export), "--data", str(tmp_path / "d.csv"), "--out",
+                                       str(tmp_path / "p2"), "--features", "a,zz"])
+    assert result.exit_code == EXIT_USAGE and "no feature 'zz' to draw" in result.stderr
+    assert not (tmp_path / "p2").exists()

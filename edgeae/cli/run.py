@@ -224,6 +224,9 @@ def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: st
               help="Picture this CSV/NPY series instead of the windows the model was trained on.")
 @click.option("--columns", default=None, help="Comma-separated CSV feature columns (as at training).")
 @click.option("--labels", "labels_column", default=None, help="CSV column marking anomalous rows (1), shown on the score plot.")
+@click.option("--features", "features", default=None, metavar="A,B,C",
+              help="Features to draw in reconstruction.png [default: those with the largest part in the worst "
+                   "window's score, up to 6].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write the PNGs here instead of into the export folder (whose manifest then lists them).")
 @click.option("--force", is_flag=True, help="Replace existing PNGs of the same names (an export's own, listed in its manifest, "
@@ -232,7 +235,7 @@ def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: st
 @json_option
 @click.pass_context
 def report(ctx: click.Context, export_dir: Path, data: Path | None, columns: str | None, labels_column: str | None,
-           out: Path | None, force: bool, provider: str, as_json: bool) -> None:
+           features: str | None, out: Path | None, force: bool, provider: str, as_json: bool) -> None:
     """Draw the export as PNGs: reconstructions, score over time, loss curves, parity.
 
     Needs matplotlib: pip install 'edgeae[plot]'.
@@ -241,11 +244,13 @@ def report(ctx: click.Context, export_dir: Path, data: Path | None, columns: str
     Example:
       edgeae report exported
       edgeae report runs/demo --data test.csv --columns value --labels is_anomaly
+      edgeae report runs/sensors --data test.csv --features acc_x,acc_z
     """
     from ..plots import report as write_report
 
     paths = write_report(export_dir, data, split_columns(columns), labels_column, out,
-                         "cpu" if provider == "auto" else provider, force=force)
+                         "cpu" if provider == "auto" else provider, force=force,
+                         features=None if features is None else tuple(f.strip() for f in features.split(",")))
     emit(ctx, {"plots": [str(p) for p in paths]}, [f"wrote {p}" for p in paths])
 
 
