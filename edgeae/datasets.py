@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IntegrityError, MissingDependencyError
+from .errors import IntegrityError, MissingDependencyError, install_hint
 from .parity import DEFAULT_ATOL, DEFAULT_RTOL
 
 PACKAGE = "aeon"
@@ -45,7 +45,7 @@ def _package_folder(package: str) -> Path:
     """Where an installed package lives, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"the {package} package ships this dataset: pip install 'edgeae[{EXTRA}]'")
+        raise MissingDependencyError(f"the {package} package ships this dataset: {install_hint(EXTRA)}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

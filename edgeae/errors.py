@@ -85,6 +85,11 @@ class MissingDependencyError(EdgeAEError, ImportError):
     exit_code = EXIT_DEPENDENCY
 
 
+def install_hint(extra: str) -> str:
+    """How to install an extra while edgeae is installed from a checkout or a wheel, not an index."""
+    return f"pip install 'edgeae[{extra}]' (from a checkout: pip install '.[{extra}]')"
+
+
 def require(module: str, extra: str):
     """Import an optional heavy module, or say which extra to install."""
     import importlib
@@ -93,5 +98,5 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(
-            f"{module} is not installed: pip install 'edgeae[{extra}]' ({exc})"
+            f"{module} is not installed: {install_hint(extra)} ({exc})"
         ) from exc

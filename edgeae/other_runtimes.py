@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InferenceError, MissingDependencyError, UsageError
+from .errors import InferenceError, MissingDependencyError, UsageError, install_hint
 
 RUNTIMES = ("onnxruntime", "onnxruntime-web", "tract", "openvino", "onnx-reference")
 PYTHON_MODULES = {"onnxruntime": "onnxruntime", "tract": "tract", "openvino": "openvino", "onnx-reference": "onnx"}
@@ -66,7 +66,7 @@ def unavailable(runtime: str) -> str | None:
         found = importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         found = False
-    return None if found else f"{module} is not installed (pip install 'edgeae[runtimes]')"
+    return None if found else f"{module} is not installed ({install_hint('runtimes')})"
 
 
 def _reason(stderr: str) -> str:

@@ -350,12 +350,13 @@ def render(network: Network, pre: dict, timesteps: int, threshold: float, precis
 
 
 def _bound(tolerance: Tolerance, reference: np.ndarray) -> float:
-    """The max abs error `tolerance` allows on outputs like `reference`; with two bounds, the stricter."""
+    """The max abs error `tolerance` allows on outputs like `reference`; with two bounds, the larger,
+    as parity.ParityResult judges them."""
     bounds = [] if tolerance.abs is None else [tolerance.abs]
     if tolerance.rel_range is not None:
         spread = float(reference.max() - reference.min())
         bounds.append(tolerance.rel_range * (spread if spread > 0 else max(float(np.abs(reference).max()), 1.0)))
-    return min(bounds)
+    return max(bounds)
 
 
 def render_golden(golden: Any, pre: dict, tolerance: Tolerance, precision: str, reference_threshold: float,
