@@ -290,7 +290,7 @@ def _manifest_sections(built: _Built, fp32: Tolerance, providers: list[str], det
                        stage: Path, training: Training) -> dict[str, Any]:
     """The manifest sections a build decides: files, models, parity, variants, targets, each
     variant's own anomaly threshold, and the detector graphs made with them."""
-    from .detector import variant_thresholds
+    from .detector import set_threshold, variant_thresholds
 
     section = built.variants.manifest_section()
     out = {
@@ -304,6 +304,8 @@ def _manifest_sections(built: _Built, fp32: Tolerance, providers: list[str], det
     if detector:
         detector = {**detector, "variants": variant_thresholds(stage, section["autoencoder"], training,
                                                                detector["quantile"])}
+        if isinstance(detector.get("chosen"), dict):  # a user's threshold holds for every precision
+            detector = set_threshold(detector, detector["threshold"], detector["chosen"]["source"])
         files, detector["graphs"] = _detector_graphs(stage, built, detector, training, providers)
         out["files"] = {**built.files, **files}
         out["detector"] = detector
@@ -333,8 +335,13 @@ def check_export_target(out: Path, training_folder: Path | None, force: bool = F
 
 def export(training: Training, out: Path, opset: int | None = None, atol: float | None = DEFAULT_ATOL,
            providers: str = "all", force: bool = False, threshold_quantile: float | None = None,
-           variants: tuple[str, ...] | None = None, rtol: float | None = DEFAULT_RTOL) -> tuple[Path, ParityReport]:
+           variants: tuple[str, ...] | None = None, rtol: float | None = DEFAULT_RTOL,
+           threshold: float | None = None, threshold_source: str = "edgeae export --threshold",
+           ) -> tuple[Path, ParityReport]:
     """Export both models, verify them against Keras, and publish the folder only if parity holds.
+
+    `threshold` replaces the calibrated anomaly threshold for every precision (say, one `evaluate`
+    suggested from labels), recorded with `threshold_source` beside the calibrated one.
 
     The fp32 graphs must match Keras within `atol` (in the model's units) or `rtol` of the output's
     range, whichever is larger (parity.fp32_tolerance); the manifest records both.
@@ -343,7 +350,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     threshold is calibrated here, at `threshold_quantile` (default: the training
     configuration's) of the validation windows' scores, and stored in the manifest.
     """
-    from .detector import calibrate
+    from .detector import calibrate, set_threshold
     from .export import DEFAULT_OPSET, export_model
     from .model import save
 
@@ -361,7 +368,11 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     config, pre = training.config, training.preprocessing
     summary = training.summary()
     provider_list = verification_providers(providers)
+    if threshold is not None and threshold_quantile is not None:
+        raise UsageError("give a threshold or a quantile to calibrate one at, not both")
     detector = calibrate(training, config.threshold_quantile if threshold_quantile is None else threshold_quantile)
+    if threshold is not None:
+        detector = set_threshold(detector, threshold, threshold_source)
     with staged_folder(Path(out), force) as stage:
         plains = {role: export_model(keras_model, role, pre, config.timesteps, config.features, opset,
                                      training={k: summary[k] for k in ("parameters", "final_loss", "epochs_run")})

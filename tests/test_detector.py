@@ -388,3 +388,26 @@ def test_time_column_and_parts_of_the_score(sensor_export, tmp_path):
     np.save(tmp_path / "v.npy", values)
     result = _score_cli(out, tmp_path / "v.npy", "--time-column", "time")
     assert result.exit_code == EXIT_USAGE and "read from a CSV" in result.stderr
+
+
+def test_export_threshold_holds_for_every_precision_and_records_its_source(tiny_training, tmp_path):
+    """`export --threshold` (a value chosen from labels): the runtime, every variant and every
+    detector graph flag against it; the calibrated one stays in the record, and verify still agrees."""
+    from edgeae import verification
+    from edgeae.errors import UsageError
+
+    out, _ = publish.export(tiny_training, tmp_path / "chosen", providers="cpu", threshold=0.02,
+                            threshold_source="best F1 on labels.csv", variants=("int8",))
+    manifest = json.loads((out / "manifest.json").read_text())
+    d = manifest["detector"]
+    assert d["threshold"] == 0.02 and d["chosen"]["source"] == "best F1 on labels.csv"
+    assert d["chosen"]["calibrated_threshold"] > 0 and d["chosen"]["calibrated_threshold"] != 0.02
+    assert {v["threshold"] for v in d["variants"].values()} == {0.02}
+    assert {g["threshold"] for g in d["graphs"].values()} == {0.02} and set(d["graphs"]) == {"fp32", "int8"}
+    assert runtime.load(out, "cpu").threshold == 0.02
+    assert verification.verify(out, providers="cpu", against="stored")
+    with pytest.raises(UsageError, match="not both"):
+        publish.export(tiny_training, tmp_path / "both", providers="cpu", threshold=0.02, threshold_quantile=0.5)
+    with pytest.raises(UsageError, match="threshold"):
+        publish.export(tiny_training, tmp_path / "negative", providers="cpu", threshold=-1.0)
+    assert not (tmp_path / "both").exists() and not (tmp_path / "negative").exists()

@@ -55,16 +55,23 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
 @click.option("--force", is_flag=True, help="Replace an existing export at --out.")
 @click.option("--threshold-quantile", type=float, default=None,
               help="Recalibrate the anomaly threshold at this quantile [default: the one chosen at training].")
+@click.option("--threshold", type=float, default=None,
+              help="Set the anomaly threshold for every precision (e.g. one `edgeae evaluate` suggested from labels); "
+                   "the calibrated one is recorded beside it.")
+@click.option("--threshold-source", default="edgeae export --threshold", show_default=True,
+              help="Where --threshold came from, recorded in the manifest.")
 @build_option
 @json_option
 @click.pass_context
 def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None, atol: float, rtol: float,
-           provider: str, force: bool, threshold_quantile: float | None, build: tuple[str, ...], as_json: bool) -> None:
+           provider: str, force: bool, threshold_quantile: float | None, threshold: float | None,
+           threshold_source: str, build: tuple[str, ...], as_json: bool) -> None:
     """Export a trained model to autoencoder.onnx + encoder.onnx, verify parity, publish to --out.
 
     \b
     Example:
       edgeae export runs/train --out exported --force
+      edgeae export runs/train --out exported --threshold 0.012 --threshold-source "best F1, evaluate on labels.csv"
     """
     from .. import publish
     from ..training import load_training
@@ -74,7 +81,7 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
     built = build or None
     check_variant_names(built)
     path, report = publish.export(load_training(training_dir), out, opset, atol, provider, force,
-                                  threshold_quantile, built, rtol)
+                                  threshold_quantile, built, rtol, threshold, threshold_source)
     emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": publish.folder_variants(path)},
          [*report.summary_lines(), *publish.folder_lines(path, targets=False), *detector_lines(path), f"exported to {path}"])
 
