@@ -464,7 +464,7 @@ def connect(scheduler: Any = None, workers: int | None = None) -> Iterator[Any]:
             cluster = distributed.LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
                                                processes=True, dashboard_address=":0")
             client = distributed.Client(cluster)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, RuntimeError) as exc:  # RuntimeError: a local worker process failed to start
         where = f"the Dask scheduler at {scheduler}" if scheduler is not None else "a local Dask cluster"
         raise ClusterError(f"cannot reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
             from None
@@ -728,7 +728,8 @@ def run_fleet_bench(export: str | os.PathLike, series: int = 20, rows: int = 500
                     progress: Any = None) -> dict:
     """Score one synthetic fleet in one process, on one worker and on two worker processes (one
     onnxruntime thread each), timing wall and CPU seconds (the driver, which holds the scheduler,
-    plus every worker), and compare every window with the one process's score and flag."""
+    plus every worker), and compare every window with the one process's score and flag. Each is
+    timed after an untimed run on a small fleet (imports, model loads): the steady cost per window."""
     import tempfile
 
     import pandas as pd
@@ -740,7 +741,9 @@ def run_fleet_bench(export: str | os.PathLike, series: int = 20, rows: int = 500
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="edgeae-fleet-bench-") as tmp:
         data = synthetic_fleet(Path(tmp) / "data", series, rows, features, files)
+        warmup = synthetic_fleet(Path(tmp) / "warmup", 2, 300, features, 1)
         say(f"scoring {series} series x {rows} rows in one process")
+        reference_frame(export, pd.read_parquet(warmup), "series", "step")
         wall, cpu = perf_counter(), os.times()
         reference = reference_frame(export, pd.read_parquet(data), "series", "step")
         runs = {"one process": (perf_counter() - wall, _cpu_since(cpu), len(reference))}
@@ -748,7 +751,7 @@ def run_fleet_bench(export: str | os.PathLike, series: int = 20, rows: int = 500
         for workers, name in ((1, "one worker"), (2, "two workers")):
             say(f"scoring on {name}")
             with connect(None, workers) as client:
-                client.run(lambda: None)
+                score_dataset(export, str(warmup), "series", "step").compute()
                 before, wall, cpu = client.run(_process_cpu), perf_counter(), os.times()
                 result = score_dataset(export, str(data), "series", "step").compute()
                 seconds, driver = perf_counter() - wall, _cpu_since(cpu)
