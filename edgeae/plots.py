@@ -161,9 +161,12 @@ def parity_png(report: dict[str, Any]) -> bytes:
             ax.text(max(value, floor), row, f" {value:.1e}" if value else " exact (0)", va="center", fontsize=7)
         ax.set_xscale("log")
         ax.set_title(title, fontsize=10)
-    tolerance = float(results[0]["tolerance_abs"])
-    left.axvline(tolerance, color="tab:red", linestyle="--", label=f"tolerance {tolerance:.0e}")
-    left.legend(fontsize=8, loc="lower right")
+    # fp32's bound: the larger of an absolute floor (left) and a share of the range (right)
+    for ax, key in ((left, "tolerance_abs"), (right, "tolerance_rel_range")):
+        if results[0].get(key) is not None:
+            bound = float(results[0][key])
+            ax.axvline(bound, color="tab:red", linestyle="--", label=f"allowed {bound:.0e}")
+            ax.legend(fontsize=8, loc="lower right")
     left.set_yticks(y, names, fontsize=8)
     left.invert_yaxis()
     verdict = "passed" if report.get("passed") else "FAILED"
