@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -56,6 +57,39 @@ def matmul_rate(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size**3 / best
 
 
+# The CPU features that decide which kernels onnxruntime and XLA pick, as /proc/cpuinfo names them
+# (x86 "flags", ARM "Features"), under the names a reader looks for.
+CPU_FEATURES = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
+                "avx512_bf16": "AVX-512 BF16", "amx_tile": "AMX", "asimd": "NEON", "asimddp": "ARM dot product",
+                "i8mm": "ARM i8mm", "sve": "SVE", "sve2": "SVE2"}
+
+
+def cpu_description(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU a figure was measured on (model, vector features, cores), so no figure is read on
+    the wrong machine: int8 and fp32 kernels, and so every ratio, differ between AVX2, AVX-512
+    and ARM. Read from /proc/cpuinfo where there is one, else what Python's platform module says."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    model = fields.get("model name") or fields.get("hardware") or platform.processor() or platform.machine() or "unknown"
+    return {"model": model, "machine": platform.machine(), "cores": os.cpu_count(),
+            "features": [name for flag, name in CPU_FEATURES.items() if flag in flags]}
+
+
+def cpu_line(cpu: dict[str, Any]) -> str:
+    """'AMD EPYC (x86_64), 2 cores: AVX2, FMA, AVX-512, AVX-512 VNNI'."""
+    return (f"{cpu['model']} ({cpu['machine']}), {cpu['cores']} cores: "
+            + (", ".join(cpu["features"]) or "no AVX2, AVX-512 or ARM vector features found"))
+
+
 @dataclass
 class PathResult:
     """One deployment path's figures; ratios are against the baseline of the same role."""
@@ -85,6 +119,8 @@ class BenchReport:
     batches: tuple[int, ...]
     baseline: dict[str, str]
     results: list[PathResult]
+    cpu: dict[str, Any] = field(default_factory=cpu_description)
+    load_average: tuple[float, float, float] | None = None  # at the end of the run: other work on the machine
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "results": [asdict(r) for r in self.results]}
@@ -93,7 +129,9 @@ class BenchReport:
         head = (f"{'path':42} {'size KB':>8} {'b1 med us':>10} {'b1 p99 us':>10} {'x base':>7}"
                 + "".join(f" {'b' + str(b) + ' seq/s':>13} {'x base':>7} {'%mm':>5}" for b in self.batches)
                 + f" {'cold s':>7} {'peak MB':>8}")
-        lines = [f"float32 matmul rate: {self.machine_matmul_gflops:.0f} GFLOP/s; baselines: "
+        load = (f"; load average {' '.join(f'{v:.2f}' for v in self.load_average)}"
+                if self.load_average else "")
+        lines = [f"CPU: {cpu_line(self.cpu)}{load}", f"float32 matmul rate: {self.machine_matmul_gflops:.0f} GFLOP/s; baselines: "
                  + ", ".join(f"{r} = {n}" for r, n in self.baseline.items())
                  + "; x base: median of per-round ratios to the baseline", head, "-" * len(head)]
         fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
@@ -400,4 +438,12 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         results.extend(entries.values())
     if not results:
         raise UsageError(f"{folder}: no autoencoder or encoder ONNX files to benchmark")
-    return BenchReport(rate / 1e9, runs, threads, tuple(batches), baseline, results)
+    return BenchReport(rate / 1e9, runs, threads, tuple(batches), baseline, results, load_average=load_average())
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """The 1, 5 and 15 minute load averages, where the system tells them."""
+    try:
+        return os.getloadavg()
+    except (OSError, AttributeError):
+        return None

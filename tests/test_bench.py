@@ -157,3 +157,32 @@ def test_a_batch_graph_the_manifest_does_not_list_is_refused_as_the_runtime_refu
     write_manifest(export_copy, manifest)
     with pytest.raises(IntegrityError, match="autoencoder.b1.onnx"):
         run_bench(export_copy, runs=3, warmup=0, batches=(2,), cold=False, roles=("autoencoder",))
+
+
+X86_CPUINFO = """processor\t: 0
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx fma avx2 avx512f avx512bw avx512_vnni
+processor\t: 1
+model name\t: AMD EPYC 9R14
+"""
+ARM_CPUINFO = """processor\t: 0
+Features\t: fp asimd evtstrm aes asimddp sve i8mm
+CPU implementer\t: 0x41
+"""
+
+
+def test_cpu_description_names_the_vector_features_that_change_the_figures():
+    x86 = bench.cpu_description(X86_CPUINFO)
+    assert x86["model"] == "AMD EPYC 9R14" and x86["features"] == ["AVX2", "FMA", "AVX-512", "AVX-512 VNNI"]
+    assert x86["cores"] >= 1
+    arm = bench.cpu_description(ARM_CPUINFO)
+    assert arm["features"] == ["NEON", "ARM dot product", "ARM i8mm", "SVE"]
+    assert "no AVX2" in bench.cpu_line(bench.cpu_description("model name\t: Old CPU\nflags\t: sse2\n"))
+
+
+def test_bench_states_the_cpu_in_its_table_and_json(tiny_export):
+    report = run_bench(tiny_export, runs=3, warmup=0, batches=(4,), cold=False, roles=("encoder",))
+    cpu = report.to_dict()["cpu"]
+    assert cpu == bench.cpu_description() and cpu["cores"] >= 1
+    assert report.table().splitlines()[0].startswith(f"CPU: {bench.cpu_line(cpu)}")
+    assert json.loads(json.dumps(report.to_dict()))["cpu"]["model"] == cpu["model"]
