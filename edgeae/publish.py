@@ -400,8 +400,12 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
 
 
 def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Tolerance] | None = None,
-             variants: tuple[str, ...] | None = None) -> Optimized:
+             variants: tuple[str, ...] | None = None, atol: float | None = None,
+             rtol: float | None = None) -> Optimized:
     """Rebuild an export folder's clean graph and variants, re-check them, and republish it atomically.
+
+    The fp32 graphs are held to the tolerance the export recorded; `atol`/`rtol` replace its
+    bounds (and are recorded in their place).
 
     `variants` None rebuilds the defaults and every other variant the export already has; a list
     rebuilds exactly those.
@@ -415,6 +419,9 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
     folder = as_path(folder, "export folder")
     check_tolerances(tolerances)
     check_variant_names(variants)
+    for bound in (atol, rtol):
+        if bound is not None:
+            fp32_tolerance(bound, None)  # a bad bound is refused before any staging
     read_manifest(folder)  # a missing or foreign folder is refused before any staging
     with staged_folder(folder, force=True) as stage:
         manifest = read_export_manifest(folder)
@@ -431,7 +438,7 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
         plains = {role: onnx.load(str(folder / variant_file(role, "plain" if has_plain else DEFAULT_VARIANT)))
                   for role in ROLES}
         parity = manifest.get("parity") or {}
-        fp32 = recorded_tolerance(parity)
+        fp32 = recorded_tolerance(parity, atol, rtol)
         provider_list = verification_providers(providers)
         inputs = stored_inputs(folder, manifest, training)
         built = _build(stage, training, plains, inputs, provider_list, fp32, tolerances, variants,

@@ -116,10 +116,12 @@ def verify(ctx: click.Context, export_dir: Path, atol: float | None, rtol: float
 @click.argument("export_dir", type=click.Path(path_type=Path), default=DEFAULT_EXPORT)
 @click.option("--provider", default="all", show_default=True, help="Providers to check the variants on: all, cpu or cuda.")
 @click.option("--strict", is_flag=True, help="Exit 6 when a variant misses its tolerance (it is left out either way).")
+@parity_options(recorded=True)
 @build_option
 @json_option
 @click.pass_context
-def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, build: tuple[str, ...],
+def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, atol: float | None, rtol: float | None,
+             build: tuple[str, ...],
              as_json: bool) -> None:
     """Rebuild an export's clean graph, its batch graphs and fp16, int8 and ORT-format variants; publish those within tolerance.
 
@@ -135,7 +137,7 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
     """
     from .. import publish
 
-    result = publish.optimize(export_dir, provider, variants=build or None)
+    result = publish.optimize(export_dir, provider, variants=build or None, atol=atol, rtol=rtol)
     emit(ctx, {"out": str(export_dir), **result.to_dict()}, [*result.lines(), f"published to {export_dir}"])
     missed = [f"{v.role}/{v.name}" for v in result.variants if not v.published]
     if strict and missed:
