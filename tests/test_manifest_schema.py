@@ -134,6 +134,10 @@ WRONG_FIELDS = {
     r"got 'encoder.onnx'":
         _set("variants", "autoencoder", "fp32", "by_batch", [{"batches": [2, None], "file": "encoder.onnx"}]),
     "variants.encoder.int8.published must be true or false": _set("variants", "encoder", "int8", "published", "yes"),
+    "detector.chosen.calibrated_threshold must be a finite number": _set("detector", "chosen",
+                                                                          {"source": "F1", "calibrated_threshold": "x"}),
+    "detector.chosen.source is missing": _set("detector", "chosen", {"calibrated_threshold": 0.1}),
+    "parity.tolerance_rel_range must be a finite number > 0": _set("parity", "tolerance_rel_range", 0),
 }
 
 
