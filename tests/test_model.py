@@ -68,3 +68,39 @@ def test_impossible_settings_are_refused(kwargs):
 def test_settings_as_json_gives_them_back_are_taken():
     config = TrainConfig(clip_quantiles=[0.01, 0.99], patience=3, validation_fraction=0.2, stride=None)
     assert config.clip_quantiles == (0.01, 0.99) and TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_xla_pays_on_long_runs_only():
+    from edgeae.model import xla_pays
+
+    assert not xla_pays(TrainConfig(), 1)  # the seed: 300 one-window epochs, less than XLA costs to compile
+    assert xla_pays(TrainConfig(timesteps=64, features=9, units=32, activation="tanh", epochs=60), 1769)
+
+
+def test_xla_training_is_deterministic_and_falls_back_where_xla_fails(monkeypatch):
+    """Two XLA trainings of a seed give the same weights, the loss of training without it; where XLA
+    cannot compile (forced here: not every CPU or op has a kernel) the same training runs without."""
+    import tensorflow as tf
+    from keras import Model
+
+    from edgeae.data import seed_sequence
+
+    config = TrainConfig(timesteps=4, features=2, units=5, epochs=3, seed=11)
+    x = seed_sequence(4, 2)
+    a, b, plain = train(config, x, xla=True), train(config, x, xla=True), train(config, x, xla=False)
+    assert a.xla and b.xla and not plain.xla
+    for wa, wb in zip(a.autoencoder.get_weights(), b.autoencoder.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    assert a.history["loss"] == pytest.approx(plain.history["loss"], rel=1e-3)
+    real_fit = Model.fit
+
+    def fit_without_xla_kernels(self, *args, **kwargs):
+        if self.jit_compile:
+            raise tf.errors.UnimplementedError(None, None, "no deterministic XLA kernel (forced)")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "fit", fit_without_xla_kernels)
+    fallback = train(config, x, xla=True)
+    assert not fallback.xla and fallback.epochs_run == 3
+    for wf, wp in zip(fallback.autoencoder.get_weights(), plain.autoencoder.get_weights()):
+        np.testing.assert_array_equal(wf, wp)
