@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import as_path, read_manifest, verify_file, verify_files
+from .checks import is_whole
 from .errors import IntegrityError, UsageError
 from .layout import KERAS_FILE, ROLES
 
@@ -112,6 +113,35 @@ class PathResult:
 
 
 @dataclass
+class TrainingResult:
+    """Keras `fit` of one model shape with and without XLA-compiled steps, timed in alternation.
+
+    The first epoch holds the tracing (and XLA's compiling); later epochs are the steady rate.
+    `run_s` is what a whole run of the export's epochs costs at those rates.
+    """
+
+    shape: str
+    windows: int
+    batch_size: int
+    epochs_timed: int
+    first_epoch_s: dict[str, float]
+    epochs_per_s: dict[str, float]
+    run_s: dict[str, float]
+    run_epochs: int
+    final_loss: dict[str, float]
+    speedup: float  # steady epochs/s with XLA over without, median of the pairs
+    xla_ran: bool  # False: XLA failed here and the run fell back
+
+    def line(self) -> str:
+        k, x = "keras", "keras-xla"
+        return (f"training {self.shape}, {self.windows:,} windows, batch {self.batch_size}: "
+                f"{self.epochs_per_s[k]:.2f} -> {self.epochs_per_s[x]:.2f} epochs/s ({self.speedup:.2f}x"
+                f"{'' if self.xla_ran else ', XLA failed here: fell back'}); first epoch {self.first_epoch_s[k]:.1f} s"
+                f" -> {self.first_epoch_s[x]:.1f} s; {self.run_epochs} epochs {self.run_s[k]:.0f} s -> {self.run_s[x]:.0f} s;"
+                f" final loss {self.final_loss[k]:.4e} vs {self.final_loss[x]:.4e}")
+
+
+@dataclass
 class BenchReport:
     machine_matmul_gflops: float
     runs: int
@@ -121,6 +151,7 @@ class BenchReport:
     results: list[PathResult]
     cpu: dict[str, Any] = field(default_factory=cpu_description)
     load_average: tuple[float, float, float] | None = None  # at the end of the run: other work on the machine
+    training: TrainingResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "results": [asdict(r) for r in self.results]}
@@ -148,6 +179,8 @@ class BenchReport:
                         f" {fmt(r.percent_of_matmul.get(key), '5.1f'):>5}")
             row += f" {fmt(r.cold_start_s, '7.2f'):>7} {fmt(r.peak_rss_mb, '8.0f'):>8}"
             lines.append(row)
+        if self.training:
+            lines.append(self.training.line())
         faster = [r for r in self.results if r.versus_xla]
         if faster:
             lines.append(f"times faster than {XLA_PATH} (from the paired ratios):")
@@ -340,7 +373,6 @@ def paired_ratio(path: list[np.ndarray], base: list[np.ndarray]) -> float:
 
 def _check_arguments(runs: Any, warmup: Any, threads: Any, batches: Any, roles: Any, keras: Any, cold: Any) -> None:
     """Refuse, before anything loads, arguments the CLI's option types would have refused."""
-    from .checks import is_whole
     from .runtime import check_threads
 
     if not isinstance(keras, (bool, np.bool_)) or not isinstance(cold, (bool, np.bool_)):
@@ -357,11 +389,14 @@ def _check_arguments(runs: Any, warmup: Any, threads: Any, batches: Any, roles: 
 
 def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 10, threads: int | None = None,
               batches: tuple[int, ...] = DEFAULT_BATCHES, cold: bool = True, roles: tuple[str, ...] = ("autoencoder", "encoder"),
-              progress: Callable[[str], None] | None = None) -> BenchReport:
-    """Time every path of an export folder (and Keras, if asked), side by side."""
+              progress: Callable[[str], None] | None = None, training: bool = False) -> BenchReport:
+    """Time every path of an export folder (and Keras, if asked), side by side; with `training`, also
+    Keras training of the export's model shape with and without XLA (bench_training)."""
     from .artifacts import read_export_manifest
 
     _check_arguments(runs, warmup, threads, batches, roles, keras, cold)
+    if not isinstance(training, (bool, np.bool_)):
+        raise UsageError(f"training must be True or False, got {training!r}")
     batches = tuple(dict.fromkeys(int(b) for b in batches))  # each timed once, as plain ints for the JSON
     roles = tuple(dict.fromkeys(roles))
     folder = as_path(folder, "export folder")
@@ -438,7 +473,67 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         results.extend(entries.values())
     if not results:
         raise UsageError(f"{folder}: no autoencoder or encoder ONNX files to benchmark")
-    return BenchReport(rate / 1e9, runs, threads, tuple(batches), baseline, results, load_average=load_average())
+    trained = None
+    if training:
+        from .model import TrainConfig
+
+        trained = bench_training(TrainConfig.from_dict(manifest["training"]["config"]), progress=say)
+    return BenchReport(rate / 1e9, runs, threads, tuple(batches), baseline, results, load_average=load_average(),
+                       training=trained)
+
+
+TRAINING_WINDOWS = 1769  # the user's run the issue measured (64 x 9 x 32 tanh)
+TRAINING_EPOCHS = 4
+
+
+def training_windows(timesteps: int, features: int, count: int = TRAINING_WINDOWS, seed: int = 0) -> np.ndarray:
+    """`count` standardized windows of a smooth, noisy series: work like a user's, cut with stride 1."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(count + timesteps - 1)[:, None] / 17.0
+    series = np.sin(t * np.linspace(0.5, 2.0, features) + rng.uniform(0, 6, features))
+    series += 0.1 * rng.standard_normal(series.shape)
+    windows = np.lib.stride_tricks.sliding_window_view(series, timesteps, axis=0).transpose(0, 2, 1)
+    return ((windows - series.mean(0)) / series.std(0)).astype(np.float32)
+
+
+def bench_training(config: Any, count: int = TRAINING_WINDOWS, epochs: int = TRAINING_EPOCHS, pairs: int = 1,
+                   progress: Callable[[str], None] | None = None) -> TrainingResult:
+    """Train `config`'s model shape for `epochs` on `count` windows without and with XLA, `pairs` times
+    in alternation (a loaded machine slows both alike), timing each epoch from its progress call."""
+    from dataclasses import replace
+
+    from .model import train
+
+    if not is_whole(count, 1) or not is_whole(epochs, 2) or not is_whole(pairs, 1):
+        raise UsageError(f"training bench needs at least 1 window, 2 epochs and 1 pair, got {count!r}, {epochs!r}, {pairs!r}")
+    say = progress or (lambda _msg: None)
+    run = replace(config, epochs=epochs, validation_fraction=0.0, patience=0)
+    x = training_windows(config.timesteps, config.features, count)
+    first: dict[str, list[float]] = {"keras": [], "keras-xla": []}
+    steady: dict[str, list[float]] = {"keras": [], "keras-xla": []}
+    loss: dict[str, float] = {}
+    xla_ran = True
+    for _ in range(pairs):
+        for name in first:
+            say(f"training: {name}, {epochs} epochs of {count} windows")
+            ends: list[float] = []
+
+            def epoch_ended(epoch: int | None, _logs: dict[str, float], ends: list[float] = ends) -> None:
+                if epoch is not None:
+                    ends.append(time.perf_counter())
+
+            start = time.perf_counter()
+            result = train(run, x, progress=epoch_ended, xla=name == "keras-xla")
+            xla_ran &= result.xla or name == "keras"
+            first[name].append(ends[0] - start)
+            steady[name].append(float(np.median(np.diff(ends))))
+            loss[name] = result.history["loss"][-1]
+    rate = {name: 1 / float(np.median(times)) for name, times in steady.items()}
+    first_s = {name: float(np.median(times)) for name, times in first.items()}
+    return TrainingResult(
+        f"{config.timesteps}x{config.features}x{config.units} {config.activation}", count, config.batch_size, epochs,
+        first_s, rate, {name: first_s[name] + (config.epochs - 1) / rate[name] for name in rate}, config.epochs, loss,
+        float(np.median([k / x for k, x in zip(steady["keras"], steady["keras-xla"])])), xla_ran)
 
 
 def load_average() -> tuple[float, float, float] | None:

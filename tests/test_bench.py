@@ -186,3 +186,36 @@ def test_bench_states_the_cpu_in_its_table_and_json(tiny_export):
     assert cpu == bench.cpu_description() and cpu["cores"] >= 1
     assert report.table().splitlines()[0].startswith(f"CPU: {bench.cpu_line(cpu)}")
     assert json.loads(json.dumps(report.to_dict()))["cpu"]["model"] == cpu["model"]
+
+
+def test_bench_training_times_keras_fit_without_and_with_xla(tiny_config):
+    result = bench.bench_training(tiny_config, count=64, epochs=2)
+    assert result.shape == "6x3x8 relu" and result.windows == 64 and result.xla_ran and result.run_epochs == 40
+    for name in ("keras", "keras-xla"):
+        assert result.epochs_per_s[name] > 0 and result.first_epoch_s[name] > 0
+        assert result.run_s[name] > result.first_epoch_s[name]
+    assert result.final_loss["keras-xla"] == pytest.approx(result.final_loss["keras"], rel=1e-3)
+    assert result.speedup > 0 and "epochs/s" in result.line()
+
+
+def test_bench_training_option_adds_the_row_to_table_and_json(tiny_export, monkeypatch):
+    """The export's own model shape is timed (the slow part is stubbed: the test above times it)."""
+    seen = []
+    figures = {"keras": 1.0, "keras-xla": 3.0}
+    monkeypatch.setattr(bench, "bench_training", lambda config, progress: seen.append(config) or bench.TrainingResult(
+        "6x3x8 relu", 1769, 32, 4, figures, figures, figures, config.epochs, figures, 3.0, True))
+    result = CliRunner().invoke(main, ["bench", str(tiny_export), "--training", "--role", "encoder", "--runs", "3",
+                                       "--batch", "4", "--no-cold-start", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [(c.timesteps, c.features, c.units, c.epochs) for c in seen] == [(6, 3, 8, 40)]
+    assert json.loads(result.stdout)["training"]["speedup"] == 3.0
+    report = run_bench(tiny_export, runs=3, warmup=0, batches=(4,), cold=False, roles=("encoder",), training=True)
+    assert "training 6x3x8 relu, 1,769 windows, batch 32: 1.00 -> 3.00 epochs/s (3.00x)" in report.table()
+
+
+@pytest.mark.parametrize("kwargs", [{"count": 0}, {"epochs": 1}, {"pairs": 1.5}])
+def test_bench_training_refuses_impossible_settings(kwargs):
+    from edgeae.model import TrainConfig
+
+    with pytest.raises(UsageError):
+        bench.bench_training(TrainConfig(), **kwargs)

@@ -27,11 +27,13 @@ from .render import check_output, emit, write_result
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Also write the JSON report to this .json file.")
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
+@click.option("--training", is_flag=True, help="Also time Keras training of the export's model shape, without and "
+              "with XLA (1,769 windows, 4 epochs each; tens of seconds to minutes).")
 @json_option
 @click.pass_context
 def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: int, threads: int | None,
           batches: tuple[int, ...], no_cold_start: bool, role: str, output: Path | None, force: bool,
-          as_json: bool) -> None:
+          training: bool, as_json: bool) -> None:
     """Time every model of an export side by side, interleaved, with ratios against the plain export.
 
     \b
@@ -45,7 +47,7 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
     roles = ("autoencoder", "encoder") if role == "both" else (role,)
     check_output(output, force, single_array=False, suffixes=(".json",), reads=(export_dir,))
     report = run_bench(export_dir, keras, runs, warmup, threads, batches, not no_cold_start, roles,
-                       progress=lambda msg: click.echo(msg, err=True))
+                       progress=lambda msg: click.echo(msg, err=True), training=training)
     if output is not None:
         atomic_write_json(output, report.to_dict())
     emit(ctx, report.to_dict(), [report.table()])
