@@ -18,7 +18,7 @@ from .errors import IntegrityError, UsageError
 # and with the number of recurrent steps; a wrong graph (gate order, activation) misses by tenths of
 # the range. See the README's "Parity" section for the measurements behind these two numbers.
 DEFAULT_ATOL = 1e-5
-DEFAULT_RTOL = 5e-5
+DEFAULT_RTOL = 1e-4
 
 
 class MismatchError(IntegrityError, ValueError):

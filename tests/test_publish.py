@@ -113,11 +113,11 @@ def test_optimize_keeps_the_variants_the_export_was_given(export_copy):
 def test_optimize_holds_fp32_to_the_recorded_bounds_or_the_ones_given(export_copy):
     """optimize checks the rebuilt clean graph at the export's recorded fp32 bounds; bounds given
     replace them, are recorded, and a bound nothing can meet publishes nothing (exit 6)."""
-    publish.optimize(export_copy, providers="cpu", variants=(), atol=2e-5, rtol=1e-4)
+    publish.optimize(export_copy, providers="cpu", variants=(), atol=2e-5, rtol=3e-4)
     parity = read_manifest(export_copy)["parity"]
-    assert (parity["tolerance_abs"], parity["tolerance_rel_range"]) == (2e-5, 1e-4)
+    assert (parity["tolerance_abs"], parity["tolerance_rel_range"]) == (2e-5, 3e-4)
     publish.optimize(export_copy, providers="cpu", variants=())
-    assert read_manifest(export_copy)["parity"]["tolerance_rel_range"] == 1e-4  # kept when none is given
+    assert read_manifest(export_copy)["parity"]["tolerance_rel_range"] == 3e-4  # kept when none is given
     before = (export_copy / "manifest.json").read_bytes()
     result = CliRunner().invoke(main, ["optimize", str(export_copy), "--provider", "cpu", "--atol", "1e-15",
                                        "--rtol", "1e-15"])
