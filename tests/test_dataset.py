@@ -14,7 +14,7 @@ from edgeae import datasets, runtime
 from edgeae.cli import main
 from edgeae.data import load_series, make_windows
 from edgeae.detector import keras_scores
-from edgeae.errors import EXIT_DEPENDENCY, MissingDependencyError
+from edgeae.errors import EXIT_DEPENDENCY, EXIT_PARITY, MissingDependencyError
 from edgeae import training as trainer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("aeon") is None,
@@ -77,3 +77,18 @@ def test_without_aeon_the_error_names_the_extra(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--quiet"])
     assert result.exit_code == EXIT_DEPENDENCY and "edgeae[dataset]" in result.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_demo_that_fails_its_parity_bound_keeps_the_trained_model(tmp_path):
+    """`edgeae demo --atol --rtol` goes through the same export as the full demo; a bound nothing
+    meets is a parity failure (exit 6) that names the option, and the model trained stays as a
+    training run `edgeae export` can publish."""
+    out = tmp_path / "demo"
+    small = [f"--{key}={value}" for key, value in SMALL.items() if key != "learning_rate"]
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), *small, "--atol", "1e-15", "--rtol", "1e-15",
+                                       "--quiet"])
+    assert result.exit_code == EXIT_PARITY, result.output
+    assert "--rtol" in result.stderr and f"kept in {out}.training" in result.stderr
+    assert not out.exists()
+    kept = trainer.load_training(tmp_path / "demo.training")
+    assert kept.config.timesteps == SMALL["timesteps"] and kept.data["columns"] == ["value"]
