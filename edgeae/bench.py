@@ -208,8 +208,8 @@ def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Route
         for name, entry in by_name.items():
             if isinstance(entry, dict) and entry.get("by_batch"):
                 routes[entry["file"]] = [(a, b, folder / f) for a, b, f in batch_routes(manifest, role, name)]
-    served = {path.name for found in routes.values() for _, _, path in found}
     baselines = {((by_name.get("plain") or {}).get("file")) for by_name in (manifest.get("variants") or {}).values()}
+    served = {path.name for found in routes.values() for _, _, path in found} - baselines  # the yardstick runs alone too
     paths = []
     for name in manifest["files"]:
         role = name.split(".")[0]

@@ -535,6 +535,23 @@ def amended_export(folder: Path, write: bool = True) -> Iterator[dict]:
             write_manifest(folder, manifest)
 
 
+def rewrite_routing(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Measure on this machine which graph serves which batch sizes of each role's fp32 model
+    (routing.py) and rewrite only that: each role's `by_batch` routes and the measurement beside
+    them, the manifest resealed. Returns the routes by role."""
+    from .routing import measured_routes
+
+    folder = as_path(folder, "export folder")
+    chosen = {}
+    with amended_export(folder) as manifest:
+        for role, by_name in (manifest.get("variants") or {}).items():
+            if role in ROLES and (by_name.get(DEFAULT_VARIANT) or {}).get("published"):
+                chosen[role], record = measured_routes(folder, manifest, role, DEFAULT_VARIANT)
+                by_name[DEFAULT_VARIANT]["by_batch"] = chosen[role]
+                by_name[DEFAULT_VARIANT]["routing"] = record
+    return chosen
+
+
 def measure_targets(folder: Path, runtimes: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run every published file of an export on each runtime (targets.measure_runtimes) and record the
     table, with the CPU it was measured on, in the export's targets.json, over what it held before

@@ -29,11 +29,13 @@ from .render import check_output, emit, write_result
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
 @click.option("--training", is_flag=True, help="Also time Keras training of the export's model shape, without and "
               "with XLA (1,769 windows, 4 epochs each; tens of seconds to minutes).")
+@click.option("--rewrite-routing", is_flag=True, help="First measure here which fp32 graph serves which batch sizes "
+              "and rewrite only that routing table in the export's manifest (resealed).")
 @json_option
 @click.pass_context
 def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: int, threads: int | None,
           batches: tuple[int, ...], no_cold_start: bool, role: str, output: Path | None, force: bool,
-          training: bool, as_json: bool) -> None:
+          training: bool, rewrite_routing: bool, as_json: bool) -> None:
     """Time every model of an export side by side, interleaved, with ratios against the plain export.
 
     \b
@@ -46,6 +48,12 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
 
     roles = ("autoencoder", "encoder") if role == "both" else (role,)
     check_output(output, force, single_array=False, suffixes=(".json",), reads=(export_dir,))
+    if rewrite_routing:
+        from ..publish import rewrite_routing as rewrite
+        from ..runtime import batch_label
+
+        for role, routes in rewrite(export_dir).items():
+            click.echo(f"{role} routing: " + ", ".join(f"{batch_label(*r['batches'])} {r['file']}" for r in routes), err=True)
     report = run_bench(export_dir, keras, runs, warmup, threads, batches, not no_cold_start, roles,
                        progress=lambda msg: click.echo(msg, err=True), training=training)
     if output is not None:
