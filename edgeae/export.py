@@ -12,6 +12,7 @@ import numpy as np
 from . import __version__
 from .data import Preprocessing
 from .errors import EdgeAEError, UsageError, require
+from .parity import fp32_tolerance
 
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 14, 18  # LSTM with layout/activations (14+) .. what tf2onnx 1.17 knows
@@ -124,8 +125,10 @@ def describe_io(proto) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": [one(v) for v in proto.graph.input], "outputs": [one(v) for v in proto.graph.output]}
 
 
-def check_exported(proto, role: str) -> None:
-    """The graph must be valid, use only standard domains, and hold fused LSTM ops, never a Loop."""
+def check_exported(proto, role: str, own: bool = True) -> None:
+    """The graph must be valid and use only standard domains; edgeae's own models must hold fused
+    LSTM ops, never a Loop. A user's model may hold Loops (tf2onnx writes GRUs and recurrent
+    dropout that way): its parity against Keras is what proves them."""
     onnx = require("onnx", "train")
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -135,6 +138,8 @@ def check_exported(proto, role: str) -> None:
     domains = {n.domain for n in proto.graph.node}
     if not domains <= EDGEAE_DOMAINS:
         raise ExportError(f"{role}: export uses non-standard operator domains {sorted(domains - EDGEAE_DOMAINS)}")
+    if not own:
+        return
     if "Loop" in ops or "Scan" in ops:
         raise ExportError(f"{role}: the LSTM was exported as a Loop/Scan, not a fused LSTM op")
     expected = 2 if role == "autoencoder" else 1
@@ -143,8 +148,9 @@ def check_exported(proto, role: str) -> None:
 
 
 def export_model(keras_model, role: str, pre: Preprocessing, timesteps: int, features: int,
-                 opset: int = DEFAULT_OPSET, training: dict | None = None):
-    """One Keras model -> a checked ONNX ModelProto with preprocessing and edgeae metadata."""
+                 opset: int = DEFAULT_OPSET, training: dict | None = None, own: bool = True):
+    """One Keras model -> a checked ONNX ModelProto with preprocessing and edgeae metadata
+    (`own` False: a user's model, held to check_exported's rules for those)."""
     from onnx import helper
 
     if role not in OUTPUT_NAMES:
@@ -168,12 +174,16 @@ def export_model(keras_model, role: str, pre: Preprocessing, timesteps: int, fea
     if training:
         meta["edgeae.training"] = json.dumps(training, sort_keys=True)
     helper.set_model_props(proto, meta)
-    check_exported(proto, role)
+    check_exported(proto, role, own)
     return proto
 
 
+ENCODING_KEY = "edgeae.encoding"  # metadata: the autoencoder's tensor that holds the encoding, where no clean graph says
+
+
 def internal_encoding(autoencoder_proto):
-    """A copy of the autoencoder that also outputs its first LSTM's final hidden state.
+    """A copy of the autoencoder that also outputs its own encoding: the tensor its metadata names
+    (a user's model, found by mark_encoding), else its first LSTM's final hidden state.
 
     Comparing that output with the standalone encoder proves the encoder computes exactly
     the autoencoder's own encoding.
@@ -183,14 +193,62 @@ def internal_encoding(autoencoder_proto):
     proto = ModelProto()
     proto.CopyFrom(autoencoder_proto)
     graph = proto.graph
-    lstm = next((n for n in graph.node if n.op_type == "LSTM"), None)
-    if lstm is None or len(lstm.output) < 2 or not lstm.output[1]:
-        raise ExportError("autoencoder has no fused encoder LSTM with a final hidden state")
-    graph.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "internal/axes"))
-    graph.node.append(helper.make_node("Squeeze", [lstm.output[1], "internal/axes"], ["internal_embedding"],
-                                       name="internal/squeeze"))
+    marked = next((json.loads(p.value) for p in proto.metadata_props if p.key == ENCODING_KEY), None)
+    if marked is not None:
+        source, op, shape = marked["tensor"], "Reshape", np.array([-1, marked["units"]], dtype=np.int64)
+    else:
+        lstm = next((n for n in graph.node if n.op_type == "LSTM"), None)
+        if lstm is None or len(lstm.output) < 2 or not lstm.output[1]:
+            raise ExportError("autoencoder has no fused encoder LSTM with a final hidden state")
+        source, op, shape = lstm.output[1], "Squeeze", np.array([0], dtype=np.int64)
+    graph.initializer.append(numpy_helper.from_array(shape, "internal/axes"))
+    graph.node.append(helper.make_node(op, [source, "internal/axes"], ["internal_embedding"], name="internal/encoding"))
     graph.output.append(helper.make_tensor_value_info("internal_embedding", 1, [BATCH_DIM, None]))
     return proto
+
+
+def mark_encoding(autoencoder_proto, encoder_proto, features: int, timesteps: int, units: int) -> str:
+    """Find the tensor of a user's autoencoder graph that equals the standalone encoder's output, and
+    name it in the autoencoder's metadata for internal_encoding. Raises ExportError when none does:
+    then the layer taken as the encoder is not what the autoencoder computes inside.
+
+    Every float tensor of the main graph is run on random windows; a batch size no other axis has
+    makes a (batch, units) tensor (or one with extra axes of 1) unambiguous.
+    """
+    import onnxruntime as ort
+    from onnx import ModelProto, helper
+
+    batch = max(features, timesteps, units) * 2 + 1
+    x = np.random.default_rng(0).standard_normal((batch, timesteps, features)).astype(np.float32)
+
+    def run(proto, names=None):
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        wanted = names or [session.get_outputs()[0].name]
+        return dict(zip(wanted, session.run(wanted, {session.get_inputs()[0].name: x})))
+
+    expected = next(iter(run(encoder_proto).values()))
+    probe = ModelProto()
+    probe.CopyFrom(autoencoder_proto)
+    known = {v.name for v in probe.graph.output}
+    names = [out for node in probe.graph.node for out in node.output if out and out not in known]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
+    values = run(probe, names)
+    bound = fp32_tolerance()  # the search only picks the tensor; verify proves it at the export's own tolerance
+    tolerance = max(bound.abs or 0.0, (bound.rel_range or 0.0) * float(np.ptp(expected)))
+    best = None
+    for name in names:
+        value = values[name]
+        if (value.dtype == np.float32 and tuple(d for d in value.shape if d != 1) == expected.shape
+                and value.shape[-1] == units):
+            error = float(np.abs(value.reshape(expected.shape) - expected).max())
+            if error <= tolerance and (best is None or error < best[1]):
+                best = (name, error)
+    if best is None:
+        raise ExportError("the autoencoder graph holds no tensor equal to the encoder's output: the layer taken as "
+                          "the encoder is not the autoencoder's encoding (choose another with --encoder-layer)")
+    helper.set_model_props(autoencoder_proto, {**{p.key: p.value for p in autoencoder_proto.metadata_props},
+                                               ENCODING_KEY: json.dumps({"tensor": best[0], "units": units})})
+    return best[0]
 
 
 def opset_of(proto) -> int:

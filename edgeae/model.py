@@ -19,7 +19,7 @@ import numpy as np
 
 from .data import SCALINGS
 from .checks import check_quantile, is_real, is_whole
-from .errors import DataError, IntegrityError, ShapeError, UsageError, require
+from .errors import DataError, EdgeAEError, IntegrityError, ShapeError, UsageError, require
 
 ENCODER_LAYER = "encoder"
 # Defaults for a user's own series (the seed's one window has nothing to hold out): keep the
@@ -304,19 +304,25 @@ def save(autoencoder, path: Path) -> None:
     autoencoder.save(str(path))
 
 
+def load_keras(path: Path, error: type[EdgeAEError] = IntegrityError):
+    """Load a saved Keras model in safe mode (a Lambda layer's code is never run); a file Keras
+    refuses or cannot read raises `error` in one line (an export's own file: IntegrityError)."""
+    _, keras = import_keras()
+    try:
+        return keras.models.load_model(str(path), compile=False, safe_mode=True)
+    except ValueError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise error(f"{path.name}: refused or unreadable Keras model: {first}") from None
+    except Exception as exc:  # zip/h5/json errors of every kind: one line for the user
+        raise error(f"{path.name}: not a valid Keras model ({type(exc).__name__})") from None
+
+
 def load(path: Path):
-    """Load a saved autoencoder in Keras safe mode (a Lambda layer's code is never run)."""
+    """Load a saved autoencoder and its encoder (the layer named ENCODER_LAYER) in safe mode."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"Keras model not found: {path}")
-    _, keras = import_keras()
-    try:
-        autoencoder = keras.models.load_model(str(path), compile=False, safe_mode=True)
-    except ValueError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IntegrityError(f"{path.name}: refused or unreadable Keras model: {first}") from None
-    except Exception as exc:  # zip/h5/json errors of every kind: one line for the user
-        raise IntegrityError(f"{path.name}: not a valid Keras model ({type(exc).__name__})") from None
+    autoencoder = load_keras(path)
     try:
         autoencoder.get_layer(ENCODER_LAYER)
     except ValueError:

@@ -15,7 +15,7 @@ import math
 import platform
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,7 @@ class Optimized:
     variants: tuple[Variant, ...]
     files: dict[str, dict]
     targets: dict[str, Any]
+    skipped: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> variant -> why it does not apply
 
     def manifest_section(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -106,11 +107,16 @@ class Optimized:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"variants": self.manifest_section(), "targets": self.targets}
+        return {"variants": self.manifest_section(), "skipped": self.skipped, "targets": self.targets}
 
     def lines(self) -> list[str]:
         return ["variants (parity against Keras on verify's inputs):", *(v.line() for v in self.variants),
-                *target_lines(self.targets)]
+                *skipped_lines(self.skipped), *target_lines(self.targets)]
+
+
+def skipped_lines(skipped: dict[str, dict[str, str]]) -> list[str]:
+    """One line per variant that does not apply to the model, with the reason."""
+    return [f"  {role}/{name:<13} skipped: {why}" for role, by_name in skipped.items() for name, why in by_name.items()]
 
 
 def batch_routes(by_name: dict[str, dict[str, Any]], base: str,
@@ -153,8 +159,13 @@ def build_variants(stage: Path, training: Training, inputs: dict[str, np.ndarray
     misses its tolerance is deleted again and recorded as not published.
     """
     onnx = require("onnx", "train")
-    from .graphs.common import Job
+    from onnx.shape_inference import InferenceError
+
+    from .graphs.common import GraphError, Job
     from .graphs.ort_format import write_ort_config
+
+    # A rewrite that does not fit this model's graph (a user's, or a file onnx rejects once rewritten) is skipped.
+    not_applicable = (GraphError, onnx.checker.ValidationError, InferenceError)
 
     wanted = check_variant_names(variants)
     tolerance = tolerances_for(fp32_tolerance() if fp32 is None else fp32, tolerances)
@@ -162,6 +173,7 @@ def build_variants(stage: Path, training: Training, inputs: dict[str, np.ndarray
     scale = training.preprocessing.arrays()["scale"]
     made: list[Variant] = []
     described: dict[str, tuple[Any, str]] = {}
+    skipped: dict[str, dict[str, str]] = {}
     for role in ROLES:
         clean_path = stage / variant_file(role, DEFAULT_VARIANT)
         clean = onnx.load(str(clean_path))
@@ -176,7 +188,12 @@ def build_variants(stage: Path, training: Training, inputs: dict[str, np.ndarray
         for spec in (s for s in SPECS if s.name in wanted):
             job = Job(clean, role, clean_path, stage / variant_file(role, spec.name),
                       lambda path, name=spec.name: parity_of(path, name))
-            built = spec.build(job)
+            try:
+                built = spec.build(job)
+            except not_applicable as exc:
+                skipped.setdefault(role, {})[spec.name] = str(exc).splitlines()[0]
+                (stage / variant_file(role, spec.name)).unlink(missing_ok=True)
+                continue
             if built is None:
                 continue
             protos[spec.name] = built.proto
@@ -211,7 +228,7 @@ def build_variants(stage: Path, training: Training, inputs: dict[str, np.ndarray
     if ort_files:
         files[ORT_CONFIG_FILE] = file_entry(stage / ORT_CONFIG_FILE, ORT_CONFIG_ROLE)
     files[TARGETS_FILE] = file_entry(stage / TARGETS_FILE, REPORT_ROLE)
-    return Optimized(tuple(made), files, targets)
+    return Optimized(tuple(made), files, targets, skipped)
 
 
 @dataclass(frozen=True)
@@ -232,13 +249,28 @@ def _build(stage: Path, training: Training, plains: dict[str, Any], inputs: dict
     """From each role's tf2onnx graph: the clean graph, parity against Keras (raising ParityError,
     prefixed with `failure`, when it fails), the variants, the reports and the golden vectors."""
     import onnx
+    from onnx.shape_inference import InferenceError
 
+    from .foreign import clean_graph_misfit, is_foreign
     from .graphs.clean import clean_graph
+    from .graphs.common import GraphError
 
-    models, paths = {}, {}
+    foreign = is_foreign(training)
+    misfit = clean_graph_misfit(training) if foreign else None
+    models, paths, skipped = {}, {}, {}
     for role, plain in plains.items():
         onnx.save(plain, str(stage / variant_file(role, "plain")))  # tf2onnx's graph, kept for comparison
-        clean = clean_graph(plain, role)
+        try:
+            if misfit:
+                raise GraphError(misfit)
+            clean = clean_graph(plain, role)
+        except (GraphError, onnx.checker.ValidationError, InferenceError) as exc:
+            if not foreign:  # edgeae's own models always have a clean graph
+                raise
+            # A user's model of another layout: tf2onnx's graph is the default file.
+            skipped[role] = {"clean": f"the clean graph does not apply ({str(exc).splitlines()[0]}); the default "
+                                      "file is tf2onnx's graph"}
+            clean = _as_default(plain, plains["encoder"], role, training)
         paths[role] = stage / variant_file(role, DEFAULT_VARIANT)
         onnx.save(clean, str(paths[role]))
         models[role] = model_entry(clean, paths[role].name)
@@ -250,11 +282,31 @@ def _build(stage: Path, training: Training, plains: dict[str, Any], inputs: dict
                             "or --atol (rtol=, atol= in the API)")
     atomic_write_json(stage / PARITY_REPORT_FILE, report.to_dict())
     built = build_variants(stage, training, inputs, providers, fp32, tolerances, references, variants)
+    for role, by_name in built.skipped.items():
+        skipped.setdefault(role, {}).update(by_name)
+    built = replace(built, skipped=skipped)
     files = {path.name: file_entry(path, BY_NAME[DEFAULT_VARIANT].file_role) for path in paths.values()}
     files[PARITY_REPORT_FILE] = file_entry(stage / PARITY_REPORT_FILE, REPORT_ROLE)
     files.update(built.files)
     files.update(write_golden_vectors(stage, inputs, references, built.manifest_section(), training.preprocessing))
     return _Built(files, models, report, built, inputs, references)
+
+
+def _as_default(plain, encoder_plain, role: str, training: Training):
+    """tf2onnx's graph of a user's model as its default file, where the clean graph does not apply;
+    the autoencoder's names the tensor that holds its encoding, so verify proves the encoder equals it."""
+    from onnx import ModelProto
+
+    from .export import mark_encoding
+    from .graphs.common import set_variant
+
+    proto = ModelProto()
+    proto.CopyFrom(plain)
+    set_variant(proto, DEFAULT_VARIANT)
+    if role == "autoencoder":
+        config = training.config
+        mark_encoding(proto, encoder_plain, config.features, config.timesteps, config.units)
+    return proto
 
 
 def _detector_graphs(stage: Path, built: _Built, detector: dict[str, Any], training: Training,
@@ -294,7 +346,8 @@ def _manifest_sections(built: _Built, fp32: Tolerance, providers: list[str], det
 
     section = built.variants.manifest_section()
     out = {
-        "files": built.files, "models": built.models, "variants": section, "targets": TARGETS_FILE,
+        "files": built.files, "models": built.models, "variants": section, "skipped": built.variants.skipped,
+        "targets": TARGETS_FILE,
         "parity": {"passed": built.report.passed, "tolerance_abs": fp32.abs, "tolerance_rel_range": fp32.rel_range,
                    "providers": providers,
                    "summary": built.report.summary(),
@@ -352,6 +405,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     """
     from .detector import calibrate, set_threshold
     from .export import DEFAULT_OPSET, export_model
+    from .foreign import NO_THRESHOLD, is_foreign, parity_bounds
     from .model import save
 
     # onnx's native module is loaded before the staging folder exists: a Ctrl-C landing inside its
@@ -370,14 +424,22 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     provider_list = verification_providers(providers)
     if threshold is not None and threshold_quantile is not None:
         raise UsageError("give a threshold or a quantile to calibrate one at, not both")
-    detector = calibrate(training, config.threshold_quantile if threshold_quantile is None else threshold_quantile)
+    foreign = is_foreign(training)
+    detector = None
+    if not foreign or len(training.validation_windows):  # a user's model is calibrated on the data they give
+        detector = calibrate(training, config.threshold_quantile if threshold_quantile is None else threshold_quantile)
+        if foreign:
+            detector["calibrated_on"] = f"calibration data {training.data['calibration']['source']}"
+    elif threshold is not None or threshold_quantile is not None:
+        raise UsageError("a threshold for a model edgeae did not train needs calibration data: give --calibrate FILE")
     if threshold is not None:
         detector = set_threshold(detector, threshold, threshold_source)
     with staged_folder(Path(out), force) as stage:
         plains = {role: export_model(keras_model, role, pre, config.timesteps, config.features, opset,
-                                     training={k: summary[k] for k in ("parameters", "final_loss", "epochs_run")})
+                                     training={k: summary[k] for k in ("parameters", "final_loss", "epochs_run")},
+                                     own=not foreign)
                   for role, keras_model in (("autoencoder", training.autoencoder), ("encoder", training.encoder))}
-        inputs = parity_inputs(training.train_windows, pre, config.seed)
+        inputs = parity_inputs(training.train_windows, parity_bounds(training), config.seed)
         built = _build(stage, training, plains, inputs, provider_list, fp32, None, variants, "parity failed")
         save(training.autoencoder, stage / KERAS_FILE)
         np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
@@ -394,9 +456,44 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
             "preprocessing": pre.to_dict(),
             "training": {**summary, "history": training.history},
             "versions": _versions(),
+            **({"scores": NO_THRESHOLD} if detector is None else {}),
             **sections,
         })
     return Path(out), built.report
+
+
+def export_keras(model_file: Path, out: Path, encoder_layer: str | None = None, data: Path | None = None,
+                 columns: tuple[str, ...] | None = None, scaling: str = "none",
+                 clip_quantiles: tuple[float, float] = (0.0, 1.0), stride: int | None = None,
+                 calibrate: Path | None = None, threshold_quantile: float | None = None, opset: int | None = None,
+                 atol: float | None = DEFAULT_ATOL, providers: str = "all", force: bool = False,
+                 variants: tuple[str, ...] | None = None, rtol: float | None = DEFAULT_RTOL,
+                 threshold: float | None = None, threshold_source: str = "edgeae export --threshold",
+                 ) -> tuple[Path, ParityReport]:
+    """Export a Keras sequence autoencoder edgeae did not train (a .keras or .h5 file) as a full export.
+
+    The model is checked layer by layer (foreign.inspect) and its encoder found (or taken from
+    `encoder_layer`); `data` (CSV/NPY, read like training data) teaches the preprocessing at
+    `scaling` and `clip_quantiles` and gives the windows parity runs on; `calibrate` gives the
+    windows the threshold is calibrated on. Without `calibrate` there is no threshold and the
+    manifest says scores are in the model's units. Everything else is export()'s.
+    """
+    from .checks import check_quantile
+    from .foreign import training_for
+
+    out = as_path(out, "out")
+    check_export_target(out, None, force)  # before TensorFlow loads
+    fp32_tolerance(atol, rtol)
+    check_variant_names(variants)
+    if threshold_quantile is not None:
+        check_quantile(threshold_quantile)
+    if calibrate is None and (threshold is not None or threshold_quantile is not None):
+        raise UsageError("a threshold for a model edgeae did not train needs calibration data: give --calibrate FILE")
+    training = training_for(as_path(model_file, "model file"), encoder_layer,
+                            None if data is None else as_path(data, "data"), columns, scaling, clip_quantiles, stride,
+                            None if calibrate is None else as_path(calibrate, "calibration data"),
+                            0.99 if threshold_quantile is None else threshold_quantile)
+    return export(training, out, opset, atol, providers, force, None, variants, rtol, threshold, threshold_source)
 
 
 def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Tolerance] | None = None,
@@ -513,7 +610,9 @@ def folder_lines(folder: Path, targets: bool = True) -> list[str]:
              for name in VARIANTS if name in variants]
     if not lines:
         return []
-    head = ["variants (parity against Keras on verify's inputs):", *lines]
+    head = ["variants (parity against Keras on verify's inputs):", *lines, *skipped_lines(manifest.get("skipped") or {})]
+    if manifest.get("scores"):
+        head.append(f"note: {manifest['scores']}")
     if not manifest.get("targets"):
         return head
     if not targets:

@@ -7,10 +7,10 @@ from typing import Any
 import click
 
 from ..artifacts import check_target
-from ..errors import ParityError
+from ..errors import ParityError, UsageError
 from .app import DEFAULT_EXPORT, DEFAULT_TRAINING, main
 from .options import (
-    build_option, config_and_data, json_option, parity_options, progress_printer, training_options,
+    build_option, config_and_data, json_option, parity_options, progress_printer, split_columns, training_options,
 )
 from .render import detector_lines, early_stop_lines, emit
 
@@ -46,8 +46,11 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
     ])
 
 
+OWN_MODEL_DEFAULTS = {"scaling": "none", "clip_quantiles": (0.0, 1.0)}  # export's options for a Keras file, unset
+
+
 @main.command()
-@click.argument("training_dir", type=click.Path(path_type=Path))
+@click.argument("training_dir", metavar="TRAINING_DIR|MODEL.keras", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_EXPORT, show_default=True)
 @click.option("--opset", type=int, default=None, help="ONNX opset [default: 17; 14-18].")
 @parity_options()
@@ -60,28 +63,57 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
                    "the calibrated one is recorded beside it.")
 @click.option("--threshold-source", default="edgeae export --threshold", show_default=True,
               help="Where --threshold came from, recorded in the manifest.")
+@click.option("--encoder-layer", default=None,
+              help="Your own model: the layer whose output is the encoding [default: the input of its RepeatVector].")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Your own model: its training data (CSV/NPY, read as `train --data` reads it), to learn --scaling "
+                   "and to check parity on [default: no scaling, standard normal windows].")
+@click.option("--columns", default=None, help="Your own model: comma-separated columns of --data and --calibrate.")
+@click.option("--scaling", type=click.Choice(["none", "minmax", "standard"]), default="none", show_default=True,
+              help="Your own model: the scaling it expects, learned from --data.")
+@click.option("--clip-quantiles", type=(float, float), default=(0.0, 1.0), show_default=True,
+              help="Your own model: quantiles of --data at which extreme values are clipped.")
+@click.option("--stride", type=click.IntRange(1, 10**9), default=None,
+              help="Your own model: step between windows cut from --data and --calibrate [default: 1].")
+@click.option("--calibrate", type=click.Path(path_type=Path), default=None,
+              help="Your own model: normal data (CSV/NPY) to calibrate the anomaly threshold on [default: no "
+                   "threshold; scores in the model's units].")
 @build_option
 @json_option
 @click.pass_context
 def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None, atol: float, rtol: float,
            provider: str, force: bool, threshold_quantile: float | None, threshold: float | None,
-           threshold_source: str, build: tuple[str, ...], as_json: bool) -> None:
-    """Export a trained model to autoencoder.onnx + encoder.onnx, verify parity, publish to --out.
+           threshold_source: str, build: tuple[str, ...], as_json: bool, **own: Any) -> None:
+    """Export a trained model (a training folder, or your own Keras .keras/.h5 sequence autoencoder) to
+    autoencoder.onnx + encoder.onnx, verify parity, publish to --out.
 
     \b
     Example:
       edgeae export runs/train --out exported --force
       edgeae export runs/train --out exported --threshold 0.012 --threshold-source "best F1, evaluate on labels.csv"
+      edgeae export my_model.keras --data train.csv --scaling standard --calibrate normal.csv --out exported/mine
     """
     from .. import publish
-    from ..training import load_training
+    from ..foreign import is_keras_file
     from ..variants import check_variant_names
 
     publish.check_export_target(out, training_dir, force)  # before TensorFlow loads and the model runs
     built = build or None
     check_variant_names(built)
-    path, report = publish.export(load_training(training_dir), out, opset, atol, provider, force,
-                                  threshold_quantile, built, rtol, threshold, threshold_source)
+    if training_dir.is_file() or is_keras_file(training_dir):
+        path, report = publish.export_keras(
+            training_dir, out, own["encoder_layer"], own["data"], split_columns(own["columns"]), own["scaling"],
+            own["clip_quantiles"], own["stride"], own["calibrate"], threshold_quantile, opset, atol, provider, force,
+            built, rtol, threshold, threshold_source)
+    else:
+        given = [f"--{name.replace('_', '-')}" for name, value in own.items()
+                 if value is not None and value != OWN_MODEL_DEFAULTS.get(name)]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to your own Keras model file, not to a training folder")
+        from ..training import load_training
+
+        path, report = publish.export(load_training(training_dir), out, opset, atol, provider, force,
+                                      threshold_quantile, built, rtol, threshold, threshold_source)
     emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": publish.folder_variants(path)},
          [*report.summary_lines(), *publish.folder_lines(path, targets=False), *detector_lines(path), f"exported to {path}"])
 

@@ -136,12 +136,19 @@ def clean_graph(plain, role: str):
 
 
 def _dense_weights(graph, inits: dict[str, Any]) -> tuple[Any, Any]:
-    """The TimeDistributed Dense's kernel and bias: every per-step MatMul must share them."""
+    """The TimeDistributed Dense's kernel and bias: every per-step MatMul must share them. A bias
+    of zeros (an untrained or bias-free Dense) is folded away by tf2onnx: it comes back as zeros."""
+    from onnx import numpy_helper
+
     matmuls = [n for n in graph.node if n.op_type == "MatMul"]
     kernels = {next((i for i in n.input if i in inits), "") for n in matmuls}
     products = {n.output[0] for n in matmuls}
     adds = [n for n in graph.node if n.op_type == "Add" and any(i in products for i in n.input)]
     biases = {next((i for i in n.input if i in inits), "") for n in adds}
-    if len(kernels) != 1 or len(biases) != 1 or "" in kernels | biases:
+    if len(kernels) != 1 or "" in kernels or (adds and (len(biases) != 1 or "" in biases)):
         raise GraphError("autoencoder: the Dense layer is not one shared constant kernel and bias")
-    return inits[kernels.pop()], inits[biases.pop()]
+    kernel = inits[kernels.pop()]
+    if not adds:
+        width = numpy_helper.to_array(kernel).shape[-1]
+        return kernel, numpy_helper.from_array(np.zeros(width, np.float32), "dense/bias")
+    return kernel, inits[biases.pop()]

@@ -39,10 +39,11 @@ class Built:
     weights: str | None = None
 
 
-def save(job: Job, proto: Any) -> Built | None:
-    """Write a made graph to the job's path; None (no file) where the rewrite does not apply."""
+def save(job: Job, proto: Any, why_not: str) -> Built:
+    """Write a made graph to the job's path; where the rewrite does not apply (`proto` None), say
+    why (NotApplicable, recorded in the manifest) and write nothing."""
     if proto is None:
-        return None
+        raise NotApplicable(why_not)
     import onnx
 
     onnx.save(proto, str(job.path))
@@ -57,6 +58,10 @@ FIXED_PREFIXES = ("preprocess/", "postprocess/")  # its nodes: they stay float32
 
 class GraphError(ExportError):
     """The tf2onnx graph is not the LSTM autoencoder shape clean_graph knows how to rebuild."""
+
+
+class NotApplicable(GraphError):
+    """A rewrite that does not apply to this model: the variant is skipped, the reason recorded."""
 
 
 def initializers_by_name(graph) -> dict[str, Any]:
@@ -87,7 +92,8 @@ def clean_autoencoder(clean, role: str) -> CleanAutoencoder:
     arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     nodes = {n.name: n for n in graph.node}
     if not {"encoder/LSTM", "decoder/LSTM", "batch_major"} <= set(nodes) or "decoder/W" not in arrays:
-        raise GraphError(f"{role}: not a clean graph (run clean_graph first)")
+        raise NotApplicable(f"{role}: not a clean graph: this rewrite needs one LSTM encoder, RepeatVector, one LSTM decoder, "
+                            "TimeDistributed Dense, which this model does not have")
     attrs = {a.name: helper.get_attribute_value(a) for a in nodes["decoder/LSTM"].attribute}
     dims = graph.input[0].type.tensor_type.shape.dim
     return CleanAutoencoder(

@@ -61,4 +61,4 @@ def to_float16(clean):
 
 
 def build(job: Job) -> Built | None:
-    return save(job, to_float16(job.clean))
+    return save(job, to_float16(job.clean), "fp16 does not apply")

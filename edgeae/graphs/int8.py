@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import require
-from .common import Built, Job, initializers_by_name, set_variant
+from .common import Built, Job, NotApplicable, initializers_by_name, set_variant
 
 
 INT8_WEIGHTS = "per-row"  # the int8 variant: one scale per row of each LSTM weight matrix
 
 
 def to_int8(clean):
-    """int8 weights, float compute: each LSTM's W and R stored as int8, one scale per row.
+    """int8 weights, float compute: each LSTM's (or GRU's) W and R stored as int8, one scale per row.
 
     A DequantizeLinear node turns each back into float32 when the session starts, so the
     LSTMs run onnxruntime's float kernels and every CPU gives the numbers verify saw: the
@@ -29,7 +29,10 @@ def to_int8(clean):
     proto.CopyFrom(clean)
     graph = proto.graph
     inits = initializers_by_name(graph)
-    quantized = {name for n in graph.node if n.op_type == "LSTM" for name in n.input[1:3]}
+    quantized = {name for n in graph.node if n.op_type in ("LSTM", "GRU") for name in n.input[1:3] if name in inits}
+    if not quantized:
+        raise NotApplicable("no fused LSTM or GRU weights to store as int8 (tf2onnx wrote the recurrent layers "
+                            "as Loops)")
     dequantize = []
     for name in sorted(quantized):
         weights = numpy_helper.to_array(inits[name]).astype(np.float32)  # (directions, 4·units, inputs)

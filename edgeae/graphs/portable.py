@@ -5,7 +5,7 @@ import numpy as np
 
 from ..errors import require
 from .common import (
-    FIXED_PREFIXES, GATES, MODEL_INPUT, Built, GraphError, Job, clean_autoencoder, decoder_steps, gate_weights,
+    FIXED_PREFIXES, GATES, MODEL_INPUT, Built, Job, NotApplicable, clean_autoencoder, decoder_steps, gate_weights,
     graph_from, lstm_steps, step_activations, save,
 )
 
@@ -29,7 +29,8 @@ def portable_graph(clean, role: str):
     nodes_by_name = {n.name: n for n in graph.node}
     encoder = nodes_by_name.get("encoder/LSTM")
     if encoder is None or "encoder/W" not in arrays:
-        raise GraphError(f"{role}: not a clean graph (run clean_graph first)")
+        raise NotApplicable(f"{role}: not a clean graph: this rewrite needs a single fused LSTM encoder, "
+                            "which this model does not have")
     attrs = {a.name: helper.get_attribute_value(a) for a in encoder.attribute}
     acts = step_activations(attrs)
     if acts is None:
@@ -61,4 +62,5 @@ def portable_graph(clean, role: str):
 
 
 def build(job: Job) -> Built | None:
-    return save(job, portable_graph(job.clean, job.role))
+    return save(job, portable_graph(job.clean, job.role),
+                "LSTM settings a written-out step does not cover (clip, input_forget, other activations)")

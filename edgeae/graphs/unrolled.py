@@ -43,4 +43,5 @@ def unrolled_graph(clean, role: str):
 
 
 def build(job: Job) -> Built | None:
-    return save(job, unrolled_graph(job.clean, job.role))
+    return save(job, unrolled_graph(job.clean, job.role),
+                "made for the autoencoder only, and for LSTM settings a written-out step covers (no clip, input_forget, other activations)")
