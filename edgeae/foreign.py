@@ -92,6 +92,17 @@ def load_keras_file(path: Path):
     return load_keras(path, UsageError)
 
 
+def as_functional(model):
+    """A Sequential model as the functional model of the same layers: tf2onnx cannot name a
+    Sequential model's output (KeyError inside from_keras)."""
+    from .model import import_keras
+
+    if _kind(model) != "Sequential":
+        return model
+    _, keras = import_keras()
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
 def _kind(layer) -> str:
     return type(layer).__name__
 
@@ -242,7 +253,7 @@ def training_for(path: Path, encoder_layer: str | None = None, data: Path | None
     from .model import ACTIVATIONS, TrainConfig, encoder_of, predict
     from .training import Training
 
-    model = load_keras_file(path)
+    model = as_functional(load_keras_file(path))
     family = inspect(model, encoder_layer)
     if data is None and (scaling != "none" or tuple(clip_quantiles) != (0.0, 1.0) or columns):
         raise UsageError("--scaling, --clip-quantiles and --columns learn from training data: give it with --data")

@@ -128,7 +128,19 @@ def test_the_clean_graph_and_batch_graphs_apply_only_to_the_seed_layout(exports)
         assert manifest["variants"]["autoencoder"]["fp32"]["published"]  # tf2onnx's graph is the default file
         assert "fp32-b1" not in manifest["variants"]["autoencoder"]
     gru = json.loads((exports["stacked-gru"][0] / "manifest.json").read_text())
-    assert "int8" in gru["skipped"]["autoencoder"]  # tf2onnx writes Keras 3's GRU as a Loop: no weights to quantize
+    assert {"int8", "fp16"} <= set(gru["skipped"]["autoencoder"])  # tf2onnx writes Keras 3's GRU as a Loop
+
+
+def test_a_sequential_model_saved_as_h5(tmp_path):
+    keras = _keras()
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((T, F)), layers.LSTM(4), layers.RepeatVector(T),
+                              layers.LSTM(4, return_sequences=True), layers.TimeDistributed(layers.Dense(F))])
+    model.save(tmp_path / "seq.h5")
+    folder, report = publish.export_keras(tmp_path / "seq.h5", tmp_path / "out", providers="cpu", variants=("fp32-b1",))
+    assert report and report.encoder_matches_autoencoder.max_abs <= fp32_tolerance().abs
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["variants"]["autoencoder"]["fp32-b1"]["published"]  # the seed's layout: the clean graph applies
 
 
 def test_runtime_scores_without_inventing_a_threshold(exports):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import require
-from .common import FIXED_PREFIXES, Built, Job, initializers_by_name, set_variant, save
+from .common import FIXED_PREFIXES, Built, Job, NotApplicable, initializers_by_name, set_variant, save
 
 
 def to_float16(clean):
@@ -17,6 +17,10 @@ def to_float16(clean):
     onnx = require("onnx", "train")
     from onnx import TensorProto, helper, numpy_helper
 
+    loops = [n.name for n in clean.graph.node if n.op_type in ("Loop", "Scan")]
+    if loops:
+        raise NotApplicable(f"{loops[0]} is a Loop (tf2onnx's writing of a GRU or of recurrent dropout): its body "
+                            "reads the tensors fp16 would halve, as float32")
     proto = onnx.ModelProto()
     proto.CopyFrom(clean)
     graph = proto.graph
