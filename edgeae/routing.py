@@ -22,10 +22,10 @@ from .runtime import DEFAULT_CHUNK
 
 # Each probe decides the batch sizes up to the next one; bench's 1, 64 and 4096 (chunks of 256) are measured as such.
 PROBES = (1, 2, 8, 64, DEFAULT_CHUNK)
-RUNS = 25  # timed calls per graph and probe, in 5 rounds: a few seconds per role on a small model
-# Another graph takes sizes from the base graph only when at least this much faster: a difference
-# inside the noise is not worth one more session to load.
-TIE = 0.99
+RUNS = 50  # timed calls per graph and probe, in 5 rounds: 10-40 s per role from a small model to 64 x 9 x 32
+# Another graph takes sizes from the base graph only when at least this much faster: paired ratios of
+# five rounds on a loaded 2-core machine scatter by a few percent, and noise is not worth one more session.
+TIE = 0.97
 
 
 def candidates(manifest: dict, role: str, base: str) -> dict[str, bool]:
