@@ -255,10 +255,10 @@ def training_for(path: Path, encoder_layer: str | None = None, data: Path | None
 
     model = as_functional(load_keras_file(path))
     family = inspect(model, encoder_layer)
-    if data is None and (scaling != "none" or tuple(clip_quantiles) != (0.0, 1.0) or columns):
-        raise UsageError("--scaling, --clip-quantiles and --columns learn from training data: give it with --data")
-    if calibrate is None and columns and data is None:
-        raise UsageError("--columns chooses columns of --data or --calibrate")
+    if data is None and (scaling != "none" or tuple(clip_quantiles) != (0.0, 1.0)):
+        raise UsageError("--scaling and --clip-quantiles learn from training data: give it with --data")
+    if columns and data is None and calibrate is None:
+        raise UsageError("--columns chooses columns of --data or --calibrate; neither was given")
     t, f = family.timesteps, family.features
     activation = getattr(model.get_layer(family.encoder_layer), "activation", None)
     activation = getattr(activation, "__name__", "tanh")

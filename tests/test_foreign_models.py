@@ -195,7 +195,7 @@ def test_bad_inputs_are_one_line_errors(saved, tmp_path):
     with pytest.raises(ShapeError, match="4 feature column"):
         publish.export_keras(saved["gru"], tmp_path / "out", calibrate=_series(tmp_path / "wide.npy", width=4),
                              providers="cpu")
-    with pytest.raises(UsageError, match="give it with --data"):
+    with pytest.raises(UsageError, match="learn from training data"):
         publish.export_keras(saved["gru"], tmp_path / "out", scaling="standard", providers="cpu")
     with pytest.raises(UsageError, match="needs calibration data"):
         publish.export_keras(saved["gru"], tmp_path / "out", threshold_quantile=0.9, providers="cpu")
