@@ -52,7 +52,7 @@ def test_a_users_series_gets_tanh_and_standard_scaling_the_seed_keeps_relu(tmp_p
     data = _sine_csv(tmp_path)
     assert (trainer.config_for().activation, trainer.config_for().scaling) == ("relu", "none")
     chosen = trainer.config_for(data)
-    assert (chosen.activation, chosen.scaling) == (DATA_ACTIVATION, DATA_SCALING) == ("tanh", "standard")
+    assert (chosen.activation, chosen.scaling) == (DATA_ACTIVATION, DATA_SCALING) == ("tanh", "minmax")
     kept = trainer.config_for(data, activation="relu", scaling="minmax")
     assert (kept.activation, kept.scaling) == ("relu", "minmax")
 
