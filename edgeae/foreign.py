@@ -232,6 +232,60 @@ def identity_preprocessing(features: int) -> Preprocessing:
     return Preprocessing(tuple(-v for v in wide), wide, (0.0,) * features, (1.0,) * features)
 
 
+SCALING_KEYS = {"standard": ("mean", "std"), "minmax": ("min", "max")}
+
+
+def parse_scaling_values(texts: tuple[str, ...] | list[str]) -> dict[str, tuple[float, ...]]:
+    """`--scaling-values mean=1,2 --scaling-values std=3,4` as {"mean": (1, 2), "std": (3, 4)}."""
+    values: dict[str, tuple[float, ...]] = {}
+    for text in texts:
+        key, sep, numbers = str(text).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--scaling-values takes NAME=v1,v2,... (mean, std, min or max), got {text!r}")
+        if key in values:
+            raise UsageError(f"--scaling-values gives {key!r} twice")
+        try:
+            values[key] = tuple(float(v) for v in numbers.split(","))
+        except ValueError:
+            raise UsageError(f"--scaling-values {key}: {numbers!r} is not a comma-separated list of numbers") from None
+    return values
+
+
+def given_preprocessing(features: int, scaling: str, values: dict[str, Any]) -> Preprocessing:
+    """The scaling a user's model was trained with, from the user's own numbers (a scikit-learn
+    StandardScaler's mean and std, or a MinMaxScaler's min and max, per feature). minmax also clips
+    to [min, max], as edgeae's own default does; standard clips nothing."""
+    if scaling not in SCALING_KEYS:
+        raise UsageError(f"scaling values need --scaling standard (mean, std) or minmax (min, max), got {scaling!r}")
+    keys = SCALING_KEYS[scaling]
+    if not isinstance(values, dict) or set(values) != set(keys):
+        got = ", ".join(sorted(map(str, values))) if isinstance(values, dict) else repr(values)
+        raise UsageError(f"--scaling {scaling} takes values for {' and '.join(keys)}, got {got or 'none'}")
+    arrays = {}
+    for key in keys:
+        try:
+            array = np.asarray(values[key], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise UsageError(f"scaling values {key}: not numbers: {values[key]!r}") from None
+        if len(array) != features:
+            raise UsageError(f"scaling values {key}: {len(array)} given, the model has {features} features")
+        if not (np.isfinite(array).all() and (np.abs(array) < FLOAT32_MAX).all()):
+            raise UsageError(f"scaling values {key}: every value must be a finite float32 number, got {values[key]!r}")
+        arrays[key] = array
+    wide = np.full(features, FLOAT32_MAX)
+    if scaling == "standard":
+        if not (arrays["std"] > 0).all():
+            raise UsageError(f"scaling values std: every value must be above 0, got {values['std']!r}")
+        low, high, offset, scale = -wide, wide, arrays["mean"], 1.0 / arrays["std"]
+    else:
+        if not (arrays["max"] > arrays["min"]).all():
+            raise UsageError("scaling values: every max must be above its min")
+        low, high, offset, scale = arrays["min"], arrays["max"], arrays["min"], 1.0 / (arrays["max"] - arrays["min"])
+    return Preprocessing(*(tuple(float(v) for v in np.float32(a)) for a in (low, high, offset, scale)),
+                         scaling=scaling)
+
+
 def bounds_of(windows: np.ndarray) -> Preprocessing:
     """A preprocessing whose clip bounds are the range of `windows`: what parity_inputs draws from."""
     flat = np.asarray(windows, np.float64).reshape(-1, windows.shape[-1])
@@ -244,10 +298,12 @@ def bounds_of(windows: np.ndarray) -> Preprocessing:
 def training_for(path: Path, encoder_layer: str | None = None, data: Path | None = None,
                  columns: tuple[str, ...] | None = None, scaling: str = "none",
                  clip_quantiles: tuple[float, float] = (0.0, 1.0), stride: int | None = None,
-                 calibrate: Path | None = None, threshold_quantile: float = 0.99, seed: int = 0):
+                 calibrate: Path | None = None, threshold_quantile: float = 0.99, seed: int = 0,
+                 scaling_values: dict[str, Any] | None = None):
     """A user's Keras file as a Training export can publish: the model (encoder named), its
-    preprocessing (learned from `data` with the same settings as training, or none), the windows
-    parity runs on (`data`'s, or standard normal ones) and the calibration windows (`calibrate`'s).
+    preprocessing (`scaling_values` given by the user, else learned from `data` with the same
+    settings as training, or none), the windows parity runs on (`data`'s, or standard normal
+    ones) and the calibration windows (`calibrate`'s).
 
     """
     from .model import ACTIVATIONS, TrainConfig, encoder_of, predict
@@ -255,8 +311,13 @@ def training_for(path: Path, encoder_layer: str | None = None, data: Path | None
 
     model = as_functional(load_keras_file(path))
     family = inspect(model, encoder_layer)
-    if data is None and (scaling != "none" or tuple(clip_quantiles) != (0.0, 1.0)):
-        raise UsageError("--scaling and --clip-quantiles learn from training data: give it with --data")
+    if scaling_values is not None:
+        given = given_preprocessing(family.features, scaling, scaling_values)  # before any data is read
+        if tuple(clip_quantiles) != (0.0, 1.0):
+            raise UsageError("--clip-quantiles learns bounds from --data; with --scaling-values the bounds are given")
+    elif data is None and (scaling != "none" or tuple(clip_quantiles) != (0.0, 1.0)):
+        raise UsageError("--scaling and --clip-quantiles learn from training data: give it with --data, or give "
+                         "the values with --scaling-values")
     if columns and data is None and calibrate is None:
         raise UsageError("--columns chooses columns of --data or --calibrate; neither was given")
     t, f = family.timesteps, family.features
@@ -275,6 +336,9 @@ def training_for(path: Path, encoder_layer: str | None = None, data: Path | None
         train = np.random.default_rng(seed).standard_normal((SYNTHETIC_WINDOWS, t, f))
         info = {"source": SYNTHETIC, "description": "standard normal windows: no data was given, so they serve "
                                                      "parity only", "windows": SYNTHETIC_WINDOWS}
+    if scaling_values is not None:
+        pre = given
+        info["scaling"] = "given: " + ", ".join(SCALING_KEYS[scaling])
     validation = train[:0]
     if calibrate is not None:
         validation = window_series(load_series(calibrate, tuple(columns) if columns else None), t, f, stride).train

@@ -469,8 +469,11 @@ def export_keras(model_file: Path, out: Path, encoder_layer: str | None = None, 
                  atol: float | None = DEFAULT_ATOL, providers: str = "all", force: bool = False,
                  variants: tuple[str, ...] | None = None, rtol: float | None = DEFAULT_RTOL,
                  threshold: float | None = None, threshold_source: str = "edgeae export --threshold",
-                 ) -> tuple[Path, ParityReport]:
+                 scaling_values: dict[str, Any] | None = None) -> tuple[Path, ParityReport]:
     """Export a Keras sequence autoencoder edgeae did not train (a .keras or .h5 file) as a full export.
+
+    `scaling_values` gives the scaling the model was trained with instead of learning it:
+    {"mean": [...], "std": [...]} with scaling="standard", {"min": [...], "max": [...]} with "minmax".
 
     The model is checked layer by layer (foreign.inspect) and its encoder found (or taken from
     `encoder_layer`); `data` (CSV/NPY, read like training data) teaches the preprocessing at
@@ -492,7 +495,8 @@ def export_keras(model_file: Path, out: Path, encoder_layer: str | None = None, 
     training = training_for(as_path(model_file, "model file"), encoder_layer,
                             None if data is None else as_path(data, "data"), columns, scaling, clip_quantiles, stride,
                             None if calibrate is None else as_path(calibrate, "calibration data"),
-                            0.99 if threshold_quantile is None else threshold_quantile)
+                            0.99 if threshold_quantile is None else threshold_quantile,
+                            scaling_values=scaling_values)
     return export(training, out, opset, atol, providers, force, None, variants, rtol, threshold, threshold_source)
 
 

@@ -215,3 +215,47 @@ def test_cli_exports_a_keras_file_and_says_there_is_no_threshold(saved, tmp_path
     folder = runner.invoke(main, ["export", str(tmp_path / "out"), "--out", str(tmp_path / "again"),
                                   "--scaling", "standard"])
     assert folder.exit_code == EXIT_USAGE and "own Keras model file" in folder.output
+
+
+def test_scaling_given_as_values_is_inside_the_graph(saved, tmp_path):
+    """A user who scaled with a StandardScaler gives its mean and std: the export's graph applies
+    them (raw values in, raw units out) and parity holds in the model's units."""
+    mean, std = [10.0, -2.0, 300.0], [2.0, 0.5, 40.0]
+    result = CliRunner().invoke(main, ["export", str(saved["single-lstm"]), "--out", str(tmp_path / "out"),
+                                       "--provider", "cpu", "--build", "fp32-b1", "--scaling", "standard",
+                                       "--scaling-values", "mean=" + ",".join(map(str, mean)),
+                                       "--scaling-values", "std=" + ",".join(map(str, std))])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    pre = manifest["preprocessing"]
+    assert pre["scaling"] == "standard" and np.allclose(pre["offset"], mean)
+    assert np.allclose(pre["scale"], 1 / np.asarray(std), rtol=1e-6)
+    assert manifest["training"]["data"]["scaling"] == "given: mean, std"
+    model = runtime.load(tmp_path / "out", "cpu")
+    raw = np.asarray(mean, np.float32) + np.asarray(std, np.float32) * np.random.default_rng(0).standard_normal(
+        (4, T, F)).astype(np.float32)
+    keras_model = _keras().models.load_model(saved["single-lstm"])
+    expected = keras_model.predict((raw - mean) / std, verbose=0) * std + mean
+    np.testing.assert_allclose(model.reconstruct(raw), expected, rtol=1e-4, atol=1e-3)
+    minmax = publish.export_keras(saved["single-lstm"], tmp_path / "mm", scaling="minmax", providers="cpu",
+                                  variants=(), scaling_values={"min": [0, 0, 0], "max": [1, 2, 4]})[0]
+    assert json.loads((minmax / "manifest.json").read_text())["preprocessing"]["clip_high"] == [1.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize("scaling, values, match", [
+    ("standard", {"mean": [0, 0]}, "takes values for mean and std"),
+    ("standard", {"mean": [0, 0], "std": [1, 1]}, "2 given, the model has 3 features"),
+    ("standard", {"mean": [0, 0, 0], "std": [1, 0, 1]}, "std: every value must be above 0"),
+    ("minmax", {"min": [0, 0, 0], "max": [1, 0, 1]}, "every max must be above its min"),
+    ("none", {"mean": [0, 0, 0], "std": [1, 1, 1]}, "need --scaling standard"),
+    ("standard", {"mean": [0, "x", 0], "std": [1, 1, 1]}, "not numbers"),
+    ("standard", {"mean": [0, float("nan"), 0], "std": [1, 1, 1]}, "finite"),
+])
+def test_scaling_values_that_cannot_be_used_are_refused(saved, tmp_path, scaling, values, match):
+    with pytest.raises(UsageError, match=match):
+        publish.export_keras(saved["single-lstm"], tmp_path / "out", scaling=scaling, scaling_values=values,
+                             providers="cpu")
+    assert not (tmp_path / "out").exists()
+    bad = CliRunner().invoke(main, ["export", str(saved["single-lstm"]), "--out", str(tmp_path / "o"),
+                                    "--scaling", "standard", "--scaling-values", "mean"])
+    assert bad.exit_code == EXIT_USAGE and "NAME=v1,v2" in bad.stderr

@@ -46,7 +46,7 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
     ])
 
 
-OWN_MODEL_DEFAULTS = {"scaling": "none", "clip_quantiles": (0.0, 1.0)}  # export's options for a Keras file, unset
+OWN_MODEL_DEFAULTS = {"scaling": "none", "clip_quantiles": (0.0, 1.0), "scaling_values": ()}  # export's options for a Keras file, unset
 
 
 @main.command()
@@ -71,6 +71,9 @@ OWN_MODEL_DEFAULTS = {"scaling": "none", "clip_quantiles": (0.0, 1.0)}  # export
 @click.option("--columns", default=None, help="Your own model: comma-separated columns of --data and --calibrate.")
 @click.option("--scaling", type=click.Choice(["none", "minmax", "standard"]), default="none", show_default=True,
               help="Your own model: the scaling it expects, learned from --data.")
+@click.option("--scaling-values", multiple=True, metavar="NAME=V1,V2,...",
+              help="Your own model: the scaling it was trained with, per feature, instead of learning it: "
+                   "mean=...  std=... with --scaling standard, min=...  max=... with minmax (repeat the option).")
 @click.option("--clip-quantiles", type=(float, float), default=(0.0, 1.0), show_default=True,
               help="Your own model: quantiles of --data at which extreme values are clipped.")
 @click.option("--stride", type=click.IntRange(1, 10**9), default=None,
@@ -92,9 +95,10 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
       edgeae export runs/train --out exported --force
       edgeae export runs/train --out exported --threshold 0.012 --threshold-source "best F1, evaluate on labels.csv"
       edgeae export my_model.keras --data train.csv --scaling standard --calibrate normal.csv --out exported/mine
+      edgeae export my_model.keras --scaling standard --scaling-values mean=20.5,3.1 --scaling-values std=4.2,0.8
     """
     from .. import publish
-    from ..foreign import is_keras_file
+    from ..foreign import is_keras_file, parse_scaling_values
     from ..variants import check_variant_names
 
     publish.check_export_target(out, training_dir, force)  # before TensorFlow loads and the model runs
@@ -104,7 +108,8 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
         path, report = publish.export_keras(
             training_dir, out, own["encoder_layer"], own["data"], split_columns(own["columns"]), own["scaling"],
             own["clip_quantiles"], own["stride"], own["calibrate"], threshold_quantile, opset, atol, provider, force,
-            built, rtol, threshold, threshold_source)
+            built, rtol, threshold, threshold_source,
+            parse_scaling_values(own["scaling_values"]) if own["scaling_values"] else None)
     else:
         given = [f"--{name.replace('_', '-')}" for name, value in own.items()
                  if value is not None and value != OWN_MODEL_DEFAULTS.get(name)]
