@@ -383,8 +383,10 @@ def read_manifest(folder: Path) -> dict:
         raise UsageError(f"folder not found: {folder}")
     path = _safe_member(folder, MANIFEST_FILE)
     if not path.exists():  # a folder edgeae never wrote (or the wrong one given): the user's mistake
-        raise UsageError(f"{folder} is not an edgeae folder: it has no {MANIFEST_FILE} (give a training run or an "
-                         "export: edgeae train / edgeae export make them)")
+        models = sorted(p.name for p in folder.iterdir() if p.suffix in (".keras", ".h5") and p.is_file())
+        hint = (f"; to export your own model, give the file: edgeae export {folder / models[0]}" if models else
+                " (give a training run or an export: edgeae train / edgeae export make them)")
+        raise UsageError(f"{folder} is not an edgeae folder: it has no {MANIFEST_FILE}{hint}")
     manifest = read_json(path, "manifest")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise IntegrityError(f"{path} is not an edgeae manifest")
@@ -563,6 +565,8 @@ _MANIFEST = _record({
                                            required=("source", "calibrated_threshold"))},
                         required=("threshold",)),
     "variants": _map_of(_map_of(_VARIANT)),
+    "skipped": _map_of(_map_of(_text)),  # role -> variant -> why it does not apply (a model edgeae did not train)
+    "scores": _text,  # why scores carry no threshold (a model given without calibration data)
     "parity": _record({"passed": _flag, "tolerance_abs": _nullable(_real(0, above=True)),
                        "tolerance_rel_range": _nullable(_real(0, above=True))}),
     "versions": _map_of(_nullable(_text)),

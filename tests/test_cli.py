@@ -212,3 +212,13 @@ def test_a_reader_that_closes_stdout_ends_the_command_quietly(tiny_export):
         os.close(write)
     assert proc.returncode == EXIT_CLOSED_PIPE, proc.stderr
     assert "error" not in proc.stderr.lower() and "Traceback" not in proc.stderr
+
+
+def test_a_folder_holding_only_a_keras_model_points_at_the_file(tmp_path):
+    """A user who saved model.keras into a folder and gave the folder: told to give the file."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "model.keras").write_bytes(b"PK")
+    result = run("verify", folder)
+    one_line_error(result, EXIT_USAGE)
+    assert f"to export your own model, give the file: edgeae export {folder / 'model.keras'}" in result.stderr

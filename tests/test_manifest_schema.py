@@ -138,6 +138,8 @@ WRONG_FIELDS = {
                                                                           {"source": "F1", "calibrated_threshold": "x"}),
     "detector.chosen.source is missing": _set("detector", "chosen", {"calibrated_threshold": 0.1}),
     "parity.tolerance_rel_range must be a finite number > 0": _set("parity", "tolerance_rel_range", 0),
+    "skipped.autoencoder.fp16 must be a non-empty string, got 3": _set("skipped", {"autoencoder": {"fp16": 3}}),
+    "scores must be a non-empty string": _set("scores", ["no threshold"]),
 }
 
 
