@@ -42,6 +42,7 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
     Example:
       edgeae bench exported --keras --runs 300
       edgeae bench exported --batch 1024 --threads 1 --no-cold-start --json
+      edgeae bench my-export --rewrite-routing --training   # on the device: measure, reseal, time
     """
     from ..artifacts import atomic_write_json
     from ..bench import run_bench
