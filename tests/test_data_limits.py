@@ -120,7 +120,8 @@ def test_weights_that_diverge_in_the_last_update_are_caught():
 
 def test_cli_divergence_exits_3_and_saves_nothing(tmp_path):
     path = _csv(tmp_path / "d.csv", ["a", "b"], [[np.sin(i / 5), np.cos(i / 3)] for i in range(80)])
-    code, lines = _train_cli(tmp_path, path, "--units", "8", "--epochs", "5", "--learning-rate", "9")
+    code, lines = _train_cli(tmp_path, path, "--units", "8", "--epochs", "5", "--learning-rate", "9",
+                             "--activation", "relu", "--scaling", "none")  # unbounded units, as the API test's
     assert code == EXIT_DATA and len(lines) == 1 and "training diverged (loss became nan" in lines[0], lines
 
 

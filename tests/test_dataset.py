@@ -66,7 +66,10 @@ def test_cli_evaluate_on_the_dataset_file(small_demo):
                                        "--labels", d.label_column, "--provider", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["windows"] == 7501 - 32 + 1  # the whole file, training rows included
+    assert report["windows"] == (7501 - 32) // SMALL["stride"] + 1  # the whole file at the model's stride
+    every = CliRunner().invoke(main, ["evaluate", str(small_demo.export), str(d.test_file), "--columns", "value",
+                                      "--labels", d.label_column, "--provider", "cpu", "--stride", "1", "--json"])
+    assert json.loads(every.stdout)["windows"] == 7501 - 32 + 1
     assert report["roc_auc"] > 0.9
 
 

@@ -77,7 +77,7 @@ def test_bench_rewrite_routing_option_prints_the_routes_and_refuses_a_wrong_fold
     result = CliRunner().invoke(main, ["bench", str(export_copy), "--rewrite-routing", "--role", "encoder", "--runs", "3",
                                        "--batch", "4", "--no-cold-start", "--json"])
     assert result.exit_code == 0, result.output
-    assert "autoencoder routing: batch 1 " in result.stderr and "encoder routing: " in result.stderr
+    assert "autoencoder routing: batch" in result.stderr and "encoder routing: batch" in result.stderr  # sizes as measured
     assert json.loads(result.stdout)["results"]
     edge = runtime.load(export_copy, "cpu")
     for role, by_name in read_manifest(export_copy)["variants"].items():

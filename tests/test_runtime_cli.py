@@ -158,7 +158,8 @@ def test_training_folder_and_foreign_files_are_usage_errors(tiny_training, tiny_
         runtime.load(tmp_path / "run", "cpu")
     path, _ = series_csv
     assert "expected an export folder" in one_line(run("inspect", path), EXIT_USAGE)
-    assert "is a file" in one_line(run("export", path, "--out", tmp_path / "x"), EXIT_USAGE)
+    assert "expected a Keras model file (.keras, .h5, .hdf5) or an edgeae training folder" in one_line(
+        run("export", path, "--out", tmp_path / "x"), EXIT_USAGE)
     semi = tmp_path / "semi.csv"
     semi.write_text("a;b;c\n1;2;3\n")
     assert "';' or tabs" in one_line(run("score", tiny_export, semi), EXIT_DATA)
