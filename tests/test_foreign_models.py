@@ -259,3 +259,31 @@ def test_scaling_values_that_cannot_be_used_are_refused(saved, tmp_path, scaling
     bad = CliRunner().invoke(main, ["export", str(saved["single-lstm"]), "--out", str(tmp_path / "o"),
                                     "--scaling", "standard", "--scaling-values", "mean"])
     assert bad.exit_code == EXIT_USAGE and "NAME=v1,v2" in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["stacked-gru", "bidirectional"])
+def test_every_later_command_works_on_a_models_export(exports, kind, tmp_path):
+    """verify, optimize, inspect, bench, encode/reconstruct/score and report on an export of a model
+    edgeae did not train (a copy: optimize and report write into it)."""
+    import shutil
+
+    folder = tmp_path / kind
+    shutil.copytree(exports[kind][0], folder)
+    data = _series(tmp_path / "d.npy", rows=30)
+    runner = CliRunner()
+    commands = [
+        ["verify", folder, "--provider", "cpu"],
+        ["optimize", folder, "--provider", "cpu", "--build", "ort"],
+        ["inspect", folder, "--provider", "cpu", "--json"],
+        ["bench", folder, "--runs", "3", "--warmup", "0", "--batch", "4", "--no-cold-start"],
+        ["encode", folder, data, "--provider", "cpu", "-o", tmp_path / "e.npy"],
+        ["reconstruct", folder, data, "--provider", "cpu", "-o", tmp_path / "r.npy"],
+        ["score", folder, data, "--provider", "cpu", "--json"],
+        ["report", folder, "--data", data, "--out", tmp_path / "plots"],
+    ]
+    for args in commands:
+        result = runner.invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, (args[0], result.output)
+    scores = json.loads(runner.invoke(main, ["score", str(folder), str(data), "--json"]).stdout)
+    assert len(scores["score"]) == 30 - T + 1 and scores.get("anomaly") is None  # no threshold was invented
+    assert np.load(tmp_path / "e.npy").shape[0] == 30 - T + 1
