@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from onnx import helper
 
 from edgeae import c_bench
+from edgeae.artifacts import read_export_manifest
 from edgeae.cli import main
 from edgeae.errors import IntegrityError, MissingDependencyError, UsageError
 from edgeae.graphs.c_code import GOLDEN_FILE, HEADER_FILE, SOURCE_FILE, UnsupportedModelError, generate_c, \
@@ -44,8 +45,11 @@ def test_header_and_source_are_bare_c(seed_c):
     header = (seed_c["fp32"] / HEADER_FILE).read_text()
     source = (seed_c["fp32"] / SOURCE_FILE).read_text()
     assert "#define EDGEAE_TIMESTEPS 10" in header and "#define EDGEAE_FEATURES 5" in header
-    assert "#define EDGEAE_THRESHOLD 1.6724941300344102e-05" in header  # the export's fp32 threshold, exactly
-    assert "1.8192102569886654e-05" in (seed_c["int8"] / HEADER_FILE).read_text()  # int8's own
+    detector = read_export_manifest(EXPORTED)["detector"]
+    assert f"#define EDGEAE_THRESHOLD {detector['threshold']!r}" in header  # the export's fp32 threshold, exactly
+    int8 = (seed_c["int8"] / HEADER_FILE).read_text()
+    assert f"#define EDGEAE_THRESHOLD {detector['variants']['int8']['threshold']!r}" in int8  # int8's own
+    assert detector["variants"]["int8"]["threshold"] != detector["threshold"]
     assert "5220 bytes" in header and "NaN" in header
     includes = {line for text in (header, source) for line in text.splitlines() if line.startswith("#include")}
     assert includes == {"#include <stdint.h>", "#include <math.h>", '#include "edgeae_model.h"'}
@@ -89,7 +93,6 @@ def test_c_from_keras_is_the_c_from_onnx(seed_c, tmp_path):
 @needs_gcc
 def test_int8_c_is_the_exports_int8_variant(seed_c, tmp_path):
     """The int8 C uses the int8 graph's own codes and scales: it gives that graph's outputs."""
-    from edgeae.artifacts import read_export_manifest
     from edgeae.golden import read_golden
 
     golden = read_golden(EXPORTED, read_export_manifest(EXPORTED))
