@@ -89,6 +89,24 @@ def _all_finite(array: np.ndarray) -> bool:
     return math.isfinite(np.vdot(array, array)) or bool(np.isfinite(array).all())
 
 
+def real_array(x: Any, expected: str) -> np.ndarray:
+    """`x` as a numpy array of real numbers (any shape), or the one-line error that says why not:
+    text, a dict, None, masked values, ragged or non-numeric input, booleans or complex numbers."""
+    if isinstance(x, (str, bytes, dict, set)) or x is None:
+        raise DataError(f"expected {expected}, got {type(x).__name__}")
+    if np.ma.isMaskedArray(x) and np.ma.getmaskarray(x).any():
+        raise DataError("input has masked (missing) values")
+    try:
+        array = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(f"expected {expected}; could not read one: {exc}") from None
+    if array.dtype == object:
+        raise ShapeError(f"expected {expected}; could not read one: ragged or non-numeric input")
+    if array.dtype.kind not in "iuf":
+        raise DataError(f"expected real numbers, got dtype {array.dtype}")
+    return array
+
+
 def as_windows(x: Any, timesteps: int, features: int) -> tuple[np.ndarray, bool]:
     """Check raw input and return (float32 C-contiguous (n, timesteps, features), was_single).
 
@@ -102,18 +120,7 @@ def as_windows(x: Any, timesteps: int, features: int) -> tuple[np.ndarray, bool]
         if _all_finite(windows):
             return windows, x.ndim == 2
     expected = f"(batch, {timesteps}, {features}) or ({timesteps}, {features})"
-    if isinstance(x, (str, bytes, dict, set)) or x is None:
-        raise DataError(f"expected a numeric array {expected}, got {type(x).__name__}")
-    if np.ma.isMaskedArray(x) and np.ma.getmaskarray(x).any():
-        raise DataError("input has masked (missing) values")
-    try:
-        array = np.asarray(x)
-    except (ValueError, TypeError) as exc:
-        raise ShapeError(f"expected a numeric array {expected}; could not read input as one: {exc}") from None
-    if array.dtype == object:
-        raise ShapeError(f"expected a numeric array {expected}; got ragged or non-numeric input")
-    if array.dtype.kind not in "iuf":
-        raise DataError(f"expected real numbers, got dtype {array.dtype}")
+    array = real_array(x, f"a numeric array {expected}")
     if array.ndim not in (2, 3):
         raise ShapeError(f"expected {expected}, got {tuple(array.shape)}")
     single = array.ndim == 2

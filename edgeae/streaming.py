@@ -22,7 +22,7 @@ import numpy as np
 
 from .checks import check_threshold, is_whole
 from .errors import DataError, ShapeError, UsageError
-from .runtime import Drift, EdgeModel
+from .runtime import Drift, EdgeModel, real_array
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,7 @@ class WindowScore:
 
 def _rows(x: Any, features: int) -> np.ndarray:
     """One row (features,) or a chunk (rows, features) as checked float32 (rows, features)."""
-    if isinstance(x, (str, bytes, dict, set)) or x is None:
-        raise DataError(f"expected a row of {features} numbers or a (rows, {features}) array, got {type(x).__name__}")
-    if np.ma.isMaskedArray(x) and np.ma.getmaskarray(x).any():
-        raise DataError("rows have masked (missing) values")
-    try:
-        array = np.asarray(x)
-    except (TypeError, ValueError):
-        raise ShapeError(f"expected a row of {features} numbers or a (rows, {features}) array; could not read one") from None
-    if array.dtype.kind not in "iuf":
-        raise DataError(f"expected real numbers, got dtype {array.dtype}")
+    array = real_array(x, f"a row of {features} numbers or a (rows, {features}) array")
     rows = array[None] if array.ndim == 1 else array
     if rows.ndim != 2 or rows.shape[1] != features:
         raise ShapeError(f"expected ({features},) or (rows, {features}), got {tuple(array.shape)}")
