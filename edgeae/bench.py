@@ -220,7 +220,7 @@ def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Route
     return sorted(paths, key=lambda t: (t[1], t[2].name not in baselines, t[0]))
 
 
-def _onnx_model(path: Path, routes: Routes, threads: int | None, manifest: dict) -> Any:
+def onnx_model(path: Path, routes: Routes, threads: int | None, manifest: dict) -> Any:
     """An edgeae file as an application loads it from its export folder: the runtime's model,
     with its batch routes and what the manifest proves about its values."""
     from .runtime import OnnxModel, manifest_sizes, proven_finite, variant_of_file
@@ -247,7 +247,7 @@ def _onnx_runner(path: Path, routes: Routes, threads: int | None, baseline: bool
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})
-    return _onnx_model(path, routes, threads, manifest).run_windows
+    return onnx_model(path, routes, threads, manifest).run_windows
 
 
 def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Callable[[np.ndarray], Any]]:
@@ -282,8 +282,8 @@ import numpy as np
 if kind == "onnx":
     from pathlib import Path
     from edgeae.artifacts import read_manifest
-    from edgeae.bench import _onnx_model
-    m = _onnx_model(Path(target), [(a, b, Path(f)) for a, b, f in routes], None, read_manifest(Path(folder)))
+    from edgeae.bench import onnx_model
+    m = onnx_model(Path(target), [(a, b, Path(f)) for a, b, f in routes], None, read_manifest(Path(folder)))
     x = np.zeros((batch, m.timesteps, m.features), np.float32)
     m.run_windows(x)
 else:
@@ -323,7 +323,7 @@ SETTLE_S = 0.05  # after a block: longer than onnxruntime's and TensorFlow's poo
 WARM_S = 0.01  # untimed calls before a block: a core idle for the pause needs milliseconds to reach full speed
 
 
-def _time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int) -> dict[str, list[np.ndarray]]:
+def time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int) -> dict[str, list[np.ndarray]]:
     """Interleaved in blocks: each round gives every path, in a fresh random order, WARM_S of
     untimed calls (at least one), up to BLOCK timed ones, and then a pause.
 
@@ -437,7 +437,7 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         shape = (window["timesteps"], window["features"])
         rng = np.random.default_rng(0)
         say(f"{role}: batch 1, {runs} timed runs per path, interleaved over {len(runners)} paths")
-        latency = _time_rounds(runners, rng.uniform(0, 1, (1, *shape)).astype(np.float32), runs, warmup)
+        latency = time_rounds(runners, rng.uniform(0, 1, (1, *shape)).astype(np.float32), runs, warmup)
         for name, rounds in latency.items():
             s = np.concatenate(rounds)
             entries[name].latency_us_median = float(np.median(s) * 1e6)
@@ -446,7 +446,7 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         for batch in batches:
             big_runs = max(5, min(runs, int(runs * 64 / batch) + 5))
             say(f"{role}: batch {batch}, {big_runs} timed runs per path, interleaved")
-            timed[batch] = _time_rounds(runners, rng.uniform(0, 1, (batch, *shape)).astype(np.float32), big_runs,
+            timed[batch] = time_rounds(runners, rng.uniform(0, 1, (batch, *shape)).astype(np.float32), big_runs,
                                         min(warmup, 2))
             for name, rounds in timed[batch].items():
                 seq_s = batch / float(np.median(np.concatenate(rounds)))

@@ -33,7 +33,9 @@ from .layout import (
     BUILT_FILES, DATA_ROLE, DETECTOR_PRECISIONS, DETECTOR_ROLE, KERAS_FILE, KERAS_ROLE, ORT_CONFIG_FILE, ORT_CONFIG_ROLE,
     PARITY_INPUTS_FILE, PARITY_REPORT_FILE, REPORT_ROLE, ROLES, TARGETS_FILE, detector_file,
 )
-from .parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, Tolerance, fp32_tolerance, recorded_tolerance
+from .parity import (
+    DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, Tolerance, check_tolerance, fp32_tolerance, recorded_tolerance,
+)
 from .targets import describe_graph, target_lines, target_report
 from .training import Training, check_config, check_data_args, check_learned, load_training, save_training, train
 from .variants import (
@@ -522,7 +524,7 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
     check_variant_names(variants)
     for bound in (atol, rtol):
         if bound is not None:
-            fp32_tolerance(bound, None)  # a bad bound is refused before any staging
+            check_tolerance(bound)  # a bad bound is refused before any staging
     read_manifest(folder)  # a missing or foreign folder is refused before any staging
     with staged_folder(folder, force=True) as stage:
         manifest = read_export_manifest(folder)

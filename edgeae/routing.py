@@ -5,7 +5,7 @@ was measured on the seed model, and on a 64 x 9 x 32 tanh model the fp32 path it
 0.76-0.81x the plain tf2onnx export's throughput (issue 20). So at a few probe batch sizes every
 equivalent fp32 graph of a role (the clean one, tf2onnx's own, and the one-window, unrolled and
 portable ones where published) runs as the runtime runs it, interleaved and paired as `bench` times
-(bench._time_rounds), and the fastest, in its slowest round, takes the batch sizes from its probe to
+(bench.time_rounds), and the fastest, in its slowest round, takes the batch sizes from its probe to
 the next. The runtime runs larger batches in chunks of DEFAULT_CHUNK windows, so the last probe is
 that chunk and decides every size above it. Measuring needs only the runtime install, so it can run on the device itself.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .bench import _onnx_model, _time_rounds, cpu_description, load_average
+from .bench import onnx_model, time_rounds, cpu_description, load_average
 from .runtime import DEFAULT_CHUNK
 
 # Each probe decides the batch sizes up to the next one; bench's 1, 64 and 4096 (chunks of 256) are measured as such.
@@ -45,14 +45,14 @@ def measure(folder: Path, manifest: dict, role: str, graphs: dict[str, bool], ba
     1.05x and 1.37x the plain export's time in two measurements a minute apart where the clean graph
     held 0.87-0.89x, so a graph takes sizes from the base one only if it is faster in every round.
     """
-    models = {file: _onnx_model(Path(folder) / file, [], None, manifest) for file in graphs}
+    models = {file: onnx_model(Path(folder) / file, [], None, manifest) for file in graphs}
     base = models[base_file]
     rng = np.random.default_rng(0)
     ratios: dict[str, dict[str, float]] = {file: {} for file in graphs}
     for batch in probes:
         runners = {file: model.run_windows for file, model in models.items() if batch == 1 or not graphs[file]}
         x = rng.uniform(0, 1, (batch, base.timesteps, base.features)).astype(np.float32)
-        samples = _time_rounds(runners, x, runs, warmup=2)
+        samples = time_rounds(runners, x, runs, warmup=2)
         for file in runners:
             ratios[file][str(batch)] = max(float(np.median(mine) / np.median(base_times))
                                            for mine, base_times in zip(samples[file], samples[base_file]))

@@ -102,10 +102,11 @@ def check_learned(training: Training, kept: Path | None = None) -> None:
         return
     config = training.config
     causes = []
+    largest = float(np.abs(training.train_windows).max())
     if config.activation == "relu":
         causes.append("relu LSTM units that stopped responding (try --activation tanh)")
-    if config.scaling == "none" and float(np.abs(training.train_windows).max()) > 10:
-        causes.append(f"unscaled values up to {float(np.abs(training.train_windows).max()):.3g} (try --scaling minmax)")
+    if config.scaling == "none" and largest > 10:
+        causes.append(f"unscaled values up to {largest:.3g} (try --scaling minmax)")
     causes.append(f"too few epochs ({training.epochs_run} ran) or too small a learning rate "
                   f"({config.learning_rate:g}) for this data")
     raise LearningError(f"the model learned nothing: its best loss is {ratio:.2f} of the loss of predicting each "

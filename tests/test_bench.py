@@ -52,7 +52,7 @@ def test_each_block_is_warm_interleaved_and_paired_by_round(monkeypatch):
     monkeypatch.setattr(bench.time, "sleep", lambda seconds: calls.append(("pause", seconds)))
     runners = {name: (lambda x, name=name: calls.append((name, bench.time.perf_counter())))
                for name in ("a", "b", "c")}
-    samples = bench._time_rounds(runners, None, runs=20, warmup=2)
+    samples = bench.time_rounds(runners, None, runs=20, warmup=2)
     rounds, block = 5, 4  # at least five rounds
     assert {name: [len(r) for r in arrays] for name, arrays in samples.items()} == {name: [block] * rounds for name in runners}
     blocks: list[list[tuple[str, float]]] = [[]]
@@ -114,12 +114,12 @@ def test_bench_cli_json(tiny_export, tmp_path):
 def test_batch_one_throughput_never_replaces_the_latency_rounds(tiny_export, monkeypatch):
     """--batch 1 times batch 1 twice: the latency figures and ratio come from the latency rounds."""
     calls = []
-    real = bench._time_rounds
+    real = bench.time_rounds
     def recording(runners, x, runs, warmup):
         rounds = real(runners, x, runs, warmup)
         calls.append(rounds)
         return rounds
-    monkeypatch.setattr(bench, "_time_rounds", recording)
+    monkeypatch.setattr(bench, "time_rounds", recording)
     report = run_bench(tiny_export, runs=3, warmup=0, batches=(1, 2, 1), cold=False, roles=("encoder", "encoder"))
     assert report.batches == (1, 2) and len({r.name for r in report.results}) == len(report.results)
     latency = calls[0]  # the first rounds of the role are its latency rounds
@@ -143,7 +143,7 @@ def test_a_baseline_that_cannot_be_opened_stops_the_bench_before_timing(export_c
     manifest = read_manifest(export_copy)
     manifest["files"]["encoder.plain.onnx"] = file_entry(export_copy / "encoder.plain.onnx", "onnx-plain")
     write_manifest(export_copy, manifest)
-    monkeypatch.setattr(bench, "_time_rounds", lambda *a: pytest.fail("timed without a baseline"))
+    monkeypatch.setattr(bench, "time_rounds", lambda *a: pytest.fail("timed without a baseline"))
     with pytest.raises(IntegrityError, match="encoder.plain.onnx: the baseline cannot be run here"):
         run_bench(export_copy, runs=3, warmup=0, batches=(2,), cold=False, roles=("encoder",))
 
