@@ -563,7 +563,8 @@ class ScoreResult:
 
 
 def error_parts(x: np.ndarray, reconstruction: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Each feature's part of each window's score: (n, features), each row summing to the score.
+    """Each feature's part of each window's score: (n, features), each row summing to the score
+    (within float64 rounding: the score itself is summed in the detector graph's order).
 
     The squared errors (features weighed by the model's scaling) summed over the window's steps
     and divided by the window's value count: the score, a mean over steps and features, is then
@@ -575,8 +576,19 @@ def error_parts(x: np.ndarray, reconstruction: np.ndarray, scale: np.ndarray) ->
 
 
 def reconstruction_error(x: np.ndarray, reconstruction: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Mean squared error per window, features weighed by the model's scaling: the sum of `error_parts`."""
-    return error_parts(x, reconstruction, scale).sum(axis=1)
+    """Mean squared error per window, features weighed by the model's scaling: the sum of `error_parts`.
+
+    One mean over steps and features, as the detector graph's ReduceMean takes it: summed per
+    feature first (einsum's vector kernels differ between AVX2 and AVX-512), a score could miss
+    the graph's by a float64 step and a window exactly at the threshold be flagged by one only.
+    """
+    diff = (np.asarray(x, np.float64) - np.asarray(reconstruction, np.float64)) * np.asarray(scale, np.float64)
+    return np.mean(diff * diff, axis=(1, 2))
+
+
+def _scored_chunk(x: np.ndarray, reconstruction: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """reconstruction_error and error_parts of one chunk, from one reconstruction."""
+    return reconstruction_error(x, reconstruction, scale), error_parts(x, reconstruction, scale)
 
 
 class EdgeModel:
@@ -684,11 +696,10 @@ class EdgeModel:
         limit = self.threshold if threshold is None else check_threshold(threshold)
         windows, single = as_windows(x, self.timesteps, self.features)
         chunk = check_chunk(chunk)
-        parts = np.concatenate([  # chunk by chunk: no full-size reconstruction is ever held
-            error_parts(part, model.run_windows(part, chunk), self.scale)
-            for part in (windows[i:i + chunk] for i in range(0, len(windows), chunk))
-        ]) if len(windows) else np.empty((0, self.features))
-        scores = parts.sum(axis=1)
+        scored = [_scored_chunk(part, model.run_windows(part, chunk), self.scale)  # no full-size reconstruction held
+                  for part in (windows[i:i + chunk] for i in range(0, len(windows), chunk))]
+        scores = np.concatenate([s for s, _ in scored]) if scored else np.empty(0)
+        parts = np.concatenate([p for _, p in scored]) if scored else np.empty((0, self.features))
         flags = scores > limit if limit is not None else None
         drift = self.drift(windows)
         if single:  # one window in, one (0-d) score out, as encode/reconstruct do
