@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import ExportExistsError, IntegrityError, LockedError, UsageError
-from .layout import MANIFEST_FILE, ROLES
+from .layout import MANIFEST_FILE, MAX_CHUNK, ROLES
 
 MANIFEST_FORMAT = "edgeae-manifest"
 MANIFEST_VERSION = 1
@@ -452,10 +452,10 @@ def _sha256(path: str, value: Any) -> None:
         _refuse(path, "64 lowercase hex digits", value)
 
 
-def _whole(minimum: int) -> Check:
+def _whole(minimum: int, maximum: int | None = None) -> Check:
     def check(path: str, value: Any) -> None:
-        if type(value) is not int or value < minimum:  # JSON true is no count
-            _refuse(path, f"a whole number ≥ {minimum}", value)
+        if type(value) is not int or value < minimum or (maximum is not None and value > maximum):  # true is no count
+            _refuse(path, f"a whole number ≥ {minimum}" + (f" and ≤ {maximum}" if maximum is not None else ""), value)
     return check
 
 
@@ -532,7 +532,7 @@ _VECTOR = _list_of(_FINITE)
 _PREPROCESSING = _record({"clip_low": _VECTOR, "clip_high": _VECTOR, "offset": _VECTOR,
                           "scale": _list_of(_real(0, above=True)), "clip_quantiles": _list_of(_real(0, 1)),
                           "scaling": _text}, required=("clip_low", "clip_high", "offset", "scale"))
-_VARIANT = _record({"file": _text, "published": _flag, "precision": _text,
+_VARIANT = _record({"file": _text, "published": _flag, "precision": _text, "chunk": _whole(1, MAX_CHUNK),
                     "by_batch": _list_of(_record({"batches": _batches, "file": _text}, required=("batches", "file")))},
                    required=("file", "published"))
 _THRESHOLD = _real(0)

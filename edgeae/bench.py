@@ -23,6 +23,7 @@ from .artifacts import as_path, read_manifest, verify_file, verify_files
 from .checks import is_whole
 from .errors import IntegrityError, UsageError
 from .layout import KERAS_FILE, ROLES
+from .variants import serving_files
 
 DEFAULT_BATCHES = (64, 4096)
 # One batch is allocated whole (and fed whole to the baseline session): past this it
@@ -208,8 +209,10 @@ def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Route
         for name, entry in by_name.items():
             if isinstance(entry, dict) and entry.get("by_batch"):
                 routes[entry["file"]] = [(a, b, folder / f) for a, b, f in batch_routes(manifest, role, name)]
+    # A one-window or unrolled graph exists only to serve its sizes; the yardstick and the portable graph
+    # (a variant in its own right, for other runtimes) are timed alone too.
     baselines = {((by_name.get("plain") or {}).get("file")) for by_name in (manifest.get("variants") or {}).values()}
-    served = {path.name for found in routes.values() for _, _, path in found} - baselines  # the yardstick runs alone too
+    served = {path.name for found in routes.values() for _, _, path in found} & serving_files()
     paths = []
     for name in manifest["files"]:
         role = name.split(".")[0]
@@ -223,14 +226,16 @@ def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Route
 def onnx_model(path: Path, routes: Routes, threads: int | None, manifest: dict) -> Any:
     """An edgeae file as an application loads it from its export folder: the runtime's model,
     with its batch routes and what the manifest proves about its values."""
-    from .runtime import OnnxModel, manifest_sizes, proven_finite, variant_of_file
+    from .runtime import OnnxModel, manifest_sizes, proven_finite, routed_chunk, variant_of_file
 
     role = path.name.split(".")[0]
     sizes = manifest_sizes(manifest)
     model = OnnxModel(path, "cpu", threads=threads, role=role, **sizes)
     for first, last, other in routes:
         model.route(OnnxModel(other, "cpu", threads=threads, role=role, **sizes), first, last)
-    model.set_proven_finite(proven_finite(manifest, role, variant_of_file(manifest, role, path.name)))
+    variant = variant_of_file(manifest, role, path.name)
+    model.chunk = routed_chunk(manifest, role, variant)
+    model.set_proven_finite(proven_finite(manifest, role, variant))
     return model
 
 
@@ -323,7 +328,8 @@ SETTLE_S = 0.05  # after a block: longer than onnxruntime's and TensorFlow's poo
 WARM_S = 0.01  # untimed calls before a block: a core idle for the pause needs milliseconds to reach full speed
 
 
-def time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int) -> dict[str, list[np.ndarray]]:
+def time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int,
+                settle_s: float = SETTLE_S, warm_s: float = WARM_S) -> dict[str, list[np.ndarray]]:
     """Interleaved in blocks: each round gives every path, in a fresh random order, WARM_S of
     untimed calls (at least one), up to BLOCK timed ones, and then a pause.
 
@@ -348,7 +354,7 @@ def time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: 
     for r in range(rounds):
         for name in shuffle.permutation(names):
             run = runners[name]
-            warm_until = time.perf_counter() + WARM_S
+            warm_until = time.perf_counter() + warm_s
             run(x)
             while time.perf_counter() < warm_until:
                 run(x)
@@ -358,7 +364,7 @@ def time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: 
                 run(x)
                 times.append(time.perf_counter() - start)
             samples[name].append(np.asarray(times))
-            time.sleep(SETTLE_S)
+            time.sleep(settle_s)
     return samples
 
 

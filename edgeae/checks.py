@@ -44,3 +44,10 @@ def check_quantile(quantile: Any) -> float:
             or not 0.0 < quantile <= 1.0):
         raise UsageError(f"threshold quantile must be in (0, 1], got {quantile!r}")
     return float(quantile)
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """A yes/no argument: True or False only; "no" or 0 would be read as what they are not."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise UsageError(f"{name} must be True or False, got {value!r}")
+    return bool(value)

@@ -11,9 +11,9 @@ Why it is built this way:
   difference between consecutive steps (the smallest of equally common ones); any other
   difference is a gap, and windows restart after it, `stride` apart, as `edgeae score` cuts
   one series.
-- Results do not depend on partitioning. The runtime hands 1, 2-127 and 128+ windows to
-  different graphs, whose scores differ by up to 1.6e-8; here every window goes through the
-  one graph the runtime gives a full batch, in batches of exactly FIXED_BATCH windows (the
+- Results do not depend on partitioning. The runtime hands batch sizes to different graphs (as
+  the export measured), whose scores differ by up to 1.6e-8; here every window goes through the
+  one graph the runtime gives FIXED_BATCH windows, in batches of exactly that many (the
   last padded with copies of its first window), on the workers and in `reference_frame` alike.
   A window's score, and its flag, are the same however the fleet was partitioned.
 - One model per worker process, verified: loaded once with one onnxruntime thread (one worker
@@ -726,10 +726,11 @@ def _same(result: Any, reference: Any, by: str) -> int:
 
 def run_fleet_bench(export: str | os.PathLike, series: int = 20, rows: int = 5000, files: int = 8,
                     progress: Any = None) -> dict:
-    """Score one synthetic fleet in one process, on one worker and on two worker processes (one
-    onnxruntime thread each), timing wall and CPU seconds (the driver, which holds the scheduler,
-    plus every worker), and compare every window with the one process's score and flag. Each is
-    timed after an untimed run on a small fleet (imports, model loads): the steady cost per window."""
+    """Score one synthetic fleet into Parquet in one process, on one worker and on two worker
+    processes (one onnxruntime thread each), the way a user runs it (`run_dataset`: the workers
+    write the parts), timing wall and CPU seconds (the driver, which holds the scheduler, plus
+    every worker), then compare every window with the one process's score and flag. Each is timed
+    after an untimed run on a small fleet (imports, model loads): the steady cost per window."""
     import tempfile
 
     import pandas as pd
@@ -746,18 +747,21 @@ def run_fleet_bench(export: str | os.PathLike, series: int = 20, rows: int = 500
         reference_frame(export, pd.read_parquet(warmup), "series", "step")
         wall, cpu = perf_counter(), os.times()
         reference = reference_frame(export, pd.read_parquet(data), "series", "step")
+        reference.to_parquet(Path(tmp) / "one-process.parquet", index=False)
         runs = {"one process": (perf_counter() - wall, _cpu_since(cpu), len(reference))}
         same: dict[str, int] = {}
         for workers, name in ((1, "one worker"), (2, "two workers")):
             say(f"scoring on {name}")
+            out = Path(tmp) / f"{workers}-workers"
             with connect(None, workers) as client:
-                score_dataset(export, str(warmup), "series", "step").compute()
+                run_dataset("score", export, str(warmup), out, "series", "step", scheduler=client)
                 before, wall, cpu = client.run(_process_cpu), perf_counter(), os.times()
-                result = score_dataset(export, str(data), "series", "step").compute()
+                record = run_dataset("score", export, str(data), out, "series", "step", scheduler=client, force=True)
                 seconds, driver = perf_counter() - wall, _cpu_since(cpu)
                 after = client.run(_process_cpu)
-            runs[name] = (seconds, driver + sum(after[w] - before[w] for w in after), len(result))
-            same[name] = _same(result, reference, "series")
+            runs[name] = (seconds, driver + sum(after[w] - before[w] for w in after), record["windows_written"])
+            same[name] = _same(pd.concat([pd.read_parquet(part) for part in sorted(out.glob("part.*.parquet"))]),
+                               reference, "series")
     load_after = os.getloadavg()[0]
     table = {name: {"seconds": s, "cpu_seconds": c, "windows": n, "windows_per_s": n / s, "cpu_us_per_window": 1e6 * c / n}
              for name, (s, c, n) in runs.items()}

@@ -28,6 +28,7 @@ from .artifacts import (
     staged_folder, verify_files, write_manifest,
 )
 from .bounds import bound_entry
+from .checks import check_flag
 from .errors import EdgeAEError, ParityError, UsageError, require
 from .layout import (
     BUILT_FILES, DATA_ROLE, DETECTOR_PRECISIONS, DETECTOR_ROLE, KERAS_FILE, KERAS_ROLE, ORT_CONFIG_FILE, ORT_CONFIG_ROLE,
@@ -392,8 +393,11 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
            providers: str = "all", force: bool = False, threshold_quantile: float | None = None,
            variants: tuple[str, ...] | None = None, rtol: float | None = DEFAULT_RTOL,
            threshold: float | None = None, threshold_source: str = "edgeae export --threshold",
-           ) -> tuple[Path, ParityReport]:
+           measure_routing: bool = True) -> tuple[Path, ParityReport]:
     """Export both models, verify them against Keras, and publish the folder only if parity holds.
+
+    Which fp32 graph runs which batch sizes, and in runs of how many windows, is measured here
+    (routing.py; seconds); `measure_routing` False keeps the built-in rule, the same on every machine.
 
     `threshold` replaces the calibrated anomaly threshold for every precision (say, one `evaluate`
     suggested from labels), recorded with `threshold_source` beside the calibrated one.
@@ -416,6 +420,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     if not isinstance(training, Training):
         raise UsageError(f"training must be an edgeae.training.Training (from train or load_training), "
                          f"got {type(training).__name__}")
+    check_flag(measure_routing, "measure_routing")
     out = as_path(out, "out")
     check_export_target(out, training.folder, force)
     opset = DEFAULT_OPSET if opset is None else opset
@@ -449,7 +454,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
         sections = _manifest_sections(built, fp32, provider_list, detector, stage, training)
         sections["files"].update({KERAS_FILE: file_entry(stage / KERAS_FILE, KERAS_ROLE),
                                   PARITY_INPUTS_FILE: file_entry(stage / PARITY_INPUTS_FILE, DATA_ROLE)})
-        write_manifest(stage, {
+        manifest = {
             "kind": "export",
             "edgeae_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -460,7 +465,10 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
             "versions": _versions(),
             **({"scores": NO_THRESHOLD} if detector is None else {}),
             **sections,
-        })
+        }
+        if measure_routing:
+            route_measured(stage, manifest)
+        write_manifest(stage, manifest)
     return Path(out), built.report
 
 
@@ -471,7 +479,7 @@ def export_keras(model_file: Path, out: Path, encoder_layer: str | None = None, 
                  atol: float | None = DEFAULT_ATOL, providers: str = "all", force: bool = False,
                  variants: tuple[str, ...] | None = None, rtol: float | None = DEFAULT_RTOL,
                  threshold: float | None = None, threshold_source: str = "edgeae export --threshold",
-                 scaling_values: dict[str, Any] | None = None) -> tuple[Path, ParityReport]:
+                 scaling_values: dict[str, Any] | None = None, measure_routing: bool = True) -> tuple[Path, ParityReport]:
     """Export a Keras sequence autoencoder edgeae did not train (a .keras or .h5 file) as a full export.
 
     `scaling_values` gives the scaling the model was trained with instead of learning it:
@@ -490,6 +498,7 @@ def export_keras(model_file: Path, out: Path, encoder_layer: str | None = None, 
     check_export_target(out, None, force)  # before TensorFlow loads
     fp32_tolerance(atol, rtol)
     check_variant_names(variants)
+    check_flag(measure_routing, "measure_routing")
     if threshold_quantile is not None:
         check_quantile(threshold_quantile)
     if calibrate is None and (threshold is not None or threshold_quantile is not None):
@@ -499,13 +508,16 @@ def export_keras(model_file: Path, out: Path, encoder_layer: str | None = None, 
                             None if calibrate is None else as_path(calibrate, "calibration data"),
                             0.99 if threshold_quantile is None else threshold_quantile,
                             scaling_values=scaling_values)
-    return export(training, out, opset, atol, providers, force, None, variants, rtol, threshold, threshold_source)
+    return export(training, out, opset, atol, providers, force, None, variants, rtol, threshold, threshold_source,
+                  measure_routing)
 
 
 def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Tolerance] | None = None,
              variants: tuple[str, ...] | None = None, atol: float | None = None,
-             rtol: float | None = None) -> Optimized:
+             rtol: float | None = None, measure_routing: bool = True) -> Optimized:
     """Rebuild an export folder's clean graph and variants, re-check them, and republish it atomically.
+
+    The routing is measured again (export's `measure_routing`): the graphs it chose may have changed.
 
     The fp32 graphs are held to the tolerance the export recorded; `atol`/`rtol` replace its
     bounds (and are recorded in their place).
@@ -522,6 +534,7 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
     folder = as_path(folder, "export folder")
     check_tolerances(tolerances)
     check_variant_names(variants)
+    check_flag(measure_routing, "measure_routing")
     for bound in (atol, rtol):
         if bound is not None:
             check_tolerance(bound)  # a bad bound is refused before any staging
@@ -552,7 +565,10 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
                               for role, entry in sections["models"].items()}
         sections["parity"] = {**parity, **sections["parity"]}
         body = {k: v for k, v in manifest.items() if k not in ("format", "format_version")}
-        write_manifest(stage, {**body, **sections})
+        rebuilt_manifest = {**body, **sections}
+        if measure_routing:
+            route_measured(stage, rebuilt_manifest)
+        write_manifest(stage, rebuilt_manifest)
     return built.variants
 
 
@@ -560,7 +576,7 @@ def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str
                  opset: int | None = None, atol: float | None = DEFAULT_ATOL, providers: str = "all", force: bool = False,
                  progress: Callable[[int, dict[str, float]], None] | None = None,
                  variants: tuple[str, ...] | None = None,
-                 rtol: float | None = DEFAULT_RTOL) -> tuple[Path, ParityReport, Training]:
+                 rtol: float | None = DEFAULT_RTOL, measure_routing: bool = True) -> tuple[Path, ParityReport, Training]:
     """train -> export -> verify -> publish, refusing early if the target exists.
 
     A model that learned nothing, or whose export fails, is not thrown away: the training run is
@@ -577,19 +593,21 @@ def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str
         check_opset(opset)
     verification_providers(providers)
     check_variant_names(variants)
+    check_flag(measure_routing, "measure_routing")
     training = train(config, data, columns, progress)
-    path, report = export_or_keep(training, out, opset, atol, providers, force, variants, rtol)
+    path, report = export_or_keep(training, out, opset, atol, providers, force, variants, rtol, measure_routing)
     return path, report, training
 
 
 def export_or_keep(training: Training, out: Path, opset: int | None = None, atol: float | None = DEFAULT_ATOL,
                    providers: str = "all", force: bool = False, variants: tuple[str, ...] | None = None,
-                   rtol: float | None = DEFAULT_RTOL) -> tuple[Path, ParityReport]:
+                   rtol: float | None = DEFAULT_RTOL, measure_routing: bool = True) -> tuple[Path, ParityReport]:
     """export() for a model trained moments ago (pipeline, demo): one that learned nothing or fails
     to export is saved as a training run beside `out` (kept_run_folder), and the error says where."""
     try:
         check_learned(training)
-        return export(training, out, opset, atol, providers, force, variants=variants, rtol=rtol)
+        return export(training, out, opset, atol, providers, force, variants=variants, rtol=rtol,
+                      measure_routing=measure_routing)
     except EdgeAEError as exc:
         kept = save_training(training, kept_run_folder(out))
         raise type(exc)(f"{exc}; the trained model is kept in {kept} (`edgeae export {kept}` publishes it)") from None
@@ -641,19 +659,24 @@ def amended_export(folder: Path, write: bool = True) -> Iterator[dict]:
 
 
 def rewrite_routing(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    """Measure on this machine which graph serves which batch sizes of each role's fp32 model
-    (routing.py) and rewrite only that: each role's `by_batch` routes and the measurement beside
-    them, the manifest resealed. Returns the routes by role."""
+    """Measure on this machine which graph serves which batch sizes of each role's fp32 model, and
+    in runs of how many windows (routing.py), and rewrite only that in the manifest, resealed.
+    Returns the routes by role."""
+    folder = as_path(folder, "export folder")
+    with amended_export(folder) as manifest:
+        return route_measured(folder, manifest)
+
+
+def route_measured(folder: Path, manifest: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Write into `manifest` each role's measured fp32 routes, chunk and the measurement beside them
+    (the folder's graphs are timed here); returns the routes by role."""
     from .routing import measured_routes
 
-    folder = as_path(folder, "export folder")
     chosen = {}
-    with amended_export(folder) as manifest:
-        for role, by_name in (manifest.get("variants") or {}).items():
-            if role in ROLES and (by_name.get(DEFAULT_VARIANT) or {}).get("published"):
-                chosen[role], record = measured_routes(folder, manifest, role, DEFAULT_VARIANT)
-                by_name[DEFAULT_VARIANT]["by_batch"] = chosen[role]
-                by_name[DEFAULT_VARIANT]["routing"] = record
+    for role, by_name in (manifest.get("variants") or {}).items():
+        if role in ROLES and (by_name.get(DEFAULT_VARIANT) or {}).get("published"):
+            chosen[role], chunk, record = measured_routes(folder, manifest, role, DEFAULT_VARIANT)
+            by_name[DEFAULT_VARIANT].update(by_batch=chosen[role], chunk=chunk, routing=record)
     return chosen
 
 

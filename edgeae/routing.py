@@ -1,30 +1,39 @@
-"""Which graph runs which batch sizes of the fp32 model: measured on the machine, not assumed.
+"""Which graph runs which batch sizes of the fp32 model, and in runs of how many windows: measured
+on the machine, not assumed.
 
-A rule tuned on one model and one CPU does not carry over: "the unrolled graph from 128 windows"
-was measured on the seed model, and on a 64 x 9 x 32 tanh model the fp32 path it chose ran at
-0.76-0.81x the plain tf2onnx export's throughput (issue 20). So at a few probe batch sizes every
-equivalent fp32 graph of a role (the clean one, tf2onnx's own, and the one-window, unrolled and
-portable ones where published) runs as the runtime runs it, interleaved and paired as `bench` times
-(bench.time_rounds), and the fastest, in its slowest round, takes the batch sizes from its probe to
-the next. The runtime runs larger batches in chunks of DEFAULT_CHUNK windows, so the last probe is
-that chunk and decides every size above it. Measuring needs only the runtime install, so it can run on the device itself.
+A rule tuned on one model and one CPU does not carry over: "the unrolled graph from 128 windows, in
+runs of 256" was measured on the seed model on an AVX-512 machine, and on a 64 x 9 x 32 tanh model
+the fp32 path it chose ran at 0.76-0.81x the plain tf2onnx export's throughput (issue 20). So every
+export (and `bench --rewrite-routing`, on the device itself) runs each equivalent fp32 graph of a
+role (the clean one, tf2onnx's own, and the one-window, unrolled and portable ones where published)
+at a few probe batch sizes, as the runtime runs them, interleaved and paired as `bench` times
+(bench.time_rounds). The fastest, in its slowest round, takes the batch sizes from its probe to the
+next. Of the large probes (CHUNKS) the one whose fastest graph gives the most windows per second
+becomes the chunk: larger runs are cut into runs of it, so it decides every size above it.
+Measuring needs only the runtime install.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bench import onnx_model, time_rounds, cpu_description, load_average
-from .runtime import DEFAULT_CHUNK
+from .bench import cpu_description, load_average, onnx_model, time_rounds
 
-# Each probe decides the batch sizes up to the next one; bench's 1, 64 and 4096 (chunks of 256) are measured as such.
-PROBES = (1, 2, 8, 64, DEFAULT_CHUNK)
-RUNS = 50  # timed calls per graph and probe, in 5 rounds: 10-40 s per role from a small model to 64 x 9 x 32
-# Another graph takes sizes from the base graph only when at least this much faster: paired ratios of
-# five rounds on a loaded 2-core machine scatter by a few percent, and noise is not worth one more session.
+# Each probe decides the batch sizes up to the next one; bench's 1, 64 and 4096 are measured as such.
+PROBES = (1, 2, 8, 64, 256, 1024, 4096)
+CHUNKS = (256, 1024, 4096)  # the probes a larger run may be cut into
+BUDGET_S = 0.25  # timed seconds per graph and probe (at least ROUNDS calls): 3-30 s per role, tiny model to 64 x 9 x 32
+ROUNDS = 5
+MAX_RUNS = 50
+SETTLE_S = 0.005  # bench pauses 50 ms after each block and warms 10 ms before: most blocks here take less
+WARM_S = 0.002
+# Another graph (or chunk) is chosen over the base one only when at least this much faster: paired
+# ratios of five rounds on a loaded 2-core machine scatter by a few percent, and noise is not worth one
+# more session or a larger buffer.
 TIE = 0.97
 
 
@@ -38,55 +47,75 @@ def candidates(manifest: dict, role: str, base: str) -> dict[str, bool]:
 
 
 def measure(folder: Path, manifest: dict, role: str, graphs: dict[str, bool], base_file: str,
-            probes: tuple[int, ...] = PROBES, runs: int = RUNS) -> dict[str, dict[str, float]]:
-    """Each graph's time over `base_file`'s at each probe batch size in its worst round: {file: {batch: ratio}}.
+            probes: tuple[int, ...] = PROBES, budget_s: float = BUDGET_S,
+            ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Each graph's time over `base_file`'s at each probe batch size in its worst round,
+    {file: {batch: ratio}}, and the base graph's median seconds per call, {batch: seconds}.
 
-    The worst round, not the median: a graph of many small nodes (the portable one at 64 steps) ran
-    1.05x and 1.37x the plain export's time in two measurements a minute apart where the clean graph
-    held 0.87-0.89x, so a graph takes sizes from the base one only if it is faster in every round.
+    Each graph runs a probe in one call (chunk = the probe). The worst round, not the median: a
+    graph of many small nodes (the portable one at 64 steps) ran 1.05x and 1.37x the plain export's
+    time in two measurements a minute apart where the clean graph held 0.87-0.89x, so a graph
+    takes sizes from the base one only if it is faster in every round.
     """
     models = {file: onnx_model(Path(folder) / file, [], None, manifest) for file in graphs}
     base = models[base_file]
     rng = np.random.default_rng(0)
     ratios: dict[str, dict[str, float]] = {file: {} for file in graphs}
+    seconds: dict[str, float] = {}
     for batch in probes:
-        runners = {file: model.run_windows for file, model in models.items() if batch == 1 or not graphs[file]}
+        runners = {file: (lambda run, batch=batch: lambda x: run(x, batch))(model.run_windows)
+                   for file, model in models.items() if batch == 1 or not graphs[file]}
         x = rng.uniform(0, 1, (batch, base.timesteps, base.features)).astype(np.float32)
-        samples = time_rounds(runners, x, runs, warmup=2)
+        runners[base_file](x)  # the first call allocates; the second tells how long one takes
+        start = time.perf_counter()
+        runners[base_file](x)
+        runs = int(min(MAX_RUNS, max(ROUNDS, budget_s / max(time.perf_counter() - start, 1e-6))))
+        samples = time_rounds(runners, x, runs, warmup=1, settle_s=SETTLE_S, warm_s=WARM_S)
         for file in runners:
             ratios[file][str(batch)] = max(float(np.median(mine) / np.median(base_times))
                                            for mine, base_times in zip(samples[file], samples[base_file]))
-    return ratios
+        seconds[str(batch)] = float(np.median(np.concatenate(samples[base_file])))
+    return ratios, seconds
 
 
-def choose(ratios: dict[str, dict[str, float]], base_file: str, graphs: dict[str, bool],
-           probes: tuple[int, ...] = PROBES) -> list[dict[str, Any]]:
-    """The manifest's `by_batch` routes: from each probe to the next, the graph fastest there (the base
-    graph unless another beats it by more than TIE); a one-window graph takes batch 1 only."""
+def choose(ratios: dict[str, dict[str, float]], seconds: dict[str, float], base_file: str, graphs: dict[str, bool],
+           probes: tuple[int, ...] = PROBES) -> tuple[list[dict[str, Any]], int]:
+    """The manifest's `by_batch` routes and chunk: from each probe to the next, the graph fastest
+    there (the base graph unless another beats it by more than TIE; a one-window graph takes batch 1
+    only), up to the chunk, the probe of CHUNKS whose fastest graph runs the most windows a second
+    (a larger one only where TIE faster than every smaller one)."""
     def fastest(batch: int, one_window: bool) -> str:  # one_window: may the choice be a one-window graph
         timed = {file: r[str(batch)] for file, r in ratios.items() if str(batch) in r and (one_window or not graphs[file])}
         best = min(timed, key=timed.__getitem__)
         return best if timed[best] < TIE * timed[base_file] else base_file
 
-    ranges: list[tuple[int, int | None, str]] = []
-    for index, batch in enumerate(probes):
-        last = probes[index + 1] - 1 if index + 1 < len(probes) else None
-        ranges.append((batch, last, fastest(batch, last == 1)))
+    chunk, best = None, np.inf
+    for batch in (b for b in probes if b in CHUNKS):
+        per_window = seconds[str(batch)] * ratios[fastest(batch, False)][str(batch)] / batch
+        if per_window < TIE * best:
+            chunk, best = batch, per_window
+    chunk = chunk or probes[-1]  # probes without any of CHUNKS: the largest
+    served = [b for b in probes if b <= chunk]
     routes: list[dict[str, Any]] = []
-    for first, last, file in ranges:
+    for index, batch in enumerate(served):
+        last = served[index + 1] - 1 if index + 1 < len(served) else None
+        file = fastest(batch, last == 1)
         if routes and routes[-1]["file"] == file:
             routes[-1]["batches"][1] = last
         else:
-            routes.append({"batches": [first, last], "file": file})
-    return routes
+            routes.append({"batches": [batch, last], "file": file})
+    return routes, chunk
 
 
-def measured_routes(folder: Path, manifest: dict, role: str, base: str = "fp32") -> tuple[list[dict], dict[str, Any]]:
-    """`role`'s routes for variant `base` measured here, and the record of the measurement (CPU, load,
-    ratios) that the manifest keeps beside them."""
+def measured_routes(folder: Path, manifest: dict, role: str,
+                    base: str = "fp32") -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
+    """`role`'s routes and chunk for variant `base` measured here, and the record of the measurement
+    (CPU, load, ratios, the base graph's time per call) that the manifest keeps beside them."""
     base_file = manifest["variants"][role][base]["file"]
     graphs = candidates(manifest, role, base)
-    ratios = measure(folder, manifest, role, graphs, base_file)
+    ratios, seconds = measure(folder, manifest, role, graphs, base_file)
+    routes, chunk = choose(ratios, seconds, base_file, graphs)
     record = {"measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_description(),
-              "load_average": load_average(), "probes": list(PROBES), "time_over_base": ratios}
-    return choose(ratios, base_file, graphs), record
+              "load_average": load_average(), "probes": list(PROBES), "chunks": list(CHUNKS),
+              "time_over_base": ratios, "base_seconds_per_call": seconds}
+    return routes, chunk, record

@@ -30,7 +30,7 @@ CUDA = "CUDAExecutionProvider"
 # Every provider onnxruntime knows (installed or not), by its full name or short ("cpu", "cuda", "tensorrt").
 KNOWN_PROVIDERS = {key: name for name in ort.get_all_providers()
                    for key in (name.lower(), name.lower().removesuffix("executionprovider"))}
-DEFAULT_CHUNK = 256  # windows per session.run: keeps the LSTM work buffers in cache (1.5x at batch 4096)
+DEFAULT_CHUNK = 256  # windows per session.run where the manifest measured no other (routing.py)
 MAX_THREADS = 1024
 DEFAULT_VARIANT = "fp32"
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
@@ -291,6 +291,7 @@ class OnnxModel:
         self.one_window = spec.shape[0] == 1  # a single-window graph: run window by window
         self.proven_finite = False  # set by load() where the manifest proves no value can overflow
         self.routes: list[tuple[int, int | None, OnnxModel]] = []  # graphs this model hands some batch sizes to
+        self.chunk = DEFAULT_CHUNK  # windows per call where a run is larger: load() sets the one the export measured
         self._call = _fast_run(self.session)
         self._bound: _BoundWindow | None = None
         try:
@@ -360,7 +361,7 @@ class OnnxModel:
         return IntegrityError(f"{self.name}: output {self.output_names[output]!r} came out {tuple(result.shape)}, "
                               f"expected {(count, *self._tails[output])}")
 
-    def run(self, x: Any, chunk: int = DEFAULT_CHUNK, output: int = 0) -> np.ndarray:
+    def run(self, x: Any, chunk: int | None = None, output: int = 0) -> np.ndarray:
         """Run on raw input; a single window in gives a single result out."""
         windows, single = as_windows(x, self.timesteps, self.features)
         result = self.run_windows(windows, chunk, output)
@@ -387,13 +388,15 @@ class OnnxModel:
                 return other
         return self
 
-    def run_windows(self, windows: np.ndarray, chunk: int = DEFAULT_CHUNK, output: int = 0) -> np.ndarray:
+    def run_windows(self, windows: np.ndarray, chunk: int | None = None, output: int = 0) -> np.ndarray:
         """Run on checked float32 windows (as_windows: finite, the right shape), `chunk` at a
-        time so memory stays flat.
+        time (None: this model's measured chunk) so memory stays flat.
 
         Kept lean: at batch 1 every microsecond here is a few percent of the whole call.
         """
-        if type(chunk) is not int or chunk < 1:
+        if chunk is None:
+            chunk = self.chunk
+        elif type(chunk) is not int or chunk < 1:
             chunk = check_chunk(chunk)
         count = len(windows)
         if count == 0:
@@ -681,21 +684,21 @@ class EdgeModel:
             raise UsageError(f"this model set has no {role} (it has: {', '.join(self.models)})")
         return self.models[role]
 
-    def encode(self, x: Any, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    def encode(self, x: Any, chunk: int | None = None) -> np.ndarray:
         """Raw window(s) -> embedding(s): (n, units), or (units,) for one window."""
         return self._model("encoder").run(x, chunk)
 
-    def reconstruct(self, x: Any, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    def reconstruct(self, x: Any, chunk: int | None = None) -> np.ndarray:
         """Raw window(s) -> reconstruction(s) in raw units."""
         return self._model("autoencoder").run(x, chunk)
 
-    def score(self, x: Any, chunk: int = DEFAULT_CHUNK, threshold: float | None = None) -> ScoreResult:
+    def score(self, x: Any, chunk: int | None = None, threshold: float | None = None) -> ScoreResult:
         """Per-window reconstruction error, each feature's part of it, drift, and flags where the
-        model set has a threshold."""
+        model set has a threshold. `chunk` None: the windows per call the export measured."""
         model = self._model("autoencoder")
         limit = self.threshold if threshold is None else check_threshold(threshold)
         windows, single = as_windows(x, self.timesteps, self.features)
-        chunk = check_chunk(chunk)
+        chunk = model.chunk if chunk is None else check_chunk(chunk)
         scored = [_scored_chunk(part, model.run_windows(part, chunk), self.scale)  # no full-size reconstruction held
                   for part in (windows[i:i + chunk] for i in range(0, len(windows), chunk))]
         scores = np.concatenate([s for s, _ in scored]) if scored else np.empty(0)
@@ -766,6 +769,12 @@ def batch_routes(manifest: dict, role: str, variant: str) -> list[tuple[int, int
     entry = _variant_entry(manifest, role, variant) or {}
     return [(*route["batches"], route["file"]) for route in entry.get("by_batch", ())
             if route["file"] != entry["file"]]
+
+
+def routed_chunk(manifest: dict, role: str, variant: str | None) -> int:
+    """The windows per call the export measured for `variant` (routing.py), else DEFAULT_CHUNK
+    (read_manifest has checked it is a whole number from 1 to layout.MAX_CHUNK)."""
+    return (_variant_entry(manifest, role, variant) or {}).get("chunk") or DEFAULT_CHUNK
 
 
 def manifest_sizes(manifest: dict) -> dict[str, Any]:
@@ -841,6 +850,7 @@ def _load_folder(path: Path, manifest: dict, providers: str | Sequence[str], thr
         for first, last, file in batch_routes(manifest, role, variant):
             models[role].route(OnnxModel(verify_file(path, file, manifest["files"].get(file)), providers, threads,
                                          name=file, role=role, **sizes), first, last)
+        models[role].chunk = routed_chunk(manifest, role, variant)
         models[role].set_proven_finite(proven_finite(manifest, role, variant))
     if not models and unpublished:
         raise next(iter(unpublished.values()))
@@ -859,8 +869,8 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
 
     `variant` picks among what the export published: "fp32" (the default clean graph),
     "fp16", "int8", "int8-dynamic", "ort" or "plain" (tf2onnx's own graph). fp32 hands some
-    batch sizes to the equivalent graphs its manifest entry names (`by_batch`): one window to
-    the one-window graph, many to the unrolled one; "fp32-b1" and "fp32-unrolled" load one of
+    batch sizes to the equivalent graphs its manifest entry names (`by_batch`, measured at export),
+    in runs of the `chunk` measured there; "fp32-b1" and "fp32-unrolled" load one of
     those alone. A reduced-precision variant (fp16, int8, int8-dynamic) is first run on the
     export's golden vectors and refused (SelfCheckError) where this device's kernels miss its
     recorded tolerance; `self_check=False` skips that.

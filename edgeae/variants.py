@@ -13,7 +13,7 @@ from .errors import UsageError
 from .graphs import batch1, fp16, int8, int8_dynamic, ort_format, portable, unrolled
 from .graphs.common import Built, Job
 from .graphs.unrolled import UNROLLED_FROM
-from .layout import model_file
+from .layout import ROLES, model_file
 from .parity import Tolerance, fp32_tolerance
 
 DEFAULT_VARIANT = "fp32"
@@ -75,6 +75,12 @@ def variant_file(role: str, name: str) -> str:
 def batch_graphs(base: str) -> tuple[tuple[str, int, int | None], ...]:
     """(variant, first, last) for each variant that serves some batch sizes of `base`."""
     return tuple((spec.name, *spec.serves[1:]) for spec in SPECS if spec.serves and spec.serves[0] == base)
+
+
+def serving_files() -> set[str]:
+    """The files that exist only to serve some batch sizes of another variant (the one-window and
+    unrolled graphs): where a manifest routes to them, timed and checked inside the path they serve."""
+    return {variant_file(role, spec.name) for role in ROLES for spec in SPECS if spec.serves}
 
 
 def check_tolerances(tolerances: object) -> dict[str, Tolerance]:

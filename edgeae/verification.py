@@ -20,7 +20,7 @@ from .errors import IntegrityError, UsageError
 from .layout import GOLDEN_INDEX_FILE, ROLES
 from .parity import ParityReport, ParityResult, Tolerance, check_tolerance, compare, fp32_tolerance, recorded_tolerance
 from .training import Training, load_training
-from .variants import DEFAULT_VARIANT, variant_file
+from .variants import DEFAULT_VARIANT, serving_files, variant_file
 
 ONNX_FILES = {role: variant_file(role, DEFAULT_VARIANT) for role in ROLES}
 PARITY_SAMPLE = 1024  # training windows compared at most
@@ -190,7 +190,9 @@ def verify(folder: Path, providers: str = "all", atol: float | None = None, agai
     paths = {role: folder / ONNX_FILES[role] for role in ONNX_FILES}
     extra = [(role, f"{role} ({batch_label(first, last)})", folder / file)
              for role in ONNX_FILES for first, last, file in batch_routes(manifest, role, "fp32")]
-    variants = published_variants(folder, manifest, {path.name for path in paths.values()} | {p.name for *_, p in extra})
+    # a graph that only serves batch sizes is checked as the route it is; an unrouted one, as a variant
+    checked = {path.name for path in paths.values()} | ({p.name for *_, p in extra} & serving_files())
+    variants = published_variants(folder, manifest, checked)
     provider_list = verification_providers(providers)
     tolerance = recorded_tolerance(manifest.get("parity") or {}, atol, rtol)
     if against == "keras":

@@ -57,6 +57,25 @@ def export_copy(tiny_export, tmp_path) -> Path:
     return dst
 
 
+FIXED_ROUTES = [{"batches": [1, 1], "file": "autoencoder.b1.onnx"}, {"batches": [2, 127], "file": "autoencoder.onnx"},
+                {"batches": [128, None], "file": "autoencoder.unrolled.onnx"}]  # the rule --fixed-routing keeps
+
+
+@pytest.fixture()
+def fixed_routes(export_copy) -> Path:
+    """The tiny export with --fixed-routing's table in place of the one measured on this machine (resealed),
+    for tests of which graph runs which sizes."""
+    from edgeae.artifacts import read_manifest, write_manifest
+
+    manifest = read_manifest(export_copy)
+    for role, by_name in manifest["variants"].items():
+        for field in ("by_batch", "chunk", "routing"):
+            by_name["fp32"].pop(field, None)
+    manifest["variants"]["autoencoder"]["fp32"]["by_batch"] = FIXED_ROUTES
+    write_manifest(export_copy, manifest)
+    return export_copy
+
+
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(1234)

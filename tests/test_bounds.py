@@ -71,8 +71,9 @@ def test_runtime_skips_the_output_check_only_where_the_manifest_proves_float32_f
     manifest = read_manifest(tiny_export)
     assert 0 < manifest["models"]["autoencoder"]["value_bound"] < runtime.FINITE_PROOF_LIMIT
     model = runtime.load(tiny_export, "cpu")
-    graphs = [model.models["encoder"], model.models["autoencoder"], *(g for _, _, g in model.models["autoencoder"].routes)]
-    assert len(graphs) == 4 and all(g.proven_finite for g in graphs)
+    graphs = [graph for m in model.models.values() for graph in (m, *(g for _, _, g in m.routes))]
+    routed = sum(len(runtime.batch_routes(manifest, role, "fp32")) for role in ("autoencoder", "encoder"))
+    assert len(graphs) == 2 + routed and all(g.proven_finite for g in graphs)
     for variant in ("fp32-b1", "fp32-unrolled", "ort", "plain"):
         assert all(m.proven_finite for m in runtime.load(tiny_export, "cpu", variant=variant).models.values())
     for variant in ("fp16", "int8"):  # float16 tops out at 65504; int8 is not covered by the analysis

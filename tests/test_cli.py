@@ -133,7 +133,8 @@ def test_bare_command_shows_its_help_not_an_error():
     assert "error:" not in result.output
 
 
-def test_inspect_shows_the_batch_graphs_and_where_they_ran(tiny_export):
+def test_inspect_shows_the_batch_graphs_and_where_they_ran(fixed_routes):
+    tiny_export = fixed_routes
     result = run("inspect", tiny_export, "--provider", "cpu", "--json")
     assert result.exit_code == 0, result.output
     models = json.loads(result.stdout)["models"]

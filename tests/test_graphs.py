@@ -85,7 +85,9 @@ def test_manifest_records_every_variant(tiny_export):
         batch_graphs = {"fp32-b1", "fp32-unrolled"} if role == "autoencoder" else set()
         assert set(variants) == {"plain", "fp32", "portable", "fp16", "int8", "ort"} | batch_graphs
         assert variants["fp32"]["file"] == f"{role}.onnx" and variants["fp32"]["default"]
-        assert bool(variants["fp32"].get("by_batch")) == bool(batch_graphs)
+        assert variants["fp32"]["by_batch"][0]["batches"][0] == 1 and variants["fp32"]["by_batch"][-1]["batches"][1] is None
+        assert {route["file"] for route in variants["fp32"]["by_batch"]} <= {
+            v["file"] for v in variants.values() if v["published"] and v["precision"] == "fp32" and v["file"].endswith(".onnx")}
         assert {n: v["batch"] for n, v in variants.items()} == {n: 1 if n == "fp32-b1" else "any" for n in variants}
         assert variants["fp32"]["source"] == f"{role}.plain.onnx"
         for name, v in variants.items():

@@ -133,6 +133,12 @@ WRONG_FIELDS = {
     r"variants.autoencoder.fp32.by_batch\[0\].file must be the file of one of the autoencoder variants, "
     r"got 'encoder.onnx'":
         _set("variants", "autoencoder", "fp32", "by_batch", [{"batches": [2, None], "file": "encoder.onnx"}]),
+    "variants.autoencoder.fp32.chunk must be a whole number ≥ 1 and ≤ 65536, got 0":
+        _set("variants", "autoencoder", "fp32", "chunk", 0),
+    "variants.encoder.fp32.chunk must be a whole number ≥ 1 and ≤ 65536, got 65537":
+        _set("variants", "encoder", "fp32", "chunk", 65537),
+    "variants.encoder.fp32.chunk must be a whole number ≥ 1 and ≤ 65536, got True":
+        _set("variants", "encoder", "fp32", "chunk", True),
     "variants.encoder.int8.published must be true or false": _set("variants", "encoder", "int8", "published", "yes"),
     "detector.chosen.calibrated_threshold must be a finite number": _set("detector", "chosen",
                                                                           {"source": "F1", "calibrated_threshold": "x"}),

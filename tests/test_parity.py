@@ -69,8 +69,8 @@ def test_standalone_encoder_equals_the_autoencoders_internal_encoding(tiny_expor
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_verify_on_each_provider(tiny_export, provider):
-    report = verification.verify(tiny_export, providers=provider)
+def test_verify_on_each_provider(fixed_routes, provider):
+    report = verification.verify(fixed_routes, providers=provider)
     assert report
     assert {r.provider for r in report.results} == {provider}
     placement = report.placement[f"autoencoder/{provider}"]

@@ -1,6 +1,7 @@
 """Measured routing: which fp32 graph serves which batch sizes, chosen from timings (no timing asserted)."""
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -10,7 +11,10 @@ from edgeae.bench import onnx_paths
 from edgeae.cli import main
 from edgeae.errors import EdgeAEError
 
+from .conftest import FIXED_ROUTES
+
 GRAPHS = {"a.onnx": False, "a.b1.onnx": True, "a.plain.onnx": False, "a.unrolled.onnx": False}
+EVEN = {str(b): b * 1e-5 for b in routing.PROBES}  # the base graph: the same time per window at every probe
 
 
 def ratios(**by_file):
@@ -21,23 +25,77 @@ def ratios(**by_file):
     return out
 
 
-def test_the_fastest_graph_takes_the_sizes_from_its_probe_to_the_next():
+def test_the_fastest_graph_takes_the_sizes_from_its_probe_to_the_next_up_to_the_chunk():
     measured = ratios(b1={1: 0.8}, plain={64: 0.9}, unrolled={256: 0.95, 64: 0.95})
-    assert routing.choose(measured, "a.onnx", GRAPHS) == [
+    assert routing.choose(measured, EVEN, "a.onnx", GRAPHS) == ([
         {"batches": [1, 1], "file": "a.b1.onnx"}, {"batches": [2, 63], "file": "a.onnx"},
-        {"batches": [64, 255], "file": "a.plain.onnx"}, {"batches": [256, None], "file": "a.unrolled.onnx"}]
+        {"batches": [64, 255], "file": "a.plain.onnx"}, {"batches": [256, None], "file": "a.unrolled.onnx"}], 256)
+
+
+def test_the_chunk_is_the_large_probe_with_the_most_windows_a_second():
+    # the base graph runs 4096 windows in one call 0.8x as long a window as 256; the unrolled one beats it at 1024
+    seconds = {**EVEN, "4096": 4096 * 0.8e-5}
+    assert routing.choose(ratios(unrolled={1024: 0.5}), seconds, "a.onnx", GRAPHS) == (
+        [{"batches": [1, 1023], "file": "a.onnx"}, {"batches": [1024, None], "file": "a.unrolled.onnx"}], 1024)
+    assert routing.choose(ratios(), seconds, "a.onnx", GRAPHS) == ([{"batches": [1, None], "file": "a.onnx"}], 4096)
+    # within the noise a larger chunk is not worth its memory
+    assert routing.choose(ratios(), {**EVEN, "4096": 4096 * 0.99e-5}, "a.onnx", GRAPHS)[1] == 256
 
 
 def test_a_difference_inside_the_noise_keeps_the_base_graph_and_ranges_merge():
-    measured = ratios(b1={1: 1.2}, plain={1: 0.995, 2: 0.995, 8: 0.995, 64: 0.995, 256: 0.995})
-    assert routing.choose(measured, "a.onnx", GRAPHS) == [{"batches": [1, None], "file": "a.onnx"}]
+    measured = ratios(b1={1: 1.2}, plain={b: 0.995 for b in routing.PROBES})
+    assert routing.choose(measured, EVEN, "a.onnx", GRAPHS) == ([{"batches": [1, None], "file": "a.onnx"}], 256)
 
 
 def test_a_one_window_graph_serves_batch_1_only():
     measured = ratios(b1={1: 0.5}, plain={1: 0.7, 2: 0.7})
-    assert routing.choose(measured, "a.onnx", GRAPHS) == [
+    assert routing.choose(measured, EVEN, "a.onnx", GRAPHS)[0] == [
         {"batches": [1, 1], "file": "a.b1.onnx"}, {"batches": [2, 7], "file": "a.plain.onnx"},
         {"batches": [8, None], "file": "a.onnx"}]
+
+
+def covers_every_size(routes):
+    following = 1
+    for route in routes:
+        assert route["batches"][0] == following
+        following = route["batches"][1] and route["batches"][1] + 1
+    return following is None
+
+
+def test_an_export_measures_its_routing_and_the_runtime_runs_in_its_chunk(tiny_export, monkeypatch):
+    manifest = read_manifest(tiny_export)
+    edge = runtime.load(tiny_export, "cpu")
+    for role in ("autoencoder", "encoder"):
+        entry = manifest["variants"][role]["fp32"]
+        assert covers_every_size(entry["by_batch"]) and entry["chunk"] in routing.CHUNKS
+        assert set(entry["routing"]["time_over_base"]) == set(routing.candidates(manifest, role, "fp32"))
+        assert entry["routing"]["cpu"]["cores"] >= 1
+        model = edge.models[role]
+        assert model.chunk == entry["chunk"]
+        for route in entry["by_batch"]:
+            assert model.graph_for(route["batches"][0]).name == route["file"]
+    model = edge.models["encoder"]
+    calls = []
+    for graph in {model, *(other for _, _, other in model.routes)}:
+        monkeypatch.setattr(graph, "_call", (lambda call: lambda names, feed: calls.append(
+            len(next(iter(feed.values())))) or call(names, feed))(graph._call))
+    x = np.random.default_rng(0).uniform(0, 1, (2 * model.chunk + 3, model.timesteps, model.features)).astype(np.float32)
+    whole = edge.encode(x)
+    assert calls == [model.chunk, model.chunk, 3]
+    calls.clear()
+    np.testing.assert_allclose(edge.encode(x, chunk=5), whole, rtol=1e-5, atol=1e-6)  # a caller's chunk still rules
+    assert calls == [5] * (len(x) // 5) + ([len(x) % 5] if len(x) % 5 else [])
+
+
+def test_fixed_routing_keeps_the_rule_and_is_a_flag(tiny_training, tmp_path):
+    path, _ = publish.export(tiny_training, tmp_path / "fixed", providers="cpu", measure_routing=False)
+    entry = read_manifest(path)["variants"]["autoencoder"]["fp32"]
+    assert entry["by_batch"] == FIXED_ROUTES
+    assert "chunk" not in entry and "routing" not in entry
+    assert runtime.load(path, "cpu").models["autoencoder"].chunk == runtime.DEFAULT_CHUNK
+    with pytest.raises(EdgeAEError, match="measure_routing must be True or False, got 'no'"):
+        publish.export(tiny_training, tmp_path / "bad", providers="cpu", measure_routing="no")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_rewrite_routing_measures_and_rewrites_only_the_routing_sealed(export_copy, monkeypatch):
@@ -47,8 +105,10 @@ def test_rewrite_routing_measures_and_rewrites_only_the_routing_sealed(export_co
     def plain_made_fastest(folder, manifest, role, graphs, base_file):
         """The real measurement (short), with the plain autoencoder graph made the fastest everywhere."""
         measured.append((role, sorted(graphs), base_file))
-        found = real_measure(folder, manifest, role, graphs, base_file, runs=5)
-        return found | ({"autoencoder.plain.onnx": {str(b): 0.01 for b in routing.PROBES}} if role == "autoencoder" else {})
+        found, seconds = real_measure(folder, manifest, role, graphs, base_file, budget_s=0.01)
+        if role == "autoencoder":
+            found["autoencoder.plain.onnx"] = {str(b): 0.01 for b in routing.PROBES}
+        return found, seconds
 
     monkeypatch.setattr(routing, "measure", plain_made_fastest)
     chosen = publish.rewrite_routing(export_copy)
@@ -62,8 +122,9 @@ def test_rewrite_routing_measures_and_rewrites_only_the_routing_sealed(export_co
         assert entry["by_batch"] == chosen[role]
         graphs = next(files for name, files, _ in measured if name == role)
         assert entry["routing"]["cpu"]["cores"] >= 1 and sorted(entry["routing"]["time_over_base"]) == graphs
-        del entry["by_batch"], entry["routing"]
-        before["variants"][role]["fp32"].pop("by_batch", None)
+        del entry["by_batch"], entry["routing"], entry["chunk"]
+        for field in ("by_batch", "routing", "chunk"):
+            before["variants"][role]["fp32"].pop(field, None)
     for key in set(before) | set(after):
         if key != "checksum":
             assert after[key] == before[key], key
@@ -81,11 +142,7 @@ def test_bench_rewrite_routing_option_prints_the_routes_and_refuses_a_wrong_fold
     assert json.loads(result.stdout)["results"]
     edge = runtime.load(export_copy, "cpu")
     for role, by_name in read_manifest(export_copy)["variants"].items():
-        following = 1  # measured for real: every batch size has exactly one graph
-        for route in by_name["fp32"]["by_batch"]:
-            assert route["batches"][0] == following
-            following = route["batches"][1] and route["batches"][1] + 1
-        assert following is None
+        assert covers_every_size(by_name["fp32"]["by_batch"])  # measured for real: every size has exactly one graph
         assert edge.models[role].graph_for(1).name == by_name["fp32"]["by_batch"][0]["file"]
     bad = CliRunner().invoke(main, ["bench", str(tmp_path), "--rewrite-routing"])
     assert bad.exit_code != 0 and len(bad.output.strip().splitlines()) == 1

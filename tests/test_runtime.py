@@ -330,7 +330,8 @@ def _count_runs(model: runtime.OnnxModel, counts: dict, key: str) -> None:
         model._bound.run = counted_bound
 
 
-def test_each_batch_size_runs_on_the_graph_the_manifest_names(tiny_export, rng):
+def test_each_batch_size_runs_on_the_graph_the_manifest_names(fixed_routes, rng):
+    tiny_export = fixed_routes
     manifest = read_manifest(tiny_export)
     assert manifest["variants"]["autoencoder"]["fp32"]["by_batch"] == [
         {"batches": [1, 1], "file": "autoencoder.b1.onnx"},

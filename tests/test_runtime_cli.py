@@ -144,7 +144,7 @@ def test_nan_threshold_and_bad_chunks_are_refused(tiny_export):
     for bad in (float("nan"), float("inf"), "abc", [1, 2]):
         with pytest.raises(UsageError):
             model.score(x, threshold=bad)
-    for chunk in (2.5, None, 0, True):
+    for chunk in (2.5, "8", 0, True):
         with pytest.raises(UsageError):
             model.encode(x, chunk=chunk)
     np.testing.assert_allclose(model.score(x, chunk=1).scores, model.score(x).scores)

@@ -10,7 +10,8 @@ from ..artifacts import check_target
 from ..errors import ParityError, UsageError
 from .app import DEFAULT_EXPORT, DEFAULT_TRAINING, main
 from .options import (
-    build_option, config_and_data, json_option, parity_options, progress_printer, split_columns, training_options,
+    build_option, config_and_data, json_option, parity_options, progress_printer, routing_option, split_columns,
+    training_options,
 )
 from .render import detector_lines, early_stop_lines, emit
 
@@ -82,11 +83,12 @@ OWN_MODEL_DEFAULTS = {"scaling": "none", "clip_quantiles": (0.0, 1.0), "scaling_
               help="Your own model: normal data (CSV/NPY) to calibrate the anomaly threshold on [default: no "
                    "threshold; scores in the model's units].")
 @build_option
+@routing_option
 @json_option
 @click.pass_context
 def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None, atol: float, rtol: float,
            provider: str, force: bool, threshold_quantile: float | None, threshold: float | None,
-           threshold_source: str, build: tuple[str, ...], as_json: bool, **own: Any) -> None:
+           threshold_source: str, build: tuple[str, ...], fixed_routing: bool, as_json: bool, **own: Any) -> None:
     """Export a trained model (a training folder, or your own Keras .keras/.h5 sequence autoencoder) to
     autoencoder.onnx + encoder.onnx, verify parity, publish to --out.
 
@@ -109,7 +111,7 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
             training_dir, out, own["encoder_layer"], own["data"], split_columns(own["columns"]), own["scaling"],
             own["clip_quantiles"], own["stride"], own["calibrate"], threshold_quantile, opset, atol, provider, force,
             built, rtol, threshold, threshold_source,
-            parse_scaling_values(own["scaling_values"]) if own["scaling_values"] else None)
+            parse_scaling_values(own["scaling_values"]) if own["scaling_values"] else None, not fixed_routing)
     else:
         given = [f"--{name.replace('_', '-')}" for name, value in own.items()
                  if value is not None and value != OWN_MODEL_DEFAULTS.get(name)]
@@ -118,7 +120,7 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
         from ..training import load_training
 
         path, report = publish.export(load_training(training_dir), out, opset, atol, provider, force,
-                                      threshold_quantile, built, rtol, threshold, threshold_source)
+                                      threshold_quantile, built, rtol, threshold, threshold_source, not fixed_routing)
     emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": publish.folder_variants(path)},
          [*report.summary_lines(), *publish.folder_lines(path, targets=False), *detector_lines(path), f"exported to {path}"])
 
@@ -155,11 +157,11 @@ def verify(ctx: click.Context, export_dir: Path, atol: float | None, rtol: float
 @click.option("--strict", is_flag=True, help="Exit 6 when a variant misses its tolerance (it is left out either way).")
 @parity_options(recorded=True)
 @build_option
+@routing_option
 @json_option
 @click.pass_context
 def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, atol: float | None, rtol: float | None,
-             build: tuple[str, ...],
-             as_json: bool) -> None:
+             build: tuple[str, ...], fixed_routing: bool, as_json: bool) -> None:
     """Rebuild an export's clean graph, its batch graphs and fp16, int8 and ORT-format variants; publish those within tolerance.
 
     Every file is checked against the manifest first; each variant is compared with Keras
@@ -174,7 +176,8 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
     """
     from .. import publish
 
-    result = publish.optimize(export_dir, provider, variants=build or None, atol=atol, rtol=rtol)
+    result = publish.optimize(export_dir, provider, variants=build or None, atol=atol, rtol=rtol,
+                              measure_routing=not fixed_routing)
     emit(ctx, {"out": str(export_dir), **result.to_dict()}, [*result.lines(), f"published to {export_dir}"])
     missed = [f"{v.role}/{v.name}" for v in result.variants if not v.published]
     if strict and missed:
@@ -189,10 +192,11 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
 @click.option("--provider", default="all", show_default=True, help="Providers to verify on: all, cpu or cuda.")
 @click.option("--force", is_flag=True, help="Replace an existing export at --out.")
 @build_option
+@routing_option
 @json_option
 @click.pass_context
 def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol: float, provider: str, force: bool,
-             build: tuple[str, ...], as_json: bool, **kw: Any) -> None:
+             build: tuple[str, ...], fixed_routing: bool, as_json: bool, **kw: Any) -> None:
     """Train, export and verify in one go (the seed notebook's model and data by default).
 
     \b
@@ -205,7 +209,8 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol
     quiet = kw["quiet"]
     config, data, columns = config_and_data(kw)
     path, report, training = publish.run_pipeline(config, out, data, columns, opset, atol, provider, force,
-                                                  progress_printer(quiet, config.epochs), build or None, rtol)
+                                                  progress_printer(quiet, config.epochs), build or None, rtol,
+                                                  not fixed_routing)
     summary = training.summary()
     emit(ctx, {"out": str(path), "training": summary, "parity": report.to_dict(), "variants": publish.folder_variants(path)}, [
         f"trained {summary['parameters']:,} parameters, {summary['epochs_run']} epochs, final loss {summary['final_loss']:.3e}, "

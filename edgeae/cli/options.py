@@ -41,6 +41,12 @@ build_option = click.option("--build", "build", multiple=True, metavar="VARIANT"
                                  "optimize also keeps what the export has].")
 
 
+routing_option = click.option(
+    "--fixed-routing", is_flag=True,
+    help="Do not time the fp32 graphs here (a few seconds): batch 1 to the one-window graph, 128+ to the unrolled "
+         "one, in runs of 256, the same on every machine [default: measured; bench --rewrite-routing redoes it].")
+
+
 def parity_options(recorded: bool = False):
     """--atol and --rtol, the fp32 parity bounds, for every command that checks parity; `recorded`:
     they default to what the export recorded (verify) instead of the library's defaults."""
