@@ -329,7 +329,7 @@ WARM_S = 0.01  # untimed calls before a block: a core idle for the pause needs m
 
 
 def time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int,
-                settle_s: float = SETTLE_S, warm_s: float = WARM_S) -> dict[str, list[np.ndarray]]:
+                settle_s: float = SETTLE_S, warm_s: float = WARM_S, rounds: int | None = None) -> dict[str, list[np.ndarray]]:
     """Interleaved in blocks: each round gives every path, in a fresh random order, WARM_S of
     untimed calls (at least one), up to BLOCK timed ones, and then a pause.
 
@@ -348,7 +348,8 @@ def time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: 
         for _ in range(warmup):
             runners[name](x)
     samples: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    block = max(1, min(BLOCK, runs // 5))  # at least five rounds, so drift is shared out at large batches too
+    # at least five rounds (or `rounds`), so drift is shared out at large batches too
+    block = max(1, -(-runs // rounds) if rounds else min(BLOCK, runs // 5))
     rounds = -(-runs // block)
     shuffle = np.random.default_rng(0)
     for r in range(rounds):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import platform
 import threading
@@ -454,6 +455,8 @@ def connect(scheduler: Any = None, workers: int | None = None) -> Iterator[Any]:
     """A Dask client: to `scheduler` (an address, or a Client, kept open), else to a local cluster
     of `workers` processes (default: one per core) with one thread each."""
     distributed = require("distributed", "dask")
+    # The scheduler logs each shuffle's start and end as a warning: two lines per run that say nothing is wrong.
+    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
     if isinstance(scheduler, distributed.Client):
         yield scheduler
         return

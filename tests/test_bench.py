@@ -149,15 +149,15 @@ def test_a_baseline_that_cannot_be_opened_stops_the_bench_before_timing(export_c
         run_bench(export_copy, runs=3, warmup=0, batches=(2,), cold=False, roles=("encoder",))
 
 
-def test_a_batch_graph_the_manifest_does_not_list_is_refused_as_the_runtime_refuses_it(export_copy):
+def test_a_batch_graph_the_manifest_does_not_list_is_refused_as_the_runtime_refuses_it(fixed_routes):
     from edgeae.artifacts import read_manifest, write_manifest
     from edgeae.errors import IntegrityError
 
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(fixed_routes)  # its routes send batch 1 to autoencoder.b1.onnx
     del manifest["files"]["autoencoder.b1.onnx"]
-    write_manifest(export_copy, manifest)
+    write_manifest(fixed_routes, manifest)
     with pytest.raises(IntegrityError, match="autoencoder.b1.onnx"):
-        run_bench(export_copy, runs=3, warmup=0, batches=(2,), cold=False, roles=("autoencoder",))
+        run_bench(fixed_routes, runs=3, warmup=0, batches=(2,), cold=False, roles=("autoencoder",))
 
 
 X86_CPUINFO = """processor\t: 0

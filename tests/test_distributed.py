@@ -166,7 +166,7 @@ def test_a_run_writes_parquet_and_its_record(client, parquet_dir, reference, tmp
     manifest = read_json(out / "manifest.json", "record")
     assert manifest["windows_written"] == manifest["windows_expected"] == len(reference) == record["windows_written"]
     assert manifest["export"]["checksum"] == runtime.load(EXPORTED, "cpu").manifest["checksum"]
-    assert manifest["export"]["graph"] == "autoencoder.unrolled.onnx"
+    assert manifest["export"]["graph"] == runtime.load(EXPORTED, "cpu").models["autoencoder"].graph_for(256).name
     assert manifest["threshold"] == runtime.load(EXPORTED, "cpu").threshold
     assert manifest["series_without_windows"] == {"count": 1, "first": ["c"]}
     assert manifest["gaps"] == 2 and manifest["series"] == 6 and manifest["engine"]["workers"] == 2

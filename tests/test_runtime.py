@@ -112,8 +112,8 @@ def test_manifest_records_the_preprocessing_in_plain_numbers(scaled_export):
     assert scaled.min() >= -1e-6 and scaled.max() <= 1 + 1e-6
 
 
-def test_chunked_runs_match_one_big_run(tiny_export, rng):
-    model = runtime.load(tiny_export, "cpu")
+def test_chunked_runs_match_one_big_run(fixed_routes, rng):
+    model = runtime.load(fixed_routes, "cpu")
     x = rng.uniform(0, 1, (1001, 6, 3))
     whole = model.reconstruct(x, chunk=4096)  # on the unrolled graph; 7 and 13 at a time on the clean one
     np.testing.assert_array_equal(model.reconstruct(x, chunk=7), model.reconstruct(x, chunk=13))
@@ -385,13 +385,13 @@ def test_an_export_without_batch_graphs_runs_every_batch_on_its_own_graph(export
 
 
 @pytest.mark.parametrize("file", ["autoencoder.b1.onnx", "autoencoder.unrolled.onnx"])
-def test_a_tampered_batch_graph_is_refused(export_copy, file):
-    path = export_copy / file
+def test_a_tampered_batch_graph_is_refused(fixed_routes, file):
+    path = fixed_routes / file  # a graph the manifest routes batch sizes to
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match=file.replace(".", r"\.")):
-        runtime.load(export_copy, "cpu")
+        runtime.load(fixed_routes, "cpu")
 
 
 @pytest.mark.parametrize("routes", [[{"batches": [0, 1], "file": "autoencoder.b1.onnx"}],
