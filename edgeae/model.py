@@ -42,11 +42,11 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid")
 # With one step tf2onnx writes the encoder LSTM without the time-major input the clean graph is
 # rebuilt from, and export fails; two is the least that exports.
 MIN_TIMESTEPS = 2
-# XLA (Keras `jit_compile`) runs a training step of these LSTMs 2-3x faster on the CPU, with the same
-# weights bit for bit (64 x 9 x 32 tanh, 1,769 windows, batch 32, 2 loaded cores: 2.5-3.7 s/epoch
-# without, 0.93-2.0 s with), but compiling costs 20-60 s (once per batch shape). It pays when a run
-# makes many recurrent steps: from XLA_FROM = epochs x batches per epoch x timesteps (that run: 215,040
-# for 60 epochs; the seed's 300 one-window epochs: 3,000, which stays without).
+# XLA (Keras `jit_compile`) runs a training step of these LSTMs about 3x faster on the CPU (64 x 9 x 32
+# tanh, 1,769 windows, batch 32, 2 quiet cores: 1.5-2.4 s/epoch without, 0.54-0.59 s with, in full
+# batches), but compiling costs 7-20 s (once per batch shape). It pays when a run makes many recurrent
+# steps: from XLA_FROM = epochs x batches per epoch x timesteps (that run: 215,040 for 60 epochs; the
+# seed's 300 one-window epochs: 3,000, which stays without).
 XLA_FROM = 100_000
 
 
@@ -228,9 +228,9 @@ def xla_pays(config: TrainConfig, windows: int) -> bool:
     return config.epochs * math.ceil(windows / config.batch_size) * config.timesteps >= XLA_FROM
 
 
-def _fit_compiled(config: TrainConfig, xla: bool, fit: Callable[[Any], Any]) -> tuple[Any, Any, Any, bool]:
-    """Build the model and run `fit` on it, its steps compiled by XLA if `xla`; where XLA cannot
-    compile them, build it again (the same seed: the same start) and fit without.
+def _fit_compiled(config: TrainConfig, xla: bool, fit: Callable[[Any, bool], Any]) -> tuple[Any, Any, Any, bool]:
+    """Build the model and run `fit(model, compiled)` on it, its steps compiled by XLA if `xla`; where
+    XLA cannot compile them, build it again (the same seed: the same start) and fit without.
 
     Keras turns `jit_compile` off whenever TensorFlow's op determinism is on, because some ops have
     no deterministic XLA kernel; this model's have on the CPU (two runs give the same weights, and
@@ -242,10 +242,10 @@ def _fit_compiled(config: TrainConfig, xla: bool, fit: Callable[[Any], Any]) -> 
     if xla:
         autoencoder._jit_compile = True
         try:
-            return autoencoder, encoder, fit(autoencoder), True
+            return autoencoder, encoder, fit(autoencoder, True), True
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError):
             autoencoder, encoder = build(config)
-    return autoencoder, encoder, fit(autoencoder), False
+    return autoencoder, encoder, fit(autoencoder, False), False
 
 
 def train(
@@ -265,7 +265,7 @@ def train(
     has_val = validation is not None and len(validation) > 0
     if has_val:
         check_windows(validation, config, "validation windows")
-    _, keras = import_keras()
+    tf, keras = import_keras()
     callbacks: list[Any] = []
     if progress is not None:
         callbacks.append(keras.callbacks.LambdaCallback(
@@ -281,7 +281,18 @@ def train(
     x = windows.astype(np.float32)
     val = (validation.astype(np.float32),) * 2 if has_val else None
 
-    def fit_on(model: Any) -> Any:
+    def fit_on(model: Any, compiled: bool) -> Any:
+        if compiled and len(x) > config.batch_size and len(x) % config.batch_size:
+            # XLA compiles the step once per batch shape, and a last, smaller batch costs a second compile
+            # (64 x 9 x 32, 1,769 windows: first epoch 17.7 s against 7.8 s) and a step of its own each epoch
+            # (0.72 against 0.54 s/epoch). Here the windows stream reshuffled and unbroken across epochs in
+            # full batches, ceil(n / batch) per epoch: every window is still seen once an epoch, give or take one.
+            stream = (tf.data.Dataset.from_tensor_slices((x, x))
+                      .shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True).repeat()
+                      .batch(config.batch_size, drop_remainder=True).prefetch(2))
+            # (Validation keeps its batches: in one batch of 300 windows it ran 0.2 s an epoch slower.)
+            return model.fit(stream, epochs=config.epochs, steps_per_epoch=math.ceil(len(x) / config.batch_size),
+                             shuffle=False, verbose=0, validation_data=val, callbacks=callbacks)
         return model.fit(x, x, epochs=config.epochs, batch_size=config.batch_size, shuffle=True, verbose=0,
                          validation_data=val, callbacks=callbacks)
 

@@ -77,6 +77,35 @@ def test_xla_pays_on_long_runs_only():
     assert xla_pays(TrainConfig(timesteps=64, features=9, units=32, activation="tanh", epochs=60), 1769)
 
 
+def test_xla_training_runs_one_batch_shape_and_sees_every_window_each_epoch(monkeypatch):
+    """With XLA a last, smaller batch would cost a second compile: the windows stream reshuffled in full
+    batches instead, ceil(n / batch) of them an epoch, the same for two runs of one seed."""
+    import tensorflow as tf
+    from keras import Model
+
+    config = TrainConfig(timesteps=4, features=2, units=5, epochs=2, batch_size=8, seed=5)
+    x = np.random.default_rng(0).uniform(0, 1, (20, 4, 2)).astype(np.float32)
+    fed, real_fit = [], Model.fit
+
+    def recording_fit(self, data, *args, **kwargs):
+        fed.append((data, kwargs.get("steps_per_epoch")))
+        return real_fit(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "fit", recording_fit)
+    a, b = train(config, x, xla=True), train(config, x, xla=True)
+    assert a.xla and a.epochs_run == 2
+    stream, steps = fed[0]
+    assert isinstance(stream, tf.data.Dataset) and steps == 3  # 20 windows: 3 batches of 8 an epoch
+    assert [spec.shape.as_list() for spec in stream.element_spec] == [[8, 4, 2], [8, 4, 2]]  # one shape only
+    seen = np.concatenate([batch for batch, _ in stream.take(5).as_numpy_iterator()])  # 40 windows: two passes
+    rows = {row.tobytes() for row in x}
+    assert all(row.tobytes() in rows for row in seen) and len({row.tobytes() for row in seen[:20]}) == 20
+    for wa, wb in zip(a.autoencoder.get_weights(), b.autoencoder.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    plain = train(config, x, xla=False)
+    assert not isinstance(fed[-1][0], tf.data.Dataset) and not plain.xla  # without XLA: Keras's own batches
+
+
 def test_xla_training_is_deterministic_and_falls_back_where_xla_fails(monkeypatch):
     """Two XLA trainings of a seed give the same weights, the loss of training without it; where XLA
     cannot compile (forced here: not every CPU or op has a kernel) the same training runs without."""
