@@ -218,7 +218,7 @@ def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Route
         role = name.split(".")[0]
         if name.endswith((".onnx", ".ort")) and name not in served and role in ROLES:
             found = routes.get(name, [])
-            label = "+".join([name, *(path.name.split(".")[-2] for _, _, path in found)])
+            label = "+".join(dict.fromkeys([name, *(path.name.split(".")[-2] for _, _, path in found)]))
             paths.append((label, role, folder / name, found))
     return sorted(paths, key=lambda t: (t[1], t[2].name not in baselines, t[0]))
 

@@ -28,7 +28,7 @@ def test_bench_reports_every_path_with_ratios(tiny_export):
     onnx_files = [n for n, entry in manifest["files"].items() if n.endswith((".onnx", ".ort")) and n not in served
                   and entry["role"] != "onnx-detector"]  # the detector graphs are apps' files, not timed paths
     for name in onnx_files:  # a one-window or unrolled graph is timed inside the path it serves; others alone too
-        label = "+".join([name, *(f.split(".")[-2] for f in routed[name])]) if name in routed else name
+        label = "+".join(dict.fromkeys([name, *(f.split(".")[-2] for f in routed[name])])) if name in routed else name
         assert (name.split(".")[0], label) in names
     assert len(names) == len(onnx_files) + 2 * len(KERAS_PATHS)
     for role in ("autoencoder", "encoder"):

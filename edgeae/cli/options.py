@@ -43,7 +43,7 @@ build_option = click.option("--build", "build", multiple=True, metavar="VARIANT"
 
 routing_option = click.option(
     "--fixed-routing", is_flag=True,
-    help="Do not time the fp32 graphs here (a few seconds): batch 1 to the one-window graph, 128+ to the unrolled "
+    help="Do not time the fp32 graphs here (3-45 s): batch 1 to the one-window graph, 128+ to the unrolled "
          "one, in runs of 256, the same on every machine [default: measured; bench --rewrite-routing redoes it].")
 
 
