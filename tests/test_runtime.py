@@ -526,9 +526,10 @@ def test_a_provider_named_twice_is_asked_for_once(tiny_export, recwarn):
     assert not [w for w in recwarn if "provider" in str(w.message).lower()]
 
 
-def test_the_one_window_graph_runs_on_one_thread_without_the_arena(tiny_export):
+def test_the_one_window_graph_runs_on_one_thread_without_the_arena(fixed_routes):
     """Batch 1 never splits across threads and its buffers come sooner from malloc; a thread
     count the caller gives is kept, and the batch graphs keep onnxruntime's defaults."""
+    tiny_export = fixed_routes  # batch 1 on the one-window graph
     auto = runtime.load(tiny_export, "cpu").models["autoencoder"]
     one = auto.graph_for(1).session.get_session_options()
     assert (one.intra_op_num_threads, one.enable_cpu_mem_arena) == (1, False)
