@@ -369,13 +369,14 @@ def time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: 
     return samples
 
 
-def paired_ratio(path: list[np.ndarray], base: list[np.ndarray]) -> float:
-    """Median over rounds of (the path's median time / the baseline's, in the same round).
+def paired_ratio(path: list[np.ndarray], base: list[np.ndarray], quantile: float = 0.5) -> float:
+    """Median (or another `quantile`) over rounds of (the path's median time / the baseline's, in
+    the same round).
 
     A shared machine changes speed over seconds; comparing within a round cancels that,
     where a ratio of two overall medians would compare different moments.
     """
-    return float(np.median([np.median(p) / np.median(b) for p, b in zip(path, base)]))
+    return float(np.quantile([np.median(p) / np.median(b) for p, b in zip(path, base)], quantile))
 
 
 def _check_arguments(runs: Any, warmup: Any, threads: Any, batches: Any, roles: Any, keras: Any, cold: Any) -> None:

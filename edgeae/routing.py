@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .bench import cpu_description, load_average, onnx_model, time_rounds
+from .bench import cpu_description, load_average, onnx_model, paired_ratio, time_rounds
 
 # Each probe decides the batch sizes up to the next one; bench's 1, 64 and 4096 are measured as such.
 PROBES = (1, 2, 8, 64, 256, 1024, 4096)
@@ -92,8 +92,7 @@ def measure(folder: Path, manifest: dict, role: str, graphs: dict[str, bool], ba
 
 def _over_base(samples: dict[str, list[np.ndarray]], base_file: str) -> dict[str, float]:
     """Each path's QUANTILE of its per-round time over the base path's."""
-    return {file: float(np.quantile([np.median(mine) / np.median(base) for mine, base
-                                     in zip(times, samples[base_file])], QUANTILE)) for file, times in samples.items()}
+    return {file: paired_ratio(times, samples[base_file], QUANTILE) for file, times in samples.items()}
 
 
 def choose(ratios: dict[str, dict[str, float]], seconds: dict[str, float], base_file: str, graphs: dict[str, bool],
