@@ -5,11 +5,8 @@ functions that need them, and `edgeae.runtime` never loads them at all.
 """
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("edgeae")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+local"
+# The one place the version is written: pyproject.toml reads it from here (setuptools' `attr`),
+# so the wheel's metadata, `importlib.metadata.version("edgeae")` and `edgeae --version` agree.
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

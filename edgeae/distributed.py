@@ -43,13 +43,16 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .artifacts import as_path, atomic_write_bytes, check_output_file, dumps_json, file_entry, read_export_manifest, \
     staged_folder, write_manifest
 from .data import FLOAT32_MAX
 from .errors import EXIT_RUNTIME, DataError, EdgeAEError, ExportExistsError, IntegrityError, MissingDependencyError, \
     ShapeError, UsageError, require
 from .runtime import DEFAULT_CHUNK, DEFAULT_VARIANT, EdgeModel, as_windows, load, reconstruction_error
+from .versions import environment
+
+# The versions a fleet run's numbers depend on, beyond edgeae's own runtime and training ones.
+FLEET_DISTRIBUTIONS = ("pandas", "pyarrow", "dask", "distributed", "fsspec")
 
 FIXED_BATCH = DEFAULT_CHUNK  # every session.run gets exactly this many windows
 DATA_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -479,19 +482,6 @@ def connect(scheduler: Any = None, workers: int | None = None) -> Iterator[Any]:
             cluster.close()
 
 
-def versions() -> dict[str, str | None]:
-    """The versions a run's numbers depend on."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str | None] = {"edgeae": __version__, "python": platform.python_version()}
-    for name in ("numpy", "onnxruntime", "pandas", "pyarrow", "dask", "distributed", "fsspec"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 def _check_apart(out: Path, export: Path, source: Any) -> None:
     """An output folder is never the export or the data it reads, nor inside them (even with --force)."""
     target = out.resolve()
@@ -563,7 +553,7 @@ def _record(command: str, fleet: Fleet, counts: Any, stage: Path, client: Any, s
         "windows_expected": expected, "windows_written": written,
         "engine": {"name": "dask", "scheduler": info.get("address"), "workers": len(info.get("workers", {})),
                    "onnxruntime_threads": 1, "seconds": round(perf_counter() - started, 3)},
-        "versions": versions(),
+        "versions": environment(FLEET_DISTRIBUTIONS),
         "files": {p.name: file_entry(p, PART_ROLE) for p in parts},
     }
 
@@ -668,7 +658,7 @@ def write_sample(out: str | os.PathLike, source: Any, by: str, order: str, times
     record = {"source": str(source), "by": by, "order": order, "columns": list(sample.columns),
               "timesteps": timesteps, "stride": stride, **asdict(SampleSpec(per_series, share, seed)),
               "windows": len(windows), "series": int(index[by].nunique()), "file": path.name,
-              "index": index_path.name, "versions": versions()}
+              "index": index_path.name, "versions": environment(FLEET_DISTRIBUTIONS)}
     atomic_write_bytes(record_path, dumps_json(record).encode("utf-8"))
     return record
 

@@ -45,9 +45,13 @@ class RuntimeFailed(InferenceError):
     """The runtime could not load or run the file, or its process died doing so."""
 
 
-def node_folder() -> Path:
-    """Where the Node.js runner and its node_modules live: EDGEAE_NODE_DIR, else the repository's node/."""
-    return Path(os.environ.get("EDGEAE_NODE_DIR") or Path(__file__).resolve().parents[1] / "node")
+def node_folder() -> Path | None:
+    """Where the Node.js runner and its node_modules live: EDGEAE_NODE_DIR, else the node/ folder of the
+    checkout edgeae runs from; None for an installed wheel (the runner and its npm packages are not in it)."""
+    if os.environ.get("EDGEAE_NODE_DIR"):
+        return Path(os.environ["EDGEAE_NODE_DIR"])
+    checkout = Path(__file__).resolve().parents[1] / "node"
+    return checkout if (checkout / WASM_SCRIPT).is_file() else None
 
 
 def unavailable(runtime: str) -> str | None:
@@ -58,6 +62,9 @@ def unavailable(runtime: str) -> str | None:
         folder = node_folder()
         if shutil.which("node") is None:
             return "Node.js is not installed (apt-get install nodejs npm)"
+        if folder is None:
+            return ("onnxruntime-web runs from an edgeae checkout's node/ folder, which an installed package lacks: "
+                    "`npm ci --prefix CHECKOUT/node`, then set EDGEAE_NODE_DIR=CHECKOUT/node")
         if not (folder / WASM_SCRIPT).is_file() or not (folder / "node_modules" / "onnxruntime-web").is_dir():
             return f"onnxruntime-web is not installed in {folder} (npm ci --prefix {folder})"
         return None

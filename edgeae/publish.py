@@ -12,17 +12,15 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import math
-import platform
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, versions
 from .artifacts import (
     as_path, atomic_write_json, check_target, file_entry, folder_lock, read_export_manifest, read_json, read_manifest,
     staged_folder, verify_files, write_manifest,
@@ -368,16 +366,6 @@ def _manifest_sections(built: _Built, fp32: Tolerance, providers: list[str], det
     return out
 
 
-def _versions() -> dict[str, str]:
-    out = {"edgeae": __version__, "python": platform.python_version()}
-    for dist in ("numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "onnxruntime-gpu"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 def check_export_target(out: Path, training_folder: Path | None, force: bool = False) -> None:
     """Refuse, before anything loads, an export that would replace the training folder it reads (or
     a folder holding it), then a target check_target refuses."""
@@ -462,7 +450,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
             "window": {"timesteps": config.timesteps, "features": config.features, "stride": config.stride or 1},
             "preprocessing": pre.to_dict(),
             "training": {**summary, "history": training.history},
-            "versions": _versions(),
+            "versions": versions.environment(),
             **({"scores": NO_THRESHOLD} if detector is None else {}),
             **sections,
         }

@@ -29,6 +29,7 @@ from edgeae import runtime  # noqa: E402
 from edgeae.artifacts import read_json, write_manifest  # noqa: E402
 from edgeae.cli import main  # noqa: E402
 from edgeae.data import load_series, make_windows, window_series, window_starts  # noqa: E402
+from edgeae.versions import environment  # noqa: E402
 from edgeae.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_RUNTIME, EXIT_USAGE, DataError, ExportExistsError  # noqa: E402
 
 from .conftest import EXPORTED  # noqa: E402
@@ -344,4 +345,4 @@ def test_help_names_every_fleet_command():
     for command in ("score", "encode", "sample", "bench"):
         result = run_cli("fleet", command, "--help")
         assert result.exit_code == 0 and "Example:" in result.output
-    assert json.loads(json.dumps(fleet.versions()))["dask"]
+    assert json.loads(json.dumps(environment(fleet.FLEET_DISTRIBUTIONS)))["dask"]

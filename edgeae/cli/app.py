@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .. import __version__
+from .. import versions
 from ..errors import (
     EXIT_CLOSED_PIPE, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgeAEError,
 )
@@ -118,6 +118,13 @@ def one_line(text: str) -> str:
                    if unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") else ch for ch in text)
 
 
+def _show_version(ctx: click.Context, on: bool) -> None:
+    """`--version`: a device must be able to say which edgeae, onnxruntime and numpy it runs."""
+    if on and not ctx.resilient_parsing:
+        click.echo(versions.version_text())
+        ctx.exit()
+
+
 def print_error(message: str) -> None:
     """The only place an error reaches the user: one `error:` line on stderr."""
     click.echo(f"error: {one_line(message)}", err=True)
@@ -140,7 +147,8 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
 
 @click.group(cls=EdgeGroup, context_settings={"help_option_names": ["-h", "--help"]},
              epilog="Exit codes: " + "; ".join(f"{k} {v.split(' (')[0]}" for k, v in EXIT_CODES.items()))
-@click.version_option(__version__, prog_name="edgeae")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=lambda ctx, _, on: _show_version(ctx, on),
+              help="Show the version of edgeae and of what it runs on (onnxruntime, numpy, TensorFlow...), then exit.")
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
 def main(debug: bool) -> None:
     """Train a Keras LSTM sequence autoencoder, export it to ONNX, prove parity, run it on the edge.

@@ -8,6 +8,7 @@ from typing import Any
 import click
 import numpy as np
 
+from .. import versions
 from ..bench import MAX_BATCH as MAX_BENCH_BATCH
 from .app import DEFAULT_EXPORT, main
 from .options import json_option, provider_option, self_check_option, split_columns, variant_option
@@ -102,6 +103,12 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, no_sel
                 lines.append(f"    {node}: {prov}")
     if edge.manifest:
         info["manifest"] = {k: edge.manifest.get(k) for k in ("kind", "edgeae_version", "created", "opset", "window", "parity")}
+        table, info["version_warnings"] = versions.against_export(edge.manifest.get("versions") or {})
+        info["versions"] = table
+        lines.append("versions, exported with -> installed here:")
+        lines += [f"  {name}: {v['export'] or '-'} -> {v['installed'] or 'not installed'}" for name, v in table.items()]
+        for warning in info["version_warnings"]:
+            click.echo(f"warning: {warning}", err=True)
     emit(ctx, info, lines)
 
 

@@ -1,0 +1,4 @@
+"""`python -m edgeae`: the same as the `edgeae` command (where the console script is not on PATH)."""
+from .cli import main
+
+main()
