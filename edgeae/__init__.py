@@ -1,12 +1,47 @@
 """edgeae: a Keras LSTM sequence autoencoder, from training to an edge device.
 
-Importing the package is cheap: TensorFlow, Keras and tf2onnx load only inside the
-functions that need them, and `edgeae.runtime` never loads them at all.
+The public API, in pipeline order::
+
+    import edgeae
+    training = edgeae.train(edgeae.TrainConfig(epochs=300))      # Keras ([train] extra)
+    edgeae.export(training, "exported")                          # tf2onnx, parity, variants
+    model = edgeae.load("exported")                              # numpy + onnxruntime only
+    result = model.score(windows)                                # a ScoreResult: scores, flags
+
+Importing the package is cheap: each name below loads its module on first use, so
+`import edgeae` loads neither onnxruntime nor TensorFlow, and `edgeae.load` never loads
+TensorFlow, Keras or tf2onnx.
 """
 from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import EdgeAEError
 
 # The one place the version is written: pyproject.toml reads it from here (setuptools' `attr`),
 # so the wheel's metadata, `importlib.metadata.version("edgeae")` and `edgeae --version` agree.
 __version__ = "0.2.0"
 
-__all__ = ["__version__"]
+# Each public name -> the module that defines it, imported when the name is first used.
+_PUBLIC = {
+    "load": "runtime", "EdgeModel": "runtime", "ScoreResult": "runtime",
+    "StreamScorer": "streaming",
+    "TrainConfig": "model", "train": "training", "Training": "training",
+    "export": "publish", "export_keras": "publish", "optimize": "publish",
+    "verify": "verification",
+}
+
+__all__ = ["EdgeAEError", "__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'edgeae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

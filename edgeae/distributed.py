@@ -130,7 +130,7 @@ def check_order(frame: Any, by: str, order: str) -> Any:
 
 
 @dataclass(frozen=True)
-class Job:
+class FleetJob:
     """What every task needs, small and picklable: read once by the driver, shipped to the workers."""
 
     export: str
@@ -166,7 +166,7 @@ def _features(frame: Any, columns: tuple[str, ...], ids: np.ndarray, order: str)
     return values
 
 
-def cut_partition(frame: Any, job: Job, dtype: type = np.float32) -> Cut:
+def cut_partition(frame: Any, job: FleetJob, dtype: type = np.float32) -> Cut:
     """Every window of every series in `frame` (which holds whole series), in series and step order,
     as `dtype` (float32: what the model reads, as `edgeae score` casts; float64: the values as stored)."""
     frame = frame.sort_values([job.by, job.order], kind="stable", ignore_index=True)
@@ -189,7 +189,7 @@ _MODELS: dict[tuple[str, str, str], EdgeModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def worker_model(job: Job) -> EdgeModel:
+def worker_model(job: FleetJob) -> EdgeModel:
     """This process's model for `job`: loaded once, one onnxruntime thread, its checksum the driver's."""
     key = (job.export, job.checksum, job.variant)
     with _MODELS_LOCK:
@@ -233,7 +233,7 @@ def fixed_scores(edge: EdgeModel, windows: np.ndarray) -> np.ndarray:
     return reconstruction_error(windows, run_fixed(edge, "autoencoder", windows), edge.scale)
 
 
-def _index(cut: Cut, job: Job) -> Any:
+def _index(cut: Cut, job: FleetJob) -> Any:
     """Series, window start and end (the order column's values), and the time column's start value."""
     import pandas as pd
 
@@ -245,7 +245,7 @@ def _index(cut: Cut, job: Job) -> Any:
     return pd.DataFrame(index)
 
 
-def score_partition(frame: Any, job: Job) -> Any:
+def score_partition(frame: Any, job: FleetJob) -> Any:
     """One partition of whole series -> a row per window: series, start, end, score, anomaly."""
     cut = cut_partition(frame, job)
     result = _index(cut, job)
@@ -255,7 +255,7 @@ def score_partition(frame: Any, job: Job) -> Any:
     return result
 
 
-def encode_partition(frame: Any, job: Job) -> Any:
+def encode_partition(frame: Any, job: FleetJob) -> Any:
     """One partition of whole series -> a row per window: series, start, end, embedding_0..n."""
     import pandas as pd
 
@@ -265,7 +265,7 @@ def encode_partition(frame: Any, job: Job) -> Any:
     return pd.concat([_index(cut, job), columns], axis=1)
 
 
-def count_partition(frame: Any, job: Job) -> Any:
+def count_partition(frame: Any, job: FleetJob) -> Any:
     """One partition of whole series -> a row per series: rows, gaps and windows expected."""
     import pandas as pd
 
@@ -363,7 +363,7 @@ def check_numeric(frame: Any, columns: tuple[str, ...]) -> None:
             raise DataError(f"column {name!r} holds {dtype}, not numbers; choose the feature columns with --columns")
 
 
-def prepared(frame: Any, job: Job) -> Any:
+def prepared(frame: Any, job: FleetJob) -> Any:
     """The source's needed columns, order-checked per input partition, then shuffled so that
     every series lies whole in one partition."""
     needed = list(dict.fromkeys([job.by, job.order, *([job.time] if job.time else []), *job.columns]))
@@ -379,7 +379,7 @@ def prepared(frame: Any, job: Job) -> Any:
 class Fleet:
     """A source bound to an export: the job the workers run and the lazy frame they read."""
 
-    job: Job
+    job: FleetJob
     frame: Any
     units: int
     graph: str  # the file every window runs through
@@ -403,7 +403,7 @@ def _plan(role: str, export: str | os.PathLike, source: Any, by: str, order: str
     trained = tuple(str(c) for c in ((manifest["training"].get("data") or {}).get("columns") or ())) or None
     chosen = feature_columns(frame.columns, by, order, time, columns, trained, edge.features)
     check_numeric(frame, chosen)
-    job = Job(str(folder), manifest["checksum"], variant, by, order, chosen, edge.timesteps,
+    job = FleetJob(str(folder), manifest["checksum"], variant, by, order, chosen, edge.timesteps,
               stride or int(manifest["window"].get("stride", 1)), limit, time)
     return Fleet(job, prepared(frame, job), manifest_sizes(manifest)["units"], graph)
 
@@ -582,7 +582,7 @@ class Sample:
     columns: tuple[str, ...]
 
 
-def sample_partition(frame: Any, job: Job, spec: SampleSpec) -> Any:
+def sample_partition(frame: Any, job: FleetJob, spec: SampleSpec) -> Any:
     """One partition of whole series -> the sampled windows, one row each (values flattened)."""
     import pandas as pd
 
@@ -618,7 +618,7 @@ def sample_windows(source: Any, by: str, order: str, timesteps: int, *, per_seri
     frame = read_source(source, storage_options)
     chosen = feature_columns(frame.columns, by, order, None, columns, None, None)
     check_numeric(frame, chosen)
-    job = Job("", "", DEFAULT_VARIANT, by, order, chosen, timesteps, stride)
+    job = FleetJob("", "", DEFAULT_VARIANT, by, order, chosen, timesteps, stride)
     spec = SampleSpec(per_series, None if share is None else float(share), int(seed))
     frame = prepared(frame, job)
     sampled = frame.map_partitions(sample_partition, job, spec, meta=sample_partition(frame._meta, job, spec)).compute()

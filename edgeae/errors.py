@@ -47,6 +47,11 @@ class LockedError(UsageError):
     """Another edgeae process is writing the same export folder."""
 
 
+class UnsupportedModelError(UsageError, ValueError):
+    """A model outside what edgeae can export, prove or generate C for, named by its layer or graph part;
+    refused rather than approximated."""
+
+
 class DataError(EdgeAEError, ValueError):
     exit_code = EXIT_DATA
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .data import FLOAT32_MAX, Preprocessing, load_series, window_series
-from .errors import UsageError
+from .errors import UnsupportedModelError, UsageError
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 RECURRENT = ("LSTM", "GRU")
@@ -28,10 +28,6 @@ MODEL_CLASSES = ("Functional", "Sequential", "Model")
 SYNTHETIC_WINDOWS = 64  # parity inputs when the user gives no data: standard normal windows
 SYNTHETIC = "synthetic"
 NO_THRESHOLD = "scores are in the model's units and no threshold is set (give --calibrate FILE to set one)"
-
-
-class UnsupportedModelError(UsageError):
-    """A Keras model outside the family edgeae can export and prove, named by its layer."""
 
 
 def is_keras_file(path: Path) -> bool:

@@ -28,6 +28,7 @@ from .artifacts import (
 from .bounds import bound_entry
 from .checks import check_flag
 from .errors import EdgeAEError, ParityError, UsageError, require
+from .graphs import BUILDERS
 from .layout import (
     BUILT_FILES, DATA_ROLE, DETECTOR_PRECISIONS, DETECTOR_ROLE, KERAS_FILE, KERAS_ROLE, ORT_CONFIG_FILE, ORT_CONFIG_ROLE,
     PARITY_INPUTS_FILE, PARITY_REPORT_FILE, REPORT_ROLE, ROLES, TARGETS_FILE, detector_file,
@@ -142,7 +143,7 @@ def batch_routes(by_name: dict[str, dict[str, Any]], base: str,
 def model_entry(proto, file: str) -> dict[str, Any]:
     """A manifest `models` entry: file, inputs/outputs, opset, node and op counts, and the value
     bound that proves its float32 graphs cannot overflow (bounds.py)."""
-    from .export import describe_io, opset_of
+    from .convert import describe_io, opset_of
 
     nodes, ops, _ = describe_graph(proto)
     return {"file": file, **describe_io(proto), "opset": opset_of(proto), "nodes": nodes, "ops": ops,
@@ -190,7 +191,7 @@ def build_variants(stage: Path, training: Training, inputs: dict[str, np.ndarray
             job = Job(clean, role, clean_path, stage / variant_file(role, spec.name),
                       lambda path, name=spec.name: parity_of(path, name))
             try:
-                built = spec.build(job)
+                built = BUILDERS[spec.name](job)
             except not_applicable as exc:
                 skipped.setdefault(role, {})[spec.name] = str(exc).splitlines()[0]
                 (stage / variant_file(role, spec.name)).unlink(missing_ok=True)
@@ -205,7 +206,7 @@ def build_variants(stage: Path, training: Training, inputs: dict[str, np.ndarray
         for name in (n for n in VARIANTS if n in protos):
             file = variant_file(role, name)
             parity = checked.get(name) or parity_of(stage / file, name)
-            published = bool(parity) or BY_NAME[name].build is None
+            published = bool(parity) or not BY_NAME[name].built
             nodes, ops, opsets = describe_graph(protos[name])
             batch = protos[name].graph.input[0].type.tensor_type.shape.dim[0].dim_value or "any"
             source = "tf2onnx" if name == "plain" else plain_file if name == DEFAULT_VARIANT else clean_path.name
@@ -298,7 +299,7 @@ def _as_default(plain, encoder_plain, role: str, training: Training):
     the autoencoder's names the tensor that holds its encoding, so verify proves the encoder equals it."""
     from onnx import ModelProto
 
-    from .export import mark_encoding
+    from .convert import mark_encoding
     from .graphs.common import set_variant
 
     proto = ModelProto()
@@ -398,7 +399,7 @@ def export(training: Training, out: Path, opset: int | None = None, atol: float 
     configuration's) of the validation windows' scores, and stored in the manifest.
     """
     from .detector import calibrate, set_threshold
-    from .export import DEFAULT_OPSET, export_model
+    from .convert import DEFAULT_OPSET, export_model
     from .foreign import NO_THRESHOLD, is_foreign, parity_bounds
     from .model import save
 
@@ -533,7 +534,7 @@ def optimize(folder: Path, providers: str = "all", tolerances: dict[str, Toleran
         training = load_training(folder)
         if variants is None:  # the defaults, and whatever else the export was given (int8-dynamic)
             had = {name for by_name in (manifest.get("variants") or {}).values() for name in by_name}
-            variants = tuple(name for name in BY_NAME if name in set(DEFAULT_BUILT) | had and BY_NAME[name].build)
+            variants = tuple(name for name in BY_NAME if name in set(DEFAULT_BUILT) | had and BY_NAME[name].built)
         rebuilt = {variant_file(role, name) for role in ROLES for name in VARIANTS} | set(BUILT_FILES)
         kept = {name: entry for name, entry in manifest["files"].items() if name not in rebuilt}
         for name in kept:
@@ -570,7 +571,7 @@ def run_pipeline(config, out: Path, data: Path | None = None, columns: tuple[str
     A model that learned nothing, or whose export fails, is not thrown away: the training run is
     saved beside `out` (kept_run_folder) and the error says where, so `edgeae export` can pick it up.
     """
-    from .export import check_opset
+    from .convert import check_opset
 
     check_config(config)
     check_data_args(data, columns, progress)

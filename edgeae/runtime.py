@@ -24,6 +24,7 @@ from .artifacts import read_export_manifest, verify_file
 from .checks import check_threshold, is_whole
 from .errors import DataError, InferenceError, IntegrityError, ParityError, ProviderError, ShapeError, UsageError
 from .layout import ROLES
+from .variants import DEFAULT_VARIANT, SELF_CHECKED
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -32,7 +33,6 @@ KNOWN_PROVIDERS = {key: name for name in ort.get_all_providers()
                    for key in (name.lower(), name.lower().removesuffix("executionprovider"))}
 DEFAULT_CHUNK = 256  # windows per session.run where the manifest measured no other (routing.py)
 MAX_THREADS = 1024
-DEFAULT_VARIANT = "fp32"
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 MAX_MODEL_BYTES = 2 * 1024**3
 FINITE_PROOF_LIMIT = 1e30  # float32 tops out at 3.4e38: a proven bound below this leaves 8 orders of magnitude
@@ -792,13 +792,6 @@ def manifest_sizes(manifest: dict) -> dict[str, Any]:
 
 class SelfCheckError(ParityError):
     """A graph gives other numbers on this device than its export verified: it is not served."""
-
-
-# Variants whose numbers can change with the device's kernels: measured, the fp32 graphs gave the same
-# figures on AVX2 and AVX-512 (and ARM64) and are not re-checked at load; int8-dynamic's integer kernels
-# moved by 15x between two x86 CPUs, and float16 runs on native half-precision kernels where a CPU has them
-# (4.7x further from Keras on a Neoverse-N1). Decided by name, not by a field a manifest could leave out.
-SELF_CHECKED = ("fp16", "int8", "int8-dynamic")
 
 
 def run_self_check(path: Path, manifest: dict, models: dict[str, OnnxModel], variant: str) -> None:

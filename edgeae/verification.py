@@ -116,7 +116,7 @@ def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray
     if internal_check:
         import onnx
 
-        from .export import ExportError, internal_encoding
+        from .convert import ExportError, internal_encoding
 
         try:
             internal = internal_encoding(onnx.load(str(onnx_paths["autoencoder"]))).SerializeToString()

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from edgeae.cli import main
 from edgeae.errors import EXIT_CLOSED_PIPE, EXIT_DATA, EXIT_INTEGRITY, EXIT_PARITY, EXIT_RUNTIME, EXIT_USAGE
-from edgeae.graphs.unrolled import UNROLLED_FROM
+from edgeae.variants import UNROLLED_FROM
 from edgeae import training as trainer
 
 TINY = ["--epochs", "3", "--units", "4", "--timesteps", "4", "--features", "2", "--quiet"]

@@ -11,8 +11,7 @@ from click.testing import CliRunner
 
 from edgeae import publish, runtime
 from edgeae.cli.app import main
-from edgeae.errors import EXIT_USAGE, ShapeError, UsageError
-from edgeae.foreign import UnsupportedModelError
+from edgeae.errors import EXIT_USAGE, ShapeError, UnsupportedModelError, UsageError
 from edgeae.parity import fp32_tolerance
 from edgeae.verification import verify
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgeae import verification
-from edgeae.graphs.unrolled import UNROLLED_FROM
+from edgeae.variants import UNROLLED_FROM
 from edgeae.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, compare, fp32_tolerance
 
 from .conftest import PROVIDERS

@@ -16,7 +16,7 @@ from edgeae import runtime
 from edgeae.artifacts import read_manifest, write_manifest
 from edgeae.data import Preprocessing
 from edgeae.errors import DataError, IntegrityError, ProviderError, ShapeError, UsageError
-from edgeae.graphs.unrolled import UNROLLED_FROM
+from edgeae.variants import UNROLLED_FROM
 
 from .conftest import PROVIDERS, REPO
 

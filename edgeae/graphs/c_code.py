@@ -24,7 +24,7 @@ import numpy as np
 from .. import __version__
 from ..artifacts import (as_path, atomic_write_bytes, check_target, file_entry, read_export_manifest, staged_folder,
                          verify_file, write_manifest)
-from ..errors import EdgeAEError, IntegrityError, UsageError, require
+from ..errors import IntegrityError, UnsupportedModelError, UsageError, require
 from ..layout import KERAS_FILE
 from ..parity import DEFAULT_ATOL, Tolerance
 from . import c_templates
@@ -43,12 +43,6 @@ _C_ACTIVATIONS = {
 }
 _HARD_SIGMOID = "fmaxf(0.0f, fminf(1.0f, 0.2f * x + 0.5f))"  # ONNX's default alpha, beta: mutant only
 _KERAS_ACTIVATIONS = {"sigmoid": "Sigmoid", "relu": "Relu", "tanh": "Tanh"}
-
-
-class UnsupportedModelError(EdgeAEError, ValueError):
-    """The model uses something the generated C does not compute; refused rather than approximated."""
-
-    exit_code = UsageError.exit_code
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import require
-from ..export import ExportError
+from ..convert import ExportError
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,8 @@ from .common import Built, Job, clean_autoencoder, decoder_steps, graph_from, st
 
 
 # Graphs a variant hands some batch sizes to, as (graph, first, last batch size; None: no limit). Measured
-# on the seed model here, against the clean graph: the one-window graph is 8% faster at batch 1; the
-# unrolled one 7-15% faster from 128 windows per run (so for the runtime's 256-window chunks), even at
-# 64 and up to 25% slower below. int8 has neither: quantized, the one-window rewrite measured no
-# faster and would double the int8 files' size. This is the rule `--fixed-routing` keeps; an export
-# otherwise measures which graph serves which sizes on its own machine (routing.py).
-UNROLLED_FROM = 128
+# int8 has neither a one-window nor an unrolled graph: quantized, the one-window rewrite measured no
+# faster and would double the int8 files' size. Where the unrolled graph pays: variants.UNROLLED_FROM.
 
 
 def unrolled_graph(clean, role: str):

@@ -1,4 +1,5 @@
-"""One version everywhere, what a device runs, and the warning when its onnxruntime is older than the export's."""
+"""The package as users meet it: one version everywhere, what a device runs, the warning when its onnxruntime is
+older than the export's, and the public API at the top."""
 import importlib.metadata
 import subprocess
 import sys
@@ -65,3 +66,16 @@ def test_inspect_shows_and_warns(export_copy):
     assert result.exit_code == 0, result.output
     assert "  onnxruntime: 999.0.0 -> " in result.stdout
     assert [line for line in result.stderr.splitlines() if line.startswith("warning: onnxruntime")]
+
+
+def test_the_public_api_is_the_modules_own_and_loads_lazily():
+    from edgeae import publish, runtime, streaming, training, verification
+
+    assert (edgeae.load, edgeae.export, edgeae.train, edgeae.verify, edgeae.StreamScorer) == (
+        runtime.load, publish.export, training.train, verification.verify, streaming.StreamScorer)
+    assert set(edgeae.__all__) <= set(dir(edgeae))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        edgeae.nothing  # noqa: B018
+    code = ("import sys, edgeae; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'numpy', 'onnxruntime', 'onnx', 'tensorflow', 'keras', 'tf2onnx', 'click'}))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -1,0 +1,23 @@
+"""The variant table is one table: the runtime reads it without onnx, and each built row has one builder."""
+import subprocess
+import sys
+
+from edgeae import runtime, variants
+from edgeae.graphs import BUILDERS
+
+
+def test_every_built_variant_has_one_builder_and_no_other_has_one():
+    assert set(BUILDERS) == set(variants.BUILT)
+    assert {spec.name for spec in variants.SPECS if not spec.built} == {"plain", "fp32"}
+
+
+def test_the_runtime_self_checks_what_the_table_says():
+    assert runtime.SELF_CHECKED is variants.SELF_CHECKED
+    assert set(variants.SELF_CHECKED) == {"fp16", "int8", "int8-dynamic"}
+    assert runtime.DEFAULT_VARIANT == variants.DEFAULT_VARIANT == "fp32"
+
+
+def test_the_table_imports_no_onnx_and_no_builder():
+    code = ("import sys, edgeae.variants; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'onnx' or m.startswith('edgeae.graphs')))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
