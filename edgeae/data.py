@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,6 +109,17 @@ def _parse_number(cell: str) -> float | None:
         return None
 
 
+SEPARATORS = (",", ";", "\t")  # in the order a header line is searched for them
+HEADER_PEEK = 1 << 16  # characters of the first line read to find the separator (a huge line is csv's to refuse)
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+([eE][+-]?\d+)?")
+
+
+def _separator(header_line: str) -> str:
+    """The column separator of a CSV, read from its header line: a comma, else a semicolon (as
+    spreadsheets write where the comma is the decimal mark), else a tab; a comma for one column."""
+    return next((sep for sep in SEPARATORS if sep in header_line), ",")
+
+
 def _csv_table(path: Path) -> tuple[str, list[str], list[tuple[int, list[str]]]]:
     """A CSV's name, header and data rows (each with its line number), checked
     to hold a header and data; trailing blank lines dropped."""
@@ -116,8 +128,9 @@ def _csv_table(path: Path) -> tuple[str, list[str], list[tuple[int, list[str]]]]
         raise DataError(f"{source}: the file is empty")
     lines: list[tuple[int, list[str]]] = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is dropped
+            reader = csv.reader(handle, delimiter=_separator(handle.readline(HEADER_PEEK)))
+            handle.seek(0)  # the decoder starts again, dropping the mark again
             for row in reader:
                 lines.append((reader.line_num, row))
     except UnicodeDecodeError:
@@ -130,9 +143,6 @@ def _csv_table(path: Path) -> tuple[str, list[str], list[tuple[int, list[str]]]]
         raise DataError(f"{source}: the file is empty")
     header_line, header_row = lines[0]
     header = [h.strip() for h in header_row]
-    if len(header) == 1 and any(sep in header[0] for sep in (";", "\t")):
-        raise DataError(f"{source}: the header is one column {header[0][:40]!r}; edgeae reads comma-separated "
-                        "files, and this one looks separated by ';' or tabs")
     if all(_parse_number(h) is not None for h in header):
         raise DataError(f"{source}: row {header_line} holds numbers, expected a header row naming the columns")
     if len(lines) == 1:
@@ -160,6 +170,9 @@ def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
             if cell == "":
                 raise DataError(f"{source}: row {line}, column {name!r}: missing value")
             number = _parse_number(cell)
+            if number is None and _DECIMAL_COMMA.fullmatch(cell):
+                raise DataError(f"{source}: row {line}, column {name!r}: {cell!r} has a decimal comma; edgeae "
+                                f"reads a point as the decimal mark ({cell.replace(',', '.')!r})")
             if number is None:
                 raise DataError(f"{source}: row {line}, column {name!r}: {cell!r} is not a number")
             if not math.isfinite(number):

@@ -103,7 +103,7 @@ class Optimized:
             out.setdefault(v.role, {})[v.name] = v.to_dict()
         for by_name in out.values():  # which graph runs when: said where the runtime reads it
             for base in VARIANTS:
-                routes = batch_routes(by_name, base, batch_graphs(base))
+                routes = fixed_batch_routes(by_name, base, batch_graphs(base))
                 if routes:
                     by_name[base]["by_batch"] = routes
         return out
@@ -121,10 +121,11 @@ def skipped_lines(skipped: dict[str, dict[str, str]]) -> list[str]:
     return [f"  {role}/{name:<13} skipped: {why}" for role, by_name in skipped.items() for name, why in by_name.items()]
 
 
-def batch_routes(by_name: dict[str, dict[str, Any]], base: str,
-                 graphs: tuple[tuple[str, int, int | None], ...]) -> list[dict[str, Any]]:
-    """Which file runs which batch sizes of `base`: its published batch graphs, and its own file
-    for every size they leave. Empty when none of them was published."""
+def fixed_batch_routes(by_name: dict[str, dict[str, Any]], base: str,
+                       graphs: tuple[tuple[str, int, int | None], ...]) -> list[dict[str, Any]]:
+    """The manifest's `by_batch` by the fixed rule (routing.py measures it instead): which file runs
+    which batch sizes of `base`, its published batch graphs and its own file for every size they
+    leave. Empty when none of them was published. runtime.batch_routes reads what is written."""
     taken = sorted((first, last, by_name[name]["file"]) for name, first, last in graphs
                    if (by_name.get(name) or {}).get("published"))
     if not taken or base not in by_name:

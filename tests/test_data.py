@@ -33,6 +33,9 @@ BAD_CSV = {
     "blank line inside": ("a,b\n1,2\n\n3,4\n", "row 3 is empty (a missing time step?)"),
     "duplicate header name": ("a,a\n1,2\n3,4\n", "column 'a' is used twice"),
     "nameless column": ("a,\n1,2\n3,4\n", "column 2 has no name"),
+    "decimal comma": ("a;b\n1,5;2\n", "row 2, column 'a': '1,5' has a decimal comma; edgeae reads a point as the "
+                      "decimal mark ('1.5')"),
+    "separators that differ": ("a\tb\n1;2\n", "row 2 has 1 cells, the header has 2"),
 }
 
 
@@ -82,6 +85,21 @@ def test_csv_quirks_that_are_fine(tmp_path):
     assert series.columns == ("temp", "pressure")
     np.testing.assert_array_equal(series.values, [[1.5, 2.0], [3.0, 4.0]])
     assert load_series(path, ("2",)).columns == ("pressure",)
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_semicolon_and_tab_separated_files_read_as_comma_separated_ones(tmp_path, separator):
+    """Spreadsheets write ';' where the comma is the decimal mark, and tab-separated exports are common:
+    the separator is read off the header line, a byte-order mark and CRLF line ends included."""
+    rows = [["time", "temp", "pressure"], ["2024-01-01", "1.5", "-2e-3"], ["2024-01-02", "3", "4"]]
+    comma, other = tmp_path / "comma.csv", tmp_path / "other.csv"
+    comma.write_text("\n".join(",".join(row) for row in rows) + "\n")
+    other.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(separator.join(row) for row in rows).encode() + b"\r\n")
+    want = load_series(comma, ("temp", "pressure"))
+    got = load_series(other, ("temp", "pressure"))
+    assert got.columns == want.columns == ("temp", "pressure")
+    np.testing.assert_array_equal(got.values, want.values)
+    np.testing.assert_array_equal(got.values, [[1.5, -2e-3], [3.0, 4.0]])
 
 
 BAD_NPY = {

@@ -272,18 +272,18 @@ def test_batch_graphs_keep_scaling_and_match_the_clean_graph(scaled_export, rng,
     np.testing.assert_allclose(run(scaled_export / file, x), run(scaled_export / "autoencoder.onnx", x), rtol=1e-6, atol=1e-5)
 
 
-def test_batch_routes_cover_every_batch_size_once():
+def test_fixed_batch_routes_cover_every_batch_size_once():
     files = {"fp32": {"file": "a.onnx"}, "fp32-b1": {"file": "a.b1.onnx", "published": True},
              "fp32-unrolled": {"file": "a.u.onnx", "published": True}}
     graphs = (("fp32-b1", 1, 1), ("fp32-unrolled", 128, None))
-    assert publish.batch_routes(files, "fp32", graphs) == [
+    assert publish.fixed_batch_routes(files, "fp32", graphs) == [
         {"batches": [1, 1], "file": "a.b1.onnx"}, {"batches": [2, 127], "file": "a.onnx"},
         {"batches": [128, None], "file": "a.u.onnx"}]
     files["fp32-b1"]["published"] = False
-    assert publish.batch_routes(files, "fp32", graphs) == [
+    assert publish.fixed_batch_routes(files, "fp32", graphs) == [
         {"batches": [1, 127], "file": "a.onnx"}, {"batches": [128, None], "file": "a.u.onnx"}]
     files["fp32-unrolled"]["published"] = False
-    assert publish.batch_routes(files, "fp32", graphs) == []
+    assert publish.fixed_batch_routes(files, "fp32", graphs) == []
 
 
 def test_ort_format_loads_and_matches_its_source(tiny_export, rng):

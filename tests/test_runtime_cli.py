@@ -161,5 +161,5 @@ def test_training_folder_and_foreign_files_are_usage_errors(tiny_training, tiny_
     assert "expected a Keras model file (.keras, .h5, .hdf5) or an edgeae training folder" in one_line(
         run("export", path, "--out", tmp_path / "x"), EXIT_USAGE)
     semi = tmp_path / "semi.csv"
-    semi.write_text("a;b;c\n1;2;3\n")
-    assert "';' or tabs" in one_line(run("score", tiny_export, semi), EXIT_DATA)
+    semi.write_text("a;b;c\n1,5;2;3\n")
+    assert "'1,5' has a decimal comma" in one_line(run("score", tiny_export, semi), EXIT_DATA)
