@@ -47,6 +47,7 @@ class Series:
     values: np.ndarray
     columns: tuple[str, ...]
     source: str
+    time_axis: tuple[str, ...] = ()  # columns left out as the time axis, not features (time_axis_columns)
 
     @property
     def is_windows(self) -> bool:
@@ -150,13 +151,50 @@ def _csv_table(path: Path) -> tuple[str, list[str], list[tuple[int, list[str]]]]
     return source, header, lines[1:]
 
 
+# A column is the time axis rather than a feature where its name is one of these words (alone or as a
+# word of it: "Date", "time_s", "YEAR") and its numbers strictly increase, or where it holds dates.
+TIME_WORDS = frozenset({"time", "date", "datetime", "timestamp", "year", "step", "index", "ds"})
+_DATE = re.compile(r"\d{4}-\d{1,2}(-\d{1,2})?([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?"
+                   r"|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}( \d{1,2}:\d{2}(:\d{2})?)?")
+
+
+def time_axis_columns(header: list[str], rows: list[tuple[int, list[str]]]) -> tuple[str, ...]:
+    """The columns of a CSV that are its time axis, never features unless chosen by name: dates or
+    timestamps (the first data row decides), or strictly increasing numbers under a time-like name.
+
+    A rising series (a trend) is not taken for time by its values alone: its name must say so too.
+    """
+    found = []
+    for col, name in enumerate(header):
+        cells = [row[col].strip() for _, row in rows if col < len(row)]
+        if not cells or not cells[0]:
+            continue
+        if _DATE.fullmatch(cells[0]):
+            found.append(name)
+            continue
+        if not set(re.split(r"[^a-z]+", name.lower())) & TIME_WORDS:
+            continue
+        numbers = [_parse_number(cell) for cell in cells]
+        if len(numbers) > 1 and None not in numbers and all(a < b for a, b in zip(numbers, numbers[1:])):
+            found.append(name)
+    return tuple(found)
+
+
 def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
     """Read a CSV with a header row, one column per feature and one row per time step.
 
     Rows are numbered as lines of the file (the header is row 1); blank lines may only
-    trail the data, since one inside it would silently drop a time step.
+    trail the data, since one inside it would silently drop a time step. Without `columns`,
+    a time axis (time_axis_columns) is left out of the features and named in `time_axis`.
     """
     source, header, rows = _csv_table(path)
+    time_axis: tuple[str, ...] = ()
+    if not columns:
+        time_axis = time_axis_columns(header, rows)
+        if time_axis and len(time_axis) < len(header) and all(header.count(name) == 1 for name in time_axis):
+            columns = tuple(name for name in header if name not in time_axis)
+        else:
+            time_axis = ()
     picked = _select_columns(header, columns, source)
     values = np.empty((len(rows), len(picked)), dtype=np.float64)
     for i, (line, row) in enumerate(rows):
@@ -180,7 +218,7 @@ def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
             if abs(number) > FLOAT32_MAX:
                 raise DataError(f"{source}: row {line}, column {name!r}: {cell} does not fit in float32")
             values[i, j] = number
-    return Series(values, tuple(header[c] for c in picked), source)
+    return Series(values, tuple(header[c] for c in picked), source, time_axis)
 
 
 def _where(index: tuple[int, ...]) -> str:
@@ -495,6 +533,8 @@ def window_series(series: Series, timesteps: int, features: int, stride: int | N
         fit_values = train_part
     info = {"source": series.source, "columns": list(series.columns), "rows": int(series.values.shape[0]),
             "windows": len(train), "validation_windows": len(val)}
+    if series.time_axis:
+        info["time_axis"] = list(series.time_axis)
     return Windows(train, val, fit_values, info)
 
 

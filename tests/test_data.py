@@ -102,6 +102,38 @@ def test_semicolon_and_tab_separated_files_read_as_comma_separated_ones(tmp_path
     np.testing.assert_array_equal(got.values, [[1.5, -2e-3], [3.0, 4.0]])
 
 
+@pytest.mark.parametrize("header, first, second, axis", [
+    ("YEAR,sunspots", "1700", "1701", ("YEAR",)),  # a time-like name over strictly increasing numbers
+    ("date,co2", "1958-03-29", "1958-04-05", ("date",)),  # dates, whatever the column's name
+    ("when,co2", "2026-01-01 00:00:00", "2026-01-01 00:01:00", ("when",)),
+    ("time_s,co2", "0.5", "1.0", ("time_s",)),
+    ("co2,level", "315.1", "316.2", ()),  # a rising series is not time by its values alone
+    ("step,co2", "3", "3", ()),  # a time-like name whose numbers do not increase is a feature
+])
+def test_a_time_axis_is_never_a_feature_by_default(tmp_path, header, first, second, axis):
+    path = tmp_path / "series.csv"
+    path.write_text(f"{header}\n{first},1.5\n{second},2.5\n")
+    names = tuple(header.split(","))
+    series = load_series(path)
+    assert series.time_axis == axis
+    assert series.columns == tuple(n for n in names if n not in axis)
+    assert load_series(path, names[1:]).columns == names[1:] and load_series(path, names[1:]).time_axis == ()
+    if axis and first[0].isdigit() and "-" not in first:  # a numeric time axis is a feature where asked for
+        assert load_series(path, names).columns == names
+
+
+def test_training_says_which_column_is_the_time_axis(tmp_path):
+    path = tmp_path / "yearly.csv"
+    t = np.arange(60)
+    path.write_text("YEAR,a,b\n" + "".join(f"{1700 + i},{np.sin(i / 3):.4f},{np.cos(i / 4):.4f}\n" for i in t))
+    result = CliRunner().invoke(main, ["train", "--data", str(path), "--timesteps", "4", "--units", "6", "--epochs", "40",
+                                       "--learning-rate", "0.05", "--quiet", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "column 'YEAR': the time axis, not feature (name columns with --columns" in result.stdout
+    record = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert record["data"]["columns"] == ["a", "b"] and record["data"]["time_axis"] == ["YEAR"]
+
+
 BAD_NPY = {
     "empty array": (np.zeros((0, 3)), DataError, "the array is empty"),
     "NaN": (np.array([[1.0, 2.0], [3.0, np.nan]]), DataError, "row 1, column 1 (0-based): nan is not a finite number"),

@@ -13,7 +13,7 @@ from .options import (
     build_option, config_and_data, json_option, parity_options, progress_printer, routing_option, split_columns,
     training_options,
 )
-from .render import detector_lines, early_stop_lines, emit
+from .render import detector_lines, early_stop_lines, emit, time_axis_lines
 
 
 @main.command()
@@ -42,6 +42,7 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
     emit(ctx, {"out": str(out), **summary}, [
         f"trained {summary['parameters']:,} parameters for {summary['epochs_run']} epochs: final loss {summary['final_loss']:.3e}, "
         f"training reconstruction max abs error {summary['train_reconstruction_max_abs']:.3e}",
+        *time_axis_lines(summary),
         *early_stop_lines(summary),
         f"saved to {out}",
     ])
@@ -215,6 +216,7 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol
     emit(ctx, {"out": str(path), "training": summary, "parity": report.to_dict(), "variants": publish.folder_variants(path)}, [
         f"trained {summary['parameters']:,} parameters, {summary['epochs_run']} epochs, final loss {summary['final_loss']:.3e}, "
         f"training reconstruction max abs error {summary['train_reconstruction_max_abs']:.3e}",
+        *time_axis_lines(summary),
         *early_stop_lines(summary),
         *report.summary_lines(),
         *publish.folder_lines(path, targets=False),

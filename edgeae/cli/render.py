@@ -42,6 +42,15 @@ def jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def time_axis_lines(summary: dict) -> list[str]:
+    """The columns training left out as the time axis, said once (they are never features by default)."""
+    names = (summary.get("data") or {}).get("time_axis")
+    if not names:
+        return []
+    return [f"column{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}: the time axis, not "
+            f"feature{'s' if len(names) > 1 else ''} (name columns with --columns to choose the features)"]
+
+
 def early_stop_lines(summary: dict) -> list[str]:
     if summary["epochs_run"] >= summary["config"]["epochs"]:
         return []
