@@ -118,7 +118,7 @@ def one_line(text: str) -> str:
                    if unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") else ch for ch in text)
 
 
-def _show_version(ctx: click.Context, on: bool) -> None:
+def _show_version(ctx: click.Context, _: click.Parameter, on: bool) -> None:
     """`--version`: a device must be able to say which edgeae, onnxruntime and numpy it runs."""
     if on and not ctx.resilient_parsing:
         click.echo(versions.version_text())
@@ -147,7 +147,7 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
 
 @click.group(cls=EdgeGroup, context_settings={"help_option_names": ["-h", "--help"]},
              epilog="Exit codes: " + "; ".join(f"{k} {v.split(' (')[0]}" for k, v in EXIT_CODES.items()))
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=lambda ctx, _, on: _show_version(ctx, on),
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
               help="Show the version of edgeae and of what it runs on (onnxruntime, numpy, TensorFlow...), then exit.")
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
 def main(debug: bool) -> None:
