@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -304,6 +305,18 @@ def check_target(target: Path, force: bool = False) -> None:
         pass
 
 
+# Set by the CLI's SIGINT/SIGTERM handler. Its KeyboardInterrupt can be swallowed where it lands (inside a
+# TensorFlow weakref callback it is only printed as "Exception ignored"), so the swap checks the latch too:
+# once an interrupt came, nothing is published, whatever the interpreter was running when it came.
+INTERRUPTED = threading.Event()
+
+
+def refuse_if_interrupted() -> None:
+    """Raise KeyboardInterrupt when an interrupt has arrived since the command began."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def staged_folder(target: Path, force: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder; publish it to `target` only if the block succeeds.
@@ -330,6 +343,7 @@ def staged_folder(target: Path, force: bool = False) -> Iterator[Path]:
         try:
             os.chmod(stage, 0o777 & ~_umask())
             yield stage
+            refuse_if_interrupted()  # the last moment before the swap
             publish_folder(stage, target)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)

@@ -307,3 +307,35 @@ def test_fallback_swap_puts_the_old_export_back(tmp_path, monkeypatch):
         artifacts.publish_folder(stage, target)
     assert (target / "manifest.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "stage"]
+
+
+def test_an_interrupt_swallowed_where_it_landed_still_publishes_nothing(tiny_training, tmp_path):
+    """TensorFlow can swallow the KeyboardInterrupt of a Ctrl-C (a weakref callback prints it and goes on):
+    the latch the CLI's handler sets stops the swap all the same, and the staging folder goes."""
+    folder = tmp_path / "out"
+    artifacts.INTERRUPTED.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            publish.export(tiny_training, folder, providers="cpu", variants=(), measure_routing=False)
+    finally:
+        artifacts.INTERRUPTED.clear()
+    assert list(tmp_path.iterdir()) == []
+    publish.export(tiny_training, folder, providers="cpu", variants=(), measure_routing=False)  # cleared: publishes
+    assert (folder / "manifest.json").is_file()
+
+
+def test_the_cli_latches_sigint_and_sigterm_and_restores_the_handlers():
+    import signal
+
+    from edgeae.cli.app import _sigterm_as_interrupt
+
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    artifacts.INTERRUPTED.set()  # left from an earlier command: cleared when the next one starts
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with _sigterm_as_interrupt():
+            assert not artifacts.INTERRUPTED.is_set()
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(sig)
+            assert artifacts.INTERRUPTED.is_set()
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    artifacts.INTERRUPTED.clear()

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from .. import versions
+from ..artifacts import INTERRUPTED
 from ..errors import (
     EXIT_CLOSED_PIPE, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgeAEError,
 )
@@ -33,26 +34,32 @@ DEFAULT_TRAINING = Path("runs/train")
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`kill`, a service stop, a CI timeout) takes Ctrl-C's path, exit 130.
+    """SIGTERM (`kill`, a service stop, a CI timeout) takes Ctrl-C's path, exit 130, and both are latched.
 
     Python's default SIGTERM kills the process on the spot, leaving staging folders and
-    locks behind; raising KeyboardInterrupt lets their context managers clean up. Only the
-    main thread may set handlers, and the previous one is restored, so a program that
-    calls the CLI in-process keeps its own.
+    locks behind; raising KeyboardInterrupt lets their context managers clean up. Either
+    signal also sets artifacts.INTERRUPTED, which the publishing swap checks: a
+    KeyboardInterrupt swallowed where it landed cannot let a run publish. Only the main
+    thread may set handlers, and the previous ones are restored, so a program that calls
+    the CLI in-process keeps its own.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+        INTERRUPTED.set()
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    INTERRUPTED.clear()  # this command's own interrupts only
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 class EdgeGroup(click.Group):
