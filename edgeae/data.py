@@ -165,18 +165,15 @@ def time_axis_columns(header: list[str], rows: list[tuple[int, list[str]]]) -> t
     A rising series (a trend) is not taken for time by its values alone: its name must say so too.
     """
     found = []
+    first_row = rows[0][1] if rows else []
     for col, name in enumerate(header):
-        cells = [row[col].strip() for _, row in rows if col < len(row)]
-        if not cells or not cells[0]:
-            continue
-        if _DATE.fullmatch(cells[0]):
+        first = first_row[col].strip() if col < len(first_row) else ""
+        if _DATE.fullmatch(first):
             found.append(name)
-            continue
-        if not set(re.split(r"[^a-z]+", name.lower())) & TIME_WORDS:
-            continue
-        numbers = [_parse_number(cell) for cell in cells]
-        if len(numbers) > 1 and None not in numbers and all(a < b for a, b in zip(numbers, numbers[1:])):
-            found.append(name)
+        elif first and set(re.split(r"[^a-z]+", name.lower())) & TIME_WORDS:  # only these are read further
+            numbers = [_parse_number(row[col].strip()) if col < len(row) else None for _, row in rows]
+            if len(numbers) > 1 and None not in numbers and all(a < b for a, b in zip(numbers, numbers[1:])):
+                found.append(name)
     return tuple(found)
 
 
