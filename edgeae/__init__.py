@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import EdgeAEError
+from edgeae.contract.errors import EdgeAEError
 
 # The one place the version is written: pyproject.toml reads it from here (setuptools' `attr`),
 # so the wheel's metadata, `importlib.metadata.version("edgeae")` and `edgeae --version` agree.
@@ -25,11 +25,11 @@ __version__ = "0.2.0"
 
 # Each public name -> the module that defines it, imported when the name is first used.
 _PUBLIC = {
-    "load": "runtime", "EdgeModel": "runtime", "ScoreResult": "runtime",
-    "StreamScorer": "streaming",
-    "TrainConfig": "model", "train": "training", "Training": "training",
-    "export": "publish", "export_keras": "publish", "optimize": "publish",
-    "verify": "verification",
+    "load": "edgeae.runtime", "EdgeModel": "edgeae.runtime", "ScoreResult": "edgeae.runtime",
+    "StreamScorer": "edgeae.runtime.streaming",
+    "TrainConfig": "edgeae.trainer.model", "train": "edgeae.trainer.training", "Training": "edgeae.trainer.training",
+    "export": "edgeae.exporter.publish", "export_keras": "edgeae.exporter.publish", "optimize": "edgeae.exporter.publish",
+    "verify": "edgeae.verifier.verification",
 }
 
 __all__ = ["EdgeAEError", "__version__", *_PUBLIC]
@@ -38,7 +38,7 @@ __all__ = ["EdgeAEError", "__version__", *_PUBLIC]
 def __getattr__(name: str) -> Any:
     if name not in _PUBLIC:
         raise AttributeError(f"module 'edgeae' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
     globals()[name] = value  # looked up once
     return value
 

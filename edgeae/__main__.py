@@ -1,4 +1,4 @@
 """`python -m edgeae`: the same as the `edgeae` command (where the console script is not on PATH)."""
-from .cli import main
+from edgeae.cli import main
 
 main()

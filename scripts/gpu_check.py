@@ -13,9 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeae import runtime, verification  # noqa: E402
-from edgeae.errors import EdgeAEError  # noqa: E402
-from edgeae.layout import MANIFEST_FILE  # noqa: E402
+from edgeae import runtime
+from edgeae.verifier import verification  # noqa: E402
+from edgeae.contract.errors import EdgeAEError  # noqa: E402
+from edgeae.contract.layout import MANIFEST_FILE  # noqa: E402
 
 
 def main(folder: Path) -> int:

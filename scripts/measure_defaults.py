@@ -57,8 +57,8 @@ def cpu() -> str:
 def measure(name: str, activation: str, scaling: str, epochs: int, out: Path) -> dict:
     import numpy as np
 
-    from edgeae import publish
-    from edgeae.training import config_for, train, learning_ratio
+    from edgeae.exporter import publish
+    from edgeae.trainer.training import config_for, train, learning_ratio
 
     file, columns, _ = SERIES[name]
     path = data_folder() / file

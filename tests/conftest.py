@@ -26,14 +26,14 @@ EXPORTED = REPO / "exported"
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from edgeae.model import TrainConfig
+    from edgeae.trainer.model import TrainConfig
 
     return TrainConfig(timesteps=6, features=3, units=8, epochs=40, learning_rate=0.01, seed=3)
 
 
 @pytest.fixture(scope="session")
 def tiny_training(tiny_config):
-    from edgeae import training as trainer
+    from edgeae.trainer import training as trainer
 
     return trainer.train(tiny_config)
 
@@ -41,7 +41,7 @@ def tiny_training(tiny_config):
 @pytest.fixture(scope="session")
 def tiny_export(tiny_training, tmp_path_factory) -> Path:
     """A published export folder of the tiny model (treat as read-only; copy to modify)."""
-    from edgeae import publish
+    from edgeae.exporter import publish
 
     out = tmp_path_factory.mktemp("tiny") / "export"
     publish.export(tiny_training, out, providers="cpu")
@@ -65,7 +65,7 @@ FIXED_ROUTES = [{"batches": [1, 1], "file": "autoencoder.b1.onnx"}, {"batches": 
 def fixed_routes(export_copy) -> Path:
     """The tiny export with --fixed-routing's table in place of the one measured on this machine (resealed),
     for tests of which graph runs which sizes."""
-    from edgeae.artifacts import read_manifest, write_manifest
+    from edgeae.contract.files import read_manifest, write_manifest
 
     manifest = read_manifest(export_copy)
     for role, by_name in manifest["variants"].items():
@@ -84,9 +84,9 @@ def rng():
 @pytest.fixture(scope="session")
 def scaled_export(tmp_path_factory) -> Path:
     """An export whose graph carries real preprocessing: quantile clipping and min-max scaling."""
-    from edgeae import publish
-    from edgeae import training as trainer
-    from edgeae.model import TrainConfig
+    from edgeae.exporter import publish
+    from edgeae.trainer import training as trainer
+    from edgeae.trainer.model import TrainConfig
 
     folder = tmp_path_factory.mktemp("scaled")
     t = np.arange(400)

@@ -8,13 +8,17 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgeae import detector, layout, publish, runtime, verification
-from edgeae.artifacts import file_entry, read_manifest, write_manifest
-from edgeae.bench import run_bench
+from edgeae import runtime
+from edgeae.detection import threshold as detector
+from edgeae.contract import layout
+from edgeae.exporter import publish
+from edgeae.verifier import verification
+from edgeae.contract.files import file_entry, read_manifest, write_manifest
+from edgeae.measure.bench import run_bench
 from edgeae.cli import main
-from edgeae.errors import EXIT_INTEGRITY, EXIT_USAGE, DataError, IntegrityError, UsageError
-from edgeae.model import ACTIVATIONS, TrainConfig
-from edgeae import training as trainer
+from edgeae.contract.errors import EXIT_INTEGRITY, EXIT_USAGE, DataError, IntegrityError, UsageError
+from edgeae.trainer.model import ACTIVATIONS, TrainConfig
+from edgeae.trainer import training as trainer
 
 # ---------------------------------------------------------------- a resealed graph of another model
 
@@ -261,7 +265,7 @@ def test_load_retries_once_when_the_folder_was_replaced_while_it_read(tiny_expor
 
 def _wrong_kinds(tiny_config, tiny_training, tiny_export, tmp_path):
     """(call, message) pairs: each wrong kind of argument the pipeline API may be handed."""
-    from edgeae.publish import optimize
+    from edgeae.exporter.publish import optimize
 
     data = tmp_path / "ab.csv"
     data.write_text("a,b,c\n" + "".join(f"{i},{i % 3},{i % 5}\n" for i in range(30)))
@@ -270,16 +274,16 @@ def _wrong_kinds(tiny_config, tiny_training, tiny_export, tmp_path):
         (lambda: trainer.load_training(5), "training folder must be a file or folder name"),
         (lambda: verification.verify(None), "export folder must be a file or folder name"),
         (lambda: optimize(1), "export folder must be a file or folder name"),
-        (lambda: trainer.train(None), "config must be an edgeae.model.TrainConfig"),
-        (lambda: trainer.train({"timesteps": 4}), "config must be an edgeae.model.TrainConfig"),
+        (lambda: trainer.train(None), "config must be an edgeae.trainer.model.TrainConfig"),
+        (lambda: trainer.train({"timesteps": 4}), "config must be an edgeae.trainer.model.TrainConfig"),
         (lambda: trainer.train(tiny_config, np.zeros((30, 3))), "data must be a file .* got a ndarray"),
         (lambda: trainer.train(tiny_config, data, (0, 1)), "columns must be a tuple of column names"),
         (lambda: trainer.train(tiny_config, data, "ab"), "columns must be a tuple of column names"),  # not a, b
         (lambda: trainer.train(tiny_config, data, None, 5), "progress must be a function or None"),
-        (lambda: publish.export(None, tmp_path / "e"), "training must be an edgeae.training.Training"),
-        (lambda: publish.export(str(tiny_export), tmp_path / "e"), "training must be an edgeae.training.Training"),
+        (lambda: publish.export(None, tmp_path / "e"), "training must be an edgeae.trainer.training.Training"),
+        (lambda: publish.export(str(tiny_export), tmp_path / "e"), "training must be an edgeae.trainer.training.Training"),
         (lambda: publish.export(tiny_training, None), "out must be a file or folder name"),
-        (lambda: publish.run_pipeline(None, tmp_path / "p"), "config must be an edgeae.model.TrainConfig"),
+        (lambda: publish.run_pipeline(None, tmp_path / "p"), "config must be an edgeae.trainer.model.TrainConfig"),
         (lambda: publish.run_pipeline(tiny_config, None), "out must be a file or folder name"),
         # the export's own settings are refused before any training, not after it
         (lambda: publish.run_pipeline(tiny_config, tmp_path / "p", opset=13), "opset must be between"),
@@ -289,9 +293,9 @@ def _wrong_kinds(tiny_config, tiny_training, tiny_export, tmp_path):
 
 def test_the_pipeline_api_refuses_wrong_kinds_of_arguments_by_name(tiny_config, tiny_training, tiny_export, tmp_path,
                                                                    monkeypatch):
-    import edgeae.model
+    import edgeae.trainer.model
 
-    monkeypatch.setattr(edgeae.model, "train", lambda *a, **k: pytest.fail("trained although an argument was refused"))
+    monkeypatch.setattr(edgeae.trainer.model, "train", lambda *a, **k: pytest.fail("trained although an argument was refused"))
     for call, message in _wrong_kinds(tiny_config, tiny_training, tiny_export, tmp_path):
         with pytest.raises(UsageError, match=message):
             call()

@@ -6,10 +6,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from edgeae import bench
-from edgeae.bench import KERAS_PATHS, model_flops, run_bench
+from edgeae.measure import bench
+from edgeae.measure.bench import KERAS_PATHS, model_flops, run_bench
 from edgeae.cli import main
-from edgeae.errors import UsageError
+from edgeae.contract.errors import UsageError
 
 
 def test_flop_counts_match_the_seed_model():
@@ -85,7 +85,7 @@ def test_cold_start_and_peak_memory_per_path(tiny_export):
 
 def test_bench_over_onnx_needs_no_tensorflow(tiny_export):
     code = ("import sys\n"
-            "from edgeae.bench import run_bench\n"
+            "from edgeae.measure.bench import run_bench\n"
             f"run_bench({str(tiny_export)!r}, runs=3, warmup=0, batches=(2,), cold=False)\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -137,8 +137,8 @@ def test_a_numpy_batch_size_gives_a_report_json_can_write(tiny_export):
 
 
 def test_a_baseline_that_cannot_be_opened_stops_the_bench_before_timing(export_copy, monkeypatch):
-    from edgeae.artifacts import file_entry, read_manifest, write_manifest
-    from edgeae.errors import IntegrityError
+    from edgeae.contract.files import file_entry, read_manifest, write_manifest
+    from edgeae.contract.errors import IntegrityError
 
     (export_copy / "encoder.plain.onnx").write_bytes(b"not a model")
     manifest = read_manifest(export_copy)
@@ -150,8 +150,8 @@ def test_a_baseline_that_cannot_be_opened_stops_the_bench_before_timing(export_c
 
 
 def test_a_batch_graph_the_manifest_does_not_list_is_refused_as_the_runtime_refuses_it(fixed_routes):
-    from edgeae.artifacts import read_manifest, write_manifest
-    from edgeae.errors import IntegrityError
+    from edgeae.contract.files import read_manifest, write_manifest
+    from edgeae.contract.errors import IntegrityError
 
     manifest = read_manifest(fixed_routes)  # its routes send batch 1 to autoencoder.b1.onnx
     del manifest["files"]["autoencoder.b1.onnx"]
@@ -216,7 +216,7 @@ def test_bench_training_option_adds_the_row_to_table_and_json(tiny_export, monke
 
 @pytest.mark.parametrize("kwargs", [{"count": 0}, {"epochs": 1}, {"pairs": 1.5}])
 def test_bench_training_refuses_impossible_settings(kwargs):
-    from edgeae.model import TrainConfig
+    from edgeae.trainer.model import TrainConfig
 
     with pytest.raises(UsageError):
         bench.bench_training(TrainConfig(), **kwargs)

@@ -8,9 +8,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 from edgeae import runtime
-from edgeae.artifacts import read_manifest, write_manifest
-from edgeae.bounds import bound_entry, value_bound
-from edgeae.errors import IntegrityError
+from edgeae.contract.files import read_manifest, write_manifest
+from edgeae.exporter.bounds import bound_entry, value_bound
+from edgeae.contract.errors import IntegrityError
 
 CPU = ["CPUExecutionProvider"]
 

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper
 
-from edgeae import c_bench
-from edgeae.artifacts import read_export_manifest
+from edgeae.mcu import bench as c_bench
+from edgeae.contract.files import read_export_manifest
 from edgeae.cli import main
-from edgeae.errors import IntegrityError, MissingDependencyError, UsageError
-from edgeae.graphs.c_code import GOLDEN_FILE, HEADER_FILE, SOURCE_FILE, UnsupportedModelError, generate_c, \
+from edgeae.contract.errors import IntegrityError, MissingDependencyError, UsageError
+from edgeae.mcu.c_code import GOLDEN_FILE, HEADER_FILE, SOURCE_FILE, UnsupportedModelError, generate_c, \
     network_from_onnx
 
 from .conftest import EXPORTED
@@ -93,7 +93,7 @@ def test_c_from_keras_is_the_c_from_onnx(seed_c, tmp_path):
 @needs_gcc
 def test_int8_c_is_the_exports_int8_variant(seed_c, tmp_path):
     """The int8 C uses the int8 graph's own codes and scales: it gives that graph's outputs."""
-    from edgeae.golden import read_golden
+    from edgeae.contract.golden import read_golden
 
     golden = read_golden(EXPORTED, read_export_manifest(EXPORTED))
     lib = c_bench.build_library(seed_c["int8"], tmp_path, ("-O2",))

@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from edgeae.cli import main
-from edgeae.errors import EXIT_CLOSED_PIPE, EXIT_DATA, EXIT_INTEGRITY, EXIT_PARITY, EXIT_RUNTIME, EXIT_USAGE
-from edgeae.variants import UNROLLED_FROM
-from edgeae import training as trainer
+from edgeae.contract.errors import EXIT_CLOSED_PIPE, EXIT_DATA, EXIT_INTEGRITY, EXIT_PARITY, EXIT_RUNTIME, EXIT_USAGE
+from edgeae.contract.variants import UNROLLED_FROM
+from edgeae.trainer import training as trainer
 
 TINY = ["--epochs", "3", "--units", "4", "--timesteps", "4", "--features", "2", "--quiet"]
 
@@ -151,8 +151,8 @@ def test_inspect_shows_the_batch_graphs_and_where_they_ran(fixed_routes):
 def test_an_npy_model_reads_the_columns_it_was_trained_on(tmp_path):
     """Trained on columns 1,0 of an .npy, scored on the same file without --columns: the manifest's
     columns are applied (as a CSV's names are), not the file's order."""
-    from edgeae import publish
-    from edgeae.model import TrainConfig
+    from edgeae.exporter import publish
+    from edgeae.trainer.model import TrainConfig
 
     series = tmp_path / "s.npy"
     rng = np.random.default_rng(1)

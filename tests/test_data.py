@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeae.cli import main
-from edgeae.data import (
+from edgeae.data.series import (
     Preprocessing, Series, load_labelled, load_labels, load_series, make_windows, split_by_time, window_labels,
     window_series, window_starts,
 )
-from edgeae import training as trainer
-from edgeae.errors import EXIT_DATA, DataError, ShapeError, UsageError
+from edgeae.trainer import training as trainer
+from edgeae.contract.errors import EXIT_DATA, DataError, ShapeError, UsageError
 
 # ---------------------------------------------------------------- bad data, one line each
 
@@ -363,7 +363,7 @@ def test_scalings_and_their_inverse():
 @pytest.fixture(scope="module")
 def series_training(tmp_path_factory):
     """A short noisy two-sensor series, trained with a validation part and early stopping."""
-    from edgeae.model import TrainConfig
+    from edgeae.trainer.model import TrainConfig
 
     folder = tmp_path_factory.mktemp("series")
     t = np.arange(300)
@@ -377,7 +377,7 @@ def series_training(tmp_path_factory):
 
 
 def test_early_stopping_keeps_the_best_weights(series_training):
-    from edgeae.model import predict
+    from edgeae.trainer.model import predict
 
     training, _ = series_training
     val_loss = training.history["val_loss"]
@@ -403,7 +403,7 @@ def test_history_and_the_data_record_are_saved_with_the_model(series_training):
 
 
 def test_progress_line_is_closed_when_training_ends(monkeypatch):
-    from edgeae import model
+    from edgeae.trainer import model
 
     class Terminal(io.StringIO):
         def isatty(self):

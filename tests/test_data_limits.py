@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae import data
+from edgeae.data.series import series as data
 from edgeae.cli import main
-from edgeae.data import FLOAT32_MAX, Preprocessing, load_series
-from edgeae.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
+from edgeae.data.series import FLOAT32_MAX, Preprocessing, load_series
+from edgeae.contract.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
 
 # A numpy RuntimeWarning (overflow, invalid value) fails these tests instead of passing unseen.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -84,7 +84,7 @@ def test_cli_refuses_values_float32_cannot_train_on_in_one_line(tmp_path, rows, 
 
 
 def test_parity_inputs_near_the_float32_limit_stay_finite():
-    from edgeae.verification import parity_inputs
+    from edgeae.verifier.verification import parity_inputs
 
     pre = Preprocessing((-3e38,), (3e38,), (0.0,), (1.0,))
     inputs = parity_inputs(np.zeros((2, 4, 1)), pre, seed=1)
@@ -100,7 +100,7 @@ def _windows():
 
 
 def test_a_diverging_loss_stops_training_with_a_data_error():
-    from edgeae.model import TrainConfig, train
+    from edgeae.trainer.model import TrainConfig, train
 
     config = TrainConfig(timesteps=4, features=2, units=8, epochs=50, learning_rate=9.0)
     started = time.perf_counter()
@@ -111,7 +111,7 @@ def test_a_diverging_loss_stops_training_with_a_data_error():
 
 def test_weights_that_diverge_in_the_last_update_are_caught():
     """One batch per epoch: epoch 3's loss is computed before its update turns the weights non-finite."""
-    from edgeae.model import TrainConfig, train
+    from edgeae.trainer.model import TrainConfig, train
 
     config = TrainConfig(timesteps=4, features=2, units=8, epochs=3, learning_rate=9.0)
     with pytest.raises(DataError, match=r"training diverged \(the weights became non-finite at epoch 3\)"):

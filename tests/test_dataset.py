@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae import datasets, runtime
+from edgeae import runtime
+from edgeae.data.series import datasets
 from edgeae.cli import main
-from edgeae.data import load_series, make_windows
-from edgeae.detector import keras_scores
-from edgeae.errors import EXIT_DEPENDENCY, EXIT_PARITY, MissingDependencyError
-from edgeae import training as trainer
+from edgeae.data.series import load_series, make_windows
+from edgeae.detection.threshold import keras_scores
+from edgeae.contract.errors import EXIT_DEPENDENCY, EXIT_PARITY, MissingDependencyError
+from edgeae.trainer import training as trainer
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("aeon") is None,
                                 reason="the dataset ships with aeon: pip install 'edgeae[dataset]'")

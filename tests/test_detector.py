@@ -8,16 +8,17 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeae import publish, runtime
+from edgeae import runtime
+from edgeae.exporter import publish
 from edgeae.cli import main
-from edgeae.data import load_csv, make_windows
-from edgeae.detector import (
+from edgeae.data.series import load_csv, make_windows
+from edgeae.detection.threshold import (
     average_precision, calibrate_threshold, detection_quality, evaluate, keras_scores, roc_auc, set_threshold,
     suggest_thresholds,
 )
-from edgeae.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
-from edgeae.model import TrainConfig
-from edgeae import training as trainer
+from edgeae.contract.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
+from edgeae.trainer.model import TrainConfig
+from edgeae.trainer import training as trainer
 
 # ---------------------------------------------------------------- calibration rule
 
@@ -393,8 +394,8 @@ def test_time_column_and_parts_of_the_score(sensor_export, tmp_path):
 def test_export_threshold_holds_for_every_precision_and_records_its_source(tiny_training, tmp_path):
     """`export --threshold` (a value chosen from labels): the runtime, every variant and every
     detector graph flag against it; the calibrated one stays in the record, and verify still agrees."""
-    from edgeae import verification
-    from edgeae.errors import UsageError
+    from edgeae.verifier import verification
+    from edgeae.contract.errors import UsageError
 
     out, _ = publish.export(tiny_training, tmp_path / "chosen", providers="cpu", threshold=0.02,
                             threshold_source="best F1 on labels.csv", variants=("int8",))

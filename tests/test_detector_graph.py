@@ -5,12 +5,13 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from edgeae import runtime, verification
-from edgeae.artifacts import file_entry, read_manifest, write_manifest
+from edgeae import runtime
+from edgeae.verifier import verification
+from edgeae.contract.files import file_entry, read_manifest, write_manifest
 from edgeae.cli import main
-from edgeae.errors import EXIT_INTEGRITY, EXIT_PARITY
-from edgeae.golden import read_golden
-from edgeae.graphs.detector import detector_graph
+from edgeae.contract.errors import EXIT_INTEGRITY, EXIT_PARITY
+from edgeae.contract.golden import read_golden
+from edgeae.detection.graph import detector_graph
 
 CPU = ["CPUExecutionProvider"]
 

@@ -24,13 +24,13 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from edgeae import distributed as fleet  # noqa: E402
+from edgeae import fleet  # noqa: E402
 from edgeae import runtime  # noqa: E402
-from edgeae.artifacts import read_json, write_manifest  # noqa: E402
+from edgeae.contract.files import read_json, write_manifest  # noqa: E402
 from edgeae.cli import main  # noqa: E402
-from edgeae.data import load_series, make_windows, window_series, window_starts  # noqa: E402
-from edgeae.versions import environment  # noqa: E402
-from edgeae.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_RUNTIME, EXIT_USAGE, DataError, ExportExistsError  # noqa: E402
+from edgeae.data.series import load_series, make_windows, window_series, window_starts  # noqa: E402
+from edgeae.contract.versions import environment  # noqa: E402
+from edgeae.contract.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_RUNTIME, EXIT_USAGE, DataError, ExportExistsError  # noqa: E402
 
 from .conftest import EXPORTED  # noqa: E402
 

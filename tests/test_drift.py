@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from edgeae import runtime
 from edgeae.cli import main
-from edgeae.errors import ShapeError
+from edgeae.contract.errors import ShapeError
 
 from .conftest import EXPORTED
 

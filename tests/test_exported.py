@@ -5,8 +5,8 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeae import runtime
-from edgeae.artifacts import sha256_file
-from edgeae.data import seed_sequence
+from edgeae.contract.files import sha256_file
+from edgeae.data.series import seed_sequence
 
 from .conftest import EXPORTED
 

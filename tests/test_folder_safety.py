@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from edgeae import artifacts
-from edgeae import publish as publisher
-from edgeae.errors import EXIT_USAGE, LockedError, UsageError
-from edgeae import training as trainer
+from edgeae.contract import files as artifacts
+from edgeae.exporter import publish as publisher
+from edgeae.contract.errors import EXIT_USAGE, LockedError, UsageError
+from edgeae.trainer import training as trainer
 
 from .test_cli import one_line_error, run
 

@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae import publish, runtime
+from edgeae import runtime
+from edgeae.exporter import publish
 from edgeae.cli.app import main
-from edgeae.errors import EXIT_USAGE, ShapeError, UnsupportedModelError, UsageError
-from edgeae.parity import fp32_tolerance
-from edgeae.verification import verify
+from edgeae.contract.errors import EXIT_USAGE, ShapeError, UnsupportedModelError, UsageError
+from edgeae.contract.parity import fp32_tolerance
+from edgeae.verifier.verification import verify
 
 T, F = 6, 3
 
 
 def _keras():
-    from edgeae.model import import_keras
+    from edgeae.trainer.model import import_keras
 
     return import_keras()[1]
 

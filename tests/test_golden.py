@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae import golden, runtime, verification
-from edgeae.artifacts import file_entry, read_manifest, write_manifest
+from edgeae import runtime
+from edgeae.contract import golden
+from edgeae.verifier import verification
+from edgeae.contract.files import file_entry, read_manifest, write_manifest
 from edgeae.cli import main
-from edgeae.errors import EXIT_INTEGRITY, EXIT_PARITY, IntegrityError, UsageError
-from edgeae.model import predict
+from edgeae.contract.errors import EXIT_INTEGRITY, EXIT_PARITY, IntegrityError, UsageError
+from edgeae.trainer.model import predict
 from edgeae.runtime import SelfCheckError, reconstruction_error
 
 
@@ -159,7 +161,7 @@ def test_self_check_reads_golden_vectors_checked_against_the_manifest(export_cop
 
 
 def test_the_golden_reader_needs_only_numpy():
-    code = ("import sys, edgeae.golden, edgeae.runtime; "
+    code = ("import sys, edgeae.contract.golden, edgeae.runtime; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'onnx')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -5,17 +5,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgeae import layout, publish, verification
-from edgeae.artifacts import read_manifest, verify_files
-from edgeae.errors import UsageError
-from edgeae.graphs import int8_dynamic
-from edgeae.graphs.batch1 import single_window_graph
-from edgeae.graphs.clean import clean_graph
-from edgeae.graphs.common import GraphError
-from edgeae.graphs.unrolled import unrolled_graph
-from edgeae.model import predict
-from edgeae.parity import Tolerance
-from edgeae.variants import DEFAULT_TOLERANCES
+from edgeae.contract import layout
+from edgeae.exporter import publish
+from edgeae.verifier import verification
+from edgeae.contract.files import read_manifest, verify_files
+from edgeae.contract.errors import UsageError
+from edgeae.exporter.graphs import int8_dynamic
+from edgeae.exporter.graphs.batch1 import single_window_graph
+from edgeae.exporter.graphs.clean import clean_graph
+from edgeae.exporter.graphs.common import GraphError
+from edgeae.exporter.graphs.unrolled import unrolled_graph
+from edgeae.trainer.model import predict
+from edgeae.contract.parity import Tolerance
+from edgeae.contract.variants import DEFAULT_TOLERANCES
 
 CLEAN_OPS = {
     "autoencoder": ["Min", "Max", "Transpose", "LSTM", "Expand", "LSTM", "Squeeze", "MatMul", "Add", "Transpose"],

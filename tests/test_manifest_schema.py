@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeae import runtime
-from edgeae.artifacts import (
+from edgeae.contract.files import (
     check_output_file, check_target, file_entry, read_manifest, staged_folder, write_manifest,
 )
 from edgeae.cli import main
-from edgeae.errors import EXIT_INTEGRITY, EXIT_USAGE, IntegrityError, ProviderError, UsageError
-from edgeae import training as trainer
+from edgeae.contract.errors import EXIT_INTEGRITY, EXIT_USAGE, IntegrityError, ProviderError, UsageError
+from edgeae.trainer import training as trainer
 
 
 def run(*args):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edgeae.errors import UsageError
-from edgeae.model import TrainConfig, build, train
+from edgeae.contract.errors import UsageError
+from edgeae.trainer.model import TrainConfig, build, train
 
 
 def test_default_architecture_is_the_seed_model():
@@ -37,7 +37,7 @@ def test_training_lowers_the_loss(tiny_training):
 
 
 def test_training_is_deterministic_for_a_seed():
-    from edgeae.data import seed_sequence
+    from edgeae.data.series import seed_sequence
 
     config = TrainConfig(timesteps=4, features=2, units=5, epochs=3, seed=11)
     x = seed_sequence(4, 2)
@@ -71,7 +71,7 @@ def test_settings_as_json_gives_them_back_are_taken():
 
 
 def test_xla_pays_on_long_runs_only():
-    from edgeae.model import xla_pays
+    from edgeae.trainer.model import xla_pays
 
     assert not xla_pays(TrainConfig(), 1)  # the seed: 300 one-window epochs, less than XLA costs to compile
     assert xla_pays(TrainConfig(timesteps=64, features=9, units=32, activation="tanh", epochs=60), 1769)
@@ -112,7 +112,7 @@ def test_xla_training_is_deterministic_and_falls_back_where_xla_fails(monkeypatc
     import tensorflow as tf
     from keras import Model
 
-    from edgeae.data import seed_sequence
+    from edgeae.data.series import seed_sequence
 
     config = TrainConfig(timesteps=4, features=2, units=5, epochs=3, seed=11)
     x = seed_sequence(4, 2)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edgeae import runtime
-from edgeae.artifacts import file_entry, read_manifest, write_manifest
-from edgeae.data import cut_windows, load_features
+from edgeae.contract.files import file_entry, read_manifest, write_manifest
+from edgeae.data.series import cut_windows, load_features
 
 from .conftest import REPO
 

@@ -9,12 +9,14 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgeae import other_runtimes, publish, runtime
-from edgeae.artifacts import read_manifest
+from edgeae import runtime
+from edgeae.verifier import runtimes as other_runtimes
+from edgeae.exporter import publish
+from edgeae.contract.files import read_manifest
 from edgeae.cli import main
-from edgeae.errors import EXIT_USAGE, UsageError
-from edgeae.golden import read_golden
-from edgeae.other_runtimes import RUNTIMES, RuntimeFailed
+from edgeae.contract.errors import EXIT_USAGE, UsageError
+from edgeae.contract.golden import read_golden
+from edgeae.verifier.runtimes import RUNTIMES, RuntimeFailed
 
 
 def installed(name: str) -> str:
@@ -112,7 +114,7 @@ def test_a_new_measurement_keeps_the_runtimes_it_did_not_measure(export_copy):
 def test_a_file_that_gives_nan_is_recorded_wrong_not_a_crash(export_copy):
     from onnx import numpy_helper
 
-    from edgeae.artifacts import file_entry, write_manifest
+    from edgeae.contract.files import file_entry, write_manifest
 
     model = onnx.load(str(export_copy / "autoencoder.portable.onnx"))
     bias = next(t for t in model.graph.initializer if t.name == "dense/bias")

@@ -8,11 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from edgeae import bench, plots
-from edgeae.artifacts import read_manifest, write_manifest
+from edgeae.measure import bench
+from edgeae.verifier import plots
+from edgeae.contract.files import read_manifest, write_manifest
 from edgeae.cli import describe_failure
-from edgeae.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE
-from edgeae import training as trainer
+from edgeae.contract.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE
+from edgeae.trainer import training as trainer
 
 from .test_cli import one_line_error, run
 

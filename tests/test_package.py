@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 import edgeae
-from edgeae import versions
-from edgeae.artifacts import read_manifest, write_manifest
+from edgeae.contract import versions
+from edgeae.contract.files import read_manifest, write_manifest
 from edgeae.cli import main
 from .conftest import REPO
 
@@ -69,7 +69,11 @@ def test_inspect_shows_and_warns(export_copy):
 
 
 def test_the_public_api_is_the_modules_own_and_loads_lazily():
-    from edgeae import publish, runtime, streaming, training, verification
+    from edgeae import runtime
+    from edgeae.exporter import publish
+    from edgeae.runtime import streaming
+    from edgeae.trainer import training
+    from edgeae.verifier import verification
 
     assert (edgeae.load, edgeae.export, edgeae.train, edgeae.verify, edgeae.StreamScorer) == (
         runtime.load, publish.export, training.train, verification.verify, streaming.StreamScorer)

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from edgeae import verification
-from edgeae.variants import UNROLLED_FROM
-from edgeae.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, compare, fp32_tolerance
+from edgeae.verifier import verification
+from edgeae.contract.variants import UNROLLED_FROM
+from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, compare, fp32_tolerance
 
 from .conftest import PROVIDERS
 
@@ -114,7 +114,7 @@ def test_fp32_bound_is_the_larger_of_the_floor_and_the_share_of_range():
 def test_verify_holds_fp32_to_the_tolerance_the_export_recorded(tiny_training, tmp_path):
     """An export published at a looser bound verifies at that bound, not the library's default;
     a bound given to verify replaces it for that run."""
-    from edgeae import publish
+    from edgeae.exporter import publish
 
     out, _ = publish.export(tiny_training, tmp_path / "loose", providers="cpu", atol=2e-3, rtol=3e-3, variants=())
     manifest = json.loads((out / "manifest.json").read_text())
@@ -152,7 +152,7 @@ def test_stored_references_verify_without_tensorflow(tiny_export, provider):
 
 
 def test_stored_references_are_checked(export_copy):
-    from edgeae.errors import IntegrityError
+    from edgeae.contract.errors import IntegrityError
 
     path = export_copy / "parity_reference.npz"
     path.write_bytes(path.read_bytes()[:-10])

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae import plots, runtime
-from edgeae.artifacts import read_manifest, verify_files
+from edgeae import runtime
+from edgeae.verifier import plots
+from edgeae.contract.files import read_manifest, verify_files
 from edgeae.cli import main
-from edgeae.errors import EXIT_DEPENDENCY, EXIT_INTEGRITY, EXIT_USAGE, IntegrityError, MissingDependencyError, UsageError
+from edgeae.contract.errors import EXIT_DEPENDENCY, EXIT_INTEGRITY, EXIT_USAGE, IntegrityError, MissingDependencyError, UsageError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,11 +7,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgeae import publish, variants
-from edgeae.artifacts import read_manifest, verify_files, write_manifest
+from edgeae.exporter import publish
+from edgeae.contract import variants
+from edgeae.contract.files import read_manifest, verify_files, write_manifest
 from edgeae.cli import main
-from edgeae.errors import EXIT_PARITY, IntegrityError
-from edgeae.parity import Tolerance
+from edgeae.contract.errors import EXIT_PARITY, IntegrityError
+from edgeae.contract.parity import Tolerance
 
 CLEAN_OPS = {
     "autoencoder": ["Min", "Max", "Transpose", "LSTM", "Expand", "LSTM", "Squeeze", "MatMul", "Add", "Transpose"],
@@ -48,7 +49,7 @@ def test_optimize_upgrades_an_export_made_before_variants(export_copy):
                 or name == "targets.json":
             (export_copy / name).unlink(missing_ok=True)
             del manifest["files"][name]
-    from edgeae.artifacts import file_entry
+    from edgeae.contract.files import file_entry
 
     for role in ("autoencoder", "encoder"):
         manifest["files"][f"{role}.onnx"] = file_entry(export_copy / f"{role}.onnx", "onnx")
@@ -97,10 +98,10 @@ def test_strict_optimize_fails_when_a_variant_is_left_out(export_copy, monkeypat
 
 
 def test_runtime_does_not_import_the_graph_builders():
-    """The runtime reads the variant table (edgeae.variants), never what builds or publishes graphs."""
-    code = ("import sys, edgeae.runtime; print(any(m.startswith(('edgeae.graphs', 'edgeae.publish', 'edgeae.convert')) "
+    """The runtime reads the variant table (edgeae.contract.variants), never what builds or publishes graphs."""
+    code = ("import sys, edgeae.runtime; print(any(m.startswith(('edgeae.exporter.graphs', 'edgeae.exporter.publish', 'edgeae.exporter.convert')) "
             "for m in sys.modules), 'onnxruntime.quantization' in sys.modules, 'onnx' in sys.modules, "
-            "'edgeae.variants' in sys.modules)")
+            "'edgeae.contract.variants' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "False", "True"]
 

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae import artifacts, publish, runtime, verification
+from edgeae import runtime
+from edgeae.contract import files as artifacts
+from edgeae.exporter import publish
+from edgeae.verifier import verification
 from edgeae.cli import main
-from edgeae import training as trainer
-from edgeae.errors import (
+from edgeae.trainer import training as trainer
+from edgeae.contract.errors import (
     EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_USAGE, ExportExistsError, IntegrityError, LockedError, ParityError, UsageError,
 )
 
@@ -144,7 +147,7 @@ def test_interrupt_exit_code_and_debug_traceback(monkeypatch, tmp_path):
 def test_keras_model_with_a_lambda_layer_is_refused(tmp_path):
     import keras
 
-    from edgeae import model
+    from edgeae.trainer import model
 
     inputs = keras.Input((4, 2))
     x = keras.layers.Lambda(lambda t: t * 2, name="encoder")(inputs)

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae import publish, routing, runtime
-from edgeae.artifacts import read_manifest
-from edgeae.bench import onnx_paths
+from edgeae import runtime
+from edgeae.exporter import publish
+from edgeae.measure import routing
+from edgeae.contract.files import read_manifest
+from edgeae.measure.bench import onnx_paths
 from edgeae.cli import main
-from edgeae.errors import EdgeAEError
+from edgeae.contract.errors import EdgeAEError
 
 from .conftest import FIXED_ROUTES
 

@@ -13,10 +13,10 @@ import onnxruntime as ort
 import pytest
 
 from edgeae import runtime
-from edgeae.artifacts import read_manifest, write_manifest
-from edgeae.data import Preprocessing
-from edgeae.errors import DataError, IntegrityError, ProviderError, ShapeError, UsageError
-from edgeae.variants import UNROLLED_FROM
+from edgeae.contract.files import read_manifest, write_manifest
+from edgeae.data.series import Preprocessing
+from edgeae.contract.errors import DataError, IntegrityError, ProviderError, ShapeError, UsageError
+from edgeae.contract.variants import UNROLLED_FROM
 
 from .conftest import PROVIDERS, REPO
 
@@ -78,8 +78,8 @@ def test_single_onnx_file_loads_without_a_manifest(tiny_export):
 
 
 def _keras_side(export):
-    from edgeae import model as keras_model
-    from edgeae.training import load_training
+    from edgeae.trainer import model as keras_model
+    from edgeae.trainer.training import load_training
 
     training = load_training(export)
     pre = training.preprocessing

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from edgeae import runtime
 from edgeae.cli import main
-from edgeae.errors import EXIT_DATA, EXIT_USAGE
-from edgeae import training as trainer
+from edgeae.contract.errors import EXIT_DATA, EXIT_USAGE
+from edgeae.trainer import training as trainer
 
 
 def run(*args):
@@ -137,7 +137,7 @@ def test_bad_output_paths_fail_before_any_work(tiny_export, series_csv, tmp_path
 
 
 def test_nan_threshold_and_bad_chunks_are_refused(tiny_export):
-    from edgeae.errors import UsageError
+    from edgeae.contract.errors import UsageError
 
     model = runtime.load(tiny_export, "cpu")
     x = np.zeros((3, 6, 3))
@@ -151,7 +151,7 @@ def test_nan_threshold_and_bad_chunks_are_refused(tiny_export):
 
 
 def test_training_folder_and_foreign_files_are_usage_errors(tiny_training, tiny_export, series_csv, tmp_path):
-    from edgeae.errors import UsageError
+    from edgeae.contract.errors import UsageError
 
     trainer.save_training(tiny_training, tmp_path / "run")
     with pytest.raises(UsageError, match="training folder; export it first"):

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from edgeae import publish
-from edgeae.data import seed_sequence
-from edgeae.model import TrainConfig
+from edgeae.exporter import publish
+from edgeae.data.series import seed_sequence
+from edgeae.trainer.model import TrainConfig
 
 pytestmark = pytest.mark.slow
 

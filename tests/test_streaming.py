@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from edgeae import runtime
-from edgeae.data import make_windows
-from edgeae.detector import calibrate_threshold
-from edgeae.errors import DataError, ShapeError, UsageError
-from edgeae.streaming import StreamScorer
+from edgeae.data.series import make_windows
+from edgeae.detection.threshold import calibrate_threshold
+from edgeae.contract.errors import DataError, ShapeError, UsageError
+from edgeae.runtime.streaming import StreamScorer
 
 from .conftest import EXPORTED
 
@@ -119,7 +119,7 @@ def test_bad_settings_are_refused(model, kwargs, words):
 
 
 def test_streaming_loads_no_tensorflow():
-    code = ("import sys, edgeae.streaming; "
+    code = ("import sys, edgeae.runtime.streaming; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx', 'click')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -3,8 +3,8 @@ import json
 
 import onnx
 
-from edgeae import layout
-from edgeae.artifacts import read_manifest
+from edgeae.contract import layout
+from edgeae.contract.files import read_manifest
 
 # ---------------------------------------------------------------- target report
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae import publish
-from edgeae import training as trainer
+from edgeae.exporter import publish
+from edgeae.trainer import training as trainer
 from edgeae.cli import main
-from edgeae.errors import EXIT_DATA, LearningError, ParityError, UsageError
-from edgeae.model import (
+from edgeae.contract.errors import EXIT_DATA, LearningError, ParityError, UsageError
+from edgeae.trainer.model import (
     DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, LEARNED_BELOW, TrainConfig,
 )
 

@@ -2,8 +2,9 @@
 import subprocess
 import sys
 
-from edgeae import runtime, variants
-from edgeae.graphs import BUILDERS
+from edgeae import runtime
+from edgeae.contract import variants
+from edgeae.exporter.graphs import BUILDERS
 
 
 def test_every_built_variant_has_one_builder_and_no_other_has_one():
@@ -18,6 +19,6 @@ def test_the_runtime_self_checks_what_the_table_says():
 
 
 def test_the_table_imports_no_onnx_and_no_builder():
-    code = ("import sys, edgeae.variants; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'onnx' or m.startswith('edgeae.graphs')))")
+    code = ("import sys, edgeae.contract.variants; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'onnx' or m.startswith('edgeae.exporter.graphs')))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

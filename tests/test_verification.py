@@ -12,12 +12,13 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgeae import publish, verification
-from edgeae.artifacts import file_entry, read_manifest, write_manifest
+from edgeae.exporter import publish
+from edgeae.verifier import verification
+from edgeae.contract.files import file_entry, read_manifest, write_manifest
 from edgeae.cli import main
-from edgeae.errors import EXIT_INTEGRITY, EXIT_PARITY, IntegrityError, UsageError
-from edgeae.parity import Tolerance, check_tolerance, compare
-from edgeae import training as trainer
+from edgeae.contract.errors import EXIT_INTEGRITY, EXIT_PARITY, IntegrityError, UsageError
+from edgeae.contract.parity import Tolerance, check_tolerance, compare
+from edgeae.trainer import training as trainer
 
 
 @pytest.fixture(scope="module")

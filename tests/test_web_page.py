@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgeae import runtime
-from edgeae.data import cut_windows, load_features
+from edgeae.data.series import cut_windows, load_features
 
 from .conftest import EXPORTED, REPO
 

@@ -1,4 +1,4 @@
 """`python -m edgeae.cli`: the same as the `edgeae` command."""
-from . import main
+from edgeae.cli import main
 
 main()

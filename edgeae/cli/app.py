@@ -19,9 +19,9 @@ from typing import Any
 
 import click
 
-from .. import versions
-from ..artifacts import INTERRUPTED
-from ..errors import (
+from edgeae.contract import versions
+from edgeae.contract.files import INTERRUPTED
+from edgeae.contract.errors import (
     EXIT_CLOSED_PIPE, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgeAEError,
 )
 

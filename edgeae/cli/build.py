@@ -6,14 +6,14 @@ from typing import Any
 
 import click
 
-from ..artifacts import check_target
-from ..errors import ParityError, UsageError
-from .app import DEFAULT_EXPORT, DEFAULT_TRAINING, main
-from .options import (
+from edgeae.contract.files import check_target
+from edgeae.contract.errors import ParityError, UsageError
+from edgeae.cli.app import DEFAULT_EXPORT, DEFAULT_TRAINING, main
+from edgeae.cli.options import (
     build_option, config_and_data, json_option, parity_options, progress_printer, routing_option, split_columns,
     training_options,
 )
-from .render import detector_lines, early_stop_lines, emit, time_axis_lines
+from edgeae.cli.render import detector_lines, early_stop_lines, emit, time_axis_lines
 
 
 @main.command()
@@ -30,7 +30,7 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
       edgeae train --epochs 50 --out runs/small
       edgeae train --data sensors.csv --columns temp,pressure --validation-fraction 0.2 --patience 20
     """
-    from ..training import check_learned, save_training, train as train_model
+    from edgeae.trainer.training import check_learned, save_training, train as train_model
 
     quiet = kw["quiet"]
     config, data, columns = config_and_data(kw)
@@ -100,9 +100,9 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
       edgeae export my_model.keras --data train.csv --scaling standard --calibrate normal.csv --out exported/mine
       edgeae export my_model.keras --scaling standard --scaling-values mean=20.5,3.1 --scaling-values std=4.2,0.8
     """
-    from .. import publish
-    from ..foreign import is_keras_file, parse_scaling_values
-    from ..variants import check_variant_names
+    from edgeae.exporter import publish
+    from edgeae.exporter.user_model import is_keras_file, parse_scaling_values
+    from edgeae.contract.variants import check_variant_names
 
     publish.check_export_target(out, training_dir, force)  # before TensorFlow loads and the model runs
     built = build or None
@@ -118,7 +118,7 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
                  if value is not None and value != OWN_MODEL_DEFAULTS.get(name)]
         if given:
             raise UsageError(f"{', '.join(given)} apply to your own Keras model file, not to a training folder")
-        from ..training import load_training
+        from edgeae.trainer.training import load_training
 
         path, report = publish.export(load_training(training_dir), out, opset, atol, provider, force,
                                       threshold_quantile, built, rtol, threshold, threshold_source, not fixed_routing)
@@ -144,7 +144,7 @@ def verify(ctx: click.Context, export_dir: Path, atol: float | None, rtol: float
       edgeae verify exported --provider cpu --atol 1e-6
       edgeae verify exported --provider cuda --against stored   # on a device without TensorFlow
     """
-    from ..verification import verify as verify_export
+    from edgeae.verifier.verification import verify as verify_export
 
     report = verify_export(export_dir, provider, atol, against, rtol)
     emit(ctx, report.to_dict(), report.summary_lines())
@@ -175,7 +175,7 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
       edgeae optimize exported --provider cpu
       edgeae optimize exported --build int8 --build int8-dynamic   # the fast int8, proven on each device
     """
-    from .. import publish
+    from edgeae.exporter import publish
 
     result = publish.optimize(export_dir, provider, variants=build or None, atol=atol, rtol=rtol,
                               measure_routing=not fixed_routing)
@@ -205,7 +205,7 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol
       edgeae pipeline --force                      # regenerate exported/
       edgeae pipeline --epochs 20 --units 16 --out runs/small
     """
-    from .. import publish
+    from edgeae.exporter import publish
 
     quiet = kw["quiet"]
     config, data, columns = config_and_data(kw)
@@ -249,8 +249,8 @@ def demo(ctx: click.Context, out: Path, atol: float, rtol: float, force: bool, q
       edgeae demo --out runs/demo
       edgeae report runs/demo
     """
-    from ..datasets import demo as run_demo
-    from ..datasets import demo_config
+    from edgeae.data.datasets import demo as run_demo
+    from edgeae.data.datasets import demo_config
 
     config = demo_config(**{k: v for k, v in overrides.items() if v is not None})
     result = run_demo(out, config, force=force, progress=progress_printer(quiet, config.epochs), atol=atol, rtol=rtol)

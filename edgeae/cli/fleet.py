@@ -1,5 +1,5 @@
 """`edgeae fleet`: score, encode and sample many series (Parquet or CSV files, local or on object
-storage) on a Dask cluster; thin calls into edgeae.distributed, which imports Dask only when run."""
+storage) on a Dask cluster; thin calls into edgeae.fleet, which imports Dask only when run."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
-from .app import main
-from .options import json_option, split_columns, variant_option
-from .render import emit
+from edgeae.contract.errors import UsageError
+from edgeae.cli.app import main
+from edgeae.cli.options import json_option, split_columns, variant_option
+from edgeae.cli.render import emit
 
 
 def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any] | None:
@@ -85,7 +85,7 @@ def _run_command(command: str, doc: str):
             threshold: float | None, by: str, order: str, columns: str | None, stride: int | None,
             scheduler: str | None, workers: int | None, storage: tuple[str, ...], force: bool, variant: str,
             as_json: bool) -> None:
-        from ..distributed import run_dataset
+        from edgeae.fleet import run_dataset
 
         if command == "encode" and threshold is not None:
             raise UsageError("--threshold applies to fleet score")
@@ -137,7 +137,7 @@ def sample(ctx: click.Context, source: str, output: Path, timesteps: int, per_se
       edgeae fleet sample data/ --by machine --order step --timesteps 10 --per-series 50 -o sample.npy
       edgeae train --data sample.npy --validation-fraction 0.2
     """
-    from ..distributed import write_sample
+    from edgeae.fleet import write_sample
 
     record = write_sample(output, source, by, order, timesteps, per_series=per_series, share=share, seed=seed,
                           columns=split_columns(columns), stride=stride or 1, scheduler=scheduler, workers=workers,
@@ -161,7 +161,7 @@ def bench(ctx: click.Context, export_dir: Path, series: int, rows: int, files: i
     Example:
       edgeae fleet bench exported --series 20 --rows 5000
     """
-    from ..distributed import run_fleet_bench
+    from edgeae.fleet import run_fleet_bench
 
     report = run_fleet_bench(export_dir, series, rows, files, progress=lambda msg: click.echo(msg, err=True))
     emit(ctx, report, report["lines"])

@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
-from .render import require_stdout
+from edgeae.contract.errors import UsageError
+from edgeae.cli.render import require_stdout
 
 
 def _json_needs_stdout(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -50,7 +50,7 @@ routing_option = click.option(
 def parity_options(recorded: bool = False):
     """--atol and --rtol, the fp32 parity bounds, for every command that checks parity; `recorded`:
     they default to what the export recorded (verify) instead of the library's defaults."""
-    from ..parity import DEFAULT_ATOL, DEFAULT_RTOL
+    from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL
 
     def note(value: float) -> str:
         return " [default: the export's recorded one]" if recorded else f" [default: {value:g}]"
@@ -66,7 +66,7 @@ def parity_options(recorded: bool = False):
 
 
 def training_options(fn):
-    from ..model import ACTIVATIONS, DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig
+    from edgeae.trainer.model import ACTIVATIONS, DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig
 
     d = TrainConfig()
     options = [
@@ -105,7 +105,7 @@ def training_options(fn):
 
 
 def config_and_data(kw: dict) -> tuple[Any, Path | None, tuple[str, ...] | None]:
-    from ..training import config_for
+    from edgeae.trainer.training import config_for
 
     data, columns = kw.pop("data"), split_columns(kw.pop("columns"))
     kw.pop("quiet")
@@ -115,7 +115,7 @@ def config_and_data(kw: dict) -> tuple[Any, Path | None, tuple[str, ...] | None]
 def progress_printer(quiet: bool, epochs: int):
     if quiet:
         return None
-    from ..model import print_progress
+    from edgeae.trainer.model import print_progress
 
     return print_progress(epochs)
 

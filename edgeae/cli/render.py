@@ -9,8 +9,8 @@ from typing import Any
 import click
 import numpy as np
 
-from ..artifacts import check_output_file
-from ..errors import ExportExistsError, UsageError
+from edgeae.contract.files import check_output_file
+from edgeae.contract.errors import ExportExistsError, UsageError
 
 
 def require_stdout() -> None:
@@ -59,7 +59,7 @@ def early_stop_lines(summary: dict) -> list[str]:
 
 
 def detector_lines(folder: Path) -> list[str]:
-    from ..artifacts import read_manifest
+    from edgeae.contract.files import read_manifest
 
     d = read_manifest(folder).get("detector")
     if not d:
@@ -127,7 +127,7 @@ def write_result(ctx: click.Context, payload: dict[str, np.ndarray], output: Pat
     joins them in JSON and in the summary a file's --json prints."""
     import io
 
-    from ..artifacts import atomic_write_bytes, dumps_json
+    from edgeae.contract.files import atomic_write_bytes, dumps_json
 
     info = info or {}
     if output is None:

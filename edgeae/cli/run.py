@@ -8,11 +8,11 @@ from typing import Any
 import click
 import numpy as np
 
-from .. import versions
-from ..bench import MAX_BATCH as MAX_BENCH_BATCH
-from .app import DEFAULT_EXPORT, main
-from .options import json_option, provider_option, self_check_option, split_columns, variant_option
-from .render import check_output, emit, write_result
+from edgeae.contract import versions
+from edgeae.measure.bench import MAX_BATCH as MAX_BENCH_BATCH
+from edgeae.cli.app import DEFAULT_EXPORT, main
+from edgeae.cli.options import json_option, provider_option, self_check_option, split_columns, variant_option
+from edgeae.cli.render import check_output, emit, write_result
 
 
 @main.command()
@@ -45,14 +45,14 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
       edgeae bench exported --batch 1024 --threads 1 --no-cold-start --json
       edgeae bench my-export --rewrite-routing --training   # on the device: measure, reseal, time
     """
-    from ..artifacts import atomic_write_json
-    from ..bench import run_bench
+    from edgeae.contract.files import atomic_write_json
+    from edgeae.measure.bench import run_bench
 
     roles = ("autoencoder", "encoder") if role == "both" else (role,)
     check_output(output, force, single_array=False, suffixes=(".json",), reads=(export_dir,))
     if rewrite_routing:
-        from ..publish import rewrite_routing as rewrite
-        from ..runtime import batch_label
+        from edgeae.exporter.publish import rewrite_routing as rewrite
+        from edgeae.runtime import batch_label
 
         for role, routes in rewrite(export_dir).items():
             click.echo(f"{role} routing: " + ", ".join(f"{batch_label(*r['batches'])} {r['file']}" for r in routes), err=True)
@@ -77,7 +77,7 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, no_sel
     Example:
       edgeae inspect exported --provider cuda --variant int8
     """
-    from .. import runtime
+    from edgeae import runtime
 
     edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
     info: dict[str, Any] = {"providers_available": runtime.available_providers(), "models": {}}
@@ -119,7 +119,7 @@ def _read_windows(edge: Any, path: Path, stride: int | None, columns: str | None
     `stride` None means the model's; one given for ready-made windows is refused, not ignored. A
     time column is never read as a feature.
     """
-    from ..data import cut_windows, load_features, trained_columns
+    from edgeae.data.series import cut_windows, load_features, trained_columns
 
     series = load_features(path, edge.features, split_columns(columns), trained_columns(edge.manifest, path),
                            exclude=(time_column,) if time_column else ())
@@ -130,7 +130,7 @@ def _score_payload(edge: Any, windows: np.ndarray, starts: np.ndarray | None, se
                    threshold: float | None, time_column: str | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """score's columns (score, anomaly, window_start, start_time/end_time, one score_<feature> per
     feature: its part of the score) and what is said once for all windows (drift)."""
-    from ..data import load_times
+    from edgeae.data.series import load_times
 
     result = edge.score(windows, threshold=threshold)
     payload: dict[str, np.ndarray] = {"score": result.scores}
@@ -179,7 +179,7 @@ def runtime_command(name: str, doc: str):
     def command(ctx: click.Context, model: Path, data: Path, output: Path | None, stride: int | None,
                 columns: str | None, threshold: float | None, force: bool, provider: str, variant: str,
                 no_self_check: bool, as_json: bool, time_column: str | None = None) -> None:
-        from .. import runtime
+        from edgeae import runtime
 
         edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
         check_output(output, force, single_array=name != "score", reads=(model, data))
@@ -224,9 +224,9 @@ def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: st
     Example:
       edgeae evaluate exported test.csv --columns temp,pressure --labels is_anomaly
     """
-    from .. import runtime
-    from ..data import load_labelled, trained_columns
-    from ..detector import check_precision, evaluate as run_evaluation
+    from edgeae import runtime
+    from edgeae.data.series import load_labelled, trained_columns
+    from edgeae.detection.threshold import check_precision, evaluate as run_evaluation
 
     check_precision(precision)  # before anything is loaded
     model = runtime.load(export_dir, provider)
@@ -264,7 +264,7 @@ def report(ctx: click.Context, export_dir: Path, data: Path | None, columns: str
       edgeae report runs/demo --data test.csv --columns value --labels is_anomaly
       edgeae report runs/sensors --data test.csv --features acc_x,acc_z
     """
-    from ..plots import report as write_report
+    from edgeae.verifier.plots import report as write_report
 
     paths = write_report(export_dir, data, split_columns(columns), labels_column, out,
                          "cpu" if provider == "auto" else provider, force=force,
@@ -291,8 +291,8 @@ def targets(ctx: click.Context, export_dir: Path, runtimes: tuple[str, ...], as_
       edgeae targets exported
       edgeae targets exported --runtime tract --runtime onnx-reference
     """
-    from .. import publish
-    from ..targets import runtime_lines
+    from edgeae.exporter import publish
+    from edgeae.verifier.target_report import runtime_lines
 
     measured = publish.measure_targets(export_dir, runtimes or None)
     on = measured["measured_on"]

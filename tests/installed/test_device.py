@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 
 import edgeae
-from edgeae import runtime, streaming, versions
-from edgeae.artifacts import read_export_manifest
-from edgeae.errors import EXIT_DEPENDENCY, EXIT_INTEGRITY, IntegrityError
-from edgeae.golden import KERAS, read_golden
+from edgeae import runtime
+from edgeae.runtime import streaming
+from edgeae.contract import versions
+from edgeae.contract.files import read_export_manifest
+from edgeae.contract.errors import EXIT_DEPENDENCY, EXIT_INTEGRITY, IntegrityError
+from edgeae.contract.golden import KERAS, read_golden
 
 
 TRAINING = ("tensorflow", "keras", "tf2onnx", "onnx")
@@ -44,9 +46,9 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def test_the_installed_package_is_imported_not_the_checkout(checkout):
     import edgeae.cli
-    import edgeae.graphs
+    import edgeae.exporter.graphs
 
-    for module in (edgeae, edgeae.cli, edgeae.graphs, runtime):
+    for module in (edgeae, edgeae.cli, edgeae.exporter.graphs, runtime):
         where = Path(module.__file__).resolve()
         assert where.is_relative_to(Path(sys.prefix).resolve()), where
         assert not where.is_relative_to(checkout / "edgeae"), where
@@ -82,7 +84,7 @@ def test_inspect_shows_the_export_versions_beside_the_installed_ones(edgeae_cli,
 
 
 def test_inspect_warns_when_this_onnxruntime_is_older_than_the_exporting_one(edgeae_cli, export_copy):
-    from edgeae.artifacts import write_manifest
+    from edgeae.contract.files import write_manifest
 
     manifest = read_export_manifest(export_copy)
     manifest["versions"]["onnxruntime"] = "99.0.0"
@@ -175,7 +177,7 @@ def test_the_runtime_never_loads_the_training_stack(exported):
 
 
 def test_onnxruntime_web_needs_a_checkout_and_says_how_to_point_at_one(checkout, monkeypatch):
-    from edgeae import other_runtimes
+    from edgeae.verifier import runtimes as other_runtimes
 
     monkeypatch.delenv("EDGEAE_NODE_DIR", raising=False)
     why = other_runtimes.unavailable("onnxruntime-web")

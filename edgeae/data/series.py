@@ -1,0 +1,686 @@
+"""Series in, windows out: load CSV/NPY, check them, learn clipping + scaling, window.
+
+The seed's finding drives the preprocessing: with a large input range the absolute
+precision drops, so extreme values are pruned (clipped) to bounds learned from the
+training data, and those bounds travel with the model.
+
+Every check here fails with one line naming the file, and the row and column where it
+can, before anything is trained or written.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeae.contract.errors import DataError, IntegrityError, ShapeError, UsageError
+
+SCALINGS = ("none", "minmax", "standard")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32; below it precision drains away
+# The largest value the model may be fed. Training squares reconstruction errors in float32,
+# which overflows beyond 1.8e19, and sums hundreds of squares per batch: past 1e18 the loss
+# is inf or a few batches from it. Standard or min-max scaling brings any float32 series far below.
+MODEL_INPUT_LIMIT = 1e18
+
+
+def seed_sequence(timesteps: int = 10, features: int = 5) -> np.ndarray:
+    """The seed notebook's data: arange(n)/n as one window of shape (1, timesteps, features)."""
+    n = timesteps * features
+    return (np.arange(n) / n).reshape(1, timesteps, features).astype(np.float32)
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class Series:
+    """Values as loaded: a (time, features) series, or ready-made (n, timesteps, features) windows."""
+
+    values: np.ndarray
+    columns: tuple[str, ...]
+    source: str
+    time_axis: tuple[str, ...] = ()  # columns left out as the time axis, not features (time_axis_columns)
+
+    @property
+    def is_windows(self) -> bool:
+        return self.values.ndim == 3
+
+
+def _listing(names: list[str], limit: int = 10) -> str:
+    """Names for a message, capped: a header of thousands of columns must still fit one line."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"
+
+
+def _select_columns(header: list[str], wanted: tuple[str, ...] | None, source: str) -> list[int]:
+    """Column indices by name (or index); the names kept must be unambiguous.
+
+    Counts and positions are looked up in dicts, so a header of 200,000 columns costs
+    linear time, not quadratic.
+    """
+    counts = Counter(header)
+    if wanted:
+        first: dict[str, int] = {}
+        for index, name in enumerate(header):
+            first.setdefault(name, index)
+        picked = []
+        for name in wanted:
+            if counts[name] > 1:
+                raise DataError(f"{source}: column name {name!r} appears {counts[name]} times in the header")
+            if name in first:
+                picked.append(first[name])
+            elif name.isascii() and name.isdigit() and int(name) < len(header):
+                picked.append(int(name))
+            else:
+                raise DataError(f"{source}: no column {name!r}; columns are {_listing(header)}")
+    else:
+        picked = list(range(len(header)))
+    names = [header[c] for c in picked]
+    used = Counter(names)
+    for col, name in zip(picked, names):
+        if not name:
+            raise DataError(f"{source}: column {col + 1} has no name in the header row")
+        if used[name] > 1:
+            raise DataError(f"{source}: column {name!r} is used twice; name each feature column once")
+        if counts[name] > 1:  # a model records its columns by name: this one could not be found again
+            raise DataError(f"{source}: the column at index {col} is named {name!r}, as another column is; "
+                            "give each feature column its own name")
+    return picked
+
+
+def _parse_number(cell: str) -> float | None:
+    """The cell as a float, or None when it is not a plain number.
+
+    Python's float() also takes '1_000' and non-ASCII digits; a data file means neither,
+    so both count as text like any other.
+    """
+    if "_" in cell or not cell.isascii():
+        return None
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+SEPARATORS = (",", ";", "\t")  # in the order a header line is searched for them
+HEADER_PEEK = 1 << 16  # characters of the first line read to find the separator (a huge line is csv's to refuse)
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+([eE][+-]?\d+)?")
+
+
+def _separator(header_line: str) -> str:
+    """The column separator of a CSV, read from its header line: a comma, else a semicolon (as
+    spreadsheets write where the comma is the decimal mark), else a tab; a comma for one column."""
+    return next((sep for sep in SEPARATORS if sep in header_line), ",")
+
+
+def _csv_table(path: Path) -> tuple[str, list[str], list[tuple[int, list[str]]]]:
+    """A CSV's name, header and data rows (each with its line number), checked
+    to hold a header and data; trailing blank lines dropped."""
+    source = Path(path).name
+    if Path(path).stat().st_size == 0:
+        raise DataError(f"{source}: the file is empty")
+    lines: list[tuple[int, list[str]]] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is dropped
+            reader = csv.reader(handle, delimiter=_separator(handle.readline(HEADER_PEEK)))
+            handle.seek(0)  # the decoder starts again, dropping the mark again
+            for row in reader:
+                lines.append((reader.line_num, row))
+    except UnicodeDecodeError:
+        raise DataError(f"{source}: not a text CSV file (not UTF-8)") from None
+    except csv.Error as exc:
+        raise DataError(f"{source}: not a readable CSV file: {exc}") from None
+    while lines and not any(cell.strip() for cell in lines[-1][1]):
+        lines.pop()
+    if not lines:
+        raise DataError(f"{source}: the file is empty")
+    header_line, header_row = lines[0]
+    header = [h.strip() for h in header_row]
+    if all(_parse_number(h) is not None for h in header):
+        raise DataError(f"{source}: row {header_line} holds numbers, expected a header row naming the columns")
+    if len(lines) == 1:
+        raise DataError(f"{source}: a header row but no data rows")
+    return source, header, lines[1:]
+
+
+# A column is the time axis rather than a feature where its name is one of these words (alone or as a
+# word of it: "Date", "time_s", "YEAR") and its numbers strictly increase, or where it holds dates.
+TIME_WORDS = frozenset({"time", "date", "datetime", "timestamp", "year", "step", "index", "ds"})
+_DATE = re.compile(r"\d{4}-\d{1,2}(-\d{1,2})?([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?"
+                   r"|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}( \d{1,2}:\d{2}(:\d{2})?)?")
+
+
+def time_axis_columns(header: list[str], rows: list[tuple[int, list[str]]]) -> tuple[str, ...]:
+    """The columns of a CSV that are its time axis, never features unless chosen by name: dates or
+    timestamps (the first data row decides), or strictly increasing numbers under a time-like name.
+
+    A rising series (a trend) is not taken for time by its values alone: its name must say so too.
+    """
+    found = []
+    first_row = rows[0][1] if rows else []
+    for col, name in enumerate(header):
+        first = first_row[col].strip() if col < len(first_row) else ""
+        if _DATE.fullmatch(first):
+            found.append(name)
+        elif first and set(re.split(r"[^a-z]+", name.lower())) & TIME_WORDS:  # only these are read further
+            numbers = [_parse_number(row[col].strip()) if col < len(row) else None for _, row in rows]
+            if len(numbers) > 1 and None not in numbers and all(a < b for a, b in zip(numbers, numbers[1:])):
+                found.append(name)
+    return tuple(found)
+
+
+def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
+    """Read a CSV with a header row, one column per feature and one row per time step.
+
+    Rows are numbered as lines of the file (the header is row 1); blank lines may only
+    trail the data, since one inside it would silently drop a time step. Without `columns`,
+    a time axis (time_axis_columns) is left out of the features and named in `time_axis`.
+    """
+    source, header, rows = _csv_table(path)
+    time_axis: tuple[str, ...] = ()
+    if not columns:
+        time_axis = time_axis_columns(header, rows)
+        if time_axis and len(time_axis) < len(header) and all(header.count(name) == 1 for name in time_axis):
+            columns = tuple(name for name in header if name not in time_axis)
+        else:
+            time_axis = ()
+    picked = _select_columns(header, columns, source)
+    values = np.empty((len(rows), len(picked)), dtype=np.float64)
+    for i, (line, row) in enumerate(rows):
+        if not any(cell.strip() for cell in row):
+            raise DataError(f"{source}: row {line} is empty (a missing time step?)")
+        if len(row) != len(header):
+            raise DataError(f"{source}: row {line} has {len(row)} cells, the header has {len(header)}")
+        for j, col in enumerate(picked):
+            cell = row[col].strip()
+            name = header[col]
+            if cell == "":
+                raise DataError(f"{source}: row {line}, column {name!r}: missing value")
+            number = _parse_number(cell)
+            if number is None and _DECIMAL_COMMA.fullmatch(cell):
+                raise DataError(f"{source}: row {line}, column {name!r}: {cell!r} has a decimal comma; edgeae "
+                                f"reads a point as the decimal mark ({cell.replace(',', '.')!r})")
+            if number is None:
+                raise DataError(f"{source}: row {line}, column {name!r}: {cell!r} is not a number")
+            if not math.isfinite(number):
+                raise DataError(f"{source}: row {line}, column {name!r}: {cell!r} is not a finite number")
+            if abs(number) > FLOAT32_MAX:
+                raise DataError(f"{source}: row {line}, column {name!r}: {cell} does not fit in float32")
+            values[i, j] = number
+    return Series(values, tuple(header[c] for c in picked), source, time_axis)
+
+
+def _where(index: tuple[int, ...]) -> str:
+    """An array position in the words a user thinks in (0-based, as numpy counts)."""
+    if len(index) == 2:
+        return f"row {index[0]}, column {index[1]}"
+    return f"window {index[0]}, step {index[1]}, column {index[2]}"
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _npy_header(path: Path, source: str) -> tuple[int, ...]:
+    """The shape an .npy header claims, checked (with its dtype) against the bytes the file holds.
+
+    np.load allocates what the header claims before it reads a byte, so a 500-byte file
+    claiming 1e10 rows would exhaust memory: every claim is checked here first.
+    """
+    fmt = np.lib.format
+    readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    try:
+        with open(path, "rb") as handle:
+            version = fmt.read_magic(handle)
+            if version not in readers:  # 3.0 exists only for structured dtypes with non-ASCII field names
+                raise ValueError(f"format version {version[0]}.{version[1]} holds no plain numbers")
+            shape, _, dtype = readers[version](handle)
+            have = os.fstat(handle.fileno()).st_size - handle.tell()
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{source}: not a readable .npy array: {exc}") from None
+    if dtype.kind not in "iuf":
+        raise DataError(f"{source}: expected numbers, got dtype {dtype}")
+    if len(shape) not in (1, 2, 3):
+        raise ShapeError(f"{source}: expected (time, features) or (n, timesteps, features), got shape {shape}")
+    count = math.prod(shape)
+    if count == 0:
+        raise DataError(f"{source}: the array is empty (shape {shape})")
+    need = count * dtype.itemsize
+    if need != have:
+        only = "only " if have < need else ""
+        raise DataError(f"{source}: the header claims shape {shape}, {count} values ({need} bytes), "
+                        f"but the file holds {only}{have} bytes of data (truncated or corrupt)")
+    need += 0 if dtype == np.float64 else count * 8  # the float64 copy load_npy makes of any other dtype
+    memory = _memory_bytes()
+    if memory is not None and need > memory:
+        raise DataError(f"{source}: {count} values are too many to load: they need {need / 1e9:.1f} GB, "
+                        f"this machine has {memory / 1e9:.1f} GB")
+    return shape
+
+
+def load_npy(path: Path) -> Series:
+    """Read an NPY array: (time,) or (time, features) series, or (n, timesteps, features) windows."""
+    source = Path(path).name
+    if Path(path).stat().st_size == 0:
+        raise DataError(f"{source}: the file is empty")
+    shape = _npy_header(Path(path), source)
+    try:
+        array = np.load(path, allow_pickle=False).astype(np.float64, copy=False)
+    except MemoryError:
+        raise DataError(f"{source}: shape {shape} is too large to load into this machine's free memory") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{source}: not a readable .npy array: {exc}") from None
+    if array.ndim == 1:
+        array = array[:, None]
+    bad = np.argwhere(~np.isfinite(array))
+    if len(bad):
+        index = tuple(int(i) for i in bad[0])
+        raise DataError(f"{source}: {_where(index)} (0-based): {array[index]} is not a finite number")
+    big = np.argwhere(np.abs(array) > FLOAT32_MAX)
+    if len(big):
+        index = tuple(int(i) for i in big[0])
+        raise DataError(f"{source}: {_where(index)} (0-based): {array[index]} does not fit in float32")
+    columns = tuple(str(i) for i in range(array.shape[-1]))
+    return Series(array, columns, source)
+
+
+def load_series(path: Path, columns: tuple[str, ...] | None = None) -> Series:
+    path = Path(path)
+    if not path.is_file():
+        if path.exists():  # a folder, pipe or device: reading it would fail or never end
+            raise UsageError(f"data file is not a regular file: {path}")
+        raise UsageError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return load_csv(path, columns)
+    if suffix == ".npy":
+        series = load_npy(path)
+        if not columns:
+            return series
+        picked = [int(c) for c in columns if c.isascii() and c.isdigit()]  # not '²': a digit int() refuses
+        if len(picked) != len(columns) or any(c >= series.values.shape[-1] for c in picked):
+            raise DataError(f"{path.name}: columns of an .npy file are indices 0..{series.values.shape[-1] - 1}")
+        if len(set(picked)) != len(picked):
+            raise DataError(f"{path.name}: a column is chosen twice ({','.join(columns)})")
+        return Series(series.values[..., picked], tuple(columns), series.source)
+    raise UsageError(f"{path.name}: expected a .csv or .npy file")
+
+
+def trained_columns(manifest: dict, path: Path) -> tuple[str, ...] | None:
+    """The columns a model was trained on, as its manifest records them, where `path` is the
+    same kind of file: CSV names for a CSV, indices for an .npy (None otherwise, or for the seed)."""
+    info = (manifest.get("training") or {}).get("data") or {}
+    names = info.get("columns")
+    if names and Path(str(info.get("source", ""))).suffix.lower() == Path(path).suffix.lower():
+        return tuple(str(n) for n in names)
+    return None
+
+
+def load_features(path: Path, features: int, columns: tuple[str, ...] | None = None,
+                  trained: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> Series:
+    """A model's input columns from a data file, checked against the feature count it expects.
+
+    The columns asked for win, put in the model's order where they are its `trained` names in
+    another order (`match_trained`); else the columns the model was trained on (`trained_columns`,
+    found by name wherever the header has them); else every column but `exclude` (a label or time
+    column is never a feature).
+    """
+    path = Path(path)
+    chosen = columns or trained
+    series = match_trained(load_series(path, chosen), trained)
+    if not chosen and exclude and set(exclude) & set(series.columns):
+        series = load_series(path, tuple(c for c in series.columns if c not in exclude))
+    if series.values.shape[-1] != features:
+        raise ShapeError(f"{series.source}: {series.values.shape[-1]} feature column(s), the model expects {features}"
+                         " (choose them with --columns)")
+    return series
+
+
+def match_trained(series: Series, trained: tuple[str, ...] | None) -> Series:
+    """The series with its columns in the model's order where they are the model's own names in
+    another order; refused where a model's column would reach the network as another feature.
+
+    Names the model was not trained on (another file's names for the same signals) pass as given:
+    only a name the model knows can be checked, and only its position is.
+    """
+    if not trained or series.columns == trained or series.is_windows:
+        return series
+    if len(series.columns) == len(trained) and sorted(series.columns) == sorted(trained):
+        order = [series.columns.index(name) for name in trained]
+        return Series(series.values[:, order], trained, series.source)
+    for position, name in enumerate(series.columns):
+        if name in trained and trained.index(name) != position:
+            raise DataError(f"{series.source}: column {name!r} would be the model's feature {position + 1}, but it "
+                            f"was trained as feature {trained.index(name) + 1}; the model reads "
+                            f"{_listing(list(trained))} in that order (name them all, in any order)")
+    return series
+
+
+def load_times(path: Path, column: str, rows: int) -> np.ndarray:
+    """The text of a CSV's time column, as written, one per data row (`rows` expected): the
+    timestamps a window's start and end are reported at."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise UsageError(f"{path.name}: a time column is read from a CSV file's header")
+    source, header, lines = _csv_table(path)
+    if column not in header:  # by name only: an index would read as a column named by digits
+        raise DataError(f"{source}: no time column {column!r}; columns are {_listing(header)}")
+    [index] = _select_columns(header, (column,), source)  # refuses a name the header repeats
+    times = []
+    for line, row in lines:
+        cell = row[index].strip() if index < len(row) else ""
+        if not cell:
+            raise DataError(f"{source}: row {line}, column {column!r}: missing time")
+        times.append(cell)
+    if len(times) != rows:
+        raise DataError(f"{source}: {len(times)} times but {rows} rows of values")
+    return np.asarray(times, dtype=str)
+
+
+def _labels(labels: Series, column: str, path: Path) -> np.ndarray:
+    """One labels column, checked: one 0/1 value per row, as bool (true = anomalous)."""
+    if labels.is_windows:
+        raise DataError(f"{labels.source}: labels must be one value per row, not windows")
+    values = labels.values[:, 0]
+    bad = np.flatnonzero((values != 0) & (values != 1))
+    if len(bad):
+        where = f"row {bad[0] + 2}" if Path(path).suffix.lower() == ".csv" else f"row {bad[0]} (0-based)"
+        raise DataError(f"{labels.source}: {where}, column {column!r}: label {values[bad[0]]:g} is not 0 or 1")
+    return values.astype(bool)
+
+
+def load_labels(path: Path, column: str) -> np.ndarray:
+    """A 0/1 anomaly label per row, from one CSV column (true = anomalous)."""
+    return _labels(load_series(path, (column,)), column, path)
+
+
+def load_labelled(path: Path, features: int, columns: tuple[str, ...] | None, trained: tuple[str, ...] | None,
+                  label: str) -> tuple[Series, np.ndarray]:
+    """A series' model inputs and its labels, from one file; the label column is never an input,
+    however either was named (a label fed to the model makes every detection figure meaningless)."""
+    labelled = load_series(path, (label,))  # first: a label column that is not there is named as such
+    if labelled.is_windows:
+        raise UsageError(f"{labelled.source}: labels mark rows of a series (one row per time step), not ready-made windows")
+    series = load_features(path, features, columns, trained, exclude=(label,))
+    name = labelled.columns[0]  # by name, however `label` named it
+    if name in series.columns:
+        raise UsageError(f"column {name!r} is both the --labels column and a model input ({', '.join(series.columns)}); "
+                         "a label must not be a feature")
+    return series, _labels(labelled, label, path)
+
+
+# ---------------------------------------------------------------- windowing and splits
+
+
+def make_windows(series: np.ndarray, timesteps: int, stride: int = 1, source: str = "the series") -> np.ndarray:
+    """Cut a (time, features) series into (n, timesteps, features) windows, `stride` apart.
+
+    Window i covers rows [i * stride, i * stride + timesteps); rows after the last full
+    window are not covered.
+    """
+    if timesteps < 1 or stride < 1:
+        raise UsageError(f"window length and stride must be at least 1, got {timesteps} and {stride}")
+    if series.ndim != 2:
+        raise ShapeError(f"expected a (time, features) series, got shape {series.shape}")
+    if len(series) < timesteps:
+        raise DataError(f"{source} has {len(series)} rows, fewer than one window of {timesteps}")
+    view = np.lib.stride_tricks.sliding_window_view(series, timesteps, axis=0)[::stride]
+    return np.ascontiguousarray(view.transpose(0, 2, 1))
+
+
+def window_starts(rows: int, timesteps: int, stride: int = 1) -> np.ndarray:
+    """The first row of each window `make_windows` cuts from `rows` rows."""
+    return np.arange(0, rows - timesteps + 1, stride)
+
+
+def cut_windows(series: Series, timesteps: int, stride: int | None,
+                default_stride: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """The windows a model scores from a file's series, and the 0-based row each starts at; a file
+    of ready-made windows as it is (no starts). `stride` None means `default_stride`; one given for
+    ready-made windows is refused, not ignored."""
+    if series.is_windows:
+        if stride is not None:
+            raise UsageError(f"{series.source}: a stride applies to a series; this file holds ready-made windows")
+        return series.values, None
+    stride = default_stride if stride is None else stride
+    return (make_windows(series.values, timesteps, stride, series.source),
+            window_starts(len(series.values), timesteps, stride))
+
+
+def window_labels(labels: np.ndarray, timesteps: int, stride: int = 1) -> np.ndarray:
+    """A window is anomalous when any of its rows is labelled anomalous."""
+    labels = np.asarray(labels, dtype=bool)
+    return make_windows(labels[:, None].astype(np.int8), timesteps, stride, "the labels").any(axis=(1, 2))
+
+
+def split_by_time(series: np.ndarray, validation_fraction: float, timesteps: int,
+                  source: str = "the series") -> tuple[np.ndarray, np.ndarray]:
+    """Split a series into an earlier training part and a later validation part.
+
+    Splitting rows before windowing means no window straddles the two parts, so nothing
+    the model trained on leaks into the windows the threshold is calibrated on.
+    """
+    if not 0.0 <= validation_fraction < 1.0:
+        raise UsageError(f"validation fraction must be in [0, 1), got {validation_fraction}")
+    if validation_fraction == 0.0:
+        return series, series[:0]
+    n_val = round(len(series) * validation_fraction)
+    train, val = series[:len(series) - n_val], series[len(series) - n_val:]
+    if len(train) < timesteps or len(val) < timesteps:
+        raise DataError(
+            f"{source}: splitting {len(series)} rows with validation fraction {validation_fraction} leaves "
+            f"{len(train)} training and {len(val)} validation rows; each needs at least one window of {timesteps} "
+            "(change --validation-fraction; 0 holds nothing out)"
+        )
+    return train, val
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Raw windows ready for training, and the values the preprocessing learns from."""
+
+    train: np.ndarray
+    validation: np.ndarray  # possibly empty
+    fit_values: np.ndarray  # the training part only: (rows, features) or its windows
+    info: dict[str, Any]
+
+
+def window_series(series: Series, timesteps: int, features: int, stride: int | None = None,
+                  validation_fraction: float = 0.0) -> Windows:
+    """Check a loaded series fits the model, split it by time, and cut it into windows
+    `stride` apart (None: 1). Ready-made windows take no stride: one given is refused, not ignored."""
+    found = series.values.shape[-1]
+    if found != features:
+        raise ShapeError(
+            f"{series.source}: has {found} feature column(s), the model expects {features} "
+            f"(pass --features {found} or choose columns)"
+        )
+    if series.is_windows:
+        if stride is not None:
+            raise UsageError(f"{series.source}: a stride applies to a series; this file holds ready-made windows")
+        windows = series.values
+        if windows.shape[1] != timesteps:
+            raise ShapeError(f"{series.source}: windows of {windows.shape[1]} steps, the model expects {timesteps}")
+        if not 0.0 <= validation_fraction < 1.0:
+            raise UsageError(f"validation fraction must be in [0, 1), got {validation_fraction}")
+        n_val = round(len(windows) * validation_fraction)
+        if validation_fraction > 0 and (n_val == 0 or n_val == len(windows)):
+            raise DataError(f"{series.source}: {len(windows)} window(s) cannot be split with validation "
+                            f"fraction {validation_fraction} into training and validation windows "
+                            "(change --validation-fraction; 0 holds nothing out)")
+        train, val = windows[:len(windows) - n_val], windows[len(windows) - n_val:]
+        fit_values = train
+    else:
+        train_part, val_part = split_by_time(series.values, validation_fraction, timesteps, series.source)
+        stride = 1 if stride is None else stride
+        train = make_windows(train_part, timesteps, stride, series.source)
+        val = make_windows(val_part, timesteps, stride, series.source) if len(val_part) else train[:0]
+        fit_values = train_part
+    info = {"source": series.source, "columns": list(series.columns), "rows": int(series.values.shape[0]),
+            "windows": len(train), "validation_windows": len(val)}
+    if series.time_axis:
+        info["time_axis"] = list(series.time_axis)
+    return Windows(train, val, fit_values, info)
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def _f32(values: np.ndarray) -> tuple[float, ...]:
+    """Round to float32 now, so the manifest holds exactly what the graph computes with."""
+    return tuple(float(v) for v in np.asarray(values, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Clip to learned bounds, then scale: x' = (clip(x, low, high) - offset) * scale, per feature."""
+
+    clip_low: tuple[float, ...]
+    clip_high: tuple[float, ...]
+    offset: tuple[float, ...]
+    scale: tuple[float, ...]
+    clip_quantiles: tuple[float, float] = (0.0, 1.0)
+    scaling: str = "none"
+
+    @classmethod
+    def fit(
+        cls,
+        values: np.ndarray,
+        quantiles: tuple[float, float] = (0.0, 1.0),
+        scaling: str = "none",
+        columns: tuple[str, ...] | None = None,
+    ) -> Preprocessing:
+        """Learn bounds at the given quantiles of the training values, then a scaling.
+
+        A column without range (constant, or made constant by the quantiles) is refused:
+        the model could learn nothing from it and min-max or standard scaling would divide
+        by zero. So is a column float32 cannot carry through the scaling and training.
+        """
+        lo_q, hi_q = quantiles
+        if not 0.0 <= lo_q < hi_q <= 1.0:
+            raise UsageError(f"clip quantiles must satisfy 0 <= low < high <= 1, got {lo_q} and {hi_q}")
+        if scaling not in SCALINGS:
+            raise UsageError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
+        flat = np.asarray(values, dtype=np.float64).reshape(-1, values.shape[-1])
+        if len(flat) == 0:
+            raise DataError("no training values to learn the preprocessing from")
+        names = columns or tuple(str(i) for i in range(flat.shape[1]))
+        raw_low, raw_high = flat.min(axis=0), flat.max(axis=0)
+        low = np.quantile(flat, lo_q, axis=0)
+        high = np.quantile(flat, hi_q, axis=0)
+        for j in range(flat.shape[1]):
+            if raw_high[j] == raw_low[j]:
+                raise DataError(f"column {names[j]!r} is constant ({raw_low[j]:g}) in the training data "
+                                f"(zero range); leave it out with --columns")
+            if high[j] <= low[j]:
+                raise DataError(f"column {names[j]!r}: clip quantiles {lo_q:g} and {hi_q:g} of the training data are "
+                                f"both {low[j]:g} (zero range); widen --clip-quantiles")
+        clipped = np.clip(flat, low, high)
+        with np.errstate(divide="ignore", over="ignore"):  # a scale beyond float32 is refused just below
+            if scaling == "minmax":
+                offset, scale = low, 1.0 / (high - low)
+            elif scaling == "standard":
+                offset, scale = clipped.mean(axis=0), 1.0 / clipped.std(axis=0)
+            else:
+                offset, scale = np.zeros_like(low), np.ones_like(low)
+        narrow = np.flatnonzero(~(scale <= FLOAT32_MAX))
+        if len(narrow):
+            j = narrow[0]
+            raise DataError(f"column {names[j]!r}: its training range ({low[j]:g} to {high[j]:g}) is too narrow to "
+                            f"scale in float32 (as good as zero range); leave it out with --columns")
+        pre = cls(_f32(low), _f32(high), _f32(offset), _f32(scale), (float(lo_q), float(hi_q)), scaling)
+        pre._check_float32(names)
+        return pre
+
+    def _check_float32(self, names: tuple[str, ...]) -> None:
+        """Refuse what the float32 graph and training cannot compute, before anything is trained.
+
+        The model only ever sees inputs clipped to the bounds, so the scaled bounds are the
+        whole range it meets: they must survive float32 (no range rounded away, no overflow
+        in x - offset, no subnormal scale) and stay below MODEL_INPUT_LIMIT.
+        """
+        a = self.arrays()
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows as inf, refused by name
+            ends = np.abs(self.apply(np.stack([a["clip_low"], a["clip_high"]])))
+        for j, name in enumerate(names):
+            low, high = a["clip_low"][j], a["clip_high"][j]
+            if not high > low:
+                raise DataError(f"column {name!r}: its training range ({low:g} to {high:g}) rounds to zero range in "
+                                "float32; leave it out with --columns or rescale it")
+            if not np.isfinite(ends[:, j]).all() or (self.scaling != "none" and a["scale"][j] < FLOAT32_TINY):
+                raise DataError(f"column {name!r}: its training range ({low:g} to {high:g}) is too wide to scale in "
+                                "float32; rescale the data")
+            if ends[:, j].max() > MODEL_INPUT_LIMIT:
+                raise DataError(f"column {name!r}: values as large as {ends[:, j].max():g} would reach the model, "
+                                f"beyond the {MODEL_INPUT_LIMIT:g} float32 training can square without overflow; "
+                                "use --scaling standard or rescale the data")
+
+    @property
+    def features(self) -> int:
+        return len(self.clip_low)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The four vectors as float32, the precision both numpy and the ONNX graph use."""
+        return {k: np.asarray(getattr(self, k), dtype=np.float32) for k in ("clip_low", "clip_high", "offset", "scale")}
+
+    @property
+    def is_identity_scale(self) -> bool:
+        return all(o == 0.0 for o in self.offset) and all(s == 1.0 for s in self.scale)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Raw values -> model space, computed in float32 exactly as the exported graph does."""
+        a = self.arrays()
+        y = np.maximum(np.minimum(np.asarray(x, dtype=np.float32), a["clip_high"]), a["clip_low"])
+        if not self.is_identity_scale:
+            y = (y - a["offset"]) * a["scale"]
+        return y.astype(np.float32, copy=False)
+
+    def invert(self, y: np.ndarray) -> np.ndarray:
+        """Model space -> raw units (the graph's Div and Add after the decoder)."""
+        if self.is_identity_scale:
+            return np.asarray(y, dtype=np.float32)
+        a = self.arrays()
+        with np.errstate(over="ignore"):  # as in the graph, an overflow is inf; callers check outputs are finite
+            return (np.asarray(y, dtype=np.float32) / a["scale"] + a["offset"]).astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "manifest.json") -> Preprocessing:
+        """A stored preprocessing record, read back from `source`: one that is incomplete or
+        was rewritten (and resealed) by hand is a bad file, named."""
+        try:
+            pre = cls(
+                tuple(float(v) for v in d["clip_low"]),
+                tuple(float(v) for v in d["clip_high"]),
+                tuple(float(v) for v in d["offset"]),
+                tuple(float(v) for v in d["scale"]),
+                tuple(float(v) for v in d.get("clip_quantiles", (0.0, 1.0))),
+                str(d.get("scaling", "none")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{source}: preprocessing record is incomplete or malformed: {exc}") from None
+        lengths = {len(pre.clip_low), len(pre.clip_high), len(pre.offset), len(pre.scale)}
+        if len(lengths) != 1:
+            raise IntegrityError(f"{source}: preprocessing vectors have different lengths")
+        values = np.array([pre.clip_low, pre.clip_high, pre.offset, pre.scale])
+        if not np.isfinite(values).all() or (values[3] <= 0).any() or (values[0] > values[1]).any():
+            raise IntegrityError(f"{source}: preprocessing record must hold finite numbers, clip_low <= clip_high "
+                                 "and scale > 0")
+        if pre.scaling not in SCALINGS:
+            raise IntegrityError(f"{source}: preprocessing scaling must be one of {', '.join(SCALINGS)}, "
+                                 f"got {pre.scaling!r}")
+        return pre

@@ -1,0 +1,277 @@
+"""Training: a TrainConfig and a series (or the seed window) in, a Training record out; and the
+training folder that keeps it (the Keras model, the windows it saw, its record).
+
+The Keras side itself lives in model.py; this module joins it to the data (windows, split by
+time, preprocessing learned from the training part) and to the folder on disk.
+"""
+from __future__ import annotations
+
+import functools
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeae import __version__
+from edgeae.contract.files import (
+    as_path, atomic_write_json, check_training_record, file_entry, read_json, read_manifest, staged_folder,
+    verify_file, write_manifest,
+)
+from edgeae.data.series import Preprocessing, Series, Windows, load_series, seed_sequence, window_series
+from edgeae.contract.errors import DataError, IntegrityError, LearningError, UsageError
+from edgeae.contract.layout import (
+    DATA_ROLE, KERAS_FILE, KERAS_ROLE, MANIFEST_FILE, PARITY_INPUTS_FILE, TRAINING_FILE, TRAINING_ROLE,
+)
+
+
+@dataclass
+class Training:
+    """A trained model with everything needed to export and re-verify it."""
+
+    config: Any  # model.TrainConfig
+    preprocessing: Preprocessing
+    autoencoder: Any
+    encoder: Any
+    history: dict[str, list[float]]
+    epochs_run: int
+    best_epoch: int
+    train_windows: np.ndarray  # raw units
+    validation_windows: np.ndarray  # raw units, possibly empty
+    data: dict[str, Any]
+    folder: Path | None = None  # the training folder it was loaded from, which an export must not replace
+
+    def reconstruct(self, windows: np.ndarray) -> np.ndarray:
+        """Keras reconstructions of raw windows, in raw units: the training side's reference."""
+        from edgeae.trainer.model import predict
+
+        pre = self.preprocessing
+        return pre.invert(predict(self.autoencoder, pre.apply(windows)))
+
+    @functools.cached_property
+    def _summary(self) -> dict[str, Any]:
+        recon = self.reconstruct(self.train_windows)
+        return {
+            "config": self.config.to_dict(),
+            "parameters": int(self.autoencoder.count_params()),
+            "final_loss": float(self.history["loss"][-1]),
+            "final_val_loss": float(self.history["val_loss"][-1]) if "val_loss" in self.history else None,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "train_reconstruction_max_abs": float(np.abs(recon - self.train_windows).max()),
+            "data": self.data,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What the manifest and the terminal say about the training (computed once)."""
+        return dict(self._summary)
+
+
+def mean_predictor_loss(windows: np.ndarray, reference: np.ndarray) -> float:
+    """The mean squared error of predicting each feature's mean over `reference` for every value
+    of `windows` (both in the model's units): the loss a model that learned nothing reaches."""
+    mean = reference.reshape(-1, reference.shape[-1]).mean(axis=0)
+    return float(np.mean((windows - mean) ** 2))
+
+
+def learning_ratio(training: Training) -> float:
+    """The best loss the model reached as a share of predicting each feature's mean (on the
+    validation windows where there are some): near 1 the model learned nothing; NaN for data
+    with nothing to learn (every value the same)."""
+    pre = training.preprocessing
+    scaled_train = pre.apply(training.train_windows)
+    held_out = len(training.validation_windows) and "val_loss" in training.history
+    windows = pre.apply(training.validation_windows) if held_out else scaled_train
+    baseline = mean_predictor_loss(windows, scaled_train)
+    best = float(np.min(training.history["val_loss" if held_out else "loss"]))
+    return best / baseline if baseline > 0 else float("nan")
+
+
+def check_learned(training: Training, kept: Path | None = None) -> None:
+    """Refuse (LearningError) a run whose best loss is not below LEARNED_BELOW of predicting each
+    feature's mean, naming the likely cause; the caller keeps the run for a look first (`kept`:
+    where it is, for the message)."""
+    from edgeae.trainer.model import LEARNED_BELOW
+
+    if training.data.get("source") == "seed":  # the notebook's one window: its own 2.5e-2 bar (test_slow)
+        return
+    ratio = learning_ratio(training)
+    if not ratio >= LEARNED_BELOW:  # NaN (nothing to learn) passes
+        return
+    config = training.config
+    causes = []
+    largest = float(np.abs(training.train_windows).max())
+    if config.activation == "relu":
+        causes.append("relu LSTM units that stopped responding (try --activation tanh)")
+    if config.scaling == "none" and largest > 10:
+        causes.append(f"unscaled values up to {largest:.3g} (try --scaling minmax)")
+    causes.append(f"too few epochs ({training.epochs_run} ran) or too small a learning rate "
+                  f"({config.learning_rate:g}) for this data")
+    raise LearningError(f"the model learned nothing: its best loss is {ratio:.2f} of the loss of predicting each "
+                        f"feature's mean (it must be below {LEARNED_BELOW}); likely cause: {causes[0]}"
+                        + (f"; the run is saved in {kept} for a look" if kept is not None else ""))
+
+
+def prepare_windows(config, series: Series | None) -> Windows:
+    """Raw training and validation windows, from a user's series or the seed data."""
+    if series is None:
+        if config.stride is not None or config.validation_fraction:
+            given = "a stride" if config.stride is not None else "a validation fraction"
+            raise UsageError(f"the seed data is one ready-made window: {given} applies to a series given as data")
+        windows = seed_sequence(config.timesteps, config.features).astype(np.float64)
+        return Windows(windows, windows[:0], windows,
+                       {"source": "seed", "description": "np.arange(n)/n, one window", "windows": 1})
+    return window_series(series, config.timesteps, config.features, config.stride, config.validation_fraction)
+
+
+def check_config(config: Any) -> None:
+    from edgeae.trainer.model import TrainConfig
+
+    if not isinstance(config, TrainConfig):
+        raise UsageError(f"config must be an edgeae.trainer.model.TrainConfig, got {type(config).__name__}")
+
+
+def check_data_args(data: Any, columns: Any, progress: Any) -> Path | None:
+    """train's data, columns and progress, checked: a string of column names would otherwise be
+    read letter by letter as names."""
+    if columns is not None and (isinstance(columns, str) or not isinstance(columns, (tuple, list))
+                                or not all(isinstance(c, str) and c for c in columns)):
+        raise UsageError(f"columns must be a tuple of column names or indices as text, e.g. ('a', 'b') or "
+                         f"('0', '2'), got {columns!r}")
+    if progress is not None and not callable(progress):
+        raise UsageError(f"progress must be a function or None, got {progress!r}")
+    return None if data is None else as_path(data, "data")
+
+
+def config_for(data: Path | None = None, columns: tuple[str, ...] | None = None, **settings: Any):
+    """A TrainConfig with the defaults that depend on the data, as the CLI applies them: as many
+    features as the data has columns, and with a series a validation part (DATA_VALIDATION_FRACTION)
+    with early stopping (DATA_PATIENCE), tanh units (DATA_ACTIVATION) and standardized values
+    (DATA_SCALING); a setting given (not None) is kept as it is."""
+    from edgeae.trainer.model import DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig
+
+    data = check_data_args(data, columns, None)
+    if columns and data is None:
+        raise UsageError("--columns chooses columns of --data; the seed data has none to choose")
+    chosen = {key: value for key, value in settings.items() if value is not None}
+    if "features" not in chosen:
+        chosen["features"] = (load_series(data, tuple(columns) if columns else None).values.shape[-1]
+                              if data is not None else TrainConfig.features)
+    if data is not None:
+        chosen.setdefault("activation", DATA_ACTIVATION)
+        chosen.setdefault("scaling", DATA_SCALING)
+    chosen.setdefault("validation_fraction", DATA_VALIDATION_FRACTION if data is not None else 0.0)
+    chosen.setdefault("patience", DATA_PATIENCE if chosen["validation_fraction"] else 0)
+    try:
+        return TrainConfig(**chosen)
+    except TypeError as exc:  # a setting TrainConfig does not have
+        raise UsageError(f"not a training setting: {exc}") from None
+
+
+def train(config, data: Path | None = None, columns: tuple[str, ...] | None = None,
+          progress: Callable[[int | None, dict[str, float]], None] | None = None) -> Training:
+    """Learn the preprocessing from the training part (rows, not overlapping windows), then fit.
+
+    `config_for(data, columns, ...)` makes a config with the defaults the CLI uses for that data.
+    """
+    from edgeae.trainer import model
+
+    check_config(config)
+    data = check_data_args(data, columns, progress)
+    series = load_series(data, tuple(columns) if columns else None) if data is not None else None
+    windows = prepare_windows(config, series)
+    train_w, val_w, info = windows.train, windows.validation, windows.info
+    pre = Preprocessing.fit(windows.fit_values, config.clip_quantiles, config.scaling,
+                            tuple(series.columns) if series is not None else None)
+    result = model.train(config, pre.apply(train_w), pre.apply(val_w) if len(val_w) else None, progress)
+    training = Training(config, pre, result.autoencoder, result.encoder, result.history, result.epochs_run,
+                        result.best_epoch, train_w, val_w, info)
+    # Unscaling multiplies by the range: near float32's limit a reconstruction can overflow to inf.
+    if not np.isfinite(training.summary()["train_reconstruction_max_abs"]):
+        raise DataError("the model's reconstructions of the training data overflow float32 once unscaled "
+                        "(the values lie too close to the float32 limit); rescale the data")
+    return training
+
+
+def save_training(training: Training, out: Path, force: bool = False) -> Path:
+    """Write a training folder: the Keras model, what it was trained on, and a manifest."""
+    from edgeae.trainer.model import save
+
+    with staged_folder(as_path(out, "out"), force) as stage:
+        save(training.autoencoder, stage / KERAS_FILE)
+        np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
+                 validation=training.validation_windows.astype(np.float32))
+        atomic_write_json(stage / TRAINING_FILE, {
+            **training.summary(), "history": training.history, "preprocessing": training.preprocessing.to_dict()})
+        write_manifest(stage, {
+            "kind": "training",
+            "edgeae_version": __version__,
+            "files": {KERAS_FILE: file_entry(stage / KERAS_FILE, KERAS_ROLE),
+                      PARITY_INPUTS_FILE: file_entry(stage / PARITY_INPUTS_FILE, DATA_ROLE),
+                      TRAINING_FILE: file_entry(stage / TRAINING_FILE, TRAINING_ROLE)},
+        })
+    return Path(out)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every float array of a checked .npz file; one that is unreadable or holds anything else is refused.
+
+    Its checksum only says the file is the one the manifest lists, and anyone who can write
+    the folder can reseal a manifest: what the file holds is checked here too.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {key: saved[key] for key in saved.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise IntegrityError(f"{path.name}: unreadable ({exc})") from None
+    for key, array in arrays.items():
+        if not np.issubdtype(array.dtype, np.floating):
+            raise IntegrityError(f"{path.name}: {key} holds {array.dtype}, not floats")
+    return arrays
+
+
+def saved_windows(folder: Path, timesteps: int, features: int) -> tuple[np.ndarray, np.ndarray]:
+    """The raw training and validation windows a folder keeps (the file checked against the
+    manifest by the caller), each (n, timesteps, features) and finite, at least one to train on."""
+    saved = _read_npz(Path(folder) / PARITY_INPUTS_FILE)
+    missing = [key for key in ("training", "validation") if key not in saved]
+    if missing:
+        raise IntegrityError(f"{PARITY_INPUTS_FILE}: no {' or '.join(missing)} windows")
+    for key in ("training", "validation"):
+        array = saved[key]
+        if array.ndim != 3 or array.shape[1:] != (timesteps, features):
+            raise IntegrityError(f"{PARITY_INPUTS_FILE}: {key} windows are {array.shape}, "
+                                 f"expected (n, {timesteps}, {features}) as the manifest says")
+        if not np.isfinite(array).all():
+            raise IntegrityError(f"{PARITY_INPUTS_FILE}: {key} windows hold NaN or inf")
+    if not len(saved["training"]):
+        raise IntegrityError(f"{PARITY_INPUTS_FILE}: no training windows")
+    return saved["training"].astype(np.float64), saved["validation"].astype(np.float64)
+
+
+def load_training(folder: Path) -> Training:
+    """Read a training (or export) folder back, checking every file first."""
+    from edgeae.trainer import model
+
+    folder = as_path(folder, "training folder")
+    manifest = read_manifest(folder)
+    verify_file(folder, KERAS_FILE, manifest["files"].get(KERAS_FILE))
+    verify_file(folder, PARITY_INPUTS_FILE, manifest["files"].get(PARITY_INPUTS_FILE))
+    record = manifest.get("training") or read_json(verify_file(folder, TRAINING_FILE, manifest["files"].get(TRAINING_FILE)), "training record")
+    source = MANIFEST_FILE if manifest.get("training") else TRAINING_FILE
+    check_training_record(record, source)
+    pre = Preprocessing.from_dict(manifest.get("preprocessing") or record["preprocessing"], source)
+    try:  # settings this version cannot export (an older edgeae's) are the caller's to change
+        config = model.TrainConfig.from_dict(record["config"])
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    if len(pre.scale) != config.features:
+        raise IntegrityError(f"{source}: preprocessing has {len(pre.scale)} features, config {config.features}")
+    autoencoder, encoder = model.load(folder / KERAS_FILE)
+    model.check_matches(autoencoder, encoder, config, KERAS_FILE)
+    train_w, val_w = saved_windows(folder, config.timesteps, config.features)
+    history = record.get("history") or {"loss": [record.get("final_loss", float("nan"))]}
+    return Training(config, pre, autoencoder, encoder, history, int(record.get("epochs_run", 0)),
+                    int(record.get("best_epoch", 0)), train_w, val_w, dict(record.get("data", {})), folder)
