@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeae.data.series import series as data
+from edgeae.data import series as data
 from edgeae.cli import main
 from edgeae.data.series import FLOAT32_MAX, Preprocessing, load_series
 from edgeae.contract.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeae import runtime
-from edgeae.data.series import datasets
+from edgeae.data import datasets
 from edgeae.cli import main
 from edgeae.data.series import load_series, make_windows
 from edgeae.detection.threshold import keras_scores
