@@ -18,10 +18,7 @@ import importlib
 from typing import Any
 
 from edgeae.contract.errors import EdgeAEError
-
-# The one place the version is written: pyproject.toml reads it from here (setuptools' `attr`),
-# so the wheel's metadata, `importlib.metadata.version("edgeae")` and `edgeae --version` agree.
-__version__ = "0.2.0"
+from edgeae.contract.versions import __version__
 
 # Each public name -> the module that defines it, imported when the name is first used.
 _PUBLIC = {
@@ -29,6 +26,7 @@ _PUBLIC = {
     "StreamScorer": "edgeae.runtime.streaming",
     "TrainConfig": "edgeae.trainer.model", "train": "edgeae.trainer.training", "Training": "edgeae.trainer.training",
     "export": "edgeae.exporter.publish", "export_keras": "edgeae.exporter.publish", "optimize": "edgeae.exporter.publish",
+    "ExportOptions": "edgeae.exporter.options", "UserModelOptions": "edgeae.exporter.options",
     "verify": "edgeae.verifier.verification",
 }
 

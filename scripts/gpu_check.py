@@ -14,13 +14,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgeae import runtime
+from edgeae.runtime.providers import available_providers  # noqa: E402
+from edgeae.runtime.session import placement_summary  # noqa: E402
 from edgeae.verifier import verification  # noqa: E402
 from edgeae.contract.errors import EdgeAEError  # noqa: E402
 from edgeae.contract.layout import MANIFEST_FILE  # noqa: E402
 
 
 def main(folder: Path) -> int:
-    print("onnxruntime providers:", runtime.available_providers())
+    print("onnxruntime providers:", available_providers())
     try:
         report = verification.verify(folder, providers="cuda", against="stored")
     except EdgeAEError as exc:
@@ -32,7 +34,7 @@ def main(folder: Path) -> int:
     for variant in ("fp32", *sorted(manifest.get("variants", {}).get("autoencoder", {}))):
         model = runtime.load(folder, "cuda", variant=variant)
         for role, placement in model.node_placement().items():
-            counts = runtime.placement_summary(placement)
+            counts = placement_summary(placement)
             lstm = {n: p for n, p in placement.items() if "LSTM" in n}
             print(f"{variant} {role}: {counts}; LSTM nodes: {lstm}")
     print("parity on CUDA:", "passed" if report else "FAILED")

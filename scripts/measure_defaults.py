@@ -58,6 +58,7 @@ def measure(name: str, activation: str, scaling: str, epochs: int, out: Path) ->
     import numpy as np
 
     from edgeae.exporter import publish
+    from edgeae.exporter.options import ExportOptions
     from edgeae.trainer.training import config_for, train, learning_ratio
 
     file, columns, _ = SERIES[name]
@@ -66,8 +67,8 @@ def measure(name: str, activation: str, scaling: str, epochs: int, out: Path) ->
     start = time.perf_counter()
     training = train(config, path, columns)
     seconds = time.perf_counter() - start
-    _, report = publish.export(training, out / f"{name}-{activation}-{scaling}", atol=1.0, providers="cpu",
-                               variants=())
+    _, report = publish.export(training, out / f"{name}-{activation}-{scaling}",
+                               ExportOptions(atol=1.0, providers="cpu", variants=()))
     worst = report.summary()
     return {
         "series": name, "activation": activation, "scaling": scaling, "epochs_run": training.epochs_run,

@@ -42,9 +42,10 @@ def tiny_training(tiny_config):
 def tiny_export(tiny_training, tmp_path_factory) -> Path:
     """A published export folder of the tiny model (treat as read-only; copy to modify)."""
     from edgeae.exporter import publish
+    from edgeae.exporter.options import ExportOptions
 
     out = tmp_path_factory.mktemp("tiny") / "export"
-    publish.export(tiny_training, out, providers="cpu")
+    publish.export(tiny_training, out, ExportOptions(providers="cpu"))
     return out
 
 
@@ -65,9 +66,9 @@ FIXED_ROUTES = [{"batches": [1, 1], "file": "autoencoder.b1.onnx"}, {"batches": 
 def fixed_routes(export_copy) -> Path:
     """The tiny export with --fixed-routing's table in place of the one measured on this machine (resealed),
     for tests of which graph runs which sizes."""
-    from edgeae.contract.files import read_manifest, write_manifest
+    from edgeae.contract.manifest import read_manifest, write_manifest
 
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     for role, by_name in manifest["variants"].items():
         for field in ("by_batch", "chunk", "routing"):
             by_name["fp32"].pop(field, None)
@@ -85,6 +86,7 @@ def rng():
 def scaled_export(tmp_path_factory) -> Path:
     """An export whose graph carries real preprocessing: quantile clipping and min-max scaling."""
     from edgeae.exporter import publish
+    from edgeae.exporter.options import ExportOptions
     from edgeae.trainer import training as trainer
     from edgeae.trainer.model import TrainConfig
 
@@ -96,5 +98,5 @@ def scaled_export(tmp_path_factory) -> Path:
                          clip_quantiles=(0.05, 0.95), scaling="minmax", seed=5)
     training = trainer.train(config, folder / "series.npy")
     out = folder / "export"
-    publish.export(training, out, providers="cpu")
+    publish.export(training, out, ExportOptions(providers="cpu"))
     return out

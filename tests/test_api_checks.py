@@ -9,12 +9,15 @@ import pytest
 from click.testing import CliRunner
 
 from edgeae import runtime
+from edgeae.runtime import loading
 from edgeae.detection import threshold as detector
 from edgeae.contract import layout
 from edgeae.exporter import publish
+from edgeae.exporter.options import ExportOptions
 from edgeae.verifier import verification
-from edgeae.contract.files import file_entry, read_manifest, write_manifest
-from edgeae.measure.bench import run_bench
+from edgeae.contract.manifest import file_entry, read_manifest, write_manifest
+from edgeae.contract.records import Manifest
+from edgeae.measure.bench import BenchOptions, run_bench
 from edgeae.cli import main
 from edgeae.contract.errors import EXIT_INTEGRITY, EXIT_USAGE, DataError, IntegrityError, UsageError
 from edgeae.trainer.model import ACTIVATIONS, TrainConfig
@@ -51,7 +54,7 @@ def _narrow_encoder(export, file: str, declared: int | None) -> None:
     if declared is not None:
         dim.dim_value = declared
     onnx.save(proto, str(export / file))
-    manifest = read_manifest(export)
+    manifest = read_manifest(export).to_body()
     manifest["files"][file] = file_entry(export / file, "encoder")
     write_manifest(export, manifest)
 
@@ -76,7 +79,7 @@ def test_an_encoder_that_hides_its_width_is_refused_on_its_first_run(export_copy
 
 
 def test_graphs_must_read_the_manifests_window(export_copy):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     manifest["window"]["timesteps"] = 7
     write_manifest(export_copy, manifest)
     with pytest.raises(IntegrityError, match=r"autoencoder.onnx: input sequence is \(batch, 6, 3\), expected "
@@ -85,7 +88,7 @@ def test_graphs_must_read_the_manifests_window(export_copy):
 
 
 def test_a_manifest_without_units_is_refused(export_copy):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     del manifest["training"]["config"]["units"]
     write_manifest(export_copy, manifest)
     with pytest.raises(IntegrityError, match="manifest field training.config.units is missing"):
@@ -106,7 +109,7 @@ def test_one_step_windows_are_refused_and_two_export(tmp_path):
     with pytest.raises(UsageError, match="timesteps must be at least 2"):
         TrainConfig(timesteps=1)
     training = trainer.train(TrainConfig(timesteps=2, features=2, units=2, epochs=1, seed=2))
-    out, _ = publish.export(training, tmp_path / "export", providers="cpu")
+    out, _ = publish.export(training, tmp_path / "export", ExportOptions(providers="cpu"))
     assert runtime.load(out, "cpu").encode(np.ones((2, 2))).shape == (2,)
 
 
@@ -123,7 +126,7 @@ def test_exporting_an_old_training_folder_with_such_settings_is_a_usage_error(ti
     record = json.loads((folder / layout.TRAINING_FILE).read_text())
     record["config"]["activation"] = "elu"  # what an older edgeae trained
     (folder / layout.TRAINING_FILE).write_text(json.dumps(record))
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder).to_body()
     manifest["files"][layout.TRAINING_FILE] = file_entry(folder / layout.TRAINING_FILE, "training")
     write_manifest(folder, manifest)
     result = CliRunner().invoke(main, ["export", str(folder), "--out", str(tmp_path / "export")])
@@ -137,7 +140,7 @@ def test_exporting_an_old_training_folder_with_such_settings_is_a_usage_error(ti
 def test_bench_on_a_training_folder_says_export_it_first(tiny_training, tmp_path):
     folder = trainer.save_training(tiny_training, tmp_path / "run")
     with pytest.raises(UsageError, match="is a training folder; export it first"):
-        run_bench(folder, runs=3, batches=(2,), cold=False)
+        run_bench(folder, BenchOptions(runs=3, batches=(2,), cold=False))
     result = CliRunner().invoke(main, ["bench", str(folder), "--runs", "3"])
     assert result.exit_code == EXIT_USAGE and "export it first" in result.stderr
 
@@ -145,7 +148,7 @@ def test_bench_on_a_training_folder_says_export_it_first(tiny_training, tmp_path
 @pytest.mark.parametrize("kwargs", [{"keras": "yes"}, {"cold": None}, {"keras": 1}, {"cold": "false"}])
 def test_bench_flags_must_be_bools(tiny_export, kwargs):
     with pytest.raises(UsageError, match="keras and cold must be True or False"):
-        run_bench(tiny_export, **{"runs": 3, "batches": (2,), "cold": False, **kwargs})
+        run_bench(tiny_export, BenchOptions(**{"runs": 3, "batches": (2,), "cold": False, **kwargs}))
 
 
 # ---------------------------------------------------------------- the detector
@@ -229,7 +232,7 @@ def test_calibrate_threshold_refuses_what_it_cannot_calibrate_on(scores, quantil
 
 def test_a_variant_published_for_one_role_only_serves_that_role(export_copy, rng):
     """fp16 of the autoencoder missed its tolerance, the encoder's did not: encode works, reconstruct says why not."""
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     manifest["variants"]["autoencoder"]["fp16"]["published"] = False
     write_manifest(export_copy, manifest)
     model = runtime.load(export_copy, "cpu", variant="fp16")
@@ -246,16 +249,16 @@ def test_a_variant_published_for_one_role_only_serves_that_role(export_copy, rng
 
 def test_load_retries_once_when_the_folder_was_replaced_while_it_read(tiny_export, export_copy, monkeypatch):
     """A reader racing `export --force` may read the old manifest, then a file of the new folder."""
-    stale = read_manifest(tiny_export)
+    stale = read_manifest(tiny_export).to_body()
     stale["files"]["encoder.onnx"]["sha256"] = "0" * 64  # the old folder's encoder, gone by the time it is read
     stale["checksum"] = "older"
-    reads = iter([stale, read_manifest(export_copy)])
-    monkeypatch.setattr(runtime, "read_export_manifest", lambda folder: next(reads))
+    reads = iter([Manifest.of(stale), read_manifest(export_copy)])
+    monkeypatch.setattr(loading, "read_export_manifest", lambda folder: next(reads))
     assert set(runtime.load(export_copy, "cpu").models) == {"autoencoder", "encoder"}
 
-    tampered = read_manifest(export_copy)
+    tampered = read_manifest(export_copy).to_body()
     tampered["files"]["encoder.onnx"]["sha256"] = "0" * 64  # the same manifest both times: a real mismatch
-    monkeypatch.setattr(runtime, "read_export_manifest", lambda folder: tampered)
+    monkeypatch.setattr(loading, "read_export_manifest", lambda folder: Manifest.of(tampered))
     with pytest.raises(IntegrityError, match="encoder.onnx"):
         runtime.load(export_copy, "cpu")
 
@@ -283,11 +286,17 @@ def _wrong_kinds(tiny_config, tiny_training, tiny_export, tmp_path):
         (lambda: publish.export(None, tmp_path / "e"), "training must be an edgeae.trainer.training.Training"),
         (lambda: publish.export(str(tiny_export), tmp_path / "e"), "training must be an edgeae.trainer.training.Training"),
         (lambda: publish.export(tiny_training, None), "out must be a file or folder name"),
+        (lambda: publish.export(tiny_training, tmp_path / "e", {"providers": "cpu"}),
+         "options must be an edgeae.ExportOptions, got dict"),
         (lambda: publish.run_pipeline(None, tmp_path / "p"), "config must be an edgeae.trainer.model.TrainConfig"),
         (lambda: publish.run_pipeline(tiny_config, None), "out must be a file or folder name"),
         # the export's own settings are refused before any training, not after it
-        (lambda: publish.run_pipeline(tiny_config, tmp_path / "p", opset=13), "opset must be between"),
-        (lambda: publish.run_pipeline(tiny_config, tmp_path / "p", providers="tpu"), "unknown execution provider"),
+        (lambda: publish.run_pipeline(tiny_config, tmp_path / "p", options=ExportOptions(opset=13)),
+         "opset must be between"),
+        (lambda: publish.run_pipeline(tiny_config, tmp_path / "p", options=ExportOptions(providers="tpu")),
+         "unknown execution provider"),
+        (lambda: publish.run_pipeline(tiny_config, tmp_path / "p", options={"opset": 17}),
+         "options must be an edgeae.ExportOptions, got dict"),
     ]
 
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from edgeae.measure import bench
-from edgeae.measure.bench import KERAS_PATHS, model_flops, run_bench
+from edgeae.measure import bench, timing
+from edgeae.measure.bench import KERAS_PATHS, BenchOptions, model_flops, run_bench
 from edgeae.cli import main
 from edgeae.contract.errors import UsageError
 
@@ -18,7 +18,7 @@ def test_flop_counts_match_the_seed_model():
 
 
 def test_bench_reports_every_path_with_ratios(tiny_export):
-    report = run_bench(tiny_export, keras=True, runs=5, warmup=1, batches=(8,), cold=False)
+    report = run_bench(tiny_export, BenchOptions(keras=True, runs=5, warmup=1, batches=(8,), cold=False))
     names = {(r.role, r.name) for r in report.results}
     manifest = json.loads((tiny_export / "manifest.json").read_text())
     routed = {e["file"]: [r["file"] for r in e["by_batch"] if r["file"] != e["file"]]
@@ -50,16 +50,16 @@ def test_each_block_is_warm_interleaved_and_paired_by_round(monkeypatch):
     """Every timed block follows WARM_S of untimed calls of the same path and ends in a pause,
     each round gives every path one block, and each path gets one array of times per round."""
     calls: list[tuple[str, float]] = []
-    monkeypatch.setattr(bench.time, "sleep", lambda seconds: calls.append(("pause", seconds)))
-    runners = {name: (lambda x, name=name: calls.append((name, bench.time.perf_counter())))
+    monkeypatch.setattr(timing.time, "sleep", lambda seconds: calls.append(("pause", seconds)))
+    runners = {name: (lambda x, name=name: calls.append((name, timing.time.perf_counter())))
                for name in ("a", "b", "c")}
-    samples = bench.time_rounds(runners, None, runs=20, warmup=2)
+    samples = timing.time_rounds(runners, None, runs=20, warmup=2)
     rounds, block = 5, 4  # at least five rounds
     assert {name: [len(r) for r in arrays] for name, arrays in samples.items()} == {name: [block] * rounds for name in runners}
     blocks: list[list[tuple[str, float]]] = [[]]
     for call in calls[3 * 2:]:  # after each path's warm-up calls
         if call[0] == "pause":
-            assert call[1] == bench.SETTLE_S
+            assert call[1] == timing.SETTLE_S
             blocks.append([])
         else:
             blocks[-1].append(call)
@@ -70,11 +70,11 @@ def test_each_block_is_warm_interleaved_and_paired_by_round(monkeypatch):
         assert len({name for name, _ in calls_in_block}) == 1
         times = [at for _, at in calls_in_block]
         untimed = len(times) - block
-        assert untimed >= 1 and times[untimed] - times[0] >= bench.WARM_S
+        assert untimed >= 1 and times[untimed] - times[0] >= timing.WARM_S
 
 
 def test_cold_start_and_peak_memory_per_path(tiny_export):
-    report = run_bench(tiny_export, keras=True, runs=3, warmup=0, batches=(4,), cold=True, roles=("encoder",))
+    report = run_bench(tiny_export, BenchOptions(keras=True, runs=3, warmup=0, batches=(4,), cold=True, roles=("encoder",)))
     by_name = {r.name.split("+")[0]: r for r in report.results}  # encoder.onnx with the graphs it routes to
     onnx, keras = by_name["encoder.onnx"], by_name["keras-predict"]
     for r in (onnx, keras):
@@ -85,8 +85,8 @@ def test_cold_start_and_peak_memory_per_path(tiny_export):
 
 def test_bench_over_onnx_needs_no_tensorflow(tiny_export):
     code = ("import sys\n"
-            "from edgeae.measure.bench import run_bench\n"
-            f"run_bench({str(tiny_export)!r}, runs=3, warmup=0, batches=(2,), cold=False)\n"
+            "from edgeae.measure.bench import BenchOptions, run_bench\n"
+            f"run_bench({str(tiny_export)!r}, BenchOptions(runs=3, warmup=0, batches=(2,), cold=False))\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
@@ -100,7 +100,7 @@ def test_bench_over_onnx_needs_no_tensorflow(tiny_export):
 def test_bad_bench_options(tiny_export, kwargs):
     """Each is refused in one line before anything loads or is timed."""
     with pytest.raises(UsageError) as caught:
-        run_bench(tiny_export, cold=False, **kwargs)
+        run_bench(tiny_export, BenchOptions(cold=False, **kwargs))
     assert "\n" not in str(caught.value)
 
 
@@ -121,43 +121,44 @@ def test_batch_one_throughput_never_replaces_the_latency_rounds(tiny_export, mon
         calls.append(rounds)
         return rounds
     monkeypatch.setattr(bench, "time_rounds", recording)
-    report = run_bench(tiny_export, runs=3, warmup=0, batches=(1, 2, 1), cold=False, roles=("encoder", "encoder"))
+    report = run_bench(tiny_export, BenchOptions(runs=3, warmup=0, batches=(1, 2, 1), cold=False,
+                                                 roles=("encoder", "encoder")))
     assert report.batches == (1, 2) and len({r.name for r in report.results}) == len(report.results)
     latency = calls[0]  # the first rounds of the role are its latency rounds
     for r in report.results:
-        assert r.latency_ratio == pytest.approx(bench.paired_ratio(latency[r.name], latency[report.baseline["encoder"]]))
+        assert r.latency_ratio == pytest.approx(timing.paired_ratio(latency[r.name], latency[report.baseline["encoder"]]))
     json.dumps(report.to_dict(), allow_nan=False)
 
 
 def test_a_numpy_batch_size_gives_a_report_json_can_write(tiny_export):
     import numpy as np
 
-    report = run_bench(tiny_export, runs=3, warmup=0, batches=(np.int64(2),), cold=False, roles=("encoder",))
+    report = run_bench(tiny_export, BenchOptions(runs=3, warmup=0, batches=(np.int64(2),), cold=False, roles=("encoder",)))
     assert report.batches == (2,) and json.loads(json.dumps(report.to_dict()))["batches"] == [2]
 
 
 def test_a_baseline_that_cannot_be_opened_stops_the_bench_before_timing(export_copy, monkeypatch):
-    from edgeae.contract.files import file_entry, read_manifest, write_manifest
+    from edgeae.contract.manifest import file_entry, read_manifest, write_manifest
     from edgeae.contract.errors import IntegrityError
 
     (export_copy / "encoder.plain.onnx").write_bytes(b"not a model")
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     manifest["files"]["encoder.plain.onnx"] = file_entry(export_copy / "encoder.plain.onnx", "onnx-plain")
     write_manifest(export_copy, manifest)
     monkeypatch.setattr(bench, "time_rounds", lambda *a: pytest.fail("timed without a baseline"))
     with pytest.raises(IntegrityError, match="encoder.plain.onnx: the baseline cannot be run here"):
-        run_bench(export_copy, runs=3, warmup=0, batches=(2,), cold=False, roles=("encoder",))
+        run_bench(export_copy, BenchOptions(runs=3, warmup=0, batches=(2,), cold=False, roles=("encoder",)))
 
 
 def test_a_batch_graph_the_manifest_does_not_list_is_refused_as_the_runtime_refuses_it(fixed_routes):
-    from edgeae.contract.files import read_manifest, write_manifest
+    from edgeae.contract.manifest import read_manifest, write_manifest
     from edgeae.contract.errors import IntegrityError
 
-    manifest = read_manifest(fixed_routes)  # its routes send batch 1 to autoencoder.b1.onnx
+    manifest = read_manifest(fixed_routes).to_body()  # its routes send batch 1 to autoencoder.b1.onnx
     del manifest["files"]["autoencoder.b1.onnx"]
     write_manifest(fixed_routes, manifest)
     with pytest.raises(IntegrityError, match="autoencoder.b1.onnx"):
-        run_bench(fixed_routes, runs=3, warmup=0, batches=(2,), cold=False, roles=("autoencoder",))
+        run_bench(fixed_routes, BenchOptions(runs=3, warmup=0, batches=(2,), cold=False, roles=("autoencoder",)))
 
 
 X86_CPUINFO = """processor\t: 0
@@ -173,19 +174,19 @@ CPU implementer\t: 0x41
 
 
 def test_cpu_description_names_the_vector_features_that_change_the_figures():
-    x86 = bench.cpu_description(X86_CPUINFO)
+    x86 = timing.cpu_description(X86_CPUINFO)
     assert x86["model"] == "AMD EPYC 9R14" and x86["features"] == ["AVX2", "FMA", "AVX-512", "AVX-512 VNNI"]
     assert x86["cores"] >= 1
-    arm = bench.cpu_description(ARM_CPUINFO)
+    arm = timing.cpu_description(ARM_CPUINFO)
     assert arm["features"] == ["NEON", "ARM dot product", "ARM i8mm", "SVE"]
-    assert "no AVX2" in bench.cpu_line(bench.cpu_description("model name\t: Old CPU\nflags\t: sse2\n"))
+    assert "no AVX2" in timing.cpu_line(timing.cpu_description("model name\t: Old CPU\nflags\t: sse2\n"))
 
 
 def test_bench_states_the_cpu_in_its_table_and_json(tiny_export):
-    report = run_bench(tiny_export, runs=3, warmup=0, batches=(4,), cold=False, roles=("encoder",))
+    report = run_bench(tiny_export, BenchOptions(runs=3, warmup=0, batches=(4,), cold=False, roles=("encoder",)))
     cpu = report.to_dict()["cpu"]
-    assert cpu == bench.cpu_description() and cpu["cores"] >= 1
-    assert report.table().splitlines()[0].startswith(f"CPU: {bench.cpu_line(cpu)}")
+    assert cpu == timing.cpu_description() and cpu["cores"] >= 1
+    assert report.table().splitlines()[0].startswith(f"CPU: {timing.cpu_line(cpu)}")
     assert json.loads(json.dumps(report.to_dict()))["cpu"]["model"] == cpu["model"]
 
 
@@ -210,7 +211,8 @@ def test_bench_training_option_adds_the_row_to_table_and_json(tiny_export, monke
     assert result.exit_code == 0, result.output
     assert [(c.timesteps, c.features, c.units, c.epochs) for c in seen] == [(6, 3, 8, 40)]
     assert json.loads(result.stdout)["training"]["speedup"] == 3.0
-    report = run_bench(tiny_export, runs=3, warmup=0, batches=(4,), cold=False, roles=("encoder",), training=True)
+    report = run_bench(tiny_export, BenchOptions(runs=3, warmup=0, batches=(4,), cold=False, roles=("encoder",),
+                                                 training=True))
     assert "training 6x3x8 relu, 1,769 windows, batch 32: 1.00 -> 3.00 epochs/s (3.00x)" in report.table()
 
 

@@ -8,9 +8,11 @@ import pytest
 from onnx import helper, numpy_helper
 
 from edgeae import runtime
-from edgeae.contract.files import read_manifest, write_manifest
+from edgeae.runtime.routes import FINITE_PROOF_LIMIT, batch_routes, variant_of_file
+from edgeae.contract.manifest import read_manifest, write_manifest
+from edgeae.contract.records import Manifest
 from edgeae.exporter.bounds import bound_entry, value_bound
-from edgeae.contract.errors import IntegrityError
+from edgeae.contract.errors import InferenceError, IntegrityError
 
 CPU = ["CPUExecutionProvider"]
 
@@ -68,11 +70,11 @@ def test_graphs_it_does_not_cover_prove_nothing(tiny_export):
 
 
 def test_runtime_skips_the_output_check_only_where_the_manifest_proves_float32_finite(tiny_export, export_copy):
-    manifest = read_manifest(tiny_export)
-    assert 0 < manifest["models"]["autoencoder"]["value_bound"] < runtime.FINITE_PROOF_LIMIT
+    manifest = read_manifest(tiny_export).to_body()
+    assert 0 < manifest["models"]["autoencoder"]["value_bound"] < FINITE_PROOF_LIMIT
     model = runtime.load(tiny_export, "cpu")
     graphs = [graph for m in model.models.values() for graph in (m, *(g for _, _, g in m.routes))]
-    routed = sum(len(runtime.batch_routes(manifest, role, "fp32")) for role in ("autoencoder", "encoder"))
+    routed = sum(len(batch_routes(Manifest.of(manifest), role, "fp32")) for role in ("autoencoder", "encoder"))
     assert len(graphs) == 2 + routed and all(g.proven_finite for g in graphs)
     for variant in ("fp32-b1", "fp32-unrolled", "ort", "plain"):
         assert all(m.proven_finite for m in runtime.load(tiny_export, "cpu", variant=variant).models.values())
@@ -81,9 +83,9 @@ def test_runtime_skips_the_output_check_only_where_the_manifest_proves_float32_f
     assert not runtime.load(tiny_export / "autoencoder.onnx", "cpu").models["autoencoder"].proven_finite  # no manifest
     files = {"autoencoder.onnx": "fp32", "autoencoder.b1.onnx": "fp32-b1", "autoencoder.int8.onnx": "int8",
              "autoencoder.plain.onnx": "plain", "encoder.onnx": None}  # the benchmark's view: file -> variant
-    assert {f: runtime.variant_of_file(manifest, "autoencoder", f) for f in files} == files
+    assert {f: variant_of_file(Manifest.of(manifest), "autoencoder", f) for f in files} == files
 
-    for bound in (None, runtime.FINITE_PROOF_LIMIT):  # no bound, or one too large to prove anything
+    for bound in (None, FINITE_PROOF_LIMIT):  # no bound, or one too large to prove anything
         manifest["models"]["autoencoder"]["value_bound"] = bound
         write_manifest(export_copy, manifest)
         assert not runtime.load(export_copy, "cpu").models["autoencoder"].proven_finite, bound
@@ -100,7 +102,7 @@ def test_an_unproven_overflow_is_still_caught(tiny_export, tmp_path, rng):
     folder = tmp_path / "export"
     shutil.copytree(tiny_export, folder)
     onnx.save(proto, str(folder / "autoencoder.onnx"))
-    manifest = read_manifest(tiny_export)
+    manifest = read_manifest(tiny_export).to_body()
     manifest["models"]["autoencoder"].update(bound_entry(proto))
     manifest["variants"]["autoencoder"]["fp32"]["by_batch"] = []
     manifest["files"]["autoencoder.onnx"]["sha256"] = __import__("hashlib").sha256(
@@ -109,5 +111,5 @@ def test_an_unproven_overflow_is_still_caught(tiny_export, tmp_path, rng):
     write_manifest(folder, manifest)
     model = runtime.load(folder, "cpu")
     assert not model.models["autoencoder"].proven_finite
-    with pytest.raises(runtime.InferenceError, match="non-finite"):
+    with pytest.raises(InferenceError, match="non-finite"):
         model.reconstruct(rng.uniform(0, 1, (5, 6, 3)))

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from onnx import helper
 
 from edgeae.mcu import bench as c_bench
-from edgeae.contract.files import read_export_manifest
+from edgeae.contract.manifest import read_export_manifest
 from edgeae.cli import main
 from edgeae.contract.errors import IntegrityError, MissingDependencyError, UsageError
 from edgeae.mcu.c_code import GOLDEN_FILE, HEADER_FILE, SOURCE_FILE, UnsupportedModelError, generate_c, \
@@ -45,7 +45,7 @@ def test_header_and_source_are_bare_c(seed_c):
     header = (seed_c["fp32"] / HEADER_FILE).read_text()
     source = (seed_c["fp32"] / SOURCE_FILE).read_text()
     assert "#define EDGEAE_TIMESTEPS 10" in header and "#define EDGEAE_FEATURES 5" in header
-    detector = read_export_manifest(EXPORTED)["detector"]
+    detector = read_export_manifest(EXPORTED).to_body()["detector"]
     assert f"#define EDGEAE_THRESHOLD {detector['threshold']!r}" in header  # the export's fp32 threshold, exactly
     int8 = (seed_c["int8"] / HEADER_FILE).read_text()
     assert f"#define EDGEAE_THRESHOLD {detector['variants']['int8']['threshold']!r}" in int8  # int8's own

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeae.cli import main
-from edgeae.data.series import (
-    Preprocessing, Series, load_labelled, load_labels, load_series, make_windows, split_by_time, window_labels,
-    window_series, window_starts,
+from edgeae.data.series import Series, load_labelled, load_labels, load_series
+from edgeae.data.windows import (
+    Preprocessing, make_windows, split_by_time, window_labels, window_series, window_starts,
 )
 from edgeae.trainer import training as trainer
 from edgeae.contract.errors import EXIT_DATA, DataError, ShapeError, UsageError

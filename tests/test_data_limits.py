@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from edgeae.data import series as data
 from edgeae.cli import main
-from edgeae.data.series import FLOAT32_MAX, Preprocessing, load_series
+from edgeae.data.series import FLOAT32_MAX, load_series
+from edgeae.data.windows import Preprocessing
 from edgeae.contract.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
 
 # A numpy RuntimeWarning (overflow, invalid value) fails these tests instead of passing unseen.

@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from edgeae import runtime
-from edgeae.data import datasets
+from edgeae.exporter import demo as datasets
 from edgeae.cli import main
-from edgeae.data.series import load_series, make_windows
+from edgeae.data.series import load_series
+from edgeae.data.windows import make_windows
 from edgeae.detection.threshold import keras_scores
 from edgeae.contract.errors import EXIT_DEPENDENCY, EXIT_PARITY, MissingDependencyError
 from edgeae.trainer import training as trainer
@@ -44,7 +45,7 @@ def test_small_run_detects_the_anomaly(small_demo):
     assert d.anomalous_windows == 12 + 32 - 1
     assert d.roc_auc > 0.9
     assert d.recall > 0.5
-    assert small_demo.detector["calibrated_on"] == "validation"
+    assert small_demo.detector.calibrated_on == "validation"
     assert small_demo.training["data"]["columns"] == ["value"]
 
 

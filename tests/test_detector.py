@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from edgeae import runtime
 from edgeae.exporter import publish
+from edgeae.exporter.options import ExportOptions
 from edgeae.cli import main
-from edgeae.data.series import load_csv, make_windows
+from edgeae.data.series import load_csv
+from edgeae.data.windows import make_windows
 from edgeae.detection.threshold import (
     average_precision, calibrate_threshold, detection_quality, evaluate, keras_scores, roc_auc, set_threshold,
     suggest_thresholds,
@@ -111,7 +113,7 @@ def sensor_export(tmp_path_factory):
                          validation_fraction=0.25, patience=5, scaling="standard", clip_quantiles=(0.005, 0.995),
                          threshold_quantile=0.95, seed=4)
     training = trainer.train(config, folder / "train.csv")
-    out, _ = publish.export(training, folder / "export", providers="cpu")
+    out, _ = publish.export(training, folder / "export", ExportOptions(providers="cpu"))
     return training, out
 
 
@@ -153,7 +155,7 @@ def test_training_and_device_flags_agree_on_real_windows(sensor_export):
         np.testing.assert_allclose(device.scores, keras_side, rtol=1e-4, atol=1e-9, err_msg=name)
         np.testing.assert_array_equal(device.flags, keras_side > model.threshold, err_msg=name)
     device_flags = model.score(training.validation_windows).flags
-    assert int(device_flags.sum()) == model.manifest["detector"]["flagged"]
+    assert int(device_flags.sum()) == model.manifest.detector.details["flagged"]
 
 
 def test_faults_score_above_the_threshold(sensor_export):
@@ -175,7 +177,8 @@ def test_no_validation_part_falls_back_to_the_training_windows(tiny_export):
 
 def test_export_can_recalibrate_at_another_quantile(sensor_export, tmp_path):
     training, out = sensor_export
-    lower, _ = publish.export(training, tmp_path / "q50", providers="cpu", threshold_quantile=0.5, variants=())
+    lower, _ = publish.export(training, tmp_path / "q50",
+                              ExportOptions(providers="cpu", threshold_quantile=0.5, variants=()))
     a = json.loads((out / "manifest.json").read_text())["detector"]
     b = json.loads((lower / "manifest.json").read_text())["detector"]
     assert b["quantile"] == 0.5 and b["threshold"] < a["threshold"]
@@ -275,16 +278,16 @@ def test_an_impossible_precision_is_refused(precision):
 
 def test_a_chosen_threshold_is_recorded_with_its_source(sensor_export):
     _, out = sensor_export
-    record = runtime.load(out, "cpu").manifest["detector"]
+    record = runtime.load(out, "cpu").manifest.detector  # a read manifest's record: set_threshold copies its JSON
     chosen = set_threshold(record, 0.25, "evaluate --precision 0.9 on new.csv", calibration_scores=[0.1, 0.3])
     assert chosen["threshold"] == 0.25 and chosen["flagged"] == 1
     assert chosen["chosen"] == {"by": "user", "source": "evaluate --precision 0.9 on new.csv",
-                                "calibrated_threshold": record["threshold"]}
+                                "calibrated_threshold": record.threshold}
     assert all(v == {"threshold": 0.25} for v in chosen["variants"].values())
     assert all(g["threshold"] == 0.25 and g["file"] for g in chosen["graphs"].values())
     again = set_threshold(chosen, 0.5, "by hand")
-    assert again["chosen"]["calibrated_threshold"] == record["threshold"] and "flagged" not in again
-    assert record["threshold"] != 0.25  # the record handed in is left as it was
+    assert again["chosen"]["calibrated_threshold"] == record.threshold and "flagged" not in again
+    assert record.threshold != 0.25 and record.details["threshold"] == record.threshold  # left as it was
     for bad, words in ((-1.0, "at least 0"), (float("nan"), "finite"), ("0.3", "must be a number")):
         with pytest.raises(UsageError, match=words):
             set_threshold(record, bad, "x")
@@ -397,8 +400,8 @@ def test_export_threshold_holds_for_every_precision_and_records_its_source(tiny_
     from edgeae.verifier import verification
     from edgeae.contract.errors import UsageError
 
-    out, _ = publish.export(tiny_training, tmp_path / "chosen", providers="cpu", threshold=0.02,
-                            threshold_source="best F1 on labels.csv", variants=("int8",))
+    out, _ = publish.export(tiny_training, tmp_path / "chosen", ExportOptions(
+        providers="cpu", threshold=0.02, threshold_source="best F1 on labels.csv", variants=("int8",)))
     manifest = json.loads((out / "manifest.json").read_text())
     d = manifest["detector"]
     assert d["threshold"] == 0.02 and d["chosen"]["source"] == "best F1 on labels.csv"
@@ -408,7 +411,8 @@ def test_export_threshold_holds_for_every_precision_and_records_its_source(tiny_
     assert runtime.load(out, "cpu").threshold == 0.02
     assert verification.verify(out, providers="cpu", against="stored")
     with pytest.raises(UsageError, match="not both"):
-        publish.export(tiny_training, tmp_path / "both", providers="cpu", threshold=0.02, threshold_quantile=0.5)
+        publish.export(tiny_training, tmp_path / "both",
+                       ExportOptions(providers="cpu", threshold=0.02, threshold_quantile=0.5))
     with pytest.raises(UsageError, match="threshold"):
-        publish.export(tiny_training, tmp_path / "negative", providers="cpu", threshold=-1.0)
+        publish.export(tiny_training, tmp_path / "negative", ExportOptions(providers="cpu", threshold=-1.0))
     assert not (tmp_path / "both").exists() and not (tmp_path / "negative").exists()

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from edgeae import runtime
 from edgeae.verifier import verification
-from edgeae.contract.files import file_entry, read_manifest, write_manifest
+from edgeae.contract.manifest import file_entry, read_manifest, write_manifest
 from edgeae.cli import main
 from edgeae.contract.errors import EXIT_INTEGRITY, EXIT_PARITY
 from edgeae.contract.golden import read_golden
@@ -23,14 +23,14 @@ def run(model, x):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_scores_and_flags_equal_the_python_runtimes(tiny_export, rng, precision):
-    manifest = read_manifest(tiny_export)
+    manifest = read_manifest(tiny_export).to_body()
     graph = manifest["detector"]["graphs"][precision]
     model = onnx.load(str(tiny_export / graph["file"]))
     assert {n.domain for n in model.graph.node} == {""} and [o.name for o in model.graph.output] == [
         "reconstruction", "score", "anomaly"]
     edge = runtime.load(tiny_export, "cpu", variant=precision)
     assert graph["threshold"] == edge.threshold
-    golden = read_golden(tiny_export, manifest)
+    golden = read_golden(tiny_export, read_manifest(tiny_export))
     sets = [*golden.inputs.values(), rng.uniform(-1, 2, (500, 6, 3)).astype(np.float32)]
     for x in sets:
         reconstruction, score, anomaly = run(tiny_export / graph["file"], x)
@@ -42,8 +42,8 @@ def test_scores_and_flags_equal_the_python_runtimes(tiny_export, rng, precision)
 
 def test_a_score_equal_to_the_threshold_is_not_anomalous_in_either(fixed_routes):
     tiny_export = fixed_routes  # 20 windows run on the clean graph the detector graph is built from: the same bits
-    manifest = read_manifest(tiny_export)
-    x = read_golden(tiny_export, manifest).inputs["in_range"][:20]
+    manifest = read_manifest(tiny_export).to_body()
+    x = read_golden(tiny_export, read_manifest(tiny_export)).inputs["in_range"][:20]
     edge = runtime.load(tiny_export, "cpu")
     clean = onnx.load(str(tiny_export / "autoencoder.onnx"))
     scale = np.asarray(manifest["preprocessing"]["scale"])
@@ -62,8 +62,8 @@ def test_verify_checks_every_detector_graph(tiny_export):
 
 
 def test_a_detector_graph_with_another_threshold_fails_verify(export_copy):
-    manifest = read_manifest(export_copy)
-    scores = read_golden(export_copy, manifest).expected["score"]["keras"]["in_range"]
+    manifest = read_manifest(export_copy).to_body()
+    scores = read_golden(export_copy, read_manifest(export_copy)).expected["score"]["keras"]["in_range"]
     model = detector_graph(onnx.load(str(export_copy / "autoencoder.onnx")), np.asarray(manifest["preprocessing"]["scale"]),
                            float(np.median(scores)), "fp32")
     (export_copy / "detector.onnx").write_bytes(model.SerializeToString())
@@ -75,7 +75,7 @@ def test_a_detector_graph_with_another_threshold_fails_verify(export_copy):
 
 
 def test_a_broken_detector_entry_is_refused(export_copy):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     manifest["detector"]["graphs"]["fp32"]["threshold"] = "high"
     write_manifest(export_copy, manifest)
     result = CliRunner().invoke(main, ["verify", str(export_copy), "--provider", "cpu", "--against", "stored"])

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -26,16 +27,21 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from edgeae import fleet  # noqa: E402
 from edgeae import runtime  # noqa: E402
-from edgeae.contract.files import read_json, write_manifest  # noqa: E402
+from edgeae.contract.files import read_json
+from edgeae.contract.manifest import write_manifest  # noqa: E402
 from edgeae.cli import main  # noqa: E402
-from edgeae.data.series import load_series, make_windows, window_series, window_starts  # noqa: E402
+from edgeae.data.series import load_series  # noqa: E402
+from edgeae.data.windows import make_windows, window_series, window_starts  # noqa: E402
 from edgeae.contract.versions import environment  # noqa: E402
-from edgeae.contract.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_RUNTIME, EXIT_USAGE, DataError, ExportExistsError  # noqa: E402
+from edgeae.contract.errors import (  # noqa: E402
+    EXIT_DATA, EXIT_INTEGRITY, EXIT_RUNTIME, EXIT_USAGE, DataError, ExportExistsError, IntegrityError)
+from edgeae.fleet import FleetOptions, SampleOptions  # noqa: E402
 
 from .conftest import EXPORTED  # noqa: E402
 
 FEATURES = [f"f{i}" for i in range(5)]
 TIMESTEPS = 10
+MACHINES = FleetOptions(by="machine", order="step")
 
 
 def _series(name: str, steps: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
@@ -78,7 +84,7 @@ def client():
 
 @pytest.fixture(scope="module")
 def reference(frame) -> pd.DataFrame:
-    return fleet.reference_frame(EXPORTED, frame, "machine", "step")
+    return fleet.reference_frame(EXPORTED, frame, MACHINES)
 
 
 def _sorted(result: pd.DataFrame) -> pd.DataFrame:
@@ -134,16 +140,16 @@ def test_windows_never_cross_a_gap_or_a_series(reference, frame):
 
 def test_a_flag_never_depends_on_partitioning(client, frame, parquet_dir, reference):
     """Files and row groups cut through series, and 1, 4 or 9 partitions: bit-identical scores and flags."""
-    _identical(fleet.score_dataset(EXPORTED, parquet_dir, "machine", "step").compute(), reference)
+    _identical(fleet.score_dataset(EXPORTED, parquet_dir, MACHINES).compute(), reference)
     shuffled = pd.concat([frame[frame.machine == name] for name in "fbdaec"])  # series in another order
     for partitions in (1, 4, 9):
         source = dd.from_pandas(shuffled, npartitions=partitions, sort=False)
-        _identical(fleet.score_dataset(EXPORTED, source, "machine", "step").compute(), reference)
+        _identical(fleet.score_dataset(EXPORTED, source, MACHINES).compute(), reference)
 
 
 def test_embeddings_equal_one_process(client, frame, parquet_dir):
-    result = fleet.encode_dataset(EXPORTED, parquet_dir, "machine", "step").compute()
-    expected = fleet.reference_frame(EXPORTED, frame, "machine", "step", command="encode")
+    result = fleet.encode_dataset(EXPORTED, parquet_dir, MACHINES).compute()
+    expected = fleet.reference_frame(EXPORTED, frame, MACHINES, command="encode")
     assert [c for c in result.columns if c.startswith("embedding_")] == [f"embedding_{i}" for i in range(100)]
     _identical(result, expected)
 
@@ -152,7 +158,7 @@ def test_csv_files_and_a_time_column(client, frame, tmp_path, reference):
     timed = frame.assign(when=pd.Timestamp("2026-01-01") + pd.to_timedelta(frame.step, unit="s"))
     for number, rows in enumerate(np.array_split(np.arange(len(timed)), 2)):
         timed.iloc[rows].to_csv(tmp_path / f"part-{number}.csv", index=False)
-    result = fleet.score_dataset(EXPORTED, str(tmp_path / "*.csv"), "machine", "step", time="when").compute()
+    result = fleet.score_dataset(EXPORTED, str(tmp_path / "*.csv"), replace(MACHINES, time="when")).compute()
     _identical(result.drop(columns="window_time"), reference)
     first = _sorted(result).iloc[0]
     assert str(first.window_time) == "2026-01-01 00:00:00"
@@ -163,10 +169,11 @@ def test_csv_files_and_a_time_column(client, frame, tmp_path, reference):
 
 def test_a_run_writes_parquet_and_its_record(client, parquet_dir, reference, tmp_path):
     out = tmp_path / "scores"
-    record = fleet.run_dataset("score", EXPORTED, parquet_dir, out, "machine", "step", scheduler=client)
+    on_client = replace(MACHINES, scheduler=client)
+    record = fleet.run_dataset("score", EXPORTED, parquet_dir, out, on_client)
     manifest = read_json(out / "manifest.json", "record")
     assert manifest["windows_written"] == manifest["windows_expected"] == len(reference) == record["windows_written"]
-    assert manifest["export"]["checksum"] == runtime.load(EXPORTED, "cpu").manifest["checksum"]
+    assert manifest["export"]["checksum"] == runtime.load(EXPORTED, "cpu").manifest.checksum
     assert manifest["export"]["graph"] == runtime.load(EXPORTED, "cpu").models["autoencoder"].graph_for(256).name
     assert manifest["threshold"] == runtime.load(EXPORTED, "cpu").threshold
     assert manifest["series_without_windows"] == {"count": 1, "first": ["c"]}
@@ -174,8 +181,8 @@ def test_a_run_writes_parquet_and_its_record(client, parquet_dir, reference, tmp
     assert set(manifest["files"]) == {p.name for p in out.glob("part.*.parquet")}
     _identical(dd.read_parquet(out).compute(), reference)
     with pytest.raises(ExportExistsError):
-        fleet.run_dataset("score", EXPORTED, parquet_dir, out, "machine", "step", scheduler=client)
-    fleet.run_dataset("encode", EXPORTED, parquet_dir, out, "machine", "step", scheduler=client, force=True)
+        fleet.run_dataset("score", EXPORTED, parquet_dir, out, on_client)
+    fleet.run_dataset("encode", EXPORTED, parquet_dir, out, replace(on_client, force=True))
     assert "embedding_99" in dd.read_parquet(out).compute().columns
 
 
@@ -195,8 +202,9 @@ def test_the_cli_scores_a_folder_on_a_scheduler(client, parquet_dir, reference, 
 def test_a_killed_worker_loses_and_duplicates_no_window(client, tmp_path):
     """Dask reruns a dead worker's tasks: the output still holds every window exactly once."""
     data = tmp_path / "big"
+    by_series = FleetOptions(by="series", order="step")
     fleet.synthetic_fleet(data, series=24, rows=2500, features=5, files=6)
-    reference = fleet.reference_frame(EXPORTED, pd.read_parquet(data), "series", "step")
+    reference = fleet.reference_frame(EXPORTED, pd.read_parquet(data), by_series)
     pids = client.run(os.getpid)
     victim = sorted(pids)[0]
     killed = threading.Event()
@@ -212,7 +220,7 @@ def test_a_killed_worker_loses_and_duplicates_no_window(client, tmp_path):
 
     killer = threading.Thread(target=kill_when_busy)
     killer.start()
-    record = fleet.run_dataset("score", EXPORTED, str(data), tmp_path / "out", "series", "step", scheduler=client)
+    record = fleet.run_dataset("score", EXPORTED, str(data), tmp_path / "out", replace(by_series, scheduler=client))
     killer.join()
     assert killed.is_set(), "the worker was never seen scoring"
     assert record["windows_written"] == record["windows_expected"] == len(reference)
@@ -247,8 +255,8 @@ def s3(parquet_dir):
 
 
 def test_object_storage_through_s3fs(client, s3, reference, tmp_path):
-    result = fleet.score_dataset(EXPORTED, "s3://fleet/history/*.parquet", "machine", "step",
-                                 storage_options=s3).compute()
+    on_s3 = replace(MACHINES, storage_options=s3)
+    result = fleet.score_dataset(EXPORTED, "s3://fleet/history/*.parquet", on_s3).compute()
     _identical(result, reference)
     options = [arg for key, value in s3.items() for arg in ("--storage-option", f"{key}={value}")]
     cli = run_cli("fleet", "score", EXPORTED, "s3://fleet/history/", "--by", "machine", "--order", "step",
@@ -265,18 +273,19 @@ def test_object_storage_through_s3fs(client, s3, reference, tmp_path):
 
 def test_a_sample_is_reproducible_and_train_reads_it(client, frame, parquet_dir, tmp_path):
     out = tmp_path / "sample.npy"
-    record = fleet.write_sample(out, parquet_dir, "machine", "step", TIMESTEPS, per_series=5, seed=4, scheduler=client)
+    five = SampleOptions(TIMESTEPS, per_series=5, seed=4)
+    record = fleet.write_sample(out, parquet_dir, replace(MACHINES, scheduler=client), five)
     windows = np.load(out)
     assert windows.shape == (25, TIMESTEPS, 5) and record["windows"] == 25 and record["series"] == 5
     index = pd.read_csv(tmp_path / "sample.windows.csv")
     for (name, start), window in zip(index.itertuples(index=False), windows):
         rows = frame[(frame.machine == name) & (frame.step >= start)].head(TIMESTEPS)
         assert np.array_equal(rows[FEATURES].to_numpy(), window)  # a real window of one series, never across two
-    again = fleet.sample_windows(dd.from_pandas(frame, npartitions=7), "machine", "step", TIMESTEPS, per_series=5, seed=4)
+    again = fleet.sample_windows(dd.from_pandas(frame, npartitions=7), MACHINES, five)
     assert np.array_equal(again.windows, windows)
-    other = fleet.sample_windows(parquet_dir, "machine", "step", TIMESTEPS, per_series=5, seed=5)
+    other = fleet.sample_windows(parquet_dir, MACHINES, replace(five, seed=5))
     assert not np.array_equal(other.windows, windows)
-    share = fleet.sample_windows(parquet_dir, "machine", "step", TIMESTEPS, share=0.1, seed=4)
+    share = fleet.sample_windows(parquet_dir, MACHINES, SampleOptions(TIMESTEPS, share=0.1, seed=4))
     assert share.index.groupby("machine").size().to_dict() == {"a": 29, "b": 28, "d": 25, "e": 3, "f": 40}
     loaded = load_series(out)
     assert loaded.is_windows and window_series(loaded, TIMESTEPS, 5, validation_fraction=0.2).train.shape[0] == 20
@@ -308,11 +317,11 @@ def test_bad_input_is_refused_in_one_line(client, frame, parquet_dir, tmp_path):
     in_two_files = dd.concat([dd.from_pandas(frame, npartitions=1), dd.from_pandas(frame.loc[[first]], npartitions=1)])
     for source in (dd.from_pandas(in_one_file, npartitions=1), in_two_files):  # the second met once the series is gathered
         with pytest.raises(DataError, match="series 'd': step 0 appears twice"):
-            fleet.score_dataset(EXPORTED, source, "machine", "step").compute()
+            fleet.score_dataset(EXPORTED, source, MACHINES).compute()
     broken = frame.copy()
     broken.loc[40, "f3"] = np.nan
     with pytest.raises(DataError, match=r"series 'a', step 40: column 'f3' is nan"):
-        fleet.score_dataset(EXPORTED, dd.from_pandas(broken, npartitions=2), "machine", "step").compute()
+        fleet.score_dataset(EXPORTED, dd.from_pandas(broken, npartitions=2), MACHINES).compute()
     unreachable = run_cli(*base, parquet_dir, "--by", "machine", "--order", "step", "--scheduler",
                           "tcp://127.0.0.1:9", "-o", tmp_path / "o5")
     one_line_error(unreachable, EXIT_RUNTIME, "cannot reach the Dask scheduler at tcp://127.0.0.1:9")
@@ -321,12 +330,12 @@ def test_bad_input_is_refused_in_one_line(client, frame, parquet_dir, tmp_path):
 def test_a_worker_refuses_an_export_whose_checksum_changed(client, parquet_dir, tmp_path):
     export = tmp_path / "export"
     shutil.copytree(EXPORTED, export)
-    lazy = fleet.score_dataset(export, parquet_dir, "machine", "step")
+    lazy = fleet.score_dataset(export, parquet_dir, MACHINES)
     manifest = read_json(export / "manifest.json", "manifest")
     write_manifest(export, {**manifest, "created": "later"})  # resealed: valid, but another export
-    with pytest.raises(fleet.IntegrityError, match="the run started with"):
+    with pytest.raises(IntegrityError, match="the run started with"):
         lazy.compute()
-    assert fleet.IntegrityError.exit_code == EXIT_INTEGRITY
+    assert IntegrityError.exit_code == EXIT_INTEGRITY
 
 
 def test_the_runtime_never_imports_dask_and_a_missing_extra_is_named():

@@ -22,8 +22,8 @@ def test_the_model_says_what_it_reads(model):
     assert (model.window, model.stride, model.features) == (10, 1, 5)
     assert model.feature_names is None  # the seed records no column names
     low, high = model.clip_bounds
-    np.testing.assert_array_equal(low, np.asarray(model.manifest["preprocessing"]["clip_low"], np.float32))
-    np.testing.assert_array_equal(high, np.asarray(model.manifest["preprocessing"]["clip_high"], np.float32))
+    np.testing.assert_array_equal(low, np.asarray(model.manifest.preprocessing["clip_low"], np.float32))
+    np.testing.assert_array_equal(high, np.asarray(model.manifest.preprocessing["clip_high"], np.float32))
 
 
 def test_parts_sum_to_the_score(model, rng):

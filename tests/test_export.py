@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 
 from edgeae.contract.errors import UsageError
-from edgeae.exporter.convert import export_model
+from edgeae.conversion.convert import export_model
 
 
 def _ops(path):
@@ -47,7 +47,7 @@ def test_exports_accept_batch_1_and_300(tiny_export, tiny_config, batch, rng):
 
 
 def test_opset_is_selectable(tiny_training):
-    from edgeae.exporter.convert import opset_of
+    from edgeae.conversion.convert import opset_of
 
     c = tiny_training.config
     proto = export_model(tiny_training.encoder, "encoder", tiny_training.preprocessing, c.timesteps, c.features, opset=15)

@@ -6,7 +6,7 @@ import onnxruntime as ort
 
 from edgeae import runtime
 from edgeae.contract.files import sha256_file
-from edgeae.data.series import seed_sequence
+from edgeae.data.windows import seed_sequence
 
 from .conftest import EXPORTED
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edgeae.contract import files as artifacts
+from edgeae.contract import manifest as manifests
 from edgeae.exporter import publish as publisher
 from edgeae.contract.errors import EXIT_USAGE, LockedError, UsageError
 from edgeae.trainer import training as trainer
@@ -87,7 +88,7 @@ def failing(code):
 
 def publish(target, content="new"):
     with artifacts.staged_folder(target, force=True) as stage:
-        artifacts.write_manifest(stage, {"kind": "training", "files": {}, "note": content})
+        manifests.write_manifest(stage, {"kind": "training", "files": {}, "note": content})
 
 
 @pytest.fixture()

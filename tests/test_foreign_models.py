@@ -4,6 +4,7 @@ name when they are outside the family."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from edgeae import runtime
 from edgeae.exporter import publish
+from edgeae.exporter.options import OPTIMIZE_DEFAULTS, ExportOptions, UserModelOptions
 from edgeae.cli.app import main
 from edgeae.contract.errors import EXIT_USAGE, ShapeError, UnsupportedModelError, UsageError
 from edgeae.contract.parity import fp32_tolerance
@@ -90,7 +92,8 @@ def saved(tmp_path_factory):
 def exports(saved, tmp_path_factory):
     """Each model of the family exported without data: no scaling, no threshold."""
     root = tmp_path_factory.mktemp("exports")
-    return {kind: publish.export_keras(saved[kind], root / kind, providers="cpu") for kind in FAMILY}
+    return {kind: publish.export_keras(saved[kind], root / kind, options=ExportOptions(providers="cpu"))
+            for kind in FAMILY}
 
 
 def _series(path, rows: int = 120, width: int = F, shift: float = 0.0):
@@ -137,7 +140,8 @@ def test_a_sequential_model_saved_as_h5(tmp_path):
     model = keras.Sequential([keras.Input((T, F)), layers.LSTM(4), layers.RepeatVector(T),
                               layers.LSTM(4, return_sequences=True), layers.TimeDistributed(layers.Dense(F))])
     model.save(tmp_path / "seq.h5")
-    folder, report = publish.export_keras(tmp_path / "seq.h5", tmp_path / "out", providers="cpu", variants=("fp32-b1",))
+    folder, report = publish.export_keras(tmp_path / "seq.h5", tmp_path / "out",
+                                          options=ExportOptions(providers="cpu", variants=("fp32-b1",)))
     assert report and report.encoder_matches_autoencoder.max_abs <= fp32_tolerance().abs
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["variants"]["autoencoder"]["fp32-b1"]["published"]  # the seed's layout: the clean graph applies
@@ -154,9 +158,9 @@ def test_runtime_scores_without_inventing_a_threshold(exports):
 def test_scaling_from_data_and_a_calibrated_threshold(saved, tmp_path):
     data = _series(tmp_path / "train.npy")
     normal = _series(tmp_path / "normal.npy", shift=0.1)
-    folder, report = publish.export_keras(saved["single-lstm"], tmp_path / "out", data=data, scaling="standard",
-                                          calibrate=normal, threshold_quantile=0.9, providers="cpu",
-                                          variants=("fp32-b1",))
+    folder, report = publish.export_keras(saved["single-lstm"], tmp_path / "out",
+                                          UserModelOptions(data=data, scaling="standard", calibrate=normal),
+                                          ExportOptions(threshold_quantile=0.9, providers="cpu", variants=("fp32-b1",)))
     assert report
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["preprocessing"]["scaling"] == "standard" and "scores" not in manifest
@@ -165,25 +169,28 @@ def test_scaling_from_data_and_a_calibrated_threshold(saved, tmp_path):
     model = runtime.load(folder, "cpu")
     assert model.threshold == manifest["detector"]["threshold"]
     assert model.score(np.load(normal)[:T].astype(np.float32)).flags is not None
-    optimized = publish.optimize(folder, "cpu", variants=("fp32-b1",))  # later commands work on it too
+    # later commands work on it too
+    optimized = publish.optimize(folder, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=("fp32-b1",)))
     assert all(v.published for v in optimized.variants)
 
 
 def test_encoder_layer_by_name(saved, tmp_path):
-    folder, report = publish.export_keras(saved["stacked-lstm"], tmp_path / "out", encoder_layer="enc_2",
-                                          providers="cpu", variants=())
+    folder, report = publish.export_keras(saved["stacked-lstm"], tmp_path / "out", UserModelOptions(encoder_layer="enc_2"),
+                                          ExportOptions(providers="cpu", variants=()))
     assert report and report.encoder_matches_autoencoder.max_abs <= fp32_tolerance().abs
     with pytest.raises(UsageError, match="no such layer"):
-        publish.export_keras(saved["stacked-lstm"], tmp_path / "bad", encoder_layer="nope", providers="cpu")
+        publish.export_keras(saved["stacked-lstm"], tmp_path / "bad", UserModelOptions(encoder_layer="nope"),
+                             ExportOptions(providers="cpu"))
     with pytest.raises(UsageError, match="one vector per window"):
-        publish.export_keras(saved["stacked-lstm"], tmp_path / "bad", encoder_layer="enc_1", providers="cpu")
+        publish.export_keras(saved["stacked-lstm"], tmp_path / "bad", UserModelOptions(encoder_layer="enc_1"),
+                             ExportOptions(providers="cpu"))
     assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("kind, match", [("conv", "'conv_features' \\(Conv1D\\)"), ("lambda", "'doubler' is a Lambda")])
 def test_models_outside_the_family_are_refused_by_layer_name(saved, tmp_path, kind, match):
     with pytest.raises(UnsupportedModelError, match=match):
-        publish.export_keras(saved[kind], tmp_path / "out", providers="cpu")
+        publish.export_keras(saved[kind], tmp_path / "out", options=ExportOptions(providers="cpu"))
     assert not (tmp_path / "out").exists()
 
 
@@ -191,14 +198,17 @@ def test_bad_inputs_are_one_line_errors(saved, tmp_path):
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a zip")
     with pytest.raises(UsageError, match="not a saved Keras model"):
-        publish.export_keras(junk, tmp_path / "out", providers="cpu")
+        publish.export_keras(junk, tmp_path / "out", options=ExportOptions(providers="cpu"))
     with pytest.raises(ShapeError, match="4 feature column"):
-        publish.export_keras(saved["gru"], tmp_path / "out", calibrate=_series(tmp_path / "wide.npy", width=4),
-                             providers="cpu")
+        publish.export_keras(saved["gru"], tmp_path / "out",
+                             UserModelOptions(calibrate=_series(tmp_path / "wide.npy", width=4)),
+                             ExportOptions(providers="cpu"))
     with pytest.raises(UsageError, match="learn from training data"):
-        publish.export_keras(saved["gru"], tmp_path / "out", scaling="standard", providers="cpu")
+        publish.export_keras(saved["gru"], tmp_path / "out", UserModelOptions(scaling="standard"),
+                             ExportOptions(providers="cpu"))
     with pytest.raises(UsageError, match="needs calibration data"):
-        publish.export_keras(saved["gru"], tmp_path / "out", threshold_quantile=0.9, providers="cpu")
+        publish.export_keras(saved["gru"], tmp_path / "out",
+                             options=ExportOptions(threshold_quantile=0.9, providers="cpu"))
     assert not (tmp_path / "out").exists()
 
 
@@ -237,8 +247,9 @@ def test_scaling_given_as_values_is_inside_the_graph(saved, tmp_path):
     keras_model = _keras().models.load_model(saved["single-lstm"])
     expected = keras_model.predict((raw - mean) / std, verbose=0) * std + mean
     np.testing.assert_allclose(model.reconstruct(raw), expected, rtol=1e-4, atol=1e-3)
-    minmax = publish.export_keras(saved["single-lstm"], tmp_path / "mm", scaling="minmax", providers="cpu",
-                                  variants=(), scaling_values={"min": [0, 0, 0], "max": [1, 2, 4]})[0]
+    minmax = publish.export_keras(saved["single-lstm"], tmp_path / "mm",
+                                  UserModelOptions(scaling="minmax", scaling_values={"min": [0, 0, 0], "max": [1, 2, 4]}),
+                                  ExportOptions(providers="cpu", variants=()))[0]
     assert json.loads((minmax / "manifest.json").read_text())["preprocessing"]["clip_high"] == [1.0, 2.0, 4.0]
 
 
@@ -253,8 +264,8 @@ def test_scaling_given_as_values_is_inside_the_graph(saved, tmp_path):
 ])
 def test_scaling_values_that_cannot_be_used_are_refused(saved, tmp_path, scaling, values, match):
     with pytest.raises(UsageError, match=match):
-        publish.export_keras(saved["single-lstm"], tmp_path / "out", scaling=scaling, scaling_values=values,
-                             providers="cpu")
+        publish.export_keras(saved["single-lstm"], tmp_path / "out",
+                             UserModelOptions(scaling=scaling, scaling_values=values), ExportOptions(providers="cpu"))
     assert not (tmp_path / "out").exists()
     bad = CliRunner().invoke(main, ["export", str(saved["single-lstm"]), "--out", str(tmp_path / "o"),
                                     "--scaling", "standard", "--scaling-values", "mean"])

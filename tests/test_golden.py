@@ -10,16 +10,17 @@ from click.testing import CliRunner
 from edgeae import runtime
 from edgeae.contract import golden
 from edgeae.verifier import verification
-from edgeae.contract.files import file_entry, read_manifest, write_manifest
+from edgeae.contract.manifest import file_entry, read_manifest, write_manifest
 from edgeae.cli import main
 from edgeae.contract.errors import EXIT_INTEGRITY, EXIT_PARITY, IntegrityError, UsageError
 from edgeae.trainer.model import predict
-from edgeae.runtime import SelfCheckError, reconstruction_error
+from edgeae.runtime import SelfCheckError
+from edgeae.runtime.scoring import reconstruction_error
 
 
 def reseal(folder, name, content: bytes) -> None:
     (folder / name).write_bytes(content)
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder).to_body()
     manifest["files"][name] = file_entry(folder / name, manifest["files"][name]["role"])
     write_manifest(folder, manifest)
 
@@ -33,7 +34,7 @@ def raw(folder, entry) -> np.ndarray:
 
 
 def test_golden_vectors_are_raw_float32_with_a_json_index_and_match_keras(tiny_export, tiny_training):
-    manifest = read_manifest(tiny_export)
+    manifest = read_manifest(tiny_export).to_body()
     assert {golden.INDEX_FILE, golden.DATA_FILE, golden.REFERENCE_FILE} <= set(manifest["files"])
     index = json.loads((tiny_export / golden.INDEX_FILE).read_text())
     assert (index["dtype"], index["byte_order"], index["data"]) == ("float32", "little", golden.DATA_FILE)
@@ -112,7 +113,7 @@ def test_golden_data_with_nan_or_a_partial_value_is_refused(export_copy):
 
 
 def _tighten(folder, role: str, variant: str, rel_range: float) -> None:
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder).to_body()
     manifest["variants"][role][variant]["tolerance"] = {"abs": None, "rel_range": rel_range}
     write_manifest(folder, manifest)
 
@@ -142,7 +143,7 @@ def test_the_cli_refuses_a_variant_failing_its_self_check_with_exit_6(export_cop
 
 
 def test_the_self_check_is_decided_by_the_variants_name_not_a_manifest_field(export_copy):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     entry = manifest["variants"]["encoder"]["int8"]
     entry["tolerance"], entry["parity"] = {"abs": None, "rel_range": 1e-9}, [1]
     del entry["precision"]

@@ -1,4 +1,5 @@
 """The graph rewrites (graphs/): the clean graph, batch graphs, portable, fp16, int8, int8-dynamic, ORT format, and their parity."""
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -7,17 +8,19 @@ import pytest
 
 from edgeae.contract import layout
 from edgeae.exporter import publish
+from edgeae.exporter.options import OPTIMIZE_DEFAULTS
 from edgeae.verifier import verification
-from edgeae.contract.files import read_manifest, verify_files
+from edgeae.contract.manifest import read_manifest, verify_files
 from edgeae.contract.errors import UsageError
-from edgeae.exporter.graphs import int8_dynamic
-from edgeae.exporter.graphs.batch1 import single_window_graph
-from edgeae.exporter.graphs.clean import clean_graph
-from edgeae.exporter.graphs.common import GraphError
-from edgeae.exporter.graphs.unrolled import unrolled_graph
+from edgeae.conversion.graphs import int8_dynamic
+from edgeae.conversion.graphs.batch1 import single_window_graph
+from edgeae.conversion.graphs.clean import clean_graph
+from edgeae.conversion.graphs.common import GraphError
+from edgeae.conversion.graphs.unrolled import unrolled_graph
 from edgeae.trainer.model import predict
 from edgeae.contract.parity import Tolerance
 from edgeae.contract.variants import DEFAULT_TOLERANCES
+from edgeae.runtime.routes import fixed_batch_routes
 
 CLEAN_OPS = {
     "autoencoder": ["Min", "Max", "Transpose", "LSTM", "Expand", "LSTM", "Squeeze", "MatMul", "Add", "Transpose"],
@@ -80,8 +83,8 @@ def test_clean_graph_refuses_a_graph_it_does_not_know(tiny_export):
 
 
 def test_manifest_records_every_variant(tiny_export):
-    manifest = read_manifest(tiny_export)
-    verify_files(tiny_export, manifest)
+    manifest = read_manifest(tiny_export).to_body()
+    verify_files(tiny_export, read_manifest(tiny_export))
     for role in ("autoencoder", "encoder"):
         variants = manifest["variants"][role]
         batch_graphs = {"fp32-b1", "fp32-unrolled"} if role == "autoencoder" else set()
@@ -110,7 +113,7 @@ def test_manifest_records_every_variant(tiny_export):
 @pytest.mark.parametrize("name", ["fp32", "fp32-b1", "fp32-unrolled", "portable", "fp16", "int8", "ort"])
 def test_published_variants_match_keras_within_their_tolerance(tiny_export, tiny_training, parity_inputs, name):
     """Every graph the runtime may choose, for any batch size, holds parity with Keras."""
-    manifest = read_manifest(tiny_export)
+    manifest = read_manifest(tiny_export).to_body()
     pre = tiny_training.preprocessing
     scale = pre.arrays()["scale"]
     tol = DEFAULT_TOLERANCES[name]
@@ -170,15 +173,15 @@ def test_int8_stores_int8_weights_and_computes_in_float32(tiny_export, parity_in
                                       ort.InferenceSession(dequantized.SerializeToString(), providers=CPU)
                                       .run(None, {"sequence": x})[0])
         assert {p.key: p.value for p in model.metadata_props}["edgeae.int8_weights"] == "per-row"
-        assert read_manifest(tiny_export)["variants"][role]["int8"]["weights"] == "per-row"
+        assert read_manifest(tiny_export).to_body()["variants"][role]["int8"]["weights"] == "per-row"
         assert (tiny_export / f"{role}.int8.onnx").stat().st_size < (tiny_export / f"{role}.onnx").stat().st_size
 
 
 def test_int8_dynamic_is_built_only_when_asked_for(tiny_export, export_copy):
-    assert all("int8-dynamic" not in by_name for by_name in read_manifest(tiny_export)["variants"].values())
-    publish.optimize(export_copy, providers="cpu", variants=("int8-dynamic",),
-                      tolerances={"int8-dynamic": Tolerance(rel_range=10.0)})  # published on any CPU
-    manifest = read_manifest(export_copy)
+    assert all("int8-dynamic" not in by_name for by_name in read_manifest(tiny_export).to_body()["variants"].values())
+    publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=("int8-dynamic",),
+                                          tolerances={"int8-dynamic": Tolerance(rel_range=10.0)}))  # published on any CPU
+    manifest = read_manifest(export_copy).to_body()
     for role in ("autoencoder", "encoder"):
         assert set(manifest["variants"][role]) == {"plain", "fp32", "int8-dynamic"}
         model = onnx.load(str(export_copy / f"{role}.int8-dynamic.onnx"))
@@ -186,7 +189,7 @@ def test_int8_dynamic_is_built_only_when_asked_for(tiny_export, export_copy):
         assert manifest["variants"][role]["int8-dynamic"]["weights"] == "per-tensor"
     assert not (export_copy / "autoencoder.int8.onnx").exists()
     with pytest.raises(UsageError, match="no variant named 'int9' to build"):
-        publish.optimize(export_copy, providers="cpu", variants=("int9",))
+        publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=("int9",)))
 
 
 def test_int8_dynamic_falls_back_to_per_channel_weights_when_per_tensor_misses_the_tolerance(tiny_export, tmp_path):
@@ -278,14 +281,14 @@ def test_fixed_batch_routes_cover_every_batch_size_once():
     files = {"fp32": {"file": "a.onnx"}, "fp32-b1": {"file": "a.b1.onnx", "published": True},
              "fp32-unrolled": {"file": "a.u.onnx", "published": True}}
     graphs = (("fp32-b1", 1, 1), ("fp32-unrolled", 128, None))
-    assert publish.fixed_batch_routes(files, "fp32", graphs) == [
+    assert fixed_batch_routes(files, "fp32", graphs) == [
         {"batches": [1, 1], "file": "a.b1.onnx"}, {"batches": [2, 127], "file": "a.onnx"},
         {"batches": [128, None], "file": "a.u.onnx"}]
     files["fp32-b1"]["published"] = False
-    assert publish.fixed_batch_routes(files, "fp32", graphs) == [
+    assert fixed_batch_routes(files, "fp32", graphs) == [
         {"batches": [1, 127], "file": "a.onnx"}, {"batches": [128, None], "file": "a.u.onnx"}]
     files["fp32-unrolled"]["published"] = False
-    assert publish.fixed_batch_routes(files, "fp32", graphs) == []
+    assert fixed_batch_routes(files, "fp32", graphs) == []
 
 
 def test_ort_format_loads_and_matches_its_source(tiny_export, rng):

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeae import runtime
-from edgeae.contract.files import (
-    check_output_file, check_target, file_entry, read_manifest, staged_folder, write_manifest,
-)
+from edgeae.runtime import providers
+from edgeae.contract.files import check_output_file, check_target, staged_folder
+from edgeae.contract.manifest import file_entry, read_manifest, write_manifest
 from edgeae.cli import main
 from edgeae.contract.errors import EXIT_INTEGRITY, EXIT_USAGE, IntegrityError, ProviderError, UsageError
 from edgeae.trainer import training as trainer
@@ -151,7 +151,7 @@ WRONG_FIELDS = {
 
 @pytest.fixture(scope="module")
 def sealed(tiny_export):
-    return read_manifest(tiny_export)
+    return read_manifest(tiny_export).to_body()
 
 
 @pytest.mark.parametrize("message", list(WRONG_FIELDS))
@@ -171,7 +171,7 @@ def test_a_resealed_manifest_with_a_wrong_field_is_refused_naming_it(sealed, tmp
     ("verify", _set("variants", "autoencoder", "fp32", "by_batch", [{"batches": [1, 1], "file": "encoder.onnx"}])),
 ])
 def test_the_cli_gives_an_integrity_error_for_a_wrong_field(export_copy, tmp_path, command, edit):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     edit(manifest)
     write_manifest(export_copy, manifest)
     data = tmp_path / "windows.npy"
@@ -184,8 +184,8 @@ def test_the_cli_gives_an_integrity_error_for_a_wrong_field(export_copy, tmp_pat
 
 def test_every_manifest_edgeae_writes_passes_its_own_schema(tiny_export, tiny_training, tmp_path):
     trainer.save_training(tiny_training, tmp_path / "run")
-    assert read_manifest(tmp_path / "run")["kind"] == "training"
-    assert read_manifest(tiny_export)["kind"] == "export"
+    assert read_manifest(tmp_path / "run").to_body()["kind"] == "training"
+    assert read_manifest(tiny_export).to_body()["kind"] == "export"
 
 
 # ---------------------------------------------------------------- the caller's arguments
@@ -206,20 +206,20 @@ def test_providers_that_are_not_names_are_usage_errors(tiny_export, providers):
 @pytest.mark.parametrize("name", ["", "gpu", " ", "cuda-11"])
 def test_unknown_provider_names_are_usage_errors_naming_the_accepted_ones(name):
     with pytest.raises(UsageError, match=f"unknown execution provider {name!r}: expected auto, cpu, cuda"):
-        runtime.resolve_providers(name)
+        providers.resolve_providers(name)
     with pytest.raises(UsageError):
-        runtime.resolve_providers(["cpu", name])
+        providers.resolve_providers(["cpu", name])
 
 
 def test_a_known_provider_that_is_not_installed_stays_a_provider_error(monkeypatch):
-    monkeypatch.setattr(runtime, "available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(providers, "available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ProviderError, match="CUDAExecutionProvider requested"):
-        runtime.resolve_providers("CUDA")
-    assert runtime.resolve_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+        providers.resolve_providers("CUDA")
+    assert providers.resolve_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
 
 
 def test_the_cli_exit_codes_for_provider_names(tiny_export, tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime, "available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(providers, "available_providers", lambda: ["CPUExecutionProvider"])
     data = tmp_path / "windows.npy"
     np.save(data, np.zeros((2, 6, 3)))
     for provider, code in (("", EXIT_USAGE), ("gpu", EXIT_USAGE), ("cuda", 5)):
@@ -285,7 +285,7 @@ def test_a_linked_manifest_is_refused_like_a_linked_model(export_copy, tmp_path)
 
 def _reseal(folder, name, content: bytes) -> None:
     (folder / name).write_bytes(content)
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder).to_body()
     manifest["files"][name] = file_entry(folder / name, manifest["files"][name]["role"])
     write_manifest(folder, manifest)
 

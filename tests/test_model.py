@@ -37,7 +37,7 @@ def test_training_lowers_the_loss(tiny_training):
 
 
 def test_training_is_deterministic_for_a_seed():
-    from edgeae.data.series import seed_sequence
+    from edgeae.data.windows import seed_sequence
 
     config = TrainConfig(timesteps=4, features=2, units=5, epochs=3, seed=11)
     x = seed_sequence(4, 2)
@@ -112,7 +112,7 @@ def test_xla_training_is_deterministic_and_falls_back_where_xla_fails(monkeypatc
     import tensorflow as tf
     from keras import Model
 
-    from edgeae.data.series import seed_sequence
+    from edgeae.data.windows import seed_sequence
 
     config = TrainConfig(timesteps=4, features=2, units=5, epochs=3, seed=11)
     x = seed_sequence(4, 2)

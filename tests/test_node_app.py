@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from edgeae import runtime
-from edgeae.contract.files import file_entry, read_manifest, write_manifest
-from edgeae.data.series import cut_windows, load_features
+from edgeae.contract.manifest import file_entry, read_manifest, write_manifest
+from edgeae.data.series import load_features
+from edgeae.data.windows import cut_windows
 
 from .conftest import REPO
 
@@ -63,7 +64,7 @@ def test_bad_data_gets_the_python_runtimes_message_and_exit_3(tiny_export, tmp_p
 
 
 def test_an_export_this_runtime_misses_is_refused_by_its_golden_check(export_copy, series_csv):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     manifest["variants"]["autoencoder"]["fp32"]["tolerance"] = {"abs": 1e-12, "rel_range": None}
     write_manifest(export_copy, manifest)
     result = node_app(export_copy, series_csv)
@@ -72,7 +73,7 @@ def test_an_export_this_runtime_misses_is_refused_by_its_golden_check(export_cop
 
 
 def test_missing_detector_graph_and_folder_are_one_line(export_copy, series_csv, tmp_path):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     del manifest["detector"]["graphs"]["int8"]
     write_manifest(export_copy, manifest)
     result = node_app(export_copy, series_csv, "--variant", "int8")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from edgeae import runtime
 from edgeae.verifier import runtimes as other_runtimes
 from edgeae.exporter import publish
-from edgeae.contract.files import read_manifest
+from edgeae.contract.manifest import read_manifest
 from edgeae.cli import main
 from edgeae.contract.errors import EXIT_USAGE, UsageError
 from edgeae.contract.golden import read_golden
@@ -82,7 +82,7 @@ def test_the_measured_table_is_recorded_in_targets_json(export_copy):
     table = json.loads((export_copy / "targets.json").read_text())["runtimes"]
     assert table == json.loads(json.dumps(measured)) and table["measured_on"]["cpu"]
     files = table["files"]
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     published = {v["file"] for by_name in manifest["variants"].values() for v in by_name.values() if v["published"]}
     assert set(files) == published | {g["file"] for g in manifest["detector"]["graphs"].values()}
     for role in ("autoencoder", "encoder"):
@@ -114,13 +114,13 @@ def test_a_new_measurement_keeps_the_runtimes_it_did_not_measure(export_copy):
 def test_a_file_that_gives_nan_is_recorded_wrong_not_a_crash(export_copy):
     from onnx import numpy_helper
 
-    from edgeae.contract.files import file_entry, write_manifest
+    from edgeae.contract.manifest import file_entry, write_manifest
 
     model = onnx.load(str(export_copy / "autoencoder.portable.onnx"))
     bias = next(t for t in model.graph.initializer if t.name == "dense/bias")
     bias.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(bias).shape, np.nan, np.float32), "dense/bias"))
     (export_copy / "autoencoder.portable.onnx").write_bytes(model.SerializeToString())
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     manifest["files"]["autoencoder.portable.onnx"] = file_entry(export_copy / "autoencoder.portable.onnx", "onnx-portable")
     write_manifest(export_copy, manifest)
     cell = publish.measure_targets(export_copy, ("onnx-reference",))["files"]["autoencoder.portable.onnx"]["onnx-reference"]

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from edgeae.measure import bench
+from edgeae.cli import run as run_commands
 from edgeae.verifier import plots
-from edgeae.contract.files import read_manifest, write_manifest
+from edgeae.contract.manifest import read_manifest, write_manifest
 from edgeae.cli import describe_failure
 from edgeae.contract.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE
 from edgeae.trainer import training as trainer
@@ -24,7 +24,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture()
 def no_bench(monkeypatch):
     """A refusal must come before any timing starts."""
-    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("benchmarked although the output was refused"))
+    monkeypatch.setattr(run_commands, "run_bench", lambda *a, **k: pytest.fail("benchmarked although the output was refused"))
 
 
 @pytest.fixture()
@@ -91,7 +91,7 @@ def test_out_of_memory_is_a_runtime_error_naming_no_option(tiny_export, monkeypa
     def exhausted(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(bench, "run_bench", exhausted)
+    monkeypatch.setattr(run_commands, "run_bench", exhausted)
     result = run("bench", tiny_export, *BENCH)
     one_line_error(result, EXIT_RUNTIME)
     assert "out of memory" in result.stderr and "--chunk" not in result.stderr
@@ -159,7 +159,7 @@ def test_evaluate_refuses_the_label_as_a_feature(tiny_export, labelled_csv, colu
 
 
 def test_evaluate_refuses_a_label_the_model_was_trained_on(export_copy, labelled_csv):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     manifest["training"]["data"] = {"source": "train.csv", "columns": ["a", "b", "label"]}
     write_manifest(export_copy, manifest)
     one_line_error(run("evaluate", export_copy, labelled_csv, "--labels", "label"), EXIT_USAGE)

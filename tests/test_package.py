@@ -1,6 +1,7 @@
 """The package as users meet it: one version everywhere, what a device runs, the warning when its onnxruntime is
 older than the export's, and the public API at the top."""
 import importlib.metadata
+import pkgutil
 import subprocess
 import sys
 import tomllib
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 
 import edgeae
 from edgeae.contract import versions
-from edgeae.contract.files import read_manifest, write_manifest
+from edgeae.contract.manifest import read_manifest, write_manifest
 from edgeae.cli import main
 from .conftest import REPO
 
@@ -18,8 +19,8 @@ from .conftest import REPO
 def test_the_version_is_written_once():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
-    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "edgeae.__version__"}
-    assert importlib.metadata.version("edgeae") == edgeae.__version__
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "edgeae.contract.versions.__version__"}
+    assert importlib.metadata.version("edgeae") == edgeae.__version__ == versions.__version__
 
 
 def test_the_changelog_has_this_release():
@@ -59,7 +60,7 @@ def test_against_export_warns_only_for_an_older_onnxruntime(exported_with, warns
 
 
 def test_inspect_shows_and_warns(export_copy):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     manifest["versions"]["onnxruntime"] = "999.0.0"
     write_manifest(export_copy, manifest)
     result = CliRunner().invoke(main, ["inspect", str(export_copy), "--provider", "cpu"])
@@ -82,4 +83,15 @@ def test_the_public_api_is_the_modules_own_and_loads_lazily():
         edgeae.nothing  # noqa: B018
     code = ("import sys, edgeae; print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'numpy', 'onnxruntime', 'onnx', 'tensorflow', 'keras', 'tf2onnx', 'click'}))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_no_runtime_module_imports_a_workstation_dependency():
+    """What a device runs, module by module (found, not listed, so a new module is covered too)."""
+    from edgeae import runtime
+
+    modules = [f"edgeae.runtime.{m.name}" for m in pkgutil.iter_modules(runtime.__path__)]
+    assert {"edgeae.runtime.loading", "edgeae.runtime.streaming"} <= set(modules)
+    code = (f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'tensorflow', 'keras', 'tf2onnx', 'click'}))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -5,7 +5,7 @@ import pytest
 
 from edgeae.verifier import verification
 from edgeae.contract.variants import UNROLLED_FROM
-from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, compare, fp32_tolerance
+from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, Tolerance, compare, fp32_tolerance
 
 from .conftest import PROVIDERS
 
@@ -13,7 +13,7 @@ from .conftest import PROVIDERS
 def test_compare_reports_abs_and_range_relative_error():
     ref = np.array([[0.0, 10.0], [5.0, 2.0]])
     out = ref + np.array([[0.0, 1e-4], [0.0, 0.0]])
-    r = compare(ref, out, model="m", provider="cpu", dataset="d", tolerance_abs=1e-5)
+    r = compare(ref, out, model="m", provider="cpu", dataset="d", tolerance=Tolerance(1e-5))
     assert r.max_abs == pytest.approx(1e-4)
     assert r.max_rel_range == pytest.approx(1e-5)
     assert r.value_range == 10.0
@@ -99,8 +99,7 @@ def test_fp32_bound_is_the_larger_of_the_floor_and_the_share_of_range():
     def check(scale: float, miss: float):
         out = ref.copy()
         out[3, 2] += miss
-        return compare(ref * scale, out * scale, model="m", provider="cpu", dataset="d",
-                       tolerance_abs=bound.abs, tolerance_rel_range=bound.rel_range)
+        return compare(ref * scale, out * scale, model="m", provider="cpu", dataset="d", tolerance=bound)
 
     assert check(1000.0, 1e-6)  # 1e-3 abs in raw units, 1e-6 of the range
     assert not check(1000.0, 3e-4)  # 0.3 abs, 3e-4 of the range
@@ -115,8 +114,10 @@ def test_verify_holds_fp32_to_the_tolerance_the_export_recorded(tiny_training, t
     """An export published at a looser bound verifies at that bound, not the library's default;
     a bound given to verify replaces it for that run."""
     from edgeae.exporter import publish
+    from edgeae.exporter.options import ExportOptions
 
-    out, _ = publish.export(tiny_training, tmp_path / "loose", providers="cpu", atol=2e-3, rtol=3e-3, variants=())
+    out, _ = publish.export(tiny_training, tmp_path / "loose",
+                            ExportOptions(providers="cpu", atol=2e-3, rtol=3e-3, variants=()))
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["parity"]["tolerance_abs"], manifest["parity"]["tolerance_rel_range"]) == (2e-3, 3e-3)
     report = verification.verify(out, providers="cpu", against="stored")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgeae import runtime
 from edgeae.verifier import plots
-from edgeae.contract.files import read_manifest, verify_files
+from edgeae.contract.manifest import read_manifest, verify_files
 from edgeae.cli import main
 from edgeae.contract.errors import EXIT_DEPENDENCY, EXIT_INTEGRITY, EXIT_USAGE, IntegrityError, MissingDependencyError, UsageError
 
@@ -36,7 +36,7 @@ def test_report_into_the_export_lists_the_pngs_in_its_manifest(export_copy):
         assert_real_png(export_copy / name)
     manifest = read_manifest(export_copy)  # the rewritten manifest passes its own checksum
     verify_files(export_copy, manifest)  # and every file, PNGs included, matches it
-    assert {manifest["files"][n]["role"] for n in plots.PLOT_FILES.values()} == {"plot"}
+    assert {manifest.files[n].role for n in plots.PLOT_FILES.values()} == {"plot"}
     runtime.load(export_copy, "cpu")
     assert CliRunner().invoke(main, ["report", str(export_copy)]).exit_code == 0  # again: still consistent
     verify_files(export_copy, read_manifest(export_copy))
@@ -58,7 +58,8 @@ def test_report_on_a_labelled_series(tiny_export, tmp_path):
     labels = (t >= 40) & (t < 44)
     path = tmp_path / "readings.csv"
     path.write_text("a,b,c,is_anomaly\n" + "".join(f"{x},{y},{z},{int(f)}\n" for (x, y, z), f in zip(values, labels)))
-    paths = plots.report(tiny_export, data=path, columns=("a", "b", "c"), labels="is_anomaly", out=tmp_path / "p")
+    paths = plots.report(tiny_export, plots.ReportOptions(data=path, columns=("a", "b", "c"), labels="is_anomaly"),
+                         out=tmp_path / "p")
     for path in paths:
         assert_real_png(path)
 
@@ -123,7 +124,7 @@ def test_report_refuses_links_and_columns_without_data_before_drawing(export_cop
         plots.report(export_copy, force=True)
     assert sorted(p.name for p in export_copy.iterdir()) == before
     with pytest.raises(UsageError, match="--columns chooses columns of --data"):
-        plots.report(export_copy, columns=("a",), out=real)
+        plots.report(export_copy, plots.ReportOptions(columns=("a",)), out=real)
     assert not list(real.iterdir())
 
 
@@ -143,7 +144,7 @@ def test_reconstructions_show_the_features_that_drive_the_worst_window():
 def test_report_draws_the_features_asked_for(tiny_export, tmp_path):
     rows = np.random.default_rng(2).uniform(0, 1, (30, 3))
     (tmp_path / "d.csv").write_text("a,b,c\n" + "\n".join(",".join(f"{v:.4f}" for v in r) for r in rows) + "\n")
-    paths = plots.report(tiny_export, tmp_path / "d.csv", out=tmp_path / "pics", features=("c",))
+    paths = plots.report(tiny_export, plots.ReportOptions(tmp_path / "d.csv", features=("c",)), out=tmp_path / "pics")
     assert (tmp_path / "pics" / "reconstruction.png") in paths
     result = CliRunner().invoke(main, ["report", str(tiny_export), "--data", str(tmp_path / "d.csv"), "--out",
                                        str(tmp_path / "p2"), "--features", "a,zz"])

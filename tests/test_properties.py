@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from edgeae import runtime
-from edgeae.data.series import Preprocessing, load_csv, make_windows
+from edgeae.data.series import load_csv
+from edgeae.data.windows import Preprocessing, make_windows
 from edgeae.contract.errors import DataError, EdgeAEError, IntegrityError, ShapeError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

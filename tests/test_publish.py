@@ -2,14 +2,16 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import onnx
 import pytest
 from click.testing import CliRunner
 
 from edgeae.exporter import publish
+from edgeae.exporter.options import OPTIMIZE_DEFAULTS
 from edgeae.contract import variants
-from edgeae.contract.files import read_manifest, verify_files, write_manifest
+from edgeae.contract.manifest import read_manifest, verify_files, write_manifest
 from edgeae.cli import main
 from edgeae.contract.errors import EXIT_PARITY, IntegrityError
 from edgeae.contract.parity import Tolerance
@@ -28,9 +30,10 @@ def ops(path):
 
 
 def test_variant_missing_its_tolerance_is_not_published(export_copy):
-    result = publish.optimize(export_copy, providers="cpu", tolerances={"int8": Tolerance(rel_range=1e-9)})
-    manifest = read_manifest(export_copy)
-    verify_files(export_copy, manifest)
+    result = publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu",
+                                                   tolerances={"int8": Tolerance(rel_range=1e-9)}))
+    manifest = read_manifest(export_copy).to_body()
+    verify_files(export_copy, read_manifest(export_copy))
     for role in ("autoencoder", "encoder"):
         entry = manifest["variants"][role]["int8"]
         assert not entry["published"] and entry["parity"]["failures"] and entry["weights"] == "per-row"
@@ -41,7 +44,7 @@ def test_variant_missing_its_tolerance_is_not_published(export_copy):
 
 
 def test_optimize_upgrades_an_export_made_before_variants(export_copy):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     for role in ("autoencoder", "encoder"):  # what an older export held: tf2onnx's graph as the default
         (export_copy / f"{role}.plain.onnx").replace(export_copy / f"{role}.onnx")
     for name in list(manifest["files"]):
@@ -49,16 +52,16 @@ def test_optimize_upgrades_an_export_made_before_variants(export_copy):
                 or name == "targets.json":
             (export_copy / name).unlink(missing_ok=True)
             del manifest["files"][name]
-    from edgeae.contract.files import file_entry
+    from edgeae.contract.manifest import file_entry
 
     for role in ("autoencoder", "encoder"):
         manifest["files"][f"{role}.onnx"] = file_entry(export_copy / f"{role}.onnx", "onnx")
         manifest["models"][role]["nodes"] = len(ops(export_copy / f"{role}.onnx"))
     del manifest["variants"], manifest["targets"]
     write_manifest(export_copy, manifest)
-    publish.optimize(export_copy, providers="cpu")
-    after = read_manifest(export_copy)
-    verify_files(export_copy, after)
+    publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu"))
+    after = read_manifest(export_copy).to_body()
+    verify_files(export_copy, read_manifest(export_copy))
     assert ops(export_copy / "autoencoder.onnx") == CLEAN_OPS["autoencoder"]
     assert after["models"]["autoencoder"]["nodes"] == len(CLEAN_OPS["autoencoder"])
     assert after["parity"]["passed"] and after["preprocessing"] == manifest["preprocessing"]
@@ -75,7 +78,7 @@ def test_optimize_refuses_a_tampered_export_and_changes_nothing(export_copy):
     path.write_bytes(path.read_bytes()[:-10])
     before = {p.name: p.read_bytes() for p in export_copy.iterdir()}
     with pytest.raises(IntegrityError, match="encoder.fp16.onnx"):
-        publish.optimize(export_copy, providers="cpu")
+        publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu"))
     assert {p.name: p.read_bytes() for p in export_copy.iterdir()} == before
 
 
@@ -99,7 +102,7 @@ def test_strict_optimize_fails_when_a_variant_is_left_out(export_copy, monkeypat
 
 def test_runtime_does_not_import_the_graph_builders():
     """The runtime reads the variant table (edgeae.contract.variants), never what builds or publishes graphs."""
-    code = ("import sys, edgeae.runtime; print(any(m.startswith(('edgeae.exporter.graphs', 'edgeae.exporter.publish', 'edgeae.exporter.convert')) "
+    code = ("import sys, edgeae.runtime; print(any(m.startswith(('edgeae.conversion.graphs', 'edgeae.exporter.publish', 'edgeae.conversion.convert')) "
             "for m in sys.modules), 'onnxruntime.quantization' in sys.modules, 'onnx' in sys.modules, "
             "'edgeae.contract.variants' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -107,10 +110,11 @@ def test_runtime_does_not_import_the_graph_builders():
 
 
 def test_optimize_keeps_the_variants_the_export_was_given(export_copy):
-    publish.optimize(export_copy, providers="cpu", variants=("int8", "int8-dynamic"),
-                     tolerances={"int8-dynamic": Tolerance(rel_range=10.0)})
-    publish.optimize(export_copy, providers="cpu")  # the defaults, and int8-dynamic since the export has it
-    manifest = read_manifest(export_copy)
+    publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=("int8", "int8-dynamic"),
+                                          tolerances={"int8-dynamic": Tolerance(rel_range=10.0)}))
+    # the defaults, and int8-dynamic since the export has it
+    publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu"))
+    manifest = read_manifest(export_copy).to_body()
     assert "int8-dynamic" in manifest["variants"]["autoencoder"]  # rebuilt (published where this CPU holds it)
     assert {"fp32-b1", "portable", "fp16", "ort"} <= set(manifest["variants"]["autoencoder"])
 
@@ -118,11 +122,11 @@ def test_optimize_keeps_the_variants_the_export_was_given(export_copy):
 def test_optimize_holds_fp32_to_the_recorded_bounds_or_the_ones_given(export_copy):
     """optimize checks the rebuilt clean graph at the export's recorded fp32 bounds; bounds given
     replace them, are recorded, and a bound nothing can meet publishes nothing (exit 6)."""
-    publish.optimize(export_copy, providers="cpu", variants=(), atol=2e-5, rtol=3e-4)
-    parity = read_manifest(export_copy)["parity"]
+    publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=(), atol=2e-5, rtol=3e-4))
+    parity = read_manifest(export_copy).to_body()["parity"]
     assert (parity["tolerance_abs"], parity["tolerance_rel_range"]) == (2e-5, 3e-4)
-    publish.optimize(export_copy, providers="cpu", variants=())
-    assert read_manifest(export_copy)["parity"]["tolerance_rel_range"] == 3e-4  # kept when none is given
+    publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=()))
+    assert read_manifest(export_copy).to_body()["parity"]["tolerance_rel_range"] == 3e-4  # kept when none is given
     before = (export_copy / "manifest.json").read_bytes()
     result = CliRunner().invoke(main, ["optimize", str(export_copy), "--provider", "cpu", "--atol", "1e-15",
                                        "--rtol", "1e-15"])

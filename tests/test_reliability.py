@@ -9,8 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from edgeae import runtime
+from edgeae.runtime.session import OnnxModel
 from edgeae.contract import files as artifacts
-from edgeae.exporter import publish
+from edgeae.contract import manifest as manifests
+from edgeae.exporter import build, publish
+from edgeae.exporter.options import ExportOptions
 from edgeae.verifier import verification
 from edgeae.cli import main
 from edgeae.trainer import training as trainer
@@ -37,27 +40,27 @@ def existing(export_copy):
 def test_existing_export_is_kept_without_force(tiny_training, existing):
     folder, before = existing
     with pytest.raises(ExportExistsError, match="--force"):
-        publish.export(tiny_training, folder, providers="cpu", variants=())
+        publish.export(tiny_training, folder, ExportOptions(providers="cpu", variants=()))
     assert_untouched(folder, before)
 
 
 def test_force_replaces_the_whole_folder(tiny_training, existing):
     folder, _ = existing
     (folder / "stray.txt").write_text("from an older export")  # listed: the old export's own file
-    manifest = artifacts.read_manifest(folder)
-    manifest["files"]["stray.txt"] = artifacts.file_entry(folder / "stray.txt", "report")
-    artifacts.write_manifest(folder, manifest)
-    publish.export(tiny_training, folder, providers="cpu", force=True, variants=())
+    manifest = manifests.read_manifest(folder).to_body()
+    manifest["files"]["stray.txt"] = manifests.file_entry(folder / "stray.txt", "report")
+    manifests.write_manifest(folder, manifest)
+    publish.export(tiny_training, folder, ExportOptions(providers="cpu", force=True, variants=()))
     assert not (folder / "stray.txt").exists()
-    manifest = artifacts.read_manifest(folder)
-    artifacts.verify_files(folder, manifest)
+    manifest = manifests.read_manifest(folder)
+    manifests.verify_files(folder, manifest)
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_failed_parity_publishes_nothing(tiny_training, existing):
     folder, before = existing
     with pytest.raises(ParityError, match="nothing published"):
-        publish.export(tiny_training, folder, providers="cpu", atol=1e-15, rtol=1e-15, force=True)
+        publish.export(tiny_training, folder, ExportOptions(providers="cpu", atol=1e-15, rtol=1e-15, force=True))
     assert_untouched(folder, before)
 
 
@@ -67,9 +70,9 @@ def test_interrupt_mid_export_keeps_the_old_export(tiny_training, existing, monk
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(publish, "verify_models", interrupted)
+    monkeypatch.setattr(build, "verify_models", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        publish.export(tiny_training, folder, providers="cpu", force=True, variants=())
+        publish.export(tiny_training, folder, ExportOptions(providers="cpu", force=True, variants=()))
     assert_untouched(folder, before)
 
 
@@ -81,7 +84,7 @@ def test_full_disk_while_writing_the_manifest(tiny_training, existing, monkeypat
 
     monkeypatch.setattr(publish, "write_manifest", no_space)
     with pytest.raises(OSError):
-        publish.export(tiny_training, folder, providers="cpu", force=True, variants=())
+        publish.export(tiny_training, folder, ExportOptions(providers="cpu", force=True, variants=()))
     assert_untouched(folder, before)
 
 
@@ -102,16 +105,16 @@ def test_full_disk_in_an_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch)
 def test_unwritable_target_is_a_usage_error(tiny_training, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda *a, **k: False)
     with pytest.raises(UsageError, match="cannot write"):
-        publish.export(tiny_training, tmp_path / "out", providers="cpu", variants=())
+        publish.export(tiny_training, tmp_path / "out", ExportOptions(providers="cpu", variants=()))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_target_under_a_file_is_a_usage_error(tiny_training, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError):
-        publish.export(tiny_training, tmp_path / "file" / "out", providers="cpu")
+        publish.export(tiny_training, tmp_path / "file" / "out", ExportOptions(providers="cpu"))
     with pytest.raises(UsageError, match="not a folder"):
-        publish.export(tiny_training, tmp_path / "file", providers="cpu", force=True)
+        publish.export(tiny_training, tmp_path / "file", ExportOptions(providers="cpu", force=True))
     assert (tmp_path / "file").read_text() == "x"
 
 
@@ -119,7 +122,7 @@ def test_second_writer_fails_on_the_lock(tiny_training, existing):
     folder, before = existing
     with artifacts.folder_lock(folder):
         with pytest.raises(LockedError, match="another edgeae process"):
-            publish.export(tiny_training, folder, providers="cpu", force=True, variants=())
+            publish.export(tiny_training, folder, ExportOptions(providers="cpu", force=True, variants=()))
         # and from another process, through the CLI
         proc = subprocess.run([sys.executable, "-m", "edgeae.cli", "pipeline", "--epochs", "1", "--units", "2",
                                "--quiet", "--force", "--out", str(folder)], capture_output=True, text=True)
@@ -166,9 +169,9 @@ def test_export_refuses_an_unsafe_training_folder(tmp_path, tiny_export):
     (run / "model.keras").write_bytes(b"PK\x03\x04 definitely not a keras archive")
     result = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "out")])
     assert result.exit_code == EXIT_INTEGRITY and "model.keras" in result.stderr
-    manifest = artifacts.read_manifest(run)
-    manifest["files"]["model.keras"] = artifacts.file_entry(run / "model.keras", "keras")
-    artifacts.write_manifest(run, manifest)
+    manifest = manifests.read_manifest(run).to_body()
+    manifest["files"]["model.keras"] = manifests.file_entry(run / "model.keras", "keras")
+    manifests.write_manifest(run, manifest)
     result = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "out")])
     assert result.exit_code == EXIT_INTEGRITY and "model.keras" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -206,7 +209,7 @@ def test_foreign_operator_domain_is_refused(tmp_path):
     with pytest.raises(IntegrityError, match="com.example.evil"):
         runtime.load(path, "cpu")
     ok = _tiny_onnx(tmp_path, "ok.onnx")
-    assert runtime.OnnxModel(ok, "cpu").run(np.ones((2, 2))).tolist() == [[2, 2], [2, 2]]
+    assert OnnxModel(ok, "cpu").run(np.ones((2, 2))).tolist() == [[2, 2], [2, 2]]
 
 
 # ---------------------------------------------------------------- determinism
@@ -216,7 +219,7 @@ def test_same_seed_same_weights_same_onnx_outputs(tiny_config, tiny_training, ti
     again = trainer.train(tiny_config)
     for a, b in zip(tiny_training.autoencoder.get_weights(), again.autoencoder.get_weights()):
         np.testing.assert_array_equal(a, b)
-    publish.export(again, tmp_path / "again", providers="cpu")
+    publish.export(again, tmp_path / "again", ExportOptions(providers="cpu"))
     x = np.random.default_rng(0).uniform(0, 1, (50, 6, 3))
     first, second = runtime.load(tiny_export, "cpu"), runtime.load(tmp_path / "again", "cpu")
     np.testing.assert_array_equal(first.reconstruct(x), second.reconstruct(x))
@@ -238,7 +241,7 @@ def test_pipeline_refuses_a_bad_target_before_training(tiny_config, tmp_path, mo
         with pytest.raises(LockedError):
             publish.run_pipeline(tiny_config, tmp_path / "busy")
     with pytest.raises(UsageError, match="tolerance"):
-        publish.run_pipeline(tiny_config, tmp_path / "new", atol=-1.0)
+        publish.run_pipeline(tiny_config, tmp_path / "new", options=ExportOptions(atol=-1.0))
 
 
 @pytest.mark.parametrize("bound", [0.0, -1e-5, float("nan"), float("inf")])
@@ -247,7 +250,7 @@ def test_impossible_tolerances_are_usage_errors(tiny_export, tiny_config, tmp_pa
     with pytest.raises(UsageError, match="tolerance"):
         verification.verify(tiny_export, providers="cpu", **{name: bound})
     with pytest.raises(UsageError, match="tolerance"):
-        publish.run_pipeline(tiny_config, tmp_path / "new", **{name: bound})
+        publish.run_pipeline(tiny_config, tmp_path / "new", options=ExportOptions(**{name: bound}))
 
 
 def test_real_ctrl_c_during_export_keeps_the_old_export(existing):
@@ -275,7 +278,7 @@ def test_force_never_replaces_a_folder_of_other_files(tiny_training, tmp_path, m
     mine = tmp_path / "thesis"
     mine.mkdir()
     (mine / "chapter1.txt").write_text("precious")
-    for call in (lambda: publish.export(tiny_training, mine, providers="cpu", force=True),
+    for call in (lambda: publish.export(tiny_training, mine, ExportOptions(providers="cpu", force=True)),
                  lambda: trainer.save_training(tiny_training, mine, force=True),
                  lambda: artifacts.check_target(mine, force=True)):
         with pytest.raises(UsageError, match="not an edgeae folder"):
@@ -319,11 +322,12 @@ def test_an_interrupt_swallowed_where_it_landed_still_publishes_nothing(tiny_tra
     artifacts.INTERRUPTED.set()
     try:
         with pytest.raises(KeyboardInterrupt):
-            publish.export(tiny_training, folder, providers="cpu", variants=(), measure_routing=False)
+            publish.export(tiny_training, folder, ExportOptions(providers="cpu", variants=(), measure_routing=False))
     finally:
         artifacts.INTERRUPTED.clear()
     assert list(tmp_path.iterdir()) == []
-    publish.export(tiny_training, folder, providers="cpu", variants=(), measure_routing=False)  # cleared: publishes
+    # cleared: publishes
+    publish.export(tiny_training, folder, ExportOptions(providers="cpu", variants=(), measure_routing=False))
     assert (folder / "manifest.json").is_file()
 
 

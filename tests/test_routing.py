@@ -6,9 +6,11 @@ import pytest
 from click.testing import CliRunner
 
 from edgeae import runtime
+from edgeae.runtime.routes import DEFAULT_CHUNK
 from edgeae.exporter import publish
+from edgeae.exporter.options import ExportOptions
 from edgeae.measure import routing
-from edgeae.contract.files import read_manifest
+from edgeae.contract.manifest import read_manifest
 from edgeae.measure.bench import onnx_paths
 from edgeae.cli import main
 from edgeae.contract.errors import EdgeAEError
@@ -65,12 +67,12 @@ def covers_every_size(routes):
 
 
 def test_an_export_measures_its_routing_and_the_runtime_runs_in_its_chunk(tiny_export, monkeypatch):
-    manifest = read_manifest(tiny_export)
+    manifest = read_manifest(tiny_export).to_body()
     edge = runtime.load(tiny_export, "cpu")
     for role in ("autoencoder", "encoder"):
         entry = manifest["variants"][role]["fp32"]
         assert covers_every_size(entry["by_batch"]) and entry["chunk"] in routing.CHUNKS
-        assert set(entry["routing"]["time_over_base"]) == set(routing.candidates(manifest, role, "fp32"))
+        assert set(entry["routing"]["time_over_base"]) == set(routing.candidates(read_manifest(tiny_export), role, "fp32"))
         assert entry["routing"]["cpu"]["cores"] >= 1
         model = edge.models[role]
         assert model.chunk == entry["chunk"]
@@ -90,18 +92,18 @@ def test_an_export_measures_its_routing_and_the_runtime_runs_in_its_chunk(tiny_e
 
 
 def test_fixed_routing_keeps_the_rule_and_is_a_flag(tiny_training, tmp_path):
-    path, _ = publish.export(tiny_training, tmp_path / "fixed", providers="cpu", measure_routing=False)
-    entry = read_manifest(path)["variants"]["autoencoder"]["fp32"]
+    path, _ = publish.export(tiny_training, tmp_path / "fixed", ExportOptions(providers="cpu", measure_routing=False))
+    entry = read_manifest(path).to_body()["variants"]["autoencoder"]["fp32"]
     assert entry["by_batch"] == FIXED_ROUTES
     assert "chunk" not in entry and "routing" not in entry
-    assert runtime.load(path, "cpu").models["autoencoder"].chunk == runtime.DEFAULT_CHUNK
+    assert runtime.load(path, "cpu").models["autoencoder"].chunk == DEFAULT_CHUNK
     with pytest.raises(EdgeAEError, match="measure_routing must be True or False, got 'no'"):
-        publish.export(tiny_training, tmp_path / "bad", providers="cpu", measure_routing="no")
+        publish.export(tiny_training, tmp_path / "bad", ExportOptions(providers="cpu", measure_routing="no"))
     assert not (tmp_path / "bad").exists()
 
 
 def test_rewrite_routing_measures_and_rewrites_only_the_routing_sealed(export_copy, monkeypatch):
-    before = read_manifest(export_copy)
+    before = read_manifest(export_copy).to_body()
     measured, real_measure = [], routing.measure
 
     def plain_made_fastest(folder, manifest, role, graphs, base_file):
@@ -118,7 +120,7 @@ def test_rewrite_routing_measures_and_rewrites_only_the_routing_sealed(export_co
     assert measured[0][1] == ["autoencoder.b1.onnx", "autoencoder.onnx", "autoencoder.plain.onnx",
                               "autoencoder.unrolled.onnx"]  # the portable graph is published, and not routed
     assert chosen["autoencoder"] == [{"batches": [1, None], "file": "autoencoder.plain.onnx"}]
-    after = read_manifest(export_copy)  # sealed: read_manifest checks the checksum
+    after = read_manifest(export_copy).to_body()  # sealed: read_manifest checks the checksum
     for role in ("autoencoder", "encoder"):
         entry = after["variants"][role]["fp32"]
         assert entry["by_batch"] == chosen[role]
@@ -143,7 +145,7 @@ def test_bench_rewrite_routing_option_prints_the_routes_and_refuses_a_wrong_fold
     assert "autoencoder routing: batch" in result.stderr and "encoder routing: batch" in result.stderr  # sizes as measured
     assert json.loads(result.stdout)["results"]
     edge = runtime.load(export_copy, "cpu")
-    for role, by_name in read_manifest(export_copy)["variants"].items():
+    for role, by_name in read_manifest(export_copy).to_body()["variants"].items():
         assert covers_every_size(by_name["fp32"]["by_batch"])  # measured for real: every size has exactly one graph
         assert edge.models[role].graph_for(1).name == by_name["fp32"]["by_batch"][0]["file"]
     bad = CliRunner().invoke(main, ["bench", str(tmp_path), "--rewrite-routing"])
@@ -153,5 +155,5 @@ def test_bench_rewrite_routing_option_prints_the_routes_and_refuses_a_wrong_fold
 def test_optimize_fixed_routing_option_keeps_the_rule(export_copy):
     result = CliRunner().invoke(main, ["optimize", str(export_copy), "--provider", "cpu", "--fixed-routing"])
     assert result.exit_code == 0, result.output
-    entry = read_manifest(export_copy)["variants"]["autoencoder"]["fp32"]
+    entry = read_manifest(export_copy).to_body()["variants"]["autoencoder"]["fp32"]
     assert entry["by_batch"] == FIXED_ROUTES and "chunk" not in entry and "routing" not in entry

@@ -13,9 +13,11 @@ import onnxruntime as ort
 import pytest
 
 from edgeae import runtime
-from edgeae.contract.files import read_manifest, write_manifest
-from edgeae.data.series import Preprocessing
-from edgeae.contract.errors import DataError, IntegrityError, ProviderError, ShapeError, UsageError
+from edgeae.runtime import providers
+from edgeae.runtime.session import OnnxModel, _fast_run
+from edgeae.contract.manifest import read_manifest, write_manifest
+from edgeae.data.windows import Preprocessing
+from edgeae.contract.errors import DataError, InferenceError, IntegrityError, ProviderError, ShapeError, UsageError
 from edgeae.contract.variants import UNROLLED_FROM
 
 from .conftest import PROVIDERS, REPO
@@ -146,23 +148,23 @@ def test_node_placement_names_every_node(tiny_export):
 
 
 def test_providers_resolve_honestly(monkeypatch):
-    assert runtime.resolve_providers("cpu") == ["CPUExecutionProvider"]
-    monkeypatch.setattr(runtime, "available_providers", lambda: ["CPUExecutionProvider"])
-    assert runtime.resolve_providers("auto") == ["CPUExecutionProvider"]
+    assert providers.resolve_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(providers, "available_providers", lambda: ["CPUExecutionProvider"])
+    assert providers.resolve_providers("auto") == ["CPUExecutionProvider"]
     with pytest.raises(ProviderError, match="CUDAExecutionProvider requested; available: CPUExecutionProvider"):
-        runtime.resolve_providers("cuda")
+        providers.resolve_providers("cuda")
     with pytest.raises(ProviderError):
-        runtime.resolve_providers("tensorrt")
+        providers.resolve_providers("tensorrt")
     with pytest.raises(ProviderError):
-        runtime.resolve_providers([])
-    monkeypatch.setattr(runtime, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert runtime.resolve_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert runtime.resolve_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers.resolve_providers([])
+    monkeypatch.setattr(providers, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert providers.resolve_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers.resolve_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def test_silent_cuda_fallback_is_an_error(tiny_export, monkeypatch):
     """onnxruntime would quietly run on the CPU; edgeae must not."""
-    monkeypatch.setattr(runtime, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(providers, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine really has CUDA")
     with pytest.raises(ProviderError):
@@ -315,7 +317,7 @@ def test_variant_flags_agree_with_their_calibration(tiny_export):
         assert int(flags.sum()) == record["flagged"], name
 
 
-def _count_runs(model: runtime.OnnxModel, counts: dict, key: str) -> None:
+def _count_runs(model: OnnxModel, counts: dict, key: str) -> None:
     """Count the runs of `model`'s graph, by feed or over its bound one-window buffers."""
     call = model._call
     def counted(names, feed):
@@ -332,7 +334,7 @@ def _count_runs(model: runtime.OnnxModel, counts: dict, key: str) -> None:
 
 def test_each_batch_size_runs_on_the_graph_the_manifest_names(fixed_routes, rng):
     tiny_export = fixed_routes
-    manifest = read_manifest(tiny_export)
+    manifest = read_manifest(tiny_export).to_body()
     assert manifest["variants"]["autoencoder"]["fp32"]["by_batch"] == [
         {"batches": [1, 1], "file": "autoencoder.b1.onnx"},
         {"batches": [2, UNROLLED_FROM - 1], "file": "autoencoder.onnx"},
@@ -375,7 +377,7 @@ def test_a_batch_graph_alone_runs_any_batch(tiny_export, rng, variant, file):
 
 
 def test_an_export_without_batch_graphs_runs_every_batch_on_its_own_graph(export_copy, rng):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     del manifest["variants"]["autoencoder"]["fp32"]["by_batch"]
     write_manifest(export_copy, manifest)
     model = runtime.load(export_copy, "cpu")
@@ -402,7 +404,7 @@ def test_a_tampered_batch_graph_is_refused(fixed_routes, file):
                                     [{"batches": [2, None], "file": "encoder.onnx"}],
                                     [{"batches": [2, None], "file": "missing.onnx"}]])
 def test_a_malformed_batch_route_is_refused(export_copy, routes):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     manifest["variants"]["autoencoder"]["fp32"]["by_batch"] = routes
     write_manifest(export_copy, manifest)
     with pytest.raises(IntegrityError):
@@ -410,11 +412,11 @@ def test_a_malformed_batch_route_is_refused(export_copy, routes):
 
 
 def test_graphs_that_cannot_serve_a_batch_range_are_refused(tiny_export, tmp_path):
-    auto = runtime.OnnxModel(tiny_export / "autoencoder.onnx", "cpu")
+    auto = OnnxModel(tiny_export / "autoencoder.onnx", "cpu")
     with pytest.raises(IntegrityError, match="differ"):
-        auto.route(runtime.OnnxModel(tiny_export / "encoder.onnx", "cpu"), 2, None)
+        auto.route(OnnxModel(tiny_export / "encoder.onnx", "cpu"), 2, None)
     with pytest.raises(IntegrityError, match="one-window graph"):
-        auto.route(runtime.OnnxModel(tiny_export / "autoencoder.b1.onnx", "cpu"), 1, 4)
+        auto.route(OnnxModel(tiny_export / "autoencoder.b1.onnx", "cpu"), 1, 4)
     proto = onnx.load(str(tiny_export / "autoencoder.onnx"))
     proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
     onnx.save(proto, str(tmp_path / "fixed4.onnx"))
@@ -425,9 +427,9 @@ def test_graphs_that_cannot_serve_a_batch_range_are_refused(tiny_export, tmp_pat
 def test_runs_through_the_public_method_where_the_binding_is_hidden(tiny_export, rng):
     session = ort.InferenceSession(str(tiny_export / "encoder.onnx"), providers=["CPUExecutionProvider"])
     public = types.SimpleNamespace(run=session.run)
-    assert runtime._fast_run(public) == session.run
+    assert _fast_run(public) == session.run
     x = rng.uniform(0, 1, (4, 6, 3)).astype(np.float32)
-    np.testing.assert_array_equal(runtime._fast_run(session)(["embedding"], {"sequence": x})[0],
+    np.testing.assert_array_equal(_fast_run(session)(["embedding"], {"sequence": x})[0],
                                   session.run(["embedding"], {"sequence": x})[0])
 
 
@@ -446,7 +448,7 @@ def test_non_finite_outputs_are_an_error_and_huge_finite_ones_are_not(tiny_expor
         if error is None:
             assert np.all(model.reconstruct(x) > 1e19)
         else:
-            with pytest.raises(runtime.InferenceError, match=error):
+            with pytest.raises(InferenceError, match=error):
                 model.reconstruct(x)
 
 
@@ -516,12 +518,12 @@ def test_a_bound_run_never_broadcasts_or_converts_a_window(tiny_export, window, 
     for role in ("autoencoder", "encoder"):
         for count in (1, 2):
             x = np.ones((count, *window[1:]), dtype) if len(window) > 1 else np.ones((count,), dtype)
-            with pytest.raises(runtime.InferenceError, match="inference failed"):
+            with pytest.raises(InferenceError, match="inference failed"):
                 model.models[role].run_windows(x)
 
 
 def test_a_provider_named_twice_is_asked_for_once(tiny_export, recwarn):
-    assert runtime.resolve_providers(["cpu", "CPU", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert providers.resolve_providers(["cpu", "CPU", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     runtime.load(tiny_export, ["cpu", "cpu"])
     assert not [w for w in recwarn if "provider" in str(w.message).lower()]
 

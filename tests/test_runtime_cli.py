@@ -163,3 +163,16 @@ def test_training_folder_and_foreign_files_are_usage_errors(tiny_training, tiny_
     semi = tmp_path / "semi.csv"
     semi.write_text("a;b;c\n1,5;2;3\n")
     assert "'1,5' has a decimal comma" in one_line(run("score", tiny_export, semi), EXIT_DATA)
+
+
+def test_score_a_single_onnx_file_against_a_csv(tiny_export, series_csv, tmp_path):
+    """A lone .onnx file has no manifest: its CSV columns are taken as they come, not from a training record."""
+    path, _ = series_csv
+    model = tmp_path / "model.onnx"
+    model.write_bytes((tiny_export / "autoencoder.onnx").read_bytes())
+    assert runtime.load(model, "cpu").manifest is None
+    out = tmp_path / "scores.csv"
+    result = run("score", model, path, "-o", out, "--provider", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("score,") and len(lines) == 16

@@ -5,14 +5,16 @@ import numpy as np
 import pytest
 
 from edgeae.exporter import publish
-from edgeae.data.series import seed_sequence
+from edgeae.exporter.options import ExportOptions
+from edgeae.data.windows import seed_sequence
 from edgeae.trainer.model import TrainConfig
 
 pytestmark = pytest.mark.slow
 
 
 def test_full_seed_run_reproduces_the_notebook(tmp_path):
-    out, report, training = publish.run_pipeline(TrainConfig(), tmp_path / "exported", providers="cpu")
+    out, report, training = publish.run_pipeline(TrainConfig(), tmp_path / "exported",
+                                                 options=ExportOptions(providers="cpu"))
     summary = training.summary()
     assert summary["parameters"] == 123_305
     assert summary["epochs_run"] == 300

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgeae import runtime
-from edgeae.data.series import make_windows
+from edgeae.data.windows import make_windows
 from edgeae.detection.threshold import calibrate_threshold
 from edgeae.contract.errors import DataError, ShapeError, UsageError
 from edgeae.runtime.streaming import StreamScorer

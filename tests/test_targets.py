@@ -4,14 +4,14 @@ import json
 import onnx
 
 from edgeae.contract import layout
-from edgeae.contract.files import read_manifest
+from edgeae.contract.manifest import read_manifest
 
 # ---------------------------------------------------------------- target report
 
 
 def test_target_report_lists_every_node_and_provider(tiny_export):
     targets = json.loads((tiny_export / layout.TARGETS_FILE).read_text())
-    manifest = read_manifest(tiny_export)
+    manifest = read_manifest(tiny_export).to_body()
     published = {v["file"] for variants in manifest["variants"].values() for name, v in variants.items()
                  if v["published"] and name != "plain"}
     assert set(targets["models"]) == published

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeae.exporter import publish
+from edgeae.exporter.options import ExportOptions
 from edgeae.trainer import training as trainer
 from edgeae.cli import main
 from edgeae.contract.errors import EXIT_DATA, LearningError, ParityError, UsageError
@@ -36,7 +37,7 @@ def test_the_api_refuses_to_export_over_the_training_folder(tiny_training, tmp_p
     before = sorted(p.name for p in folder.iterdir())
     for out in (folder, tmp_path):
         with pytest.raises(UsageError, match="refusing to export to .*: it is the training folder"):
-            publish.export(loaded, out, providers="cpu", force=True)
+            publish.export(loaded, out, ExportOptions(providers="cpu", force=True))
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
@@ -88,8 +89,9 @@ def test_pipeline_keeps_the_trained_model_when_the_export_fails(tmp_path):
     out = tmp_path / "export"
     for kept in ("export.training", "export.training-2"):  # a second failure never replaces the first run
         with pytest.raises(ParityError, match=rf"allow more with --rtol .*kept in {re.escape(str(tmp_path / kept))}"):
-            publish.run_pipeline(config, out, data, providers="cpu", atol=1e-15, rtol=1e-15, variants=())
+            publish.run_pipeline(config, out, data,
+                                 options=ExportOptions(providers="cpu", atol=1e-15, rtol=1e-15, variants=()))
         assert not out.exists()
-    path, report = publish.export(trainer.load_training(tmp_path / "export.training"), out, providers="cpu",
-                                  variants=())
+    path, report = publish.export(trainer.load_training(tmp_path / "export.training"), out,
+                                  ExportOptions(providers="cpu", variants=()))
     assert report and path == out

@@ -6,6 +6,7 @@ folder can: the checksums then hold, so only the numbers can tell.
 """
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -13,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from edgeae.exporter import publish
+from edgeae.exporter.options import OPTIMIZE_DEFAULTS, ExportOptions
 from edgeae.verifier import verification
-from edgeae.contract.files import file_entry, read_manifest, write_manifest
+from edgeae.contract.manifest import file_entry, read_manifest, write_manifest
 from edgeae.cli import main
 from edgeae.contract.errors import EXIT_INTEGRITY, EXIT_PARITY, IntegrityError, UsageError
 from edgeae.contract.parity import Tolerance, check_tolerance, compare
@@ -24,16 +26,14 @@ from edgeae.trainer import training as trainer
 @pytest.fixture(scope="module")
 def narrow_export(tiny_config, tmp_path_factory):
     """Another export of the tiny export's window shape, with 3 units instead of 8."""
-    from dataclasses import replace
-
     out = tmp_path_factory.mktemp("narrow") / "export"
-    publish.export(trainer.train(replace(tiny_config, units=3, epochs=2)), out, providers="cpu")
+    publish.export(trainer.train(replace(tiny_config, units=3, epochs=2)), out, ExportOptions(providers="cpu"))
     return out
 
 
 def reseal(folder, name, content: bytes) -> None:
     (folder / name).write_bytes(content)
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder).to_body()
     manifest["files"][name] = file_entry(folder / name, manifest["files"][name]["role"])
     write_manifest(folder, manifest)
 
@@ -44,7 +44,7 @@ def cli_verify(folder, against="stored"):
 
 def test_verify_rechecks_every_published_variant_against_its_recorded_tolerance(tiny_export):
     report = verification.verify(tiny_export, providers="cpu", against="stored")
-    manifest = read_manifest(tiny_export)
+    manifest = read_manifest(tiny_export).to_body()
     assert report and report.variants
     routed = {route["file"] for by_name in manifest["variants"].values() for route in by_name["fp32"]["by_batch"]}
     # a one-window or unrolled graph the routing measured here sends batches to is checked as that route
@@ -62,7 +62,7 @@ def test_verify_rechecks_every_published_variant_against_its_recorded_tolerance(
 
 
 def test_a_batch_graph_no_route_uses_is_verified_as_a_variant(fixed_routes):
-    manifest = read_manifest(fixed_routes)  # batch 1 on the one-window graph, the rest on the clean one
+    manifest = read_manifest(fixed_routes).to_body()  # batch 1 on the one-window graph, the rest on the clean one
     manifest["variants"]["autoencoder"]["fp32"]["by_batch"] = [
         {"batches": [1, 1], "file": "autoencoder.b1.onnx"}, {"batches": [2, None], "file": "autoencoder.onnx"}]
     write_manifest(fixed_routes, manifest)
@@ -108,7 +108,7 @@ def test_an_int8_file_with_halved_weight_scales_fails_verify(export_copy):
 
 
 def test_verify_holds_a_variant_to_the_tolerance_its_manifest_records(export_copy):
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     manifest["variants"]["encoder"]["fp16"]["tolerance"] = {"abs": None, "rel_range": 1e-9}
     write_manifest(export_copy, manifest)
     report = verification.verify(export_copy, providers="cpu", against="stored")
@@ -156,10 +156,10 @@ def test_compare_refuses_outputs_of_another_shape_as_an_integrity_error():
     with pytest.raises(IntegrityError, match=r"^x.onnx gives shape \(2, 4\), the reference \(2, 8\)"):
         compare(np.zeros((2, 8)), np.zeros((2, 4)), model="m", provider="cpu", dataset="d", source="x.onnx")
     rel = compare(np.array([0.0, 10.0]), np.array([0.0, 10.5]), model="m", provider="cpu", dataset="d",
-                  tolerance_abs=None, tolerance_rel_range=0.1)
+                  tolerance=Tolerance(rel_range=0.1))
     assert rel and rel.tolerance_abs is None and "rel-to-range 5.00e-02 <= 1e-01" in rel.line()
     assert not compare(np.array([0.0, 10.0]), np.array([0.0, 12.0]), model="m", provider="cpu", dataset="d",
-                       tolerance_abs=None, tolerance_rel_range=0.1)
+                       tolerance=Tolerance(rel_range=0.1))
 
 
 @pytest.mark.parametrize("tolerances, message", [
@@ -171,7 +171,7 @@ def test_compare_refuses_outputs_of_another_shape_as_an_integrity_error():
 def test_optimize_refuses_tolerances_of_the_wrong_type(tiny_export, tolerances, message):
     before = (tiny_export / "manifest.json").read_bytes()
     with pytest.raises(UsageError, match=message):
-        publish.optimize(tiny_export, providers="cpu", tolerances=tolerances)
+        publish.optimize(tiny_export, replace(OPTIMIZE_DEFAULTS, providers="cpu", tolerances=tolerances))
     assert (tiny_export / "manifest.json").read_bytes() == before
 
 
@@ -194,7 +194,7 @@ def test_the_committed_export_verifies_with_every_variant():
 
 def test_verify_refuses_a_manifest_whose_default_model_is_not_the_file_it_checks(export_copy):
     """The runtime loads models.<role>.file: pointed at the int8 file, fp32's 1e-5 would never be checked."""
-    manifest = read_manifest(export_copy)
+    manifest = read_manifest(export_copy).to_body()
     manifest["models"]["autoencoder"]["file"] = "autoencoder.int8.onnx"
     write_manifest(export_copy, manifest)
     result = cli_verify(export_copy)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from edgeae import runtime
-from edgeae.data.series import cut_windows, load_features
+from edgeae.data.series import load_features
+from edgeae.data.windows import cut_windows
 
 from .conftest import EXPORTED, REPO
 

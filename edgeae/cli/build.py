@@ -8,12 +8,21 @@ import click
 
 from edgeae.contract.files import check_target
 from edgeae.contract.errors import ParityError, UsageError
+from edgeae.contract.variants import check_variant_names
 from edgeae.cli.app import DEFAULT_EXPORT, DEFAULT_TRAINING, main
 from edgeae.cli.options import (
     build_option, config_and_data, json_option, parity_options, progress_printer, routing_option, split_columns,
     training_options,
 )
 from edgeae.cli.render import detector_lines, early_stop_lines, emit, time_axis_lines
+from edgeae.exporter.demo import demo as run_demo
+from edgeae.exporter.demo import demo_config
+from edgeae.exporter import publish
+from edgeae.exporter.options import ExportOptions, UserModelOptions
+from edgeae.exporter.sections import folder_lines, folder_variants
+from edgeae.exporter.user_model import is_keras_file, parse_scaling_values
+from edgeae.trainer import training as trainer
+from edgeae.verifier.verification import verify as verify_export
 
 
 @main.command()
@@ -30,14 +39,12 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
       edgeae train --epochs 50 --out runs/small
       edgeae train --data sensors.csv --columns temp,pressure --validation-fraction 0.2 --patience 20
     """
-    from edgeae.trainer.training import check_learned, save_training, train as train_model
-
     quiet = kw["quiet"]
     config, data, columns = config_and_data(kw)
     check_target(out, force)  # fail before training, not after
-    training = train_model(config, data, columns, progress_printer(quiet, config.epochs))
-    save_training(training, out, force)
-    check_learned(training, kept=out)
+    training = trainer.train(config, data, columns, progress_printer(quiet, config.epochs))
+    trainer.save_training(training, out, force)
+    trainer.check_learned(training, kept=out)
     summary = training.summary()
     emit(ctx, {"out": str(out), **summary}, [
         f"trained {summary['parameters']:,} parameters for {summary['epochs_run']} epochs: final loss {summary['final_loss']:.3e}, "
@@ -100,30 +107,26 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
       edgeae export my_model.keras --data train.csv --scaling standard --calibrate normal.csv --out exported/mine
       edgeae export my_model.keras --scaling standard --scaling-values mean=20.5,3.1 --scaling-values std=4.2,0.8
     """
-    from edgeae.exporter import publish
-    from edgeae.exporter.user_model import is_keras_file, parse_scaling_values
-    from edgeae.contract.variants import check_variant_names
-
     publish.check_export_target(out, training_dir, force)  # before TensorFlow loads and the model runs
     built = build or None
     check_variant_names(built)
+    options = ExportOptions(opset=opset, atol=atol, rtol=rtol, providers=provider, force=force, variants=built,
+                            threshold_quantile=threshold_quantile, threshold=threshold,
+                            threshold_source=threshold_source, measure_routing=not fixed_routing)
     if training_dir.is_file() or is_keras_file(training_dir):
-        path, report = publish.export_keras(
-            training_dir, out, own["encoder_layer"], own["data"], split_columns(own["columns"]), own["scaling"],
-            own["clip_quantiles"], own["stride"], own["calibrate"], threshold_quantile, opset, atol, provider, force,
-            built, rtol, threshold, threshold_source,
-            parse_scaling_values(own["scaling_values"]) if own["scaling_values"] else None, not fixed_routing)
+        model = UserModelOptions(
+            encoder_layer=own["encoder_layer"], data=own["data"], columns=split_columns(own["columns"]),
+            scaling=own["scaling"], clip_quantiles=own["clip_quantiles"], stride=own["stride"], calibrate=own["calibrate"],
+            scaling_values=parse_scaling_values(own["scaling_values"]) if own["scaling_values"] else None)
+        path, report = publish.export_keras(training_dir, out, model, options)
     else:
         given = [f"--{name.replace('_', '-')}" for name, value in own.items()
                  if value is not None and value != OWN_MODEL_DEFAULTS.get(name)]
         if given:
             raise UsageError(f"{', '.join(given)} apply to your own Keras model file, not to a training folder")
-        from edgeae.trainer.training import load_training
-
-        path, report = publish.export(load_training(training_dir), out, opset, atol, provider, force,
-                                      threshold_quantile, built, rtol, threshold, threshold_source, not fixed_routing)
-    emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": publish.folder_variants(path)},
-         [*report.summary_lines(), *publish.folder_lines(path, targets=False), *detector_lines(path), f"exported to {path}"])
+        path, report = publish.export(trainer.load_training(training_dir), out, options)
+    emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": folder_variants(path)},
+         [*report.summary_lines(), *folder_lines(path, targets=False), *detector_lines(path), f"exported to {path}"])
 
 
 @main.command()
@@ -144,8 +147,6 @@ def verify(ctx: click.Context, export_dir: Path, atol: float | None, rtol: float
       edgeae verify exported --provider cpu --atol 1e-6
       edgeae verify exported --provider cuda --against stored   # on a device without TensorFlow
     """
-    from edgeae.verifier.verification import verify as verify_export
-
     report = verify_export(export_dir, provider, atol, against, rtol)
     emit(ctx, report.to_dict(), report.summary_lines())
     if not report:
@@ -175,10 +176,8 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
       edgeae optimize exported --provider cpu
       edgeae optimize exported --build int8 --build int8-dynamic   # the fast int8, proven on each device
     """
-    from edgeae.exporter import publish
-
-    result = publish.optimize(export_dir, provider, variants=build or None, atol=atol, rtol=rtol,
-                              measure_routing=not fixed_routing)
+    result = publish.optimize(export_dir, ExportOptions(atol=atol, rtol=rtol, providers=provider, variants=build or None,
+                                                        measure_routing=not fixed_routing))
     emit(ctx, {"out": str(export_dir), **result.to_dict()}, [*result.lines(), f"published to {export_dir}"])
     missed = [f"{v.role}/{v.name}" for v in result.variants if not v.published]
     if strict and missed:
@@ -205,21 +204,20 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol
       edgeae pipeline --force                      # regenerate exported/
       edgeae pipeline --epochs 20 --units 16 --out runs/small
     """
-    from edgeae.exporter import publish
-
     quiet = kw["quiet"]
     config, data, columns = config_and_data(kw)
-    path, report, training = publish.run_pipeline(config, out, data, columns, opset, atol, provider, force,
-                                                  progress_printer(quiet, config.epochs), build or None, rtol,
-                                                  not fixed_routing)
+    options = ExportOptions(opset=opset, atol=atol, rtol=rtol, providers=provider, force=force, variants=build or None,
+                            measure_routing=not fixed_routing)
+    path, report, training = publish.run_pipeline(config, out, data, columns, progress_printer(quiet, config.epochs),
+                                                  options)
     summary = training.summary()
-    emit(ctx, {"out": str(path), "training": summary, "parity": report.to_dict(), "variants": publish.folder_variants(path)}, [
+    emit(ctx, {"out": str(path), "training": summary, "parity": report.to_dict(), "variants": folder_variants(path)}, [
         f"trained {summary['parameters']:,} parameters, {summary['epochs_run']} epochs, final loss {summary['final_loss']:.3e}, "
         f"training reconstruction max abs error {summary['train_reconstruction_max_abs']:.3e}",
         *time_axis_lines(summary),
         *early_stop_lines(summary),
         *report.summary_lines(),
-        *publish.folder_lines(path, targets=False),
+        *folder_lines(path, targets=False),
         *detector_lines(path),
         f"exported to {path}",
     ])
@@ -249,9 +247,6 @@ def demo(ctx: click.Context, out: Path, atol: float, rtol: float, force: bool, q
       edgeae demo --out runs/demo
       edgeae report runs/demo
     """
-    from edgeae.data.datasets import demo as run_demo
-    from edgeae.data.datasets import demo_config
-
     config = demo_config(**{k: v for k, v in overrides.items() if v is not None})
     result = run_demo(out, config, force=force, progress=progress_printer(quiet, config.epochs), atol=atol, rtol=rtol)
     emit(ctx, result.to_dict(), result.lines())

@@ -1,5 +1,6 @@
 """`edgeae fleet`: score, encode and sample many series (Parquet or CSV files, local or on object
-storage) on a Dask cluster; thin calls into edgeae.fleet, which imports Dask only when run."""
+storage) on a Dask cluster; each command builds its options once and makes one call into
+edgeae.fleet, which imports Dask only when run."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from edgeae.contract.errors import UsageError
 from edgeae.cli.app import main
 from edgeae.cli.options import json_option, split_columns, variant_option
 from edgeae.cli.render import emit
+from edgeae.fleet import FleetOptions, SampleOptions, run_dataset, run_fleet_bench, write_sample
 
 
 def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any] | None:
@@ -85,14 +87,12 @@ def _run_command(command: str, doc: str):
             threshold: float | None, by: str, order: str, columns: str | None, stride: int | None,
             scheduler: str | None, workers: int | None, storage: tuple[str, ...], force: bool, variant: str,
             as_json: bool) -> None:
-        from edgeae.fleet import run_dataset
-
         if command == "encode" and threshold is not None:
             raise UsageError("--threshold applies to fleet score")
-        record = run_dataset(command, export_dir, source, output, by, order, columns=split_columns(columns),
-                             time=time_column, stride=stride, variant=variant, threshold=threshold,
-                             scheduler=scheduler, workers=workers, storage_options=_storage_options(storage),
-                             force=force)
+        options = FleetOptions(by, order, columns=split_columns(columns), time=time_column, stride=stride,
+                               variant=variant, threshold=threshold, storage_options=_storage_options(storage),
+                               scheduler=scheduler, workers=workers, force=force)
+        record = run_dataset(command, export_dir, source, output, options)
         short = record["series_without_windows"]
         lines = [f"wrote {record['windows_written']} windows of {record['series']} series to {output} "
                  f"(expected {record['windows_expected']}; {record['engine']['workers']} workers, "
@@ -137,11 +137,9 @@ def sample(ctx: click.Context, source: str, output: Path, timesteps: int, per_se
       edgeae fleet sample data/ --by machine --order step --timesteps 10 --per-series 50 -o sample.npy
       edgeae train --data sample.npy --validation-fraction 0.2
     """
-    from edgeae.fleet import write_sample
-
-    record = write_sample(output, source, by, order, timesteps, per_series=per_series, share=share, seed=seed,
-                          columns=split_columns(columns), stride=stride or 1, scheduler=scheduler, workers=workers,
-                          storage_options=_storage_options(storage), force=force)
+    options = FleetOptions(by, order, columns=split_columns(columns), stride=stride,
+                           storage_options=_storage_options(storage), scheduler=scheduler, workers=workers, force=force)
+    record = write_sample(output, source, options, SampleOptions(timesteps, per_series, share, seed))
     emit(ctx, record, [f"wrote {record['windows']} windows of {record['series']} series to {output}"])
 
 
@@ -161,7 +159,5 @@ def bench(ctx: click.Context, export_dir: Path, series: int, rows: int, files: i
     Example:
       edgeae fleet bench exported --series 20 --rows 5000
     """
-    from edgeae.fleet import run_fleet_bench
-
     report = run_fleet_bench(export_dir, series, rows, files, progress=lambda msg: click.echo(msg, err=True))
     emit(ctx, report, report["lines"])

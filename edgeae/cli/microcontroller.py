@@ -8,6 +8,8 @@ import click
 from edgeae.cli.app import DEFAULT_EXPORT, main
 from edgeae.cli.options import json_option
 from edgeae.cli.render import emit
+from edgeae.mcu.bench import bench_c
+from edgeae.mcu.c_code import generate_c
 
 
 @main.command("c")
@@ -30,8 +32,6 @@ def c_code(ctx: click.Context, export_dir: Path, out: Path, precision: str, sour
       edgeae c exported --out firmware/edgeae --precision int8
       cc -std=c99 -O2 firmware/edgeae/edgeae_model.c firmware/edgeae/edgeae_golden.c -lm && ./a.out
     """
-    from edgeae.mcu.c_code import generate_c
-
     code = generate_c(export_dir, out, precision, source, force)
     payload = {"folder": str(code.folder), "precision": code.precision, "source": code.source, "files": list(code.files),
                "threshold": code.threshold, "tolerance": code.tolerance.to_dict(),
@@ -62,7 +62,5 @@ def c_bench(ctx: click.Context, export_dir: Path, precisions: tuple[str, ...], r
     Example:
       edgeae c-bench exported --precision fp32
     """
-    from edgeae.mcu.bench import bench_c
-
     reports = [bench_c(export_dir, precision, rounds, arm=not no_arm) for precision in dict.fromkeys(precisions)]
     emit(ctx, {"builds": [r.to_dict() for r in reports]}, [line for r in reports for line in r.lines()])

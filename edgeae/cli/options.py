@@ -6,8 +6,13 @@ from typing import Any
 
 import click
 
-from edgeae.contract.errors import UsageError
 from edgeae.cli.render import require_stdout
+from edgeae.contract.errors import UsageError
+from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL
+from edgeae.trainer.model import (
+    ACTIVATIONS, DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig, print_progress,
+)
+from edgeae.trainer.training import config_for
 
 
 def _json_needs_stdout(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -50,8 +55,6 @@ routing_option = click.option(
 def parity_options(recorded: bool = False):
     """--atol and --rtol, the fp32 parity bounds, for every command that checks parity; `recorded`:
     they default to what the export recorded (verify) instead of the library's defaults."""
-    from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL
-
     def note(value: float) -> str:
         return " [default: the export's recorded one]" if recorded else f" [default: {value:g}]"
 
@@ -66,8 +69,6 @@ def parity_options(recorded: bool = False):
 
 
 def training_options(fn):
-    from edgeae.trainer.model import ACTIVATIONS, DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig
-
     d = TrainConfig()
     options = [
         click.option("--data", type=click.Path(path_type=Path), default=None,
@@ -105,8 +106,6 @@ def training_options(fn):
 
 
 def config_and_data(kw: dict) -> tuple[Any, Path | None, tuple[str, ...] | None]:
-    from edgeae.trainer.training import config_for
-
     data, columns = kw.pop("data"), split_columns(kw.pop("columns"))
     kw.pop("quiet")
     return config_for(data, columns, **kw), data, columns
@@ -115,8 +114,6 @@ def config_and_data(kw: dict) -> tuple[Any, Path | None, tuple[str, ...] | None]
 def progress_printer(quiet: bool, epochs: int):
     if quiet:
         return None
-    from edgeae.trainer.model import print_progress
-
     return print_progress(epochs)
 
 

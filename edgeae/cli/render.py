@@ -1,6 +1,7 @@
 """What commands print and write: JSON or lines on stdout, and result files."""
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ from typing import Any
 import click
 import numpy as np
 
-from edgeae.contract.files import check_output_file
+from edgeae.contract.files import atomic_write_bytes, check_output_file, dumps_json
+from edgeae.contract.manifest import read_manifest
 from edgeae.contract.errors import ExportExistsError, UsageError
 
 
@@ -59,18 +61,15 @@ def early_stop_lines(summary: dict) -> list[str]:
 
 
 def detector_lines(folder: Path) -> list[str]:
-    from edgeae.contract.files import read_manifest
-
-    d = read_manifest(folder).get("detector")
-    if not d:
+    d = read_manifest(folder).detector
+    if d is None:
         return []
-    calibrated = (f"the {d['quantile']:g} quantile of the scores of {d['windows']} {d['calibrated_on']} window(s)"
-                  + (" (no validation part: expect more flags)" if "note" in d else ""))
-    chosen = d.get("chosen")
-    if isinstance(chosen, dict):  # detector.set_threshold's record
-        return [f"anomaly threshold {d['threshold']:.4g}: chosen by the user ({chosen.get('source')}); "
-                f"calibrated {chosen.get('calibrated_threshold')}, {calibrated}"]
-    return [f"anomaly threshold {d['threshold']:.4g}: {calibrated}"]
+    calibrated = (f"the {d.quantile:g} quantile of the scores of {d.windows} {d.calibrated_on} window(s)"
+                  + (" (no validation part: expect more flags)" if d.note is not None else ""))
+    if d.chosen is not None:  # detector.set_threshold's record
+        return [f"anomaly threshold {d.threshold:.4g}: chosen by the user ({d.chosen.source}); "
+                f"calibrated {d.chosen.calibrated_threshold}, {calibrated}"]
+    return [f"anomaly threshold {d.threshold:.4g}: {calibrated}"]
 
 
 OUTPUT_SUFFIXES = (".csv", ".npy", ".npz", ".json")
@@ -104,8 +103,6 @@ def _csv_bytes(payload: dict[str, np.ndarray]) -> bytes:
     """One row per window; integer columns (flags, start rows) stay integers, text (timestamps)
     as written, quoted where it holds a comma."""
     import csv
-    import io
-
     rows = len(next(iter(payload.values())))
     header: list[str] = []
     columns: list[list[str]] = []
@@ -125,10 +122,6 @@ def write_result(ctx: click.Context, payload: dict[str, np.ndarray], output: Pat
                  info: dict[str, Any] | None = None) -> None:
     """Per-window arrays to stdout or `output`; `info` (said once for all windows, such as drift)
     joins them in JSON and in the summary a file's --json prints."""
-    import io
-
-    from edgeae.contract.files import atomic_write_bytes, dumps_json
-
     info = info or {}
     if output is None:
         emit(ctx, {**payload, **info}, [json.dumps({**payload, **info}, default=jsonable)])

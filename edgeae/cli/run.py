@@ -1,15 +1,26 @@
 """Commands that run an export on the device runtime: inspect, encode, reconstruct, score, evaluate, bench, report."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from edgeae import runtime
 from edgeae.contract import versions
-from edgeae.measure.bench import MAX_BATCH as MAX_BENCH_BATCH
+from edgeae.contract.files import atomic_write_json
+from edgeae.data.series import load_features, load_labelled, load_times, trained_columns
+from edgeae.data.windows import cut_windows
+from edgeae.detection.threshold import check_precision, evaluate as run_evaluation
+from edgeae.exporter import publish
+from edgeae.measure.bench import MAX_BATCH as MAX_BENCH_BATCH, BenchOptions, run_bench
+from edgeae.runtime.providers import available_providers
+from edgeae.runtime.routes import batch_label
+from edgeae.runtime.session import placement_summary
+from edgeae.verifier.plots import ReportOptions, report as write_report
+from edgeae.verifier.target_report import runtime_lines
 from edgeae.cli.app import DEFAULT_EXPORT, main
 from edgeae.cli.options import json_option, provider_option, self_check_option, split_columns, variant_option
 from edgeae.cli.render import check_output, emit, write_result
@@ -45,19 +56,14 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
       edgeae bench exported --batch 1024 --threads 1 --no-cold-start --json
       edgeae bench my-export --rewrite-routing --training   # on the device: measure, reseal, time
     """
-    from edgeae.contract.files import atomic_write_json
-    from edgeae.measure.bench import run_bench
-
     roles = ("autoencoder", "encoder") if role == "both" else (role,)
     check_output(output, force, single_array=False, suffixes=(".json",), reads=(export_dir,))
     if rewrite_routing:
-        from edgeae.exporter.publish import rewrite_routing as rewrite
-        from edgeae.runtime import batch_label
-
-        for role, routes in rewrite(export_dir).items():
+        for role, routes in publish.rewrite_routing(export_dir).items():
             click.echo(f"{role} routing: " + ", ".join(f"{batch_label(*r['batches'])} {r['file']}" for r in routes), err=True)
-    report = run_bench(export_dir, keras, runs, warmup, threads, batches, not no_cold_start, roles,
-                       progress=lambda msg: click.echo(msg, err=True), training=training)
+    options = BenchOptions(keras=keras, runs=runs, warmup=warmup, threads=threads, batches=batches,
+                           cold=not no_cold_start, roles=roles, training=training)
+    report = run_bench(export_dir, options, progress=lambda msg: click.echo(msg, err=True))
     if output is not None:
         atomic_write_json(output, report.to_dict())
     emit(ctx, report.to_dict(), [report.table()])
@@ -77,33 +83,34 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, no_sel
     Example:
       edgeae inspect exported --provider cuda --variant int8
     """
-    from edgeae import runtime
-
     edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
-    info: dict[str, Any] = {"providers_available": runtime.available_providers(), "models": {}}
+    info: dict[str, Any] = {"providers_available": available_providers(), "models": {}}
     lines = [f"available providers: {', '.join(info['providers_available'])}"]
     graphs = [(role, m) for role, m in edge.models.items()]
-    graphs += [(f"{role} ({runtime.batch_label(first, last)})", other)
+    graphs += [(f"{role} ({batch_label(first, last)})", other)
                for role, m in edge.models.items() for first, last, other in m.routes]
     for role, m in graphs:
         placement = m.node_placement()
         info["models"][role] = {"file": m.name, "input": m.input_name, "outputs": m.output_names,
                                 "batch": 1 if m.one_window else "any", "window": [m.timesteps, m.features],
                                 "session_providers": m.providers, "proven_finite": m.proven_finite,
-                                "placement": placement, "placement_summary": runtime.placement_summary(placement)}
+                                "placement": placement, "placement_summary": placement_summary(placement)}
         batch = "1" if m.one_window else "batch"
         lines.append(f"{role} ({m.name}): {m.input_name} ({batch}, {m.timesteps}, {m.features}) -> {', '.join(m.output_names)}")
         lines.append(f"  session providers: {', '.join(m.providers)}")
         lines.append("  outputs: " + ("proven finite by the export's value bound, not checked per call" if m.proven_finite
                                       else "checked for inf/NaN on every call"))
-        for prov, count in runtime.placement_summary(placement).items():
+        for prov, count in placement_summary(placement).items():
             lines.append(f"  {count} nodes ran on {prov}")
         for node, prov in placement.items():
             if "LSTM" in node or prov != "CPUExecutionProvider":
                 lines.append(f"    {node}: {prov}")
-    if edge.manifest:
-        info["manifest"] = {k: edge.manifest.get(k) for k in ("kind", "edgeae_version", "created", "opset", "window", "parity")}
-        table, info["version_warnings"] = versions.against_export(edge.manifest.get("versions") or {})
+    manifest = edge.manifest
+    if manifest is not None:
+        info["manifest"] = {"kind": manifest.kind, "edgeae_version": manifest.edgeae_version, "created": manifest.created,
+                            "opset": manifest.opset, "window": asdict(manifest.window),
+                            "parity": manifest.parity.details or None}
+        table, info["version_warnings"] = versions.against_export(manifest.versions)
         info["versions"] = table
         lines.append("versions, exported with -> installed here:")
         lines += [f"  {name}: {v['export'] or '-'} -> {v['installed'] or 'not installed'}" for name, v in table.items()]
@@ -119,8 +126,6 @@ def _read_windows(edge: Any, path: Path, stride: int | None, columns: str | None
     `stride` None means the model's; one given for ready-made windows is refused, not ignored. A
     time column is never read as a feature.
     """
-    from edgeae.data.series import cut_windows, load_features, trained_columns
-
     series = load_features(path, edge.features, split_columns(columns), trained_columns(edge.manifest, path),
                            exclude=(time_column,) if time_column else ())
     return (*cut_windows(series, edge.timesteps, stride, edge.stride), series)
@@ -130,8 +135,6 @@ def _score_payload(edge: Any, windows: np.ndarray, starts: np.ndarray | None, se
                    threshold: float | None, time_column: str | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """score's columns (score, anomaly, window_start, start_time/end_time, one score_<feature> per
     feature: its part of the score) and what is said once for all windows (drift)."""
-    from edgeae.data.series import load_times
-
     result = edge.score(windows, threshold=threshold)
     payload: dict[str, np.ndarray] = {"score": result.scores}
     if result.flags is not None:
@@ -179,8 +182,6 @@ def runtime_command(name: str, doc: str):
     def command(ctx: click.Context, model: Path, data: Path, output: Path | None, stride: int | None,
                 columns: str | None, threshold: float | None, force: bool, provider: str, variant: str,
                 no_self_check: bool, as_json: bool, time_column: str | None = None) -> None:
-        from edgeae import runtime
-
         edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
         check_output(output, force, single_array=name != "score", reads=(model, data))
         windows, starts, series = _read_windows(edge, data, stride, columns, time_column)
@@ -224,10 +225,6 @@ def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: st
     Example:
       edgeae evaluate exported test.csv --columns temp,pressure --labels is_anomaly
     """
-    from edgeae import runtime
-    from edgeae.data.series import load_labelled, trained_columns
-    from edgeae.detection.threshold import check_precision, evaluate as run_evaluation
-
     check_precision(precision)  # before anything is loaded
     model = runtime.load(export_dir, provider)
     series, labels = load_labelled(data, model.features, split_columns(columns), trained_columns(model.manifest, data),
@@ -264,11 +261,9 @@ def report(ctx: click.Context, export_dir: Path, data: Path | None, columns: str
       edgeae report runs/demo --data test.csv --columns value --labels is_anomaly
       edgeae report runs/sensors --data test.csv --features acc_x,acc_z
     """
-    from edgeae.verifier.plots import report as write_report
-
-    paths = write_report(export_dir, data, split_columns(columns), labels_column, out,
-                         "cpu" if provider == "auto" else provider, force=force,
-                         features=None if features is None else tuple(f.strip() for f in features.split(",")))
+    options = ReportOptions(data, split_columns(columns), labels_column,
+                            None if features is None else tuple(f.strip() for f in features.split(",")))
+    paths = write_report(export_dir, options, out, "cpu" if provider == "auto" else provider, force=force)
     emit(ctx, {"plots": [str(p) for p in paths]}, [f"wrote {p}" for p in paths])
 
 
@@ -291,9 +286,6 @@ def targets(ctx: click.Context, export_dir: Path, runtimes: tuple[str, ...], as_
       edgeae targets exported
       edgeae targets exported --runtime tract --runtime onnx-reference
     """
-    from edgeae.exporter import publish
-    from edgeae.verifier.target_report import runtime_lines
-
     measured = publish.measure_targets(export_dir, runtimes or None)
     on = measured["measured_on"]
     emit(ctx, measured, [f"measured on {on['cpu']} ({', '.join(on['extensions']) or 'no vector extensions listed'}), "

@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeae.contract.files import atomic_write_bytes, atomic_write_json, file_entry, verify_file
+from edgeae.contract.files import atomic_write_bytes, atomic_write_json
+from edgeae.contract.manifest import file_entry, verify_file
+from edgeae.contract.records import Manifest
 from edgeae.contract.errors import IntegrityError
 from edgeae.contract.layout import GOLDEN_DATA_FILE as DATA_FILE
 from edgeae.contract.layout import GOLDEN_INDEX_FILE as INDEX_FILE
@@ -100,9 +102,9 @@ def _entry(data: np.ndarray, where: str, entry: Any) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def read_golden(folder: Path, manifest: dict) -> Golden:
+def read_golden(folder: Path, manifest: Manifest) -> Golden:
     """The golden vectors of a published export, each file checked against the manifest first."""
-    files = manifest.get("files") or {}
+    files = manifest.files
     if INDEX_FILE not in files or DATA_FILE not in files:
         raise IntegrityError(f"{folder} holds no golden vectors ({INDEX_FILE}, {DATA_FILE}); "
                              "export it again with this edgeae")
@@ -138,15 +140,14 @@ def read_golden(folder: Path, manifest: dict) -> Golden:
 
 
 def _check_shapes(inputs: dict[str, np.ndarray], expected: dict[str, dict[str, dict[str, np.ndarray]]],
-                  manifest: dict) -> None:
+                  manifest: Manifest) -> None:
     """Inputs must be this export's windows and every output the shape its model gives them,
     so an output that differs later is the model's fault, not the reference's."""
-    window = manifest.get("window") or {}
-    units = ((manifest.get("training") or {}).get("config") or {}).get("units")
+    window, units = manifest.window, manifest.units
     for name, x in inputs.items():
-        if x.ndim != 3 or x.shape[1:] != (window.get("timesteps"), window.get("features")):
+        if x.ndim != 3 or x.shape[1:] != (window.timesteps, window.features):
             raise IntegrityError(f"{INDEX_FILE}: inputs.{name} are {x.shape}, not windows of this export "
-                                 f"(n, {window.get('timesteps')}, {window.get('features')})")
+                                 f"(n, {window.timesteps}, {window.features})")
     for role, by_source in expected.items():
         for source, by_set in by_source.items():
             for name, y in by_set.items():

@@ -142,17 +142,16 @@ class ParityResult:
 
 
 def compare(reference: np.ndarray, actual: np.ndarray, *, model: str, provider: str, dataset: str,
-            tolerance_abs: float | None = DEFAULT_ATOL, tolerance_rel_range: float | None = None,
-            scale: np.ndarray | None = None, source: str | None = None) -> ParityResult:
+            tolerance: Tolerance = Tolerance(DEFAULT_ATOL), scale: np.ndarray | None = None,
+            source: str | None = None) -> ParityResult:
     """Compare two outputs; with `scale`, errors are measured in the model's own units.
 
     Raw units can span thousands, where float32 alone cannot resolve 1e-5; the network
     computes in scaled units, so that is where an absolute tolerance means something.
     The raw-unit error is kept alongside (`max_abs_raw`). The result passes within both
-    bounds given. An output of another shape than its reference cannot come from the
+    bounds of `tolerance`. An output of another shape than its reference cannot come from the
     reference's model: that is a MismatchError naming `source` (the file), not a figure.
     """
-    tolerance = Tolerance(tolerance_abs, tolerance_rel_range)
     reference = np.asarray(reference, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
     if reference.shape != actual.shape:

@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeae.contract.errors import UsageError
-from edgeae.contract.layout import ROLES, model_file
+from edgeae.contract.layout import (
+    GOLDEN_DATA_FILE, GOLDEN_INDEX_FILE, ORT_CONFIG_FILE, PARITY_REPORT_FILE, REFERENCE_FILE, ROLES, TARGETS_FILE,
+    detector_file, model_file,
+)
 from edgeae.contract.parity import Tolerance, fp32_tolerance
 
 DEFAULT_VARIANT = "fp32"
@@ -38,6 +41,8 @@ class VariantSpec:
     default: bool
     serves: tuple[str, int, int | None] | None = None
     about: str = ""
+    detector: bool = False  # a detector graph (reconstruction, score, flag) is made from it, named by its precision
+    c_code: bool = False  # the C generator writes its precision out for microcontrollers
 
     @property
     def self_checked(self) -> bool:
@@ -53,7 +58,8 @@ FP32 = fp32_tolerance()
 # 4.2e-3 of range on AVX-512 VNNI. Each bound sits at about twice the worst of them.
 SPECS: tuple[VariantSpec, ...] = (
     VariantSpec("plain", ".plain.onnx", "fp32", FP32, "onnx-plain", False, True, about="tf2onnx's own graph"),
-    VariantSpec("fp32", ".onnx", "fp32", FP32, "onnx", False, True, about="the clean graph (default)"),
+    VariantSpec("fp32", ".onnx", "fp32", FP32, "onnx", False, True, about="the clean graph (default)",
+                detector=True, c_code=True),
     VariantSpec("fp32-b1", ".b1.onnx", "fp32", FP32, "onnx-b1", True, True, ("fp32", 1, 1),
                 about="fp32 for exactly one window per run"),
     VariantSpec("fp32-unrolled", ".unrolled.onnx", "fp32", FP32, "onnx-unrolled", True, True,
@@ -61,9 +67,9 @@ SPECS: tuple[VariantSpec, ...] = (
     VariantSpec("portable", ".portable.onnx", "fp32", FP32, "onnx-portable", True, True,
                 about="fp32 without the LSTM operator"),
     VariantSpec("fp16", ".fp16.onnx", "fp16", Tolerance(rel_range=3e-3), "onnx-fp16", True, True,
-                about="float16 weights and network"),
+                about="float16 weights and network", detector=True),
     VariantSpec("int8", ".int8.onnx", "int8", Tolerance(rel_range=1e-2), "onnx-int8", True, True,
-                about="int8 weights, float compute"),
+                about="int8 weights, float compute", detector=True, c_code=True),
     VariantSpec("int8-dynamic", ".int8-dynamic.onnx", "int8", Tolerance(rel_range=1e-2), "onnx-int8-dynamic",
                 True, False, about="onnxruntime's dynamic int8: fastest, numbers depend on the CPU"),
     VariantSpec("ort", ".ort", "fp32", FP32, "ort", True, True, about="ORT format"),
@@ -79,6 +85,11 @@ DEFAULT_BUILT = tuple(spec.name for spec in SPECS if spec.built and spec.default
 SELF_CHECKED = tuple(spec.name for spec in SPECS if spec.self_checked)
 FP32_TOLERANCE_VARIANTS = tuple(spec.name for spec in SPECS if spec.tolerance == FP32)  # follow --atol/--rtol
 DEFAULT_TOLERANCES = {spec.name: spec.tolerance for spec in SPECS}
+DETECTOR_PRECISIONS = tuple(spec.precision for spec in SPECS if spec.detector)  # fp32, fp16, int8
+C_PRECISIONS = tuple(spec.precision for spec in SPECS if spec.c_code)  # fp32, int8
+# Files an export's build writes besides its model files: rebuilt, never carried over, by optimize.
+BUILT_FILES = (PARITY_REPORT_FILE, GOLDEN_INDEX_FILE, GOLDEN_DATA_FILE, REFERENCE_FILE, TARGETS_FILE,
+               ORT_CONFIG_FILE, *map(detector_file, DETECTOR_PRECISIONS))
 
 
 def variant_file(role: str, name: str) -> str:

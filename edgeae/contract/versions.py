@@ -12,7 +12,9 @@ import platform
 import re
 from importlib import metadata
 
-from edgeae import __version__
+# The one place the version is written: pyproject.toml reads it from here (setuptools' `attr`),
+# so the wheel's metadata, `importlib.metadata.version("edgeae")` and `edgeae --version` agree.
+__version__ = "0.2.0"
 
 RUNTIME_DISTRIBUTIONS = ("numpy", "onnxruntime", "onnxruntime-gpu", "click")
 TRAINING_DISTRIBUTIONS = ("tensorflow", "keras", "tf2onnx", "onnx")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgeae.contract.errors import require
-from edgeae.exporter.graphs.common import sibling
+from edgeae.conversion.graphs.common import sibling
 
 SCORE, ANOMALY = "score", "anomaly"
 
@@ -22,8 +22,8 @@ SCORE, ANOMALY = "score", "anomaly"
 def detector_graph(autoencoder: Any, scale: np.ndarray, threshold: float, variant: str) -> Any:
     """`autoencoder` (any published autoencoder graph of a batch dimension) with `score` and
     `anomaly` outputs added, `scale` and `threshold` the export's (the variant's own threshold)."""
-    require("onnx", "train")
-    from onnx import TensorProto, helper, numpy_helper
+    onnx = require("onnx", "train")
+    TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
 
     graph = autoencoder.graph
     x, y = graph.input[0].name, graph.output[0].name

@@ -5,7 +5,7 @@ training side computes it from Keras reconstructions, the device from onnxruntim
 threshold is placed midway between calibration scores, never on one, so the tiny parity
 error between the two cannot flip a calibration window from one side to the other.
 
-Only numpy is needed here (Keras is reached through the training object passed in).
+Only numpy and the device runtime are needed here (Keras is reached through the training object passed in).
 """
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeae.contract.checks import check_quantile, check_threshold
+from edgeae.contract.checks import check_quantile, check_threshold, is_whole
 from edgeae.contract.errors import DataError, UsageError
+from edgeae.contract.records import Detector, thawed
+from edgeae.data.windows import make_windows, window_labels
+from edgeae.runtime.scoring import reconstruction_error
+from edgeae.runtime.session import OnnxModel
 
 SCORE_DESCRIPTION = "mean squared reconstruction error per window, each feature scaled as the model sees it"
 RULE = "anomalous when score > threshold"
@@ -89,8 +93,6 @@ def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
 
 def keras_scores(training: Any, windows: np.ndarray) -> np.ndarray:
     """Scores of raw windows as the training side sees them: Keras reconstructions, same formula."""
-    from edgeae.runtime import reconstruction_error
-
     x = np.asarray(windows, dtype=np.float32)  # what the device's input check turns any input into
     return reconstruction_error(x, training.reconstruct(x), training.preprocessing.arrays()["scale"])
 
@@ -108,8 +110,6 @@ def variant_thresholds(folder: Path, variants: dict[str, Any], training: Any, qu
     fp16 and int8 reconstruct slightly differently from Keras; a threshold calibrated on
     Keras scores would flag a different share of the same windows on a device running them.
     """
-    from edgeae.runtime import OnnxModel, reconstruction_error
-
     quantile = check_quantile(quantile)
     windows, _ = calibration_windows(training)
     x = np.asarray(windows, dtype=np.float32)
@@ -289,10 +289,11 @@ def suggest_thresholds(scores: Any, labels: Any, precision: float = 0.9) -> Sugg
     return Suggestions(choice(best), precision, choice(int(reaching[-1])) if len(reaching) else None)
 
 
-def set_threshold(record: dict[str, Any], threshold: Any, source: str,
+def set_threshold(record: dict[str, Any] | Detector, threshold: Any, source: str,
                   calibration_scores: Any = None) -> dict[str, Any]:
     """The manifest's `detector` record with a threshold the user chose (say from evaluate's
-    suggestions), saying where it came from; the calibrated one is kept beside it.
+    suggestions), saying where it came from; the calibrated one is kept beside it. `record` is
+    the detector section being written, or a read manifest's `detector` (its JSON is copied).
 
     Every variant and detector graph takes the same value: a threshold chosen on labelled data
     is a decision about what to flag, not a quantile of one variant's scores (rebuild the
@@ -304,6 +305,8 @@ def set_threshold(record: dict[str, Any], threshold: Any, source: str,
         raise UsageError(f"threshold must be at least 0 (scores are), got {threshold!r}")
     if not isinstance(source, str) or not source.strip():
         raise UsageError(f"say where the threshold comes from (a non-empty text), got {source!r}")
+    if isinstance(record, Detector):  # a read manifest's: the writer's copy of what it holds
+        record = thawed(record.details)
     if not isinstance(record, dict) or "threshold" not in record:
         raise UsageError("record must be a manifest's detector record (with its calibrated threshold)")
     out = {key: value_ for key, value_ in record.items() if key != "flagged"}
@@ -340,9 +343,6 @@ def evaluate(model: Any, values: np.ndarray, labels: np.ndarray, stride: int | N
     the model's, as `score` cuts a series. With a target `precision` the result also suggests
     thresholds from the labels (`suggest_thresholds`).
     """
-    from edgeae.data.series import make_windows, window_labels
-    from edgeae.contract.checks import is_whole
-
     if not callable(getattr(model, "score", None)) or not isinstance(getattr(model, "timesteps", None), int):
         raise UsageError(f"model must be a model set from edgeae.runtime.load, got {type(model).__name__}")
     stride = model.stride if stride is None else stride

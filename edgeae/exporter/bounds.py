@@ -43,8 +43,7 @@ def _lstm_bound(node, arrays: dict[str, np.ndarray], input_bound: np.ndarray, st
     pre-activation is at most |W|·|x| + |R|·|h_t-1| + |Wb| + |Rb|, and so is every partial
     sum of it, in any order onnxruntime adds them.
     """
-    from onnx import helper
-
+    helper = require("onnx", "train").helper
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     names = [a.decode().lower() if isinstance(a, bytes) else str(a).lower()
              for a in attrs.get("activations", [b"Sigmoid", b"Tanh", b"Tanh"])]
@@ -76,9 +75,7 @@ def _lstm_bound(node, arrays: dict[str, np.ndarray], input_bound: np.ndarray, st
 def value_bound(clean) -> float | None:
     """The largest magnitude any value of this clean graph can take, for any input; None where
     the graph is not one this analysis covers (then nothing is proved and nothing skipped)."""
-    require("onnx", "train")
-    from onnx import numpy_helper
-
+    numpy_helper = require("onnx", "train").numpy_helper
     graph = clean.graph
     arrays = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in graph.initializer}
     nodes = {n.name: n for n in graph.node}

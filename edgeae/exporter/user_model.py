@@ -17,8 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeae.data.series import FLOAT32_MAX, Preprocessing, load_series, window_series
-from edgeae.contract.errors import UnsupportedModelError, UsageError
+from edgeae.data.series import FLOAT32_MAX, load_series
+from edgeae.data.windows import Preprocessing, window_series
+from edgeae.contract.errors import UnsupportedModelError, UsageError, require
+from edgeae.exporter.options import UserModelOptions
+from edgeae.trainer.model import ACTIVATIONS, ENCODER_LAYER, TrainConfig, encoder_of, import_keras, load_keras, predict
+from edgeae.trainer.training import Training
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 RECURRENT = ("LSTM", "GRU")
@@ -40,8 +44,7 @@ def _stored_config(path: Path) -> dict[str, Any]:
         if path.suffix.lower() == ".keras":
             with zipfile.ZipFile(path) as archive:
                 return json.loads(archive.read("config.json"))
-        import h5py
-
+        h5py = require("h5py", "train")
         with h5py.File(path, "r") as h5:
             raw = h5.attrs.get("model_config")
             if raw is None:
@@ -76,8 +79,6 @@ def _refuse_unsafe(config: Any, layer: str = "the model") -> None:
 
 def load_keras_file(path: Path):
     """A user's .keras / .h5 model, loaded in safe mode after its config was checked for unsafe parts."""
-    from edgeae.trainer.model import load_keras
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"Keras model not found: {path}")
@@ -91,8 +92,6 @@ def load_keras_file(path: Path):
 def as_functional(model):
     """A Sequential model as the functional model of the same layers: tf2onnx cannot name a
     Sequential model's output (KeyError inside from_keras)."""
-    from edgeae.trainer.model import import_keras
-
     if _kind(model) != "Sequential":
         return model
     _, keras = import_keras()
@@ -208,8 +207,6 @@ def inspect(model, encoder_layer: str | None = None) -> Family:
 def name_encoder(model, family: Family) -> None:
     """Name the encoder layer as edgeae's own models do, so the export's model.keras reloads with
     model.load like any export (a layer already called that is renamed out of the way)."""
-    from edgeae.trainer.model import ENCODER_LAYER
-
     if family.encoder_layer == ENCODER_LAYER:
         return
     names = {layer.name for layer in model.layers}
@@ -291,20 +288,15 @@ def bounds_of(windows: np.ndarray) -> Preprocessing:
     return Preprocessing(tuple(map(float, low)), tuple(map(float, high)), (0.0,) * n, (1.0,) * n)
 
 
-def training_for(path: Path, encoder_layer: str | None = None, data: Path | None = None,
-                 columns: tuple[str, ...] | None = None, scaling: str = "none",
-                 clip_quantiles: tuple[float, float] = (0.0, 1.0), stride: int | None = None,
-                 calibrate: Path | None = None, threshold_quantile: float = 0.99, seed: int = 0,
-                 scaling_values: dict[str, Any] | None = None):
+def training_for(path: Path, own: UserModelOptions = UserModelOptions(), threshold_quantile: float = 0.99,
+                 seed: int = 0) -> Training:
     """A user's Keras file as a Training export can publish: the model (encoder named), its
-    preprocessing (`scaling_values` given by the user, else learned from `data` with the same
-    settings as training, or none), the windows parity runs on (`data`'s, or standard normal
-    ones) and the calibration windows (`calibrate`'s).
-
+    preprocessing (`own.scaling_values` given by the user, else learned from `own.data` with the
+    same settings as training, or none), the windows parity runs on (`own.data`'s, or standard
+    normal ones) and the calibration windows (`own.calibrate`'s).
     """
-    from edgeae.trainer.model import ACTIVATIONS, TrainConfig, encoder_of, predict
-    from edgeae.trainer.training import Training
-
+    encoder_layer, data, columns, scaling, stride = own.encoder_layer, own.data, own.columns, own.scaling, own.stride
+    clip_quantiles, calibrate, scaling_values = own.clip_quantiles, own.calibrate, own.scaling_values
     model = as_functional(load_keras_file(path))
     family = inspect(model, encoder_layer)
     if scaling_values is not None:

@@ -10,6 +10,7 @@ time per window against onnxruntime's batch-1 call in the same run.
 from __future__ import annotations
 
 import ctypes
+import platform
 import re
 import shutil
 import subprocess
@@ -20,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from edgeae.contract.errors import EXIT_RUNTIME, EdgeAEError, MissingDependencyError, ParityError
+from edgeae.contract.golden import read_golden
+from edgeae.contract.manifest import read_export_manifest, verify_file
 from edgeae.mcu import templates as c_templates
 from edgeae.mcu.c_code import GOLDEN_FILE, SOURCE_FILE, generate_c
 
@@ -232,22 +236,15 @@ def _cpu_name() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
-
     return platform.machine() or "unknown CPU"
 
 
 def _time_host(export_dir: Path, c_dir: Path, build_dir: Path, work_bytes: int, rounds: int) -> dict[str, Any]:
     """Median µs per window of the C (-O3 -march=native, through ctypes) and onnxruntime's batch-1 call, interleaved."""
-    import onnxruntime as ort
-
-    from edgeae.contract.files import read_export_manifest, verify_file
-    from edgeae.contract.golden import read_golden
-
     manifest = read_export_manifest(export_dir)
     windows = next(iter(read_golden(export_dir, manifest).inputs.values()))
-    name = next((f for f in ("autoencoder.b1.onnx", manifest["models"]["autoencoder"]["file"]) if f in manifest["files"]))
-    session = ort.InferenceSession(str(verify_file(export_dir, name, manifest["files"][name])),
+    name = next((f for f in ("autoencoder.b1.onnx", manifest.models["autoencoder"].file) if f in manifest.files))
+    session = ort.InferenceSession(str(verify_file(export_dir, name, manifest.files[name])),
                                    providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     library = build_library(c_dir, build_dir)

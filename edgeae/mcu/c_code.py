@@ -21,15 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from edgeae import __version__
-from edgeae.contract.files import (as_path, atomic_write_bytes, check_target, file_entry, read_export_manifest, staged_folder,
-                         verify_file, write_manifest)
+from edgeae.contract.versions import __version__
+from edgeae.contract.files import as_path, atomic_write_bytes, check_target, staged_folder
+from edgeae.contract.manifest import file_entry, read_export_manifest, verify_file, write_manifest
+from edgeae.contract.records import Manifest
 from edgeae.contract.errors import IntegrityError, UnsupportedModelError, UsageError, require
+from edgeae.contract.golden import KERAS, SCORE, read_golden
 from edgeae.contract.layout import KERAS_FILE
 from edgeae.contract.parity import DEFAULT_ATOL, Tolerance
+from edgeae.contract.variants import C_PRECISIONS
+from edgeae.data.windows import Preprocessing
 from edgeae.mcu import templates as c_templates
+from edgeae.trainer.model import load as load_keras
 
-PRECISIONS = ("fp32", "int8")
 SOURCES = ("onnx", "keras")
 HEADER_FILE, SOURCE_FILE, GOLDEN_FILE = "edgeae_model.h", "edgeae_model.c", "edgeae_golden.c"
 C_ROLE = "c-source"
@@ -103,8 +107,7 @@ def _refuse(where: str, what: str) -> None:
 
 def _check_onnx_lstm(node: Any) -> tuple[str, str, str]:
     """The activations of a supported ONNX LSTM node; anything else it sets is refused by name."""
-    from onnx import helper
-
+    helper = require("onnx", "train").helper
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     for name, value in attrs.items():
         if name in ("hidden_size", "activations"):
@@ -132,8 +135,8 @@ def _check_onnx_lstm(node: Any) -> tuple[str, str, str]:
 
 def _onnx_arrays(graph: Any) -> dict[str, np.ndarray | Int8Rows]:
     """Initializers by name, each DequantizeLinear output as its int8 codes and per-row scale."""
-    from onnx import helper, numpy_helper
-
+    onnx = require("onnx", "train")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
     arrays: dict[str, Any] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:
         if node.op_type != "DequantizeLinear":
@@ -183,9 +186,7 @@ def network_from_onnx(proto: Any) -> Network:
 
 def network_from_keras(path: Path) -> Network:
     """The weights of an edgeae Keras autoencoder, gates reordered to ONNX's i, o, f, c."""
-    from edgeae.trainer.model import load
-
-    autoencoder, _ = load(path)
+    autoencoder, _ = load_keras(path)
     layers = [layer for layer in autoencoder.layers if type(layer).__name__ != "InputLayer"]
     kinds = [type(layer).__name__ for layer in layers]
     if kinds != ["LSTM", "RepeatVector", "LSTM", "TimeDistributed"] or type(layers[3].layer).__name__ != "Dense":
@@ -290,7 +291,7 @@ def _activation(name: str) -> str:
     return _HARD_SIGMOID if name == "HardSigmoid" else _C_ACTIVATIONS[name]
 
 
-def render(network: Network, pre: dict, timesteps: int, threshold: float, precision: str, source: str,
+def render(network: Network, pre: Preprocessing, timesteps: int, threshold: float, precision: str, source: str,
            threshold_note: str) -> tuple[str, str, int, int]:
     """edgeae_model.h and edgeae_model.c for `network`; with the weights' and the work area's bytes."""
     units, features = network.units, network.features
@@ -310,11 +311,11 @@ def render(network: Network, pre: dict, timesteps: int, threshold: float, precis
     arrays.append(f"static const float dense_kernel[{network.dense_kernel.size}] = {{{_floats(network.dense_kernel)}}};")
     arrays.append(f"static const float dense_bias[{features}] = {{{_floats(network.dense_bias)}}};")
     weight_bytes += 4 * (network.dense_kernel.size + features)
-    identity = all(o == 0 for o in pre["offset"]) and all(s == 1 for s in pre["scale"])
-    scaling = (f"static const double score_scale[EDGEAE_FEATURES] = {{{_doubles(pre['scale'])}}};" if identity else
-               f"static const float offset[EDGEAE_FEATURES] = {{{_floats(np.array(pre['offset']))}}};\n"
-               f"static const float scale[EDGEAE_FEATURES] = {{{_floats(np.array(pre['scale']))}}};\n"
-               f"static const double score_scale[EDGEAE_FEATURES] = {{{_doubles(pre['scale'])}}};")
+    identity = all(o == 0 for o in pre.offset) and all(s == 1 for s in pre.scale)
+    scaling = (f"static const double score_scale[EDGEAE_FEATURES] = {{{_doubles(pre.scale)}}};" if identity else
+               f"static const float offset[EDGEAE_FEATURES] = {{{_floats(np.array(pre.offset))}}};\n"
+               f"static const float scale[EDGEAE_FEATURES] = {{{_floats(np.array(pre.scale))}}};\n"
+               f"static const double score_scale[EDGEAE_FEATURES] = {{{_doubles(pre.scale)}}};")
     columns = max(features, units)
     work_bytes = 4 * (2 * 4 * padded + 2 * padded + units + features + 2 * columns)
     acts = network.encoder.activations
@@ -332,7 +333,7 @@ def render(network: Network, pre: dict, timesteps: int, threshold: float, precis
     header = fill(c_templates.HEADER, common)
     source_text = fill(c_templates.SOURCE, {
         **common, "WEIGHTS": "\n".join(arrays),
-        "CLIP_LOW": _floats(np.array(pre["clip_low"])), "CLIP_HIGH": _floats(np.array(pre["clip_high"])),
+        "CLIP_LOW": _floats(np.array(pre.clip_low)), "CLIP_HIGH": _floats(np.array(pre.clip_high)),
         "SCALING_ARRAYS": scaling,
         "GATE_ACT": _activation(acts[0]), "CELL_ACT": _activation(acts[1]), "OUT_ACT": _activation(acts[2]),
         "KERNEL": c_templates.KERNEL_INT8 if precision == "int8" else c_templates.KERNEL_FP32,
@@ -353,12 +354,10 @@ def _bound(tolerance: Tolerance, reference: np.ndarray) -> float:
     return max(bounds)
 
 
-def render_golden(golden: Any, pre: dict, tolerance: Tolerance, precision: str, reference_threshold: float,
+def render_golden(golden: Any, pre: Preprocessing, tolerance: Tolerance, precision: str, reference_threshold: float,
                   own_scores: dict[str, np.ndarray], own_threshold: float) -> str:
     """edgeae_golden.c: every golden window with Keras's outputs, each set's tolerance, and the
     flags Keras gives; the C may disagree on no more windows than the export's own variant did."""
-    from edgeae.contract.golden import KERAS, SCORE
-
     names = list(golden.inputs)
     starts = np.cumsum([0] + [len(golden.inputs[n]) for n in names]).tolist()
     inputs = np.concatenate([golden.inputs[n] for n in names])
@@ -366,7 +365,7 @@ def render_golden(golden: Any, pre: dict, tolerance: Tolerance, precision: str, 
     embedding = np.concatenate([golden.expected["encoder"][KERAS][n] for n in names])
     scores = np.concatenate([golden.expected[SCORE][KERAS][n] for n in names]).astype(np.float64)
     own = np.concatenate([own_scores[n] for n in names]).astype(np.float64)
-    unit = np.abs(np.asarray(pre["scale"], np.float64))  # errors are judged in the model's units, as verify does
+    unit = np.abs(np.asarray(pre.scale, np.float64))  # errors are judged in the model's units, as verify does
     recon_tol = [_bound(tolerance, golden.expected["autoencoder"][KERAS][n] * unit) for n in names]
     embed_tol = [_bound(tolerance, golden.expected["encoder"][KERAS][n]) for n in names]
     # A reconstruction within d (model units) of Keras's moves each squared term by at most 2|x - y|d + d^2.
@@ -387,34 +386,35 @@ def render_golden(golden: Any, pre: dict, tolerance: Tolerance, precision: str, 
     })
 
 
-def _threshold(manifest: dict, precision: str) -> float:
+def _threshold(manifest: Manifest, precision: str) -> float:
     """The detector threshold of `precision`, as its detector graph (or older exports' variant record) has it."""
-    detector = manifest.get("detector") or {}
-    graph = (detector.get("graphs") or {}).get(precision)
+    detector = manifest.detector
+    graph = detector.graphs.get(precision) if detector is not None else None
     if graph is not None:
-        return float(graph["threshold"])
-    fallback = detector.get("threshold") if precision == "fp32" else (detector.get("variants") or {}).get(precision, {}).get("threshold")
+        return float(graph.threshold)
+    fallback = (None if detector is None else detector.threshold if precision == "fp32" else
+                detector.variant_thresholds.get(precision))
     if fallback is None:
         raise UsageError(f"the export has no {precision} anomaly threshold; export it again with this edgeae")
     return float(fallback)
 
 
-def _model_file(manifest: dict, precision: str) -> str:
+def _model_file(manifest: Manifest, precision: str) -> str:
     if precision == "fp32":
-        return manifest["models"]["autoencoder"]["file"]
-    entry = (manifest.get("variants") or {}).get("autoencoder", {}).get(precision)
-    if not entry or not entry.get("published"):
+        return manifest.models["autoencoder"].file
+    entry = manifest.variant("autoencoder", precision)
+    if entry is None or not entry.published:
         raise UsageError(f"the export has no published {precision} autoencoder; build it first: "
                          f"edgeae optimize EXPORT_DIR --build {precision}")
-    return entry["file"]
+    return entry.file
 
 
-def _tolerance(manifest: dict, precision: str) -> Tolerance:
+def _tolerance(manifest: Manifest, precision: str) -> Tolerance:
     """fp32: the export's parity bound; int8: the tolerance its int8 variant recorded."""
     if precision == "fp32":
-        return Tolerance(abs=float((manifest.get("parity") or {}).get("tolerance_abs", DEFAULT_ATOL)))
-    entry = manifest["variants"]["autoencoder"][precision]
-    return Tolerance.from_manifest(entry.get("tolerance"), f"variants.autoencoder.{precision}.tolerance")
+        recorded = manifest.parity.tolerance_abs
+        return Tolerance(abs=float(DEFAULT_ATOL if recorded is None else recorded))
+    return manifest.variant("autoencoder", precision).tolerance
 
 
 def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: str = "onnx", force: bool = False,
@@ -426,11 +426,9 @@ def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: s
     is written whole or not at all and an existing one is replaced only with `force`.
     `_mutant` is for the tests alone: it writes deliberately wrong C the golden program must catch.
     """
-    from edgeae.contract.golden import SCORE, read_golden
-
     export_dir, out_dir = as_path(export_dir, "export folder"), as_path(out_dir, "output folder")
-    if precision not in PRECISIONS:
-        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in C_PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(C_PRECISIONS)}, got {precision!r}")
     if source not in SOURCES:
         raise UsageError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if source == "keras" and precision != "fp32":
@@ -438,7 +436,7 @@ def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: s
                          "(source onnx)")
     check_target(out_dir, force)
     manifest = read_export_manifest(export_dir)
-    files = manifest["files"]
+    files = manifest.files
     if source == "keras":
         if KERAS_FILE not in files:
             raise IntegrityError(f"{export_dir} lists no {KERAS_FILE}")
@@ -455,11 +453,11 @@ def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: s
         except Exception as exc:  # a file whose hash matches but does not parse: one line, not a traceback
             raise IntegrityError(f"{origin}: not a readable ONNX model ({type(exc).__name__})") from None
         network = network_from_onnx(proto)
-    window = manifest["window"]
-    units = manifest["training"]["config"].get("units", network.units)
-    if (network.features, network.units) != (window["features"], units):
+    window = manifest.window
+    units = network.units if manifest.units is None else manifest.units
+    if (network.features, network.units) != (window.features, units):
         raise IntegrityError(f"{origin} reads {network.features} features into {network.units} units; the manifest "
-                             f"says {window['features']} and {units}")
+                             f"says {window.features} and {units}")
     if _mutant is not None:
         network = _mutate(network, _mutant)
     threshold, tolerance = _threshold(manifest, precision), _tolerance(manifest, precision)
@@ -469,8 +467,8 @@ def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: s
     own_scores = golden.expected[SCORE]["keras" if precision == "fp32" else precision]
     note = ("score > this is anomalous" if precision == "fp32" else
             "calibrated on the int8 variant's own scores, as the ONNX int8 detector's")
-    pre = manifest["preprocessing"]
-    header, code, weight_bytes, work_bytes = render(network, pre, window["timesteps"], threshold, precision, origin,
+    pre = Preprocessing.from_dict(manifest.preprocessing)
+    header, code, weight_bytes, work_bytes = render(network, pre, window.timesteps, threshold, precision, origin,
                                                     note)
     golden_c = render_golden(golden, pre, tolerance, precision, _threshold(manifest, "fp32"), own_scores, threshold)
     written = {HEADER_FILE: header, SOURCE_FILE: code, GOLDEN_FILE: golden_c}
@@ -480,7 +478,7 @@ def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: s
         write_manifest(stage, {
             "kind": C_ROLE, "precision": precision, "source": origin, "threshold": threshold,
             "tolerance": tolerance.to_dict(), "weights_bytes": weight_bytes, "work_bytes": work_bytes,
-            "export_checksum": manifest["checksum"], "edgeae_version": __version__,
+            "export_checksum": manifest.checksum, "edgeae_version": __version__,
             "files": {name: file_entry(stage / name, C_ROLE) for name in written},
         })
     return CCode(out_dir, precision, source, threshold, tolerance, weight_bytes, work_bytes, tuple(written))

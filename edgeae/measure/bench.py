@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
-from edgeae.contract.files import as_path, read_manifest, verify_file, verify_files
+from edgeae.contract.files import as_path
+from edgeae.contract.manifest import read_export_manifest, read_manifest, verify_file, verify_files
+from edgeae.contract.records import Manifest
 from edgeae.contract.checks import is_whole
 from edgeae.contract.errors import IntegrityError, UsageError
 from edgeae.contract.layout import KERAS_FILE, ROLES
 from edgeae.contract.variants import serving_files
+from edgeae.data.windows import Preprocessing
+from edgeae.measure.timing import Routes, cpu_description, cpu_line, load_average, onnx_model, paired_ratio, time_rounds
+from edgeae.runtime.providers import check_threads
+from edgeae.runtime.routes import batch_routes
+from edgeae.trainer import model as km
 
 DEFAULT_BATCHES = (64, 4096)
 # One batch is allocated whole (and fed whole to the baseline session): past this it
@@ -57,39 +64,6 @@ def matmul_rate(size: int = 1024, repeats: int = 5) -> float:
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
-
-
-# The CPU features that decide which kernels onnxruntime and XLA pick, as /proc/cpuinfo names them
-# (x86 "flags", ARM "Features"), under the names a reader looks for.
-CPU_FEATURES = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
-                "avx512_bf16": "AVX-512 BF16", "amx_tile": "AMX", "asimd": "NEON", "asimddp": "ARM dot product",
-                "i8mm": "ARM i8mm", "sve": "SVE", "sve2": "SVE2"}
-
-
-def cpu_description(cpuinfo: str | None = None) -> dict[str, Any]:
-    """The CPU a figure was measured on (model, vector features, cores), so no figure is read on
-    the wrong machine: int8 and fp32 kernels, and so every ratio, differ between AVX2, AVX-512
-    and ARM. Read from /proc/cpuinfo where there is one, else what Python's platform module says."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            cpuinfo = ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip().lower(), value.strip())
-    flags = set((fields.get("flags") or fields.get("features") or "").split())
-    model = fields.get("model name") or fields.get("hardware") or platform.processor() or platform.machine() or "unknown"
-    return {"model": model, "machine": platform.machine(), "cores": os.cpu_count(),
-            "features": [name for flag, name in CPU_FEATURES.items() if flag in flags]}
-
-
-def cpu_line(cpu: dict[str, Any]) -> str:
-    """'AMD EPYC (x86_64), 2 cores: AVX2, FMA, AVX-512, AVX-512 VNNI'."""
-    return (f"{cpu['model']} ({cpu['machine']}), {cpu['cores']} cores: "
-            + (", ".join(cpu["features"]) or "no AVX2, AVX-512 or ARM vector features found"))
 
 
 @dataclass
@@ -193,28 +167,22 @@ class BenchReport:
 # ---------------------------------------------------------------- the paths
 
 
-Routes = list[tuple[int, int | None, Path]]  # (first, last batch size, file) the runtime hands to another graph
-
-
-def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Routes]]:
+def onnx_paths(folder: Path, manifest: Manifest) -> list[tuple[str, str, Path, Routes]]:
     """(name, role, file, its batch routes) for every model the export lists, baseline first.
 
     Graphs the runtime runs for some batch sizes of a variant are timed inside the path they
     serve (named `file+b1+unrolled`), since that is what an application loading it gets.
     """
-    from edgeae.runtime import batch_routes
-
     routes: dict[str, Routes] = {}
-    for role, by_name in (manifest.get("variants") or {}).items():
-        for name, entry in by_name.items():
-            if isinstance(entry, dict) and entry.get("by_batch"):
-                routes[entry["file"]] = [(a, b, folder / f) for a, b, f in batch_routes(manifest, role, name)]
+    for role, entry in manifest.all_variants():
+        if entry.routes:
+            routes[entry.file] = [(a, b, folder / f) for a, b, f in batch_routes(manifest, role, entry.name)]
     # A one-window or unrolled graph exists only to serve its sizes; the yardstick and the portable graph
     # (a variant in its own right, for other runtimes) are timed alone too.
-    baselines = {((by_name.get("plain") or {}).get("file")) for by_name in (manifest.get("variants") or {}).values()}
+    baselines = {by_name["plain"].file for by_name in manifest.variants.values() if "plain" in by_name}
     served = {path.name for found in routes.values() for _, _, path in found} & serving_files()
     paths = []
-    for name in manifest["files"]:
+    for name in manifest.files:
         role = name.split(".")[0]
         if name.endswith((".onnx", ".ort")) and name not in served and role in ROLES:
             found = routes.get(name, [])
@@ -223,28 +191,10 @@ def onnx_paths(folder: Path, manifest: dict) -> list[tuple[str, str, Path, Route
     return sorted(paths, key=lambda t: (t[1], t[2].name not in baselines, t[0]))
 
 
-def onnx_model(path: Path, routes: Routes, threads: int | None, manifest: dict) -> Any:
-    """An edgeae file as an application loads it from its export folder: the runtime's model,
-    with its batch routes and what the manifest proves about its values."""
-    from edgeae.runtime import OnnxModel, manifest_sizes, proven_finite, routed_chunk, variant_of_file
-
-    role = path.name.split(".")[0]
-    sizes = manifest_sizes(manifest)
-    model = OnnxModel(path, "cpu", threads=threads, role=role, **sizes)
-    for first, last, other in routes:
-        model.route(OnnxModel(other, "cpu", threads=threads, role=role, **sizes), first, last)
-    variant = variant_of_file(manifest, role, path.name)
-    model.chunk = routed_chunk(manifest, role, variant)
-    model.set_proven_finite(proven_finite(manifest, role, variant))
-    return model
-
-
 def _onnx_runner(path: Path, routes: Routes, threads: int | None, baseline: bool,
-                 manifest: dict) -> Callable[[np.ndarray], Any]:
+                 manifest: Manifest) -> Callable[[np.ndarray], Any]:
     """The baseline is what a user gets by hand: one onnxruntime session, one run per batch.
     edgeae's own files run through `edgeae.runtime`, as an application would use them."""
-    import onnxruntime as ort
-
     if baseline:
         options = ort.SessionOptions()
         if threads:
@@ -257,9 +207,6 @@ def _onnx_runner(path: Path, routes: Routes, threads: int | None, baseline: bool
 
 def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Callable[[np.ndarray], Any]]:
     """Keras predict, and the model under tf.function with and without XLA; raw in, raw out."""
-    from edgeae.trainer import model as km
-    from edgeae.data.series import Preprocessing
-
     tf, _ = km.import_keras()
     if threads:
         try:
@@ -267,7 +214,7 @@ def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Ca
         except RuntimeError:
             pass  # already initialised in this process
     manifest = read_manifest(folder)
-    pre = Preprocessing.from_dict(manifest["preprocessing"])
+    pre = Preprocessing.from_dict(manifest.preprocessing)
     autoencoder, encoder = km.load(folder / KERAS_FILE)
     net = autoencoder if role == "autoencoder" else encoder
     post = pre.invert if role == "autoencoder" else (lambda y: y)
@@ -282,22 +229,21 @@ def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Ca
 
 _COLD_CHILD = """
 import sys, time, json, resource
+from pathlib import Path
 kind, folder, target, batch, routes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])
 import numpy as np
+from edgeae.contract.manifest import read_manifest
 if kind == "onnx":
-    from pathlib import Path
-    from edgeae.contract.files import read_manifest
-    from edgeae.measure.bench import onnx_model
+    from edgeae.measure.timing import onnx_model
     m = onnx_model(Path(target), [(a, b, Path(f)) for a, b, f in routes], None, read_manifest(Path(folder)))
     x = np.zeros((batch, m.timesteps, m.features), np.float32)
     m.run_windows(x)
 else:
     from edgeae.measure.bench import _keras_runners
     role, path = target.split(":")
-    run = _keras_runners(__import__("pathlib").Path(folder), role, None)[path]
-    from edgeae.contract.files import read_manifest
-    w = read_manifest(__import__("pathlib").Path(folder))["window"]
-    run(np.zeros((batch, w["timesteps"], w["features"]), np.float32))
+    run = _keras_runners(Path(folder), role, None)[path]
+    w = read_manifest(Path(folder)).window
+    run(np.zeros((batch, w.timesteps, w.features), np.float32))
 done = time.time()
 try:  # VmHWM is this process image's own peak; ru_maxrss would include the parent's, inherited over fork
     peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
@@ -320,98 +266,56 @@ def cold_start(kind: str, folder: Path, target: str, batch: int = 64, routes: Ro
     return out["done"] - start, out["peak_rss_kb"] / 1024
 
 
-# ---------------------------------------------------------------- timing
+@dataclass(frozen=True)
+class BenchOptions:
+    """What `edgeae bench` asks run_bench to time, built once by the command (or by a caller of the
+    API); run_bench checks every field before anything loads, as the CLI's option types would.
 
-
-BLOCK = 10
-SETTLE_S = 0.05  # after a block: longer than onnxruntime's and TensorFlow's pool threads spin when idle
-WARM_S = 0.01  # untimed calls before a block: a core idle for the pause needs milliseconds to reach full speed
-
-
-def time_rounds(runners: dict[str, Callable], x: np.ndarray, runs: int, warmup: int,
-                settle_s: float = SETTLE_S, warm_s: float = WARM_S, rounds: int | None = None) -> dict[str, list[np.ndarray]]:
-    """Interleaved in blocks: each round gives every path, in a fresh random order, WARM_S of
-    untimed calls (at least one), up to BLOCK timed ones, and then a pause.
-
-    Idle pool threads (onnxruntime's, TensorFlow's) keep working or spinning for a while after
-    a run and slow whatever runs next. The pause lets them go quiet, and the order changes
-    every round, so whatever is left of that hits every path alike instead of always the one
-    after Keras. After the pause the core itself is slow for a few milliseconds (one call of
-    30-100 µs measured up to 1.7x its steady time, and not the same for every path), so the
-    untimed calls bring it, and the path's own threads, back to the steady speed of an
-    application that runs continuously. Drift over the run hits every path alike too.
-    Returns each path's times, round by round, so ratios can be taken between paths timed
-    in the same round.
+    `keras` adds the Keras paths, `cold` the cold start and peak memory of each path in a fresh
+    process, `training` Keras training of the export's model shape with and without XLA.
     """
-    names = list(runners)
-    for name in names:
-        for _ in range(warmup):
-            runners[name](x)
-    samples: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    # at least five rounds (or `rounds`), so drift is shared out at large batches too
-    block = max(1, -(-runs // rounds) if rounds else min(BLOCK, runs // 5))
-    rounds = -(-runs // block)
-    shuffle = np.random.default_rng(0)
-    for r in range(rounds):
-        for name in shuffle.permutation(names):
-            run = runners[name]
-            warm_until = time.perf_counter() + warm_s
-            run(x)
-            while time.perf_counter() < warm_until:
-                run(x)
-            times = []
-            for _ in range(min(block, runs - r * block)):
-                start = time.perf_counter()
-                run(x)
-                times.append(time.perf_counter() - start)
-            samples[name].append(np.asarray(times))
-            time.sleep(settle_s)
-    return samples
+
+    keras: bool = False
+    runs: int = 200
+    warmup: int = 10
+    threads: int | None = None
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    cold: bool = True
+    roles: tuple[str, ...] = ("autoencoder", "encoder")
+    training: bool = False
 
 
-def paired_ratio(path: list[np.ndarray], base: list[np.ndarray], quantile: float = 0.5) -> float:
-    """Median (or another `quantile`) over rounds of (the path's median time / the baseline's, in
-    the same round).
-
-    A shared machine changes speed over seconds; comparing within a round cancels that,
-    where a ratio of two overall medians would compare different moments.
-    """
-    return float(np.quantile([np.median(p) / np.median(b) for p, b in zip(path, base)], quantile))
-
-
-def _check_arguments(runs: Any, warmup: Any, threads: Any, batches: Any, roles: Any, keras: Any, cold: Any) -> None:
-    """Refuse, before anything loads, arguments the CLI's option types would have refused."""
-    from edgeae.runtime import check_threads
-
+def _check_options(options: BenchOptions) -> None:
+    """Refuse, before anything loads, options the CLI's option types would have refused."""
+    keras, cold, runs, warmup = options.keras, options.cold, options.runs, options.warmup
+    batches, roles, training = options.batches, options.roles, options.training
     if not isinstance(keras, (bool, np.bool_)) or not isinstance(cold, (bool, np.bool_)):
         raise UsageError(f"keras and cold must be True or False, got {keras!r} and {cold!r}")
     if not is_whole(runs, 3) or not is_whole(warmup, 0):
         raise UsageError(f"runs must be a whole number of at least 3 and warm-up one of at least 0, "
                          f"got {runs!r} and {warmup!r}")
-    check_threads(threads)
+    check_threads(options.threads)
     if not isinstance(batches, (tuple, list)) or not batches or not all(is_whole(b, 1, MAX_BATCH) for b in batches):
         raise UsageError(f"batch sizes must be a non-empty list of whole numbers from 1 to {MAX_BATCH}, got {batches!r}")
     if not isinstance(roles, (tuple, list)) or not roles or not set(roles) <= set(ROLES):
         raise UsageError(f"roles must be a non-empty list of {', '.join(ROLES)}, got {roles!r}")
-
-
-def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 10, threads: int | None = None,
-              batches: tuple[int, ...] = DEFAULT_BATCHES, cold: bool = True, roles: tuple[str, ...] = ("autoencoder", "encoder"),
-              progress: Callable[[str], None] | None = None, training: bool = False) -> BenchReport:
-    """Time every path of an export folder (and Keras, if asked), side by side; with `training`, also
-    Keras training of the export's model shape with and without XLA (bench_training)."""
-    from edgeae.contract.files import read_export_manifest
-
-    _check_arguments(runs, warmup, threads, batches, roles, keras, cold)
     if not isinstance(training, (bool, np.bool_)):
         raise UsageError(f"training must be True or False, got {training!r}")
-    batches = tuple(dict.fromkeys(int(b) for b in batches))  # each timed once, as plain ints for the JSON
-    roles = tuple(dict.fromkeys(roles))
+
+
+def run_bench(folder: Path, options: BenchOptions = BenchOptions(),
+              progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Time every path of an export folder (and Keras, if asked), side by side; with `options.training`,
+    also Keras training of the export's model shape with and without XLA (bench_training)."""
+    _check_options(options)
+    keras, runs, warmup, threads = options.keras, options.runs, options.warmup, options.threads
+    batches = tuple(dict.fromkeys(int(b) for b in options.batches))  # each timed once, as plain ints for the JSON
+    roles = tuple(dict.fromkeys(options.roles))
     folder = as_path(folder, "export folder")
     manifest = read_export_manifest(folder)
     verify_files(folder, manifest)
-    window = manifest["window"]
-    units = int(manifest["training"]["config"]["units"])
+    window = manifest.window
+    units = int(manifest.units)
     say = progress or (lambda _msg: None)
     rate = matmul_rate()
     results: list[PathResult] = []
@@ -425,7 +329,7 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
         entries: dict[str, PathResult] = {}
         files = {name: (path, routes) for name, _, path, routes in candidates}
         for _, _, other in (route for _, routes in files.values() for route in routes):
-            verify_file(folder, other.name, manifest["files"].get(other.name))  # as the runtime's load does
+            verify_file(folder, other.name, manifest.files.get(other.name))  # as the runtime's load does
         for name, (path, routes) in files.items():
             size = path.stat().st_size + sum(other.stat().st_size for _, _, other in routes)  # what a device stores
             try:
@@ -441,8 +345,8 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
             for name, runner in _keras_runners(folder, role, threads).items():
                 runners[name] = runner
                 entries[name] = PathResult(name, role, "keras", (folder / KERAS_FILE).stat().st_size)
-        flops = model_flops(role, window["timesteps"], window["features"], units)
-        shape = (window["timesteps"], window["features"])
+        flops = model_flops(role, window.timesteps, window.features, units)
+        shape = (window.timesteps, window.features)
         rng = np.random.default_rng(0)
         say(f"{role}: batch 1, {runs} timed runs per path, interleaved over {len(runners)} paths")
         latency = time_rounds(runners, rng.uniform(0, 1, (1, *shape)).astype(np.float32), runs, warmup)
@@ -467,7 +371,7 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
             if XLA_PATH in runners and entries[name].kind == "onnx":
                 entries[name].versus_xla = {"1": paired_ratio(latency[XLA_PATH], latency[name]), **{  # b1: latency
                     str(b): paired_ratio(timed[b][XLA_PATH], timed[b][name]) for b in batches if b != 1}}
-        if cold:
+        if options.cold:
             for name, entry in entries.items():
                 if entry.error:
                     continue
@@ -482,10 +386,8 @@ def run_bench(folder: Path, keras: bool = False, runs: int = 200, warmup: int = 
     if not results:
         raise UsageError(f"{folder}: no autoencoder or encoder ONNX files to benchmark")
     trained = None
-    if training:
-        from edgeae.trainer.model import TrainConfig
-
-        trained = bench_training(TrainConfig.from_dict(manifest["training"]["config"]), progress=say)
+    if options.training:
+        trained = bench_training(km.TrainConfig.from_dict(manifest.training.config), progress=say)
     return BenchReport(rate / 1e9, runs, threads, tuple(batches), baseline, results, load_average=load_average(),
                        training=trained)
 
@@ -508,10 +410,6 @@ def bench_training(config: Any, count: int = TRAINING_WINDOWS, epochs: int = TRA
                    progress: Callable[[str], None] | None = None) -> TrainingResult:
     """Train `config`'s model shape for `epochs` on `count` windows without and with XLA, `pairs` times
     in alternation (a loaded machine slows both alike), timing each epoch from its progress call."""
-    from dataclasses import replace
-
-    from edgeae.trainer.model import train
-
     if not is_whole(count, 1) or not is_whole(epochs, 2) or not is_whole(pairs, 1):
         raise UsageError(f"training bench needs at least 1 window, 2 epochs and 1 pair, got {count!r}, {epochs!r}, {pairs!r}")
     say = progress or (lambda _msg: None)
@@ -531,7 +429,7 @@ def bench_training(config: Any, count: int = TRAINING_WINDOWS, epochs: int = TRA
                     ends.append(time.perf_counter())
 
             start = time.perf_counter()
-            result = train(run, x, progress=epoch_ended, xla=name == "keras-xla")
+            result = km.train(run, x, progress=epoch_ended, xla=name == "keras-xla")
             xla_ran &= result.xla or name == "keras"
             first[name].append(ends[0] - start)
             steady[name].append(float(np.median(np.diff(ends))))
@@ -543,10 +441,3 @@ def bench_training(config: Any, count: int = TRAINING_WINDOWS, epochs: int = TRA
         first_s, rate, {name: first_s[name] + (config.epochs - 1) / rate[name] for name in rate}, config.epochs, loss,
         float(np.median([k / x for k, x in zip(steady["keras"], steady["keras-xla"])])), xla_ran)
 
-
-def load_average() -> tuple[float, float, float] | None:
-    """The 1, 5 and 15 minute load averages, where the system tells them."""
-    try:
-        return os.getloadavg()
-    except (OSError, AttributeError):
-        return None

@@ -7,7 +7,7 @@ the fp32 path it chose ran at 0.76-0.81x the plain tf2onnx export's throughput (
 export (and `bench --rewrite-routing`, on the device itself) runs each equivalent fp32 graph of a
 role (the clean one, tf2onnx's own, and the one-window and unrolled ones where published)
 at a few probe batch sizes, as the runtime runs them, interleaved and paired as `bench` times
-(bench.time_rounds). The fastest, in most rounds, takes the batch sizes from its probe to the next.
+(timing.time_rounds). The fastest, in most rounds, takes the batch sizes from its probe to the next.
 Of the large probes (CHUNKS) the one whose fastest graph runs the most windows a second becomes the
 chunk: larger runs are cut into runs of it, so it decides every size above it. Measuring needs only
 the runtime install.
@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeae.measure.bench import cpu_description, load_average, onnx_model, paired_ratio, time_rounds
+from edgeae.contract.records import Manifest
+from edgeae.measure.timing import cpu_description, load_average, onnx_model, paired_ratio, time_rounds
 
 # Each probe decides the batch sizes up to the next one; bench's 1, 64 and 4096 are measured as such.
 PROBES = (1, 2, 8, 64, 256, 1024, 4096)
@@ -48,16 +49,16 @@ TIE = 0.95
 NOT_ROUTED = ("portable",)
 
 
-def candidates(manifest: dict, role: str, base: str) -> dict[str, bool]:
+def candidates(manifest: Manifest, role: str, base: str) -> dict[str, bool]:
     """The published fp32 ONNX graphs of `role` equivalent to `base`'s, but NOT_ROUTED, each with
     whether it takes one window only (a one-window graph can serve batch 1 alone)."""
-    by_name = (manifest.get("variants") or {}).get(role) or {}
-    return {entry["file"]: entry.get("batch") == 1 for name, entry in by_name.items()
-            if name == base or (entry.get("published") and entry.get("precision") == by_name[base].get("precision")
-                                and entry["file"].endswith(".onnx") and name not in NOT_ROUTED)}
+    by_name = manifest.variants_of(role)
+    return {entry.file: entry.details.get("batch") == 1 for name, entry in by_name.items()
+            if name == base or (entry.published and entry.precision == by_name[base].precision
+                                and entry.file.endswith(".onnx") and name not in NOT_ROUTED)}
 
 
-def measure(folder: Path, manifest: dict, role: str, graphs: dict[str, bool], base_file: str,
+def measure(folder: Path, manifest: Manifest, role: str, graphs: dict[str, bool], base_file: str,
             probes: tuple[int, ...] = PROBES, budget_s: float = BUDGET_S,
             ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Each graph's time over `base_file`'s at each probe batch size (the QUANTILE of its per-round
@@ -124,11 +125,11 @@ def choose(ratios: dict[str, dict[str, float]], seconds: dict[str, float], base_
     return routes, chunk
 
 
-def measured_routes(folder: Path, manifest: dict, role: str,
+def measured_routes(folder: Path, manifest: Manifest, role: str,
                     base: str = "fp32") -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
     """`role`'s routes and chunk for variant `base` measured here, and the record of the measurement
     (CPU, load, ratios, the base graph's time per call) that the manifest keeps beside them."""
-    base_file = manifest["variants"][role][base]["file"]
+    base_file = manifest.variant(role, base).file
     graphs = candidates(manifest, role, base)
     ratios, seconds = measure(folder, manifest, role, graphs, base_file)
     routes, chunk = choose(ratios, seconds, base_file, graphs)

@@ -22,7 +22,8 @@ import numpy as np
 
 from edgeae.contract.checks import check_threshold, is_whole
 from edgeae.contract.errors import DataError, ShapeError, UsageError
-from edgeae.runtime import Drift, EdgeModel, real_array
+from edgeae.runtime.inputs import real_array
+from edgeae.runtime.scoring import Drift, EdgeModel
 
 
 @dataclass(frozen=True)

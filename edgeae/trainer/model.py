@@ -17,7 +17,7 @@ from typing import Any, Callable, NoReturn
 
 import numpy as np
 
-from edgeae.data.series import SCALINGS
+from edgeae.data.windows import SCALINGS
 from edgeae.contract.checks import check_quantile, is_real, is_whole
 from edgeae.contract.errors import DataError, EdgeAEError, IntegrityError, ShapeError, UsageError, require
 

@@ -15,12 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from edgeae import __version__
-from edgeae.contract.files import (
-    as_path, atomic_write_json, check_training_record, file_entry, read_json, read_manifest, staged_folder,
-    verify_file, write_manifest,
+from edgeae.contract.versions import __version__
+from edgeae.contract.files import as_path, atomic_write_json, read_json, staged_folder
+from edgeae.contract.manifest import file_entry, read_manifest, verify_file, write_manifest
+from edgeae.contract.records import TrainingRecord, thawed
+from edgeae.contract.schema import check_training_record
+from edgeae.data.series import Series, load_series
+from edgeae.data.windows import Preprocessing, Windows, seed_sequence, window_series
+from edgeae.trainer import model
+from edgeae.trainer.model import (
+    DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, LEARNED_BELOW, TrainConfig, predict, save,
 )
-from edgeae.data.series import Preprocessing, Series, Windows, load_series, seed_sequence, window_series
 from edgeae.contract.errors import DataError, IntegrityError, LearningError, UsageError
 from edgeae.contract.layout import (
     DATA_ROLE, KERAS_FILE, KERAS_ROLE, MANIFEST_FILE, PARITY_INPUTS_FILE, TRAINING_FILE, TRAINING_ROLE,
@@ -45,8 +50,6 @@ class Training:
 
     def reconstruct(self, windows: np.ndarray) -> np.ndarray:
         """Keras reconstructions of raw windows, in raw units: the training side's reference."""
-        from edgeae.trainer.model import predict
-
         pre = self.preprocessing
         return pre.invert(predict(self.autoencoder, pre.apply(windows)))
 
@@ -93,8 +96,6 @@ def check_learned(training: Training, kept: Path | None = None) -> None:
     """Refuse (LearningError) a run whose best loss is not below LEARNED_BELOW of predicting each
     feature's mean, naming the likely cause; the caller keeps the run for a look first (`kept`:
     where it is, for the message)."""
-    from edgeae.trainer.model import LEARNED_BELOW
-
     if training.data.get("source") == "seed":  # the notebook's one window: its own 2.5e-2 bar (test_slow)
         return
     ratio = learning_ratio(training)
@@ -127,8 +128,6 @@ def prepare_windows(config, series: Series | None) -> Windows:
 
 
 def check_config(config: Any) -> None:
-    from edgeae.trainer.model import TrainConfig
-
     if not isinstance(config, TrainConfig):
         raise UsageError(f"config must be an edgeae.trainer.model.TrainConfig, got {type(config).__name__}")
 
@@ -150,8 +149,6 @@ def config_for(data: Path | None = None, columns: tuple[str, ...] | None = None,
     features as the data has columns, and with a series a validation part (DATA_VALIDATION_FRACTION)
     with early stopping (DATA_PATIENCE), tanh units (DATA_ACTIVATION) and standardized values
     (DATA_SCALING); a setting given (not None) is kept as it is."""
-    from edgeae.trainer.model import DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig
-
     data = check_data_args(data, columns, None)
     if columns and data is None:
         raise UsageError("--columns chooses columns of --data; the seed data has none to choose")
@@ -176,8 +173,6 @@ def train(config, data: Path | None = None, columns: tuple[str, ...] | None = No
 
     `config_for(data, columns, ...)` makes a config with the defaults the CLI uses for that data.
     """
-    from edgeae.trainer import model
-
     check_config(config)
     data = check_data_args(data, columns, progress)
     series = load_series(data, tuple(columns) if columns else None) if data is not None else None
@@ -197,8 +192,6 @@ def train(config, data: Path | None = None, columns: tuple[str, ...] | None = No
 
 def save_training(training: Training, out: Path, force: bool = False) -> Path:
     """Write a training folder: the Keras model, what it was trained on, and a manifest."""
-    from edgeae.trainer.model import save
-
     with staged_folder(as_path(out, "out"), force) as stage:
         save(training.autoencoder, stage / KERAS_FILE)
         np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
@@ -253,18 +246,19 @@ def saved_windows(folder: Path, timesteps: int, features: int) -> tuple[np.ndarr
 
 def load_training(folder: Path) -> Training:
     """Read a training (or export) folder back, checking every file first."""
-    from edgeae.trainer import model
-
     folder = as_path(folder, "training folder")
     manifest = read_manifest(folder)
-    verify_file(folder, KERAS_FILE, manifest["files"].get(KERAS_FILE))
-    verify_file(folder, PARITY_INPUTS_FILE, manifest["files"].get(PARITY_INPUTS_FILE))
-    record = manifest.get("training") or read_json(verify_file(folder, TRAINING_FILE, manifest["files"].get(TRAINING_FILE)), "training record")
-    source = MANIFEST_FILE if manifest.get("training") else TRAINING_FILE
-    check_training_record(record, source)
-    pre = Preprocessing.from_dict(manifest.get("preprocessing") or record["preprocessing"], source)
+    verify_file(folder, KERAS_FILE, manifest.files.get(KERAS_FILE))
+    verify_file(folder, PARITY_INPUTS_FILE, manifest.files.get(PARITY_INPUTS_FILE))
+    record, source = manifest.training, MANIFEST_FILE  # an export's, checked with its manifest
+    if record is None:  # a training folder's: its own file, checked here
+        stored = read_json(verify_file(folder, TRAINING_FILE, manifest.files.get(TRAINING_FILE)), "training record")
+        check_training_record(stored, TRAINING_FILE)
+        record, source = TrainingRecord.of(stored), TRAINING_FILE
+    details = record.details  # history, epochs and preprocessing: no typed field yet
+    pre = Preprocessing.from_dict(manifest.preprocessing or details["preprocessing"], source)
     try:  # settings this version cannot export (an older edgeae's) are the caller's to change
-        config = model.TrainConfig.from_dict(record["config"])
+        config = model.TrainConfig.from_dict(thawed(record.config))
     except UsageError as exc:
         raise UsageError(f"{source}: {exc}") from None
     if len(pre.scale) != config.features:
@@ -272,6 +266,6 @@ def load_training(folder: Path) -> Training:
     autoencoder, encoder = model.load(folder / KERAS_FILE)
     model.check_matches(autoencoder, encoder, config, KERAS_FILE)
     train_w, val_w = saved_windows(folder, config.timesteps, config.features)
-    history = record.get("history") or {"loss": [record.get("final_loss", float("nan"))]}
-    return Training(config, pre, autoencoder, encoder, history, int(record.get("epochs_run", 0)),
-                    int(record.get("best_epoch", 0)), train_w, val_w, dict(record.get("data", {})), folder)
+    history = thawed(details.get("history")) or {"loss": [details.get("final_loss", float("nan"))]}
+    return Training(config, pre, autoencoder, encoder, history, int(details.get("epochs_run", 0)),
+                    int(details.get("best_epoch", 0)), train_w, val_w, thawed(record.data), folder)

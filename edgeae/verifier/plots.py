@@ -11,26 +11,29 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeae import runtime
 from edgeae.contract.errors import DataError, ExportExistsError, UsageError, require
 from edgeae.contract.checks import is_whole
+from edgeae.contract.files import as_path, atomic_write_bytes, read_json
 from edgeae.contract.layout import PARITY_INPUTS_FILE, PARITY_REPORT_FILE, PLOT_FILES, PLOT_ROLE
+from edgeae.contract.manifest import amend_export, verify_file
+from edgeae.data.series import load_features, load_labelled, trained_columns
+from edgeae.data.windows import cut_windows, window_labels
 
 MAX_FEATURES_SHOWN = 6
 DPI = 100
 
 
 def _figure(width: float, height: float):
-    require("matplotlib", "plot")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)
+    require("matplotlib", "plot")  # first: a missing matplotlib is named as such
+    figure = require("matplotlib.figure", "plot").Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    require("matplotlib.backends.backend_agg", "plot").FigureCanvasAgg(figure)
     return figure
 
 
@@ -187,8 +190,6 @@ def _pick_windows(scores: np.ndarray, count: int) -> np.ndarray:
 def _series_scores(model: Any, data: Path, columns: tuple[str, ...] | None, labels_column: str | None,
                    stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
     """Windows of a user's series, their first rows, scores and (optional) labels."""
-    from edgeae.data.series import cut_windows, load_features, load_labelled, trained_columns, window_labels
-
     if labels_column:
         series, labels = load_labelled(data, model.features, columns, trained_columns(model.manifest, data), labels_column)
     else:
@@ -219,29 +220,38 @@ def _check_targets(target: Path, ours: set[str], force: bool) -> None:
         raise ExportExistsError(f"{taken[0]} exists{also}; pass --force to replace it")
 
 
-def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] | None = None,
-           labels: str | None = None, out: Path | None = None, provider: str = "cpu",
-           windows_shown: int = 4, force: bool = False, features: tuple[str, ...] | None = None) -> list[Path]:
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the pictures show, as `edgeae report` takes it: a series of the user's (`data`, its
+    `columns` and `labels` column) in place of the training windows, the `features` drawn, and how
+    many windows; they travel together from the command to `report`."""
+
+    data: Path | None = None
+    columns: tuple[str, ...] | None = None
+    labels: str | None = None
+    features: tuple[str, ...] | None = None
+    windows_shown: int = 4
+
+
+def report(export_dir: Path, options: ReportOptions = ReportOptions(), out: Path | None = None,
+           provider: str = "cpu", force: bool = False) -> list[Path]:
     """Write the four PNGs into the export folder (listed in its manifest) or into `out`.
 
-    Without `data`, the windows the model was trained and calibrated on are pictured. The
-    reconstructions show `features` (names), else those that drive the worst window's score.
+    Without `options.data`, the windows the model was trained and calibrated on are pictured. The
+    reconstructions show `options.features` (names), else those that drive the worst window's score.
     Adding files to a published export happens under its lock: every listed file is
     checked first, the PNGs are written atomically, and the manifest is rewritten last.
     An existing PNG the report did not write is kept unless `force`; all are checked
     before any is written. An `out` that is the export folder itself counts as no `out`,
     so the manifest keeps matching the files.
     """
-    from edgeae import runtime
-    from edgeae.contract.files import as_path, atomic_write_bytes, file_entry, read_json, verify_file
-    from edgeae.exporter.publish import amended_export
-
-    if labels is not None and data is None:
+    data = options.data
+    if options.labels is not None and data is None:
         raise UsageError("--labels marks rows of a series: give that series with --data")
-    if columns is not None and data is None:
+    if options.columns is not None and data is None:
         raise UsageError("--columns chooses columns of --data; without it the training windows are pictured")
-    if not is_whole(windows_shown, 1, 64):
-        raise UsageError(f"windows shown must be a whole number from 1 to 64, got {windows_shown!r}")
+    if not is_whole(options.windows_shown, 1, 64):
+        raise UsageError(f"windows shown must be a whole number from 1 to 64, got {options.windows_shown!r}")
     require("matplotlib", "plot")
     export_dir = as_path(export_dir, "export folder").absolute()
     if out is not None and as_path(out, "out").is_symlink():
@@ -252,19 +262,20 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
         out = None
     target = export_dir if out is None else Path(out)
     # Only adding files to the export needs its lock; a read-only export can still be pictured elsewhere.
-    with amended_export(export_dir, write=out is None) as manifest:
-        ours = {name for name, entry in manifest["files"].items()
-                if out is None and isinstance(entry, dict) and entry.get("role") == PLOT_ROLE}
+    with amend_export(export_dir, write=out is None) as amendment:
+        manifest = amendment.manifest
+        ours = {name for name, entry in manifest.files.items() if out is None and entry.role == PLOT_ROLE}
         _check_targets(target, ours, force)
         model = runtime.load(export_dir, provider)
-        stride = int((manifest.get("window") or {}).get("stride", 1))
+        stride = int(manifest.window.stride)
         threshold = model.threshold
         spans: list[tuple[float, float, str]] = []
         xlabel = "first row of the window"
         if data is not None:
-            windows, starts, scores, window_flags, names = _series_scores(model, Path(data), columns, labels, stride)
+            windows, starts, scores, window_flags, names = _series_scores(model, Path(data), options.columns,
+                                                                          options.labels, stride)
         else:
-            with np.load(verify_file(export_dir, PARITY_INPUTS_FILE, manifest["files"].get(PARITY_INPUTS_FILE)),
+            with np.load(verify_file(export_dir, PARITY_INPUTS_FILE, manifest.files.get(PARITY_INPUTS_FILE)),
                          allow_pickle=False) as saved:
                 train_w, val_w = saved["training"], saved["validation"]
             windows = np.concatenate([train_w, val_w]) if len(val_w) else train_w
@@ -273,21 +284,21 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
             spans = [(-0.5, len(train_w) - 0.5, "training windows")]
             if len(val_w):
                 spans.append((len(train_w) - 0.5, len(windows) - 0.5, "validation windows (calibration)"))
-            names = list((manifest.get("training") or {}).get("data", {}).get("columns") or [])
+            names = list(manifest.columns or [])
             xlabel = "window, in time order"
-        picked = _pick_windows(scores, windows_shown)  # the worst last
+        picked = _pick_windows(scores, options.windows_shown)  # the worst last
         titles = [f"window at {starts[i]:g}: score {scores[i]:.3g}"
                   + (" FLAGGED" if threshold is not None and scores[i] > threshold else "") for i in picked]
         names = names or [str(j) for j in range(model.features)]
-        shown, why = driving_features(model.score(windows[picked]).contributions, names, features)
-        training = manifest.get("training") or {}
-        parity = read_json(verify_file(export_dir, PARITY_REPORT_FILE, manifest["files"].get(PARITY_REPORT_FILE)), "parity report")
+        shown, why = driving_features(model.score(windows[picked]).contributions, names, options.features)
+        trained = manifest.training.details if manifest.training else {}
+        parity = read_json(verify_file(export_dir, PARITY_REPORT_FILE, manifest.files.get(PARITY_REPORT_FILE)), "parity report")
         images = {
             "reconstruction": reconstruction_png(windows[picked], model.reconstruct(windows[picked]), names, titles,
                                                  shown, why),
             "scores": scores_png(starts, scores, threshold, window_flags, spans, xlabel),
-            "loss": loss_png(training.get("history") or {"loss": [training.get("final_loss")]},
-                             training.get("best_epoch")),
+            "loss": loss_png(trained.get("history") or {"loss": [trained.get("final_loss")]},
+                             trained.get("best_epoch")),
             "parity": parity_png(parity),
         }
         _check_targets(target, ours, force)  # again: drawing takes a while, and `out` is not locked
@@ -302,5 +313,5 @@ def report(export_dir: Path, data: Path | None = None, columns: tuple[str, ...] 
             written.append(path)
         if out is None:
             for path in written:
-                manifest["files"][path.name] = file_entry(path, PLOT_ROLE)
+                amendment.add_file(path, PLOT_ROLE)
     return written

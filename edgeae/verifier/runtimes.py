@@ -16,6 +16,7 @@ report, not the end of the caller), and targets.py measures every file on each o
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -50,7 +51,7 @@ def node_folder() -> Path | None:
     checkout edgeae runs from; None for an installed wheel (the runner and its npm packages are not in it)."""
     if os.environ.get("EDGEAE_NODE_DIR"):
         return Path(os.environ["EDGEAE_NODE_DIR"])
-    checkout = Path(__file__).resolve().parents[1] / "node"
+    checkout = Path(__file__).resolve().parents[2] / "node"
     return checkout if (checkout / WASM_SCRIPT).is_file() else None
 
 
@@ -137,31 +138,29 @@ def run(runtime: str, path: str | os.PathLike, x: np.ndarray, fixed_batch: bool 
 
 
 def _child(runtime: str, model: str, given: str, got: str, batch: str) -> None:
-    """The child process: load with one runtime, run, save the first output."""
+    """The child process: load with one runtime, run, save the first output.
+
+    Only the runtime asked for is imported (importlib, here alone): a child of one runtime never
+    loads another's libraries.
+    """
     x = np.load(given)
     if runtime == "onnxruntime":
-        import onnxruntime as ort
-
+        ort = importlib.import_module("onnxruntime")
         session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
         y = session.run(None, {session.get_inputs()[0].name: x})[0]
     elif runtime == "tract":
-        import tract
-
-        loaded = tract.onnx().load(model)
+        loaded = importlib.import_module("tract").onnx().load(model)
         if batch == "fixed":
             loaded.set_input_fact(0, ",".join(map(str, x.shape)) + ",f32")
         y = loaded.into_model().into_runnable().run([x])[0].to_numpy()
     elif runtime == "openvino":
-        import openvino as ov
-
+        ov = importlib.import_module("openvino")
         compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         y = compiled(x)[0]
     else:
-        import onnx
-        from onnx.reference import ReferenceEvaluator
-
-        proto = onnx.load(model)
-        y = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x})[0]
+        proto = importlib.import_module("onnx").load(model)
+        evaluator = importlib.import_module("onnx.reference").ReferenceEvaluator(proto)
+        y = evaluator.run(None, {proto.graph.input[0].name: x})[0]
     np.save(got, np.asarray(y, dtype=np.float32))
 
 

@@ -8,16 +8,23 @@ reference evaluator against Keras on the golden windows, measured, never predict
 """
 from __future__ import annotations
 
+import platform
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from edgeae.contract.errors import UsageError, require
-from edgeae.exporter.graphs.common import FIXED_PREFIXES
-from edgeae.exporter.graphs.ort_format import ort_session_options
+from edgeae.contract.records import Manifest
+from edgeae.data.windows import Preprocessing
+from edgeae.conversion.graphs.common import FIXED_PREFIXES
+from edgeae.conversion.graphs.ort_format import ort_session_options
 from edgeae.contract.parity import Tolerance, compare
+from edgeae.runtime.providers import CPU, CUDA, available_providers
+from edgeae.runtime.session import OnnxModel
+from edgeae.verifier.runtimes import RUNTIMES, RuntimeFailed, RuntimeUnavailable, run
 
 MOBILE_EPS = {
     "NNAPI": None,
@@ -52,8 +59,7 @@ def describe_graph(proto) -> tuple[int, dict[str, int], dict[str, int]]:
 
 def _cuda_prediction(node, precision: str) -> tuple[str, str]:
     """Where onnxruntime's CUDA provider would run a node, from its kernel table and fallback rules."""
-    from onnx import helper
-
+    helper = require("onnx", "train").helper
     if node.domain not in ("", "ai.onnx"):
         if node.op_type in CPU_ONLY_CONTRIB:
             return "cpu-fallback", f"{node.domain}:{node.op_type} has no CUDA kernel; runs on the CPU"
@@ -73,8 +79,6 @@ def _cuda_prediction(node, precision: str) -> tuple[str, str]:
 
 def _cuda_measured(path: Path, names: list[str]) -> dict[str, tuple[str, str]]:
     """Where each node actually ran in a CUDA session (profiled), by node name."""
-    from edgeae.runtime import CPU, CUDA, OnnxModel
-
     placement = OnnxModel(path, [CUDA, CPU], name=path.name).node_placement()
     out = {}
     for name in names:
@@ -89,9 +93,6 @@ def _cuda_measured(path: Path, names: list[str]) -> dict[str, tuple[str, str]]:
 def _float32_on_cpu(path: Path) -> set[str]:
     """Nodes onnxruntime runs in float32 on the CPU although the file stores them in float16."""
     onnx = require("onnx", "train")
-    import onnxruntime as ort
-    from onnx import TensorProto
-
     with tempfile.TemporaryDirectory(prefix="edgeae-cpu-") as tmp:
         options = ort_session_options()
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
@@ -101,13 +102,12 @@ def _float32_on_cpu(path: Path) -> set[str]:
     types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
     types.update({t.name: t.data_type for t in graph.initializer})
     return {n.name for n in graph.node if n.op_type != "Cast" and not n.name.startswith(FIXED_PREFIXES)
-            and types.get(n.input[0]) == TensorProto.FLOAT}
+            and types.get(n.input[0]) == onnx.TensorProto.FLOAT}
 
 
 def _partitions(model, table: str | None, dynamic_shapes_unsupported: bool):
     """onnxruntime's usability checker for NNAPI (no table) or CoreML (its supported-ops table)."""
-    from onnxruntime.tools.mobile_helpers import usability_checker as checker
-
+    checker = require("onnxruntime.tools.mobile_helpers.usability_checker", "train")  # it reads graphs with onnx
     if table is None:
         return checker.check_nnapi_partitions(model, dynamic_shapes_unsupported)
     return checker.check_coreml_partitions(model, dynamic_shapes_unsupported, table)
@@ -149,8 +149,6 @@ def target_report(path: Path, proto, precision: str) -> dict[str, Any]:
     onnxruntime has it and predicted from onnxruntime's kernel table where it does not;
     NNAPI and CoreML come from onnxruntime's usability checker.
     """
-    from edgeae.runtime import CUDA, available_providers
-
     proto = _named(proto)
     names = [n.name for n in proto.graph.node]
     nodes, ops, opsets = describe_graph(proto)
@@ -220,8 +218,6 @@ def target_lines(targets: dict[str, Any]) -> list[str]:
 def _measure(runtime: str, path: Path, x: np.ndarray, reference: np.ndarray, tolerance: Tolerance,
              scale: np.ndarray | None) -> dict[str, Any]:
     """One file on one runtime: whether it loads (with a free batch, else a fixed one) and its error."""
-    from edgeae.verifier.runtimes import RuntimeFailed, RuntimeUnavailable, run
-
     failures = []
     for fixed in (False, True) if runtime == "tract" else (False,):
         try:
@@ -234,8 +230,8 @@ def _measure(runtime: str, path: Path, x: np.ndarray, reference: np.ndarray, tol
         if y.shape != reference.shape or not np.isfinite(y).all():
             return {"verdict": "wrong", "batch": "fixed" if fixed else "any", "windows": len(x),
                     "note": f"gives shape {y.shape}" if y.shape != reference.shape else "gives NaN or inf"}
-        result = compare(reference, y, model=path.name, provider=runtime, dataset="golden", tolerance_abs=tolerance.abs,
-                         tolerance_rel_range=tolerance.rel_range, scale=scale, source=path.name)
+        result = compare(reference, y, model=path.name, provider=runtime, dataset="golden", tolerance=tolerance,
+                         scale=scale, source=path.name)
         return {"verdict": "ok" if result else "wrong", "batch": "fixed" if fixed else "any",
                 "max_abs": result.max_abs, "max_rel_range": result.max_rel_range,
                 "allowed": tolerance.describe(), "windows": len(x),
@@ -243,27 +239,28 @@ def _measure(runtime: str, path: Path, x: np.ndarray, reference: np.ndarray, tol
     return {"verdict": "fails", "note": " / ".join(failures)}
 
 
-def measure_runtimes(folder: Path, manifest: dict, golden: Any, runtimes: tuple[str, ...]) -> dict[str, Any]:
+def measure_runtimes(folder: Path, manifest: Manifest, golden: Any, runtimes: tuple[str, ...]) -> dict[str, Any]:
     """Every published ONNX file of an export (the detector graphs by their reconstruction) on each
     runtime, against Keras on the golden windows at the tolerance its variant records: 'ok', 'wrong' (it runs and misses), 'fails' (it does not
     load or run) or 'not installed'. A one-window graph gets the single golden window; ORT-format
     files are read by onnxruntime alone."""
-    from edgeae.verifier.runtimes import RUNTIMES
-
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise UsageError(f"no runtime named {', '.join(map(repr, unknown))} (runtimes: {', '.join(RUNTIMES)})")
-    scale = np.asarray(manifest["preprocessing"]["scale"], np.float64)
+    scale = np.asarray(Preprocessing.from_dict(manifest.preprocessing).scale, np.float64)
     names = list(golden.inputs)
-    files = [(role, entry["file"], entry) for role, by_name in (manifest.get("variants") or {}).items()
-             for entry in by_name.values() if entry.get("published")]
-    autoencoders = (manifest.get("variants") or {}).get("autoencoder") or {}
-    files += [("autoencoder", graph["file"], {**autoencoders.get(precision, {}), "batch": "any"})  # its reconstruction
-              for precision, graph in ((manifest.get("detector") or {}).get("graphs") or {}).items()]
+    # (role, file, the tolerance its variant records, whether it takes one window only)
+    files = [(role, entry.file, entry.details.get("tolerance"), entry.details.get("batch") == 1)
+             for role, entry in manifest.all_variants() if entry.published]
+    autoencoders = manifest.variants_of("autoencoder")
+    graphs = manifest.detector.graphs if manifest.detector else {}
+    files += [("autoencoder", graph.file,  # its reconstruction, at the tolerance of the autoencoder it was made from
+               autoencoders[precision].details.get("tolerance") if precision in autoencoders else None, False)
+              for precision, graph in graphs.items()]
     table: dict[str, Any] = {}
-    for role, file, entry in files:
-        tolerance = Tolerance.from_manifest(entry.get("tolerance"), f"the tolerance of {file}")
-        sets = ["single"] if entry.get("batch") == 1 else names
+    for role, file, recorded, one_window in files:
+        tolerance = Tolerance.from_manifest(recorded, f"the tolerance of {file}")
+        sets = ["single"] if one_window else names
         x = np.concatenate([golden.inputs[k] for k in sets])
         reference = np.concatenate([golden.reference(role)[k] for k in sets])
         path = folder / file
@@ -307,8 +304,6 @@ def runtime_lines(table: dict[str, Any]) -> list[str]:
 
 def machine() -> dict[str, Any]:
     """The CPU a measurement came from: its model and the vector extensions that change kernels."""
-    import platform
-
     flags, model = set(), platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -320,7 +315,5 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "asimd", "asimddp")
-    import onnxruntime as ort
-
     return {"cpu": model, "machine": platform.machine(), "extensions": [f for f in wanted if f in flags],
             "onnxruntime": ort.__version__}

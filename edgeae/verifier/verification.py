@@ -8,17 +8,29 @@ TensorFlow needed) or against the stored Keras model.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
-from edgeae.contract.files import as_path, read_export_manifest, verify_file, verify_files
-from edgeae.data.series import FLOAT32_MAX, Preprocessing
-from edgeae.contract.errors import IntegrityError, UsageError
+from edgeae.contract.files import as_path
+from edgeae.contract.golden import KERAS, SCORE, read_golden, write_golden
+from edgeae.contract.manifest import read_export_manifest, verify_file, verify_files
+from edgeae.contract.records import Manifest
+from edgeae.data.series import FLOAT32_MAX
+from edgeae.data.windows import Preprocessing
+from edgeae.contract.errors import IntegrityError, UsageError, require
 from edgeae.contract.layout import GOLDEN_INDEX_FILE, ROLES
 from edgeae.contract.parity import ParityReport, ParityResult, Tolerance, check_tolerance, compare, fp32_tolerance, recorded_tolerance
+from edgeae.conversion.convert import ExportError, internal_encoding
+from edgeae.runtime.providers import CPU, CUDA, available_providers, resolve_providers
+from edgeae.runtime.routes import batch_label, batch_routes
+from edgeae.runtime.scoring import reconstruction_error
+from edgeae.runtime.session import OnnxModel, placement_summary
+from edgeae.trainer.model import predict
 from edgeae.trainer.training import Training, load_training
 from edgeae.contract.variants import DEFAULT_VARIANT, serving_files, variant_file
 
@@ -45,8 +57,6 @@ def parity_inputs(train_windows: np.ndarray, pre: Preprocessing, seed: int) -> d
 
 def verification_providers(which: str) -> list[str]:
     """'all' = CPU plus CUDA where this onnxruntime has it; otherwise the one named."""
-    from edgeae.runtime import CPU, CUDA, available_providers, resolve_providers
-
     if which == "all":
         return [CPU] + ([CUDA] if CUDA in available_providers() else [])
     return [resolve_providers(which)[0]]
@@ -54,8 +64,6 @@ def verification_providers(which: str) -> list[str]:
 
 def keras_references(training: Training, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     """Keras outputs on verify's inputs, raw units: computed once, used for every file and stored."""
-    from edgeae.trainer.model import predict
-
     pre = training.preprocessing
     return {
         "autoencoder": {k: training.reconstruct(x) for k, x in inputs.items()},
@@ -67,9 +75,6 @@ def write_golden_vectors(stage: Path, inputs: dict[str, np.ndarray], references:
                          variants: dict[str, dict[str, Any]], pre: Preprocessing) -> dict[str, dict]:
     """Store the golden vectors (golden.py) of the export in `stage`: the inputs, Keras's outputs
     and scores, and each published reduced-precision variant's own outputs and scores here."""
-    from edgeae.contract.golden import KERAS, SCORE, write_golden
-    from edgeae.runtime import OnnxModel, reconstruction_error
-
     scale = pre.arrays()["scale"]
     expected: dict[str, dict[str, dict[str, np.ndarray]]] = {role: {KERAS: dict(outs)} for role, outs in references.items()}
     expected[SCORE] = {KERAS: {k: reconstruction_error(x, references["autoencoder"][k], scale) for k, x in inputs.items()}}
@@ -84,40 +89,43 @@ def write_golden_vectors(stage: Path, inputs: dict[str, np.ndarray], references:
     return write_golden(stage, inputs, expected)
 
 
-def stored_inputs(folder: Path, manifest: dict, training: Training | None = None) -> dict[str, np.ndarray]:
+def stored_inputs(folder: Path, manifest: Manifest, training: Training | None = None) -> dict[str, np.ndarray]:
     """The inputs an export was verified on, read from its golden vectors; an export made before
     they were stored (edgeae 0.1) has its inputs regenerated from its training windows and seed."""
-    from edgeae.contract.golden import read_golden
-
-    if GOLDEN_INDEX_FILE in manifest["files"] or training is None:
+    if GOLDEN_INDEX_FILE in manifest.files or training is None:
         return read_golden(folder, manifest).inputs
     return parity_inputs(training.train_windows, training.preprocessing, training.config.seed)
 
 
-def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray]], onnx_paths: dict[str, Path],
-                  inputs: dict[str, np.ndarray], providers: list[str], tolerance: Tolerance | None = None,
-                  internal_check: bool = True, batch_graphs: list[tuple[str, str, Path]] | None = None,
-                  variants: list[tuple[str, str, Path, Tolerance]] | None = None) -> ParityReport:
-    """Compare both ONNX files with the Keras outputs on every input set and provider.
+@dataclass(frozen=True)
+class ParityChecks:
+    """What verify_models checks besides the two default files, which verify and export choose apart.
 
     `batch_graphs` adds (role, label, file) for each graph the runtime hands some batch
     sizes to; a one-window graph runs window by window. `internal_check` also proves the
     encoder equals the autoencoder's own encoding; it edits the graph with onnx, which a
     runtime-only machine may not have. `variants` adds (role, variant, file, tolerance) for
-    each other file the runtime may load, each held to its own tolerance. The default files and
-    batch graphs are held to `tolerance` (default: fp32_tolerance()).
+    each other file the runtime may load, each held to its own tolerance.
     """
-    from edgeae.runtime import OnnxModel, placement_summary
 
+    internal_check: bool = True
+    batch_graphs: Sequence[tuple[str, str, Path]] = ()
+    variants: Sequence[tuple[str, str, Path, Tolerance]] = ()
+
+
+def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray]], onnx_paths: dict[str, Path],
+                  inputs: dict[str, np.ndarray], providers: list[str], tolerance: Tolerance | None = None,
+                  checks: ParityChecks = ParityChecks()) -> ParityReport:
+    """Compare both ONNX files with the Keras outputs on every input set and provider, and what
+    `checks` adds. The default files and batch graphs are held to `tolerance` (default:
+    fp32_tolerance()).
+    """
     tolerance = fp32_tolerance() if tolerance is None else tolerance
 
     results, placement, encoder_check = [], {}, None
     internal = None
-    if internal_check:
-        import onnx
-
-        from edgeae.exporter.convert import ExportError, internal_encoding
-
+    if checks.internal_check:
+        onnx = require("onnx", "train")
         try:
             internal = internal_encoding(onnx.load(str(onnx_paths["autoencoder"]))).SerializeToString()
         except ExportError as exc:  # e.g. an int8 or foreign file in the default file's place
@@ -125,15 +133,14 @@ def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray
     for provider in providers:
         short = "cuda" if provider.startswith("CUDA") else "cpu"
         models = [(role, role, path) for role, path in onnx_paths.items()]
-        models += list(batch_graphs or [])
+        models += list(checks.batch_graphs)
         for role, label, path in models:
             session = OnnxModel(path, [provider], name=path.name)
             placement[f"{label}/{short}"] = placement_summary(session.node_placement())
             scale = pre.arrays()["scale"] if role == "autoencoder" else None
             for dataset, x in inputs.items():
                 results.append(compare(references[role][dataset], session.run_windows(x), model=label, provider=short,
-                                       dataset=dataset, tolerance_abs=tolerance.abs,
-                                       tolerance_rel_range=tolerance.rel_range, scale=scale, source=path.name))
+                                       dataset=dataset, tolerance=tolerance, scale=scale, source=path.name))
         if internal is None:
             continue
         both = OnnxModel(internal, [provider], name="autoencoder (internal encoding)")
@@ -141,12 +148,11 @@ def verify_models(pre: Preprocessing, references: dict[str, dict[str, np.ndarray
         x = np.concatenate([inputs["training"], inputs["in_range"], inputs["outside_range"]])
         # The encoder's shape has just matched Keras's, so an encoding of another width is the autoencoder's fault.
         check = compare(encoder.run_windows(x), both.run_windows(x, output=1), model="encoder-vs-autoencoder",
-                        provider=short, dataset="internal encoding", tolerance_abs=tolerance.abs,
-                        tolerance_rel_range=tolerance.rel_range,
+                        provider=short, dataset="internal encoding", tolerance=tolerance,
                         source=f"{onnx_paths['autoencoder'].name}'s encoding")
         if encoder_check is None or check.max_abs > encoder_check.max_abs:
             encoder_check = check
-    checked = tuple(r for role, name, path, tolerance in variants or () for r in variant_parity(
+    checked = tuple(r for role, name, path, tolerance in checks.variants for r in variant_parity(
         path, role, name, references[role], inputs, providers, tolerance, pre.arrays()["scale"]).results)
     return ParityReport(tuple(results), encoder_check, placement, checked)
 
@@ -171,8 +177,6 @@ def verify(folder: Path, providers: str = "all", atol: float | None = None, agai
     machine with only the runtime installed can prove parity on its own providers;
     "auto" takes Keras where TensorFlow is installed, the stored outputs otherwise.
     """
-    from edgeae.runtime import batch_label, batch_routes
-
     for bound in (atol, rtol):  # a bad bound is refused before the folder is read
         if bound is not None:
             check_tolerance(bound)
@@ -184,9 +188,9 @@ def verify(folder: Path, providers: str = "all", atol: float | None = None, agai
     manifest = read_export_manifest(folder)
     verify_files(folder, manifest)
     for role, file in ONNX_FILES.items():  # the file the runtime loads must be the one checked at fp32's tolerance
-        if manifest["models"].get(role, {}).get("file") != file:
+        if manifest.model_file(role) != file:
             raise IntegrityError(f"manifest field models.{role}.file must be {file!r}, "
-                                 f"got {manifest['models'].get(role, {}).get('file')!r}")
+                                 f"got {manifest.model_file(role)!r}")
     paths = {role: folder / ONNX_FILES[role] for role in ONNX_FILES}
     extra = [(role, f"{role} ({batch_label(first, last)})", folder / file)
              for role in ONNX_FILES for first, last, file in batch_routes(manifest, role, "fp32")]
@@ -194,58 +198,55 @@ def verify(folder: Path, providers: str = "all", atol: float | None = None, agai
     checked = {path.name for path in paths.values()} | ({p.name for *_, p in extra} & serving_files())
     variants = published_variants(folder, manifest, checked)
     provider_list = verification_providers(providers)
-    tolerance = recorded_tolerance(manifest.get("parity") or {}, atol, rtol)
+    tolerance = recorded_tolerance(manifest.parity.details, atol, rtol)
     if against == "keras":
         training = load_training(folder)
         pre, inputs = training.preprocessing, stored_inputs(folder, manifest, training)
         references = keras_references(training, inputs)
-        report = verify_models(pre, references, paths, inputs, provider_list, tolerance, batch_graphs=extra,
-                               variants=variants)
+        report = verify_models(pre, references, paths, inputs, provider_list, tolerance,
+                               ParityChecks(batch_graphs=extra, variants=variants))
     else:
-        from edgeae.contract.golden import read_golden
-
-        pre = Preprocessing.from_dict(manifest["preprocessing"])
+        pre = Preprocessing.from_dict(manifest.preprocessing)
         golden = read_golden(folder, manifest)
         inputs, references = golden.inputs, {role: golden.reference(role) for role in ONNX_FILES}
         report = verify_models(pre, references, paths, inputs, provider_list, tolerance,
-                               internal_check=_installed("onnx"), batch_graphs=extra, variants=variants)
+                               ParityChecks(_installed("onnx"), extra, variants))
     return _with_detector_graphs(report, folder, manifest, pre, references["autoencoder"], inputs, provider_list)
 
 
-def _with_detector_graphs(report: ParityReport, folder: Path, manifest: dict, pre: Preprocessing,
+def _with_detector_graphs(report: ParityReport, folder: Path, manifest: Manifest, pre: Preprocessing,
                           references: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
                           providers: list[str]) -> ParityReport:
     """The report with every detector graph the manifest lists checked too (detector_parity)."""
     results, disagreements = [], []
-    autoencoders = (manifest.get("variants") or {}).get("autoencoder") or {}
-    for precision, graph in ((manifest.get("detector") or {}).get("graphs") or {}).items():
-        if not isinstance(graph, dict) or precision not in autoencoders or "threshold" not in graph:
+    autoencoders = manifest.variants_of("autoencoder")
+    graphs = manifest.detector.graphs if manifest.detector else {}
+    for precision, graph in graphs.items():
+        if precision not in autoencoders:
             raise IntegrityError(f"manifest field detector.graphs.{precision} names no published autoencoder "
                                  "and threshold")
-        path = verify_file(folder, graph.get("file"), manifest["files"].get(graph.get("file")))
-        parity, problems = detector_parity(path, precision, autoencoders[precision], float(graph["threshold"]),
+        path = verify_file(folder, graph.file, manifest.files.get(graph.file))
+        parity, problems = detector_parity(path, precision, autoencoders[precision].details, float(graph.threshold),
                                            references, inputs, providers, pre.arrays()["scale"])
         results += parity.results
         disagreements += problems
     return replace(report, detectors=tuple(results), disagreements=tuple(disagreements))
 
 
-def published_variants(folder: Path, manifest: dict, checked: set[str]) -> list[tuple[str, str, Path, Tolerance]]:
+def published_variants(folder: Path, manifest: Manifest, checked: set[str]) -> list[tuple[str, str, Path, Tolerance]]:
     """(role, variant, file, tolerance) for every published variant file not in `checked`.
 
     Each is held to the tolerance its export recorded (fp16 and int8 relative to the
     range), so a file swapped for another model's, and the manifest resealed, fails verify.
     """
     out = []
-    for role, by_name in (manifest.get("variants") or {}).items():
-        for name, entry in by_name.items():
-            if not entry["published"] or entry["file"] in checked:
-                continue
-            if role not in ONNX_FILES:
-                raise IntegrityError(f"manifest field variants.{role}: no such model (expected "
-                                     f"{' or '.join(ONNX_FILES)})")
-            tolerance = Tolerance.from_manifest(entry.get("tolerance"), f"variants.{role}.{name}.tolerance")
-            out.append((role, name, verify_file(folder, entry["file"], manifest["files"].get(entry["file"])), tolerance))
+    for role, entry in manifest.all_variants():
+        if not entry.published or entry.file in checked:
+            continue
+        if role not in ONNX_FILES:
+            raise IntegrityError(f"manifest field variants.{role}: no such model (expected "
+                                 f"{' or '.join(ONNX_FILES)})")
+        out.append((role, entry.name, verify_file(folder, entry.file, manifest.files.get(entry.file)), entry.tolerance))
     return out
 
 
@@ -289,8 +290,6 @@ def variant_parity(path: Path, role: str, variant: str, references: dict[str, np
                    scale: np.ndarray) -> VariantParity:
     """Run one file on every input set and provider (ORT format on the CPU only); the autoencoder
     in model units, as verify does."""
-    from edgeae.runtime import CPU, OnnxModel, reconstruction_error
-
     results, scores = [], []
     units = scale if role == "autoencoder" else None
     for provider in [CPU] if variant == "ort" else providers:
@@ -299,25 +298,20 @@ def variant_parity(path: Path, role: str, variant: str, references: dict[str, np
         for dataset, x in inputs.items():
             out, ref = model.run_windows(x), references[dataset]
             results.append(compare(ref, out, model=f"{role}/{variant} ({path.name})", provider=short, dataset=dataset,
-                                   tolerance_abs=tolerance.abs, tolerance_rel_range=tolerance.rel_range, scale=units,
-                                   source=path.name))
+                                   tolerance=tolerance, scale=units, source=path.name))
             if role == "autoencoder":
                 scores.append(compare(reconstruction_error(x, ref, scale), reconstruction_error(x, out, scale),
                                       model=f"{path.name} score", provider=short, dataset=dataset))
     return VariantParity(tuple(results), tolerance, tuple(scores))
 
 
-def detector_parity(path: Path, precision: str, autoencoder_entry: dict[str, Any], threshold: float,
+def detector_parity(path: Path, precision: str, autoencoder_entry: Mapping[str, Any], threshold: float,
                     references: dict[str, np.ndarray], inputs: dict[str, np.ndarray], providers: list[str],
                     scale: np.ndarray) -> tuple[VariantParity, list[str]]:
     """A detector graph against Keras (its reconstruction, at the tolerance of the autoencoder file it
     was made from) and against the Python runtime's own score and rule: each window's score within
     1e-6 relative of `reconstruction_error` on the graph's reconstruction, and its flag exactly
     `score > threshold`. Returns the parity and one line per window set where score or flag differ."""
-    import onnxruntime as ort
-
-    from edgeae.runtime import reconstruction_error
-
     tolerance = Tolerance.from_manifest(autoencoder_entry.get("tolerance"), f"detector.graphs.{precision}")
     results, problems = [], []
     for provider in providers:
@@ -327,8 +321,8 @@ def detector_parity(path: Path, precision: str, autoencoder_entry: dict[str, Any
         for dataset, x in inputs.items():
             reconstruction, score, flag = session.run(None, {name: x})
             results.append(compare(references[dataset], reconstruction, model=f"detector/{precision} ({path.name})",
-                                   provider=short, dataset=dataset, tolerance_abs=tolerance.abs,
-                                   tolerance_rel_range=tolerance.rel_range, scale=scale, source=path.name))
+                                   provider=short, dataset=dataset, tolerance=tolerance, scale=scale,
+                                   source=path.name))
             expected = reconstruction_error(x, reconstruction, scale)
             worst = float(np.max(np.abs(score - expected) / np.maximum(np.abs(expected), 1e-300)))
             differ = int(np.sum(flag != (expected > threshold)))

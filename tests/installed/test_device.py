@@ -20,7 +20,7 @@ import edgeae
 from edgeae import runtime
 from edgeae.runtime import streaming
 from edgeae.contract import versions
-from edgeae.contract.files import read_export_manifest
+from edgeae.contract.manifest import read_export_manifest
 from edgeae.contract.errors import EXIT_DEPENDENCY, EXIT_INTEGRITY, IntegrityError
 from edgeae.contract.golden import KERAS, read_golden
 
@@ -46,9 +46,9 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def test_the_installed_package_is_imported_not_the_checkout(checkout):
     import edgeae.cli
-    import edgeae.exporter.graphs
+    import edgeae.conversion.graphs
 
-    for module in (edgeae, edgeae.cli, edgeae.exporter.graphs, runtime):
+    for module in (edgeae, edgeae.cli, edgeae.conversion.graphs, runtime):
         where = Path(module.__file__).resolve()
         assert where.is_relative_to(Path(sys.prefix).resolve()), where
         assert not where.is_relative_to(checkout / "edgeae"), where
@@ -73,7 +73,7 @@ def test_one_version_everywhere(edgeae_cli):
 def test_inspect_shows_the_export_versions_beside_the_installed_ones(edgeae_cli, exported):
     result = ok(edgeae_cli("inspect", exported, "--json"))
     shown = json.loads(result.stdout)
-    made_with = read_export_manifest(exported)["versions"]
+    made_with = read_export_manifest(exported).to_body()["versions"]
     assert shown["versions"]["onnxruntime"] == {"export": made_with["onnxruntime"],
                                                 "installed": importlib.metadata.version("onnxruntime")}
     assert shown["versions"]["tensorflow"] == {"export": made_with["tensorflow"], "installed": None}
@@ -84,9 +84,9 @@ def test_inspect_shows_the_export_versions_beside_the_installed_ones(edgeae_cli,
 
 
 def test_inspect_warns_when_this_onnxruntime_is_older_than_the_exporting_one(edgeae_cli, export_copy):
-    from edgeae.contract.files import write_manifest
+    from edgeae.contract.manifest import write_manifest
 
-    manifest = read_export_manifest(export_copy)
+    manifest = read_export_manifest(export_copy).to_body()
     manifest["versions"]["onnxruntime"] = "99.0.0"
     write_manifest(export_copy, manifest)
     result = ok(edgeae_cli("inspect", export_copy))
@@ -103,7 +103,7 @@ def test_the_runtime_api_matches_keras_on_the_golden_windows(exported):
     manifest = read_export_manifest(exported)
     golden = read_golden(exported, manifest)
     model = runtime.load(exported)  # the golden self-check runs on load
-    bound = manifest["parity"]["tolerance_abs"]
+    bound = manifest.parity.tolerance_abs
     for name, x in golden.inputs.items():
         for role, got in (("autoencoder", model.reconstruct(x)), ("encoder", model.encode(x))):
             want = golden.expected[role][KERAS][name]

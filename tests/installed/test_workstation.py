@@ -1,5 +1,5 @@
 """The workstation profile: the wheel installed with [train]. A short train, export and verify run from
-the installed package (tf2onnx, the graph builders in edgeae.exporter.graphs, the publisher)."""
+the installed package (tf2onnx, the graph builders in edgeae.conversion.graphs, the publisher)."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -13,7 +13,7 @@ TINY = ("--epochs", "3", "--units", "4", "--timesteps", "4", "--features", "2", 
 
 
 def test_the_installed_package_is_imported_not_the_checkout(checkout):
-    from edgeae.exporter import graphs
+    from edgeae.conversion import graphs
     from edgeae.exporter import publish
 
     for module in (edgeae, graphs, publish):

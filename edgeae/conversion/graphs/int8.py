@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeae.contract.errors import require
-from edgeae.exporter.graphs.common import Built, Job, NotApplicable, initializers_by_name, set_variant
+from edgeae.conversion.graphs.common import Built, Job, NotApplicable, initializers_by_name, set_variant
 
 
 INT8_WEIGHTS = "per-row"  # the int8 variant: one scale per row of each LSTM weight matrix
@@ -23,7 +23,7 @@ def to_int8(clean):
     speed, not faster: that is what int8-dynamic, proven on the device, is for.
     """
     onnx = require("onnx", "train")
-    from onnx import helper, numpy_helper
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
     proto = onnx.ModelProto()
     proto.CopyFrom(clean)
@@ -55,7 +55,7 @@ def to_int8(clean):
 
 
 def build(job: Job) -> Built | None:
-    import onnx
+    onnx = require("onnx", "train")
 
     proto = to_int8(job.clean)
     onnx.save(proto, str(job.path))

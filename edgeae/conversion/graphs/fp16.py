@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeae.contract.errors import require
-from edgeae.exporter.graphs.common import FIXED_PREFIXES, Built, Job, NotApplicable, initializers_by_name, set_variant, save
+from edgeae.conversion.graphs.common import FIXED_PREFIXES, Built, Job, NotApplicable, initializers_by_name, set_variant, save
 
 
 def to_float16(clean):
@@ -15,7 +15,7 @@ def to_float16(clean):
     one Cast at each end. Callers keep feeding and receiving float32.
     """
     onnx = require("onnx", "train")
-    from onnx import TensorProto, helper, numpy_helper
+    TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
 
     loops = [n.name for n in clean.graph.node if n.op_type in ("Loop", "Scan")]
     if loops:

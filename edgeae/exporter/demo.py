@@ -21,8 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from edgeae import runtime
 from edgeae.contract.errors import IntegrityError, MissingDependencyError, install_hint
-from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL
+from edgeae.contract.files import check_target
+from edgeae.contract.records import Detector, thawed
+from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL, fp32_tolerance
+from edgeae.data.series import load_labels, load_series
+from edgeae.detection.threshold import evaluate
+from edgeae.exporter import publish
+from edgeae.exporter.options import ExportOptions
+from edgeae.trainer.model import TrainConfig
+from edgeae.trainer.training import train
 
 PACKAGE = "aeon"
 EXTRA = "dataset"
@@ -68,10 +77,8 @@ def internal_bleeding() -> LabelledDataset:
     return dataset
 
 
-def demo_config(**overrides: Any):
+def demo_config(**overrides: Any) -> TrainConfig:
     """Settings that suit this series: a 64-sample window sees the jitter against a beat's shape."""
-    from edgeae.trainer.model import TrainConfig
-
     settings: dict[str, Any] = {
         "timesteps": 64, "features": 1, "units": 32, "epochs": 150, "batch_size": 32, "learning_rate": 2e-3,
         "stride": 1, "validation_fraction": 0.25, "patience": 20, "clip_quantiles": (0.001, 0.999),
@@ -89,14 +96,15 @@ class DemoResult:
     export: Path
     detection: Any  # detector.Detection
     training: dict[str, Any]  # training.Training.summary()
-    detector: dict[str, Any]  # the manifest's record
+    detector: Detector  # the manifest's record
     train_seconds: float
     evaluated_rows: int
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset.name, "description": self.dataset.description, "export": str(self.export),
                 "evaluated_rows": self.evaluated_rows, "train_seconds": self.train_seconds,
-                "detection": self.detection.to_dict(), "detector": self.detector, "training": self.training}
+                "detection": self.detection.to_dict(), "detector": thawed(self.detector.details),
+                "training": self.training}
 
     def lines(self) -> list[str]:
         t = self.training
@@ -106,8 +114,8 @@ class DemoResult:
             f"dataset: {self.dataset.name} ({self.dataset.description})",
             (f"trained {t['parameters']:,} parameters on {t['data']['windows']} windows for {t['epochs_run']} epochs "
              f"(weights of epoch {t['best_epoch']} kept) in {self.train_seconds:.1f} s"),
-            (f"threshold {d['threshold']:.4g}: the {d['quantile']:g} quantile of the scores of "
-             f"{d['windows']} {d['calibrated_on']} windows"),
+            (f"threshold {d.threshold:.4g}: the {d.quantile:g} quantile of the scores of "
+             f"{d.windows} {d.calibrated_on} windows"),
             f"scored rows {first}-{first + self.evaluated_rows - 1} (never trained on) with onnxruntime:",
             *("  " + line for line in self.detection.lines()),
             f"exported to {self.export}; to picture it: edgeae report {self.export} --data {self.dataset.test_file} "
@@ -117,8 +125,6 @@ class DemoResult:
 
 def evaluation_part(dataset: LabelledDataset) -> tuple[np.ndarray, np.ndarray]:
     """The labelled rows after the training part: (values (rows, features), labels (rows,))."""
-    from edgeae.data.series import load_labels, load_series
-
     values = load_series(dataset.test_file, dataset.columns).values
     labels = load_labels(dataset.test_file, dataset.label_column)
     return values[dataset.train_rows:], labels[dataset.train_rows:]
@@ -132,13 +138,6 @@ def demo(out: Path, config: Any = None, providers: str = "cpu", force: bool = Fa
     `atol` and `rtol` are the export's fp32 parity bounds, as for `export`; a run that fails them
     is kept as a training folder beside `out`.
     """
-    from edgeae.exporter import publish
-    from edgeae import runtime
-    from edgeae.trainer.training import train
-    from edgeae.contract.files import check_target
-    from edgeae.detection.threshold import evaluate
-    from edgeae.contract.parity import fp32_tolerance
-
     dataset = internal_bleeding()
     config = config or demo_config()
     out = Path(out)
@@ -147,9 +146,9 @@ def demo(out: Path, config: Any = None, providers: str = "cpu", force: bool = Fa
     start = time.perf_counter()
     training = train(config, dataset.train_file, dataset.columns, progress)
     train_seconds = time.perf_counter() - start
-    path, _ = publish.export_or_keep(training, out, providers=providers, force=force, atol=atol, rtol=rtol)
+    path, _ = publish.export_or_keep(training, out, ExportOptions(atol=atol, rtol=rtol, providers=providers, force=force))
     model = runtime.load(path, "cpu")
     values, labels = evaluation_part(dataset)
     detection, _ = evaluate(model, values, labels, stride=1)
-    return DemoResult(dataset, path, detection, training.summary(), model.manifest["detector"],
+    return DemoResult(dataset, path, detection, training.summary(), model.manifest.detector,
                       round(train_seconds, 1), len(values))

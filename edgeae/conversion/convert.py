@@ -8,11 +8,13 @@ import json
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
-from edgeae import __version__
-from edgeae.data.series import Preprocessing
+from edgeae.contract.versions import __version__
+from edgeae.data.windows import Preprocessing
 from edgeae.contract.errors import EdgeAEError, UsageError, require
 from edgeae.contract.parity import fp32_tolerance
+from edgeae.trainer.model import import_keras
 
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 14, 18  # LSTM with layout/activations (14+) .. what tf2onnx 1.17 knows
@@ -34,8 +36,6 @@ def check_opset(opset: int) -> int:
 
 def convert(keras_model, timesteps: int, features: int, opset: int = DEFAULT_OPSET):
     """Run tf2onnx on the CPU with an explicit signature (Keras 3 needs one)."""
-    from edgeae.trainer.model import import_keras
-
     tf, _ = import_keras()
     tf2onnx = require("tf2onnx", "train")
     signature = [tf.TensorSpec((None, timesteps, features), tf.float32, name=INPUT_NAME)]
@@ -60,16 +60,14 @@ def _set_batch_dim(value_info) -> None:
 
 
 def _constant(graph, name: str, values: np.ndarray) -> str:
-    from onnx import numpy_helper
-
-    graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.float32), name))
+    onnx = require("onnx", "train")
+    graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(values, dtype=np.float32), name))
     return name
 
 
 def add_preprocessing(proto, pre: Preprocessing, role: str):
     """Put clip + scale before the model, and (autoencoder only) the inverse after it."""
-    from onnx import helper
-
+    helper = require("onnx", "train").helper
     graph = proto.graph
     if len(graph.input) != 1 or len(graph.output) != 1:
         raise ExportError(f"expected one input and one output, got {len(graph.input)} and {len(graph.output)}")
@@ -115,7 +113,7 @@ def add_preprocessing(proto, pre: Preprocessing, role: str):
 
 def describe_io(proto) -> dict[str, list[dict[str, Any]]]:
     """Input/output names, shapes (the batch axis by its name) and element types."""
-    from onnx import helper
+    helper = require("onnx", "train").helper
 
     def one(v):
         t = v.type.tensor_type
@@ -151,8 +149,7 @@ def export_model(keras_model, role: str, pre: Preprocessing, timesteps: int, fea
                  opset: int = DEFAULT_OPSET, training: dict | None = None, own: bool = True):
     """One Keras model -> a checked ONNX ModelProto with preprocessing and edgeae metadata
     (`own` False: a user's model, held to check_exported's rules for those)."""
-    from onnx import helper
-
+    helper = require("onnx", "train").helper
     if role not in OUTPUT_NAMES:
         raise UsageError(f"role must be one of {', '.join(OUTPUT_NAMES)}, got {role!r}")
     if pre.features != features:
@@ -188,9 +185,9 @@ def internal_encoding(autoencoder_proto):
     Comparing that output with the standalone encoder proves the encoder computes exactly
     the autoencoder's own encoding.
     """
-    from onnx import ModelProto, helper, numpy_helper
-
-    proto = ModelProto()
+    onnx = require("onnx", "train")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    proto = onnx.ModelProto()
     proto.CopyFrom(autoencoder_proto)
     graph = proto.graph
     marked = next((json.loads(p.value) for p in proto.metadata_props if p.key == ENCODING_KEY), None)
@@ -215,9 +212,8 @@ def mark_encoding(autoencoder_proto, encoder_proto, features: int, timesteps: in
     Every float tensor of the main graph is run on random windows; a batch size no other axis has
     makes a (batch, units) tensor (or one with extra axes of 1) unambiguous.
     """
-    import onnxruntime as ort
-    from onnx import ModelProto, helper
-
+    onnx = require("onnx", "train")
+    helper = onnx.helper
     batch = max(features, timesteps, units) * 2 + 1
     x = np.random.default_rng(0).standard_normal((batch, timesteps, features)).astype(np.float32)
 
@@ -227,7 +223,7 @@ def mark_encoding(autoencoder_proto, encoder_proto, features: int, timesteps: in
         return dict(zip(wanted, session.run(wanted, {session.get_inputs()[0].name: x})))
 
     expected = next(iter(run(encoder_proto).values()))
-    probe = ModelProto()
+    probe = onnx.ModelProto()
     probe.CopyFrom(autoencoder_proto)
     known = {v.name for v in probe.graph.output}
     names = [out for node in probe.graph.node for out in node.output if out and out not in known]

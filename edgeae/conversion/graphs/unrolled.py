@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeae.exporter.graphs.common import Built, Job, clean_autoencoder, decoder_steps, graph_from, step_activations, save
+from edgeae.contract.errors import require
+from edgeae.conversion.graphs.common import Built, Job, clean_autoencoder, decoder_steps, graph_from, step_activations, save
 
 
 # Graphs a variant hands some batch sizes to, as (graph, first, last batch size; None: no limit). Measured
@@ -26,7 +27,8 @@ def unrolled_graph(clean, role: str):
     if role != "autoencoder":
         return None
     c = clean_autoencoder(clean, role)  # first: it makes sure onnx is there
-    from onnx import helper
+    onnx = require("onnx", "train")
+    helper = onnx.helper
 
     acts = step_activations(c.decoder_attrs)
     if acts is None:

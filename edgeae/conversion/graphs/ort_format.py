@@ -6,14 +6,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
+from onnxruntime.tools.ort_format_model.utils import create_config_from_models
+
 from edgeae.contract.files import atomic_write_bytes
 from edgeae.contract.errors import require
-from edgeae.exporter.graphs.common import Built, Job
+from edgeae.conversion.graphs.common import Built, Job
 
 
 def ort_session_options():
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -27,8 +28,6 @@ def to_ort(source: Path, path: Path) -> Any:
     NCHWc layouts), so the file runs on ARM as well as on this machine.
     """
     onnx = require("onnx", "train")
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory(prefix="edgeae-ort-") as tmp:
         equivalent = Path(tmp) / "equivalent.onnx"
         for target, fmt in ((path, "ORT"), (equivalent, "ONNX")):
@@ -42,8 +41,6 @@ def to_ort(source: Path, path: Path) -> Any:
 
 def write_ort_config(ort_files: list[Path], path: Path) -> None:
     """The operator (and type) list a reduced onnxruntime build needs to run these .ort files."""
-    from onnxruntime.tools.ort_format_model.utils import create_config_from_models
-
     chatty = logging.getLogger("ort_format_model.utils")  # logs the temporary path at INFO
     level = chatty.level
     with tempfile.TemporaryDirectory(prefix="edgeae-ortcfg-") as tmp:

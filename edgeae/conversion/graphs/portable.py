@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeae.contract.errors import require
-from edgeae.exporter.graphs.common import (
+from edgeae.conversion.graphs.common import (
     FIXED_PREFIXES, GATES, MODEL_INPUT, Built, Job, NotApplicable, clean_autoencoder, decoder_steps, gate_weights,
     graph_from, lstm_steps, step_activations, save,
 )
@@ -21,8 +21,8 @@ def portable_graph(clean, role: str):
     within float32 rounding, held to fp32's tolerance. None for LSTM settings this writing
     does not cover.
     """
-    require("onnx", "train")
-    from onnx import helper, numpy_helper
+    onnx = require("onnx", "train")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
     graph = clean.graph
     arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}

@@ -10,7 +10,7 @@ from typing import Any
 
 from edgeae.contract.files import atomic_write_bytes
 from edgeae.contract.errors import UsageError, require
-from edgeae.exporter.graphs.common import Built, Job, set_variant
+from edgeae.conversion.graphs.common import Built, Job, set_variant
 
 
 def _not_preprocessing_advice(record: logging.LogRecord) -> bool:
@@ -46,13 +46,14 @@ def to_int8_dynamic(clean, path: Path, weights: str = "per-tensor") -> None:
     if weights not in INT8_DYNAMIC_WEIGHTS:
         raise UsageError(f"int8-dynamic weights are quantized {' or '.join(INT8_DYNAMIC_WEIGHTS)}, not {weights!r}")
     onnx = require("onnx", "train")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantization = require("onnxruntime.quantization", "train")  # it imports onnx
 
     with tempfile.TemporaryDirectory(prefix="edgeae-int8-") as tmp:
         out = Path(tmp) / path.name
         with _quiet_quantizer():
-            quantize_dynamic(clean, out, op_types_to_quantize=["LSTM"], per_channel=weights == "per-channel",
-                             weight_type=QuantType.QInt8)
+            quantization.quantize_dynamic(clean, out, op_types_to_quantize=["LSTM"],
+                                          per_channel=weights == "per-channel",
+                                          weight_type=quantization.QuantType.QInt8)
         proto = onnx.load(str(out))
     set_variant(proto, "int8-dynamic")
     proto.metadata_props.add(key="edgeae.int8_weights", value=weights)
@@ -73,7 +74,7 @@ def within_tolerance(clean, path: Path,
 
 def build(job: Job) -> Built | None:
     """The first weight quantization within the tolerance, or the last one tried and its failing parity."""
-    import onnx
+    onnx = require("onnx", "train")
 
     weights, parity = within_tolerance(job.clean, job.path, job.parity)
     return Built(onnx.load(str(job.path)), parity, weights)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edgeae.exporter.graphs import batch1
-from edgeae.exporter.graphs import fp16
-from edgeae.exporter.graphs import int8
-from edgeae.exporter.graphs import int8_dynamic
-from edgeae.exporter.graphs import ort_format
-from edgeae.exporter.graphs import portable
-from edgeae.exporter.graphs import unrolled
-from edgeae.exporter.graphs.common import Built, Job
+from edgeae.conversion.graphs import batch1
+from edgeae.conversion.graphs import fp16
+from edgeae.conversion.graphs import int8
+from edgeae.conversion.graphs import int8_dynamic
+from edgeae.conversion.graphs import ort_format
+from edgeae.conversion.graphs import portable
+from edgeae.conversion.graphs import unrolled
+from edgeae.conversion.graphs.common import Built, Job
 
 # The builder of each variant that a builder makes (variants.SPECS, `built`): the only place a variant's
 # name meets its code, so the table itself stays importable without onnx.

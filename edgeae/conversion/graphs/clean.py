@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgeae.contract.errors import require
-from edgeae.exporter.graphs.common import FIXED_PREFIXES, MODEL_INPUT, GraphError, initializers_by_name, set_variant
+from edgeae.conversion.graphs.common import FIXED_PREFIXES, MODEL_INPUT, GraphError, initializers_by_name, set_variant
 
 
 PASS_THROUGH = {"Unsqueeze", "Squeeze", "Expand", "Reshape", "Identity", "Cast"}
@@ -19,7 +19,8 @@ PASS_THROUGH = {"Unsqueeze", "Squeeze", "Expand", "Reshape", "Identity", "Cast"}
 
 def _is_zero_state(graph, name: str) -> bool:
     """True if `name` is absent or provably all zeros (tf2onnx's Expand of a zero constant)."""
-    from onnx import numpy_helper
+    onnx = require("onnx", "train")
+    numpy_helper = onnx.numpy_helper
 
     if not name:
         return True
@@ -39,7 +40,8 @@ def _is_zero_state(graph, name: str) -> bool:
 
 def _lstm_parts(graph, node, label: str, weights: list) -> dict[str, Any]:
     """The weights and attributes of one forward LSTM with a zero initial state."""
-    from onnx import helper, numpy_helper
+    onnx = require("onnx", "train")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
     inits = initializers_by_name(graph)
     inputs = list(node.input) + [""] * (8 - len(node.input))
@@ -70,7 +72,7 @@ def clean_graph(plain, role: str):
     right is the parity run against Keras that every caller makes before publishing it.
     """
     onnx = require("onnx", "train")
-    from onnx import helper, numpy_helper
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
     graph = plain.graph
     lstms = [n for n in graph.node if n.op_type == "LSTM"]
@@ -138,7 +140,8 @@ def clean_graph(plain, role: str):
 def _dense_weights(graph, inits: dict[str, Any]) -> tuple[Any, Any]:
     """The TimeDistributed Dense's kernel and bias: every per-step MatMul must share them. A bias
     of zeros (an untrained or bias-free Dense) is folded away by tf2onnx: it comes back as zeros."""
-    from onnx import numpy_helper
+    onnx = require("onnx", "train")
+    numpy_helper = onnx.numpy_helper
 
     matmuls = [n for n in graph.node if n.op_type == "MatMul"]
     kernels = {next((i for i in n.input if i in inits), "") for n in matmuls}

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgeae.contract.errors import require
-from edgeae.exporter.convert import ExportError
+from edgeae.conversion.convert import ExportError
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def save(job: Job, proto: Any, why_not: str) -> Built:
     why (NotApplicable, recorded in the manifest) and write nothing."""
     if proto is None:
         raise NotApplicable(why_not)
-    import onnx
+    onnx = require("onnx", "train")
 
     onnx.save(proto, str(job.path))
     return Built(proto)
@@ -85,8 +85,8 @@ class CleanAutoencoder:
 
 
 def clean_autoencoder(clean, role: str) -> CleanAutoencoder:
-    require("onnx", "train")
-    from onnx import helper, numpy_helper
+    onnx = require("onnx", "train")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
     graph = clean.graph
     arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -107,7 +107,7 @@ def clean_autoencoder(clean, role: str) -> CleanAutoencoder:
 def sibling(clean, graph, variant: str):
     """A model around `graph` that carries the clean graph's opsets, producer and metadata, checked."""
     onnx = require("onnx", "train")
-    from onnx import helper
+    helper = onnx.helper
 
     model = helper.make_model(graph, opset_imports=list(clean.opset_import), producer_name=clean.producer_name,
                               producer_version=clean.producer_version, doc_string=clean.doc_string)
@@ -153,7 +153,8 @@ def lstm_steps(prefix: str, inputs: list[dict[str, str]], acts: tuple[str, str, 
     step adds its recurrent term with one Gemm per gate, R_g·h_{t-1} with the input term as its
     bias, which onnxruntime fuses with the gate's activation.
     """
-    from onnx import helper
+    onnx = require("onnx", "train")
+    helper = onnx.helper
 
     node = helper.make_node
     gate_act, cell_act, out_act = acts
@@ -181,7 +182,8 @@ def lstm_steps(prefix: str, inputs: list[dict[str, str]], acts: tuple[str, str, 
 def decoder_steps(c: CleanAutoencoder, encoding: str, acts: tuple[str, str, str]) -> tuple[list, dict[str, np.ndarray]]:
     """The decoder written out, from the encoding (batch, units) to the network's output (batch, steps, features):
     the repeated input's projection made once, one Gemm per gate, then the steps and the Dense layer."""
-    from onnx import helper
+    onnx = require("onnx", "train")
+    helper = onnx.helper
 
     node = helper.make_node
     constants = gate_weights("decoder", c.arrays["decoder/W"][0], c.arrays["decoder/R"][0], c.arrays["decoder/B"][0],
@@ -200,7 +202,8 @@ def decoder_steps(c: CleanAutoencoder, encoding: str, acts: tuple[str, str, str]
 
 def graph_from(clean, nodes: list, constants: dict[str, np.ndarray], variant: str):
     """A sibling of `clean` made of `nodes`: the clean graph's initializers they read, plus `constants`."""
-    from onnx import helper, numpy_helper
+    onnx = require("onnx", "train")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
     graph = clean.graph
     kept = {name for n in nodes for name in n.input}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeae.exporter.graphs.common import MODEL_INPUT, Built, Job, clean_autoencoder, sibling, save
+from edgeae.contract.errors import require
+from edgeae.conversion.graphs.common import MODEL_INPUT, Built, Job, clean_autoencoder, sibling, save
 
 
 def single_window_graph(clean, role: str):
@@ -20,8 +21,9 @@ def single_window_graph(clean, role: str):
     """
     if role != "autoencoder":
         return None
-    c = clean_autoencoder(clean, role)  # first: it makes sure onnx is there
-    from onnx import TensorProto, helper, numpy_helper
+    c = clean_autoencoder(clean, role)
+    onnx = require("onnx", "train")
+    TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
 
     graph, units, timesteps, features, attrs = c.graph, c.units, c.timesteps, c.features, c.decoder_attrs
     dec_w, dec_b = c.arrays["decoder/W"][0], c.arrays["decoder/B"][0]  # (4u, u), (8u,): Wb then Rb

@@ -1,0 +1,46 @@
+"""The Dask cluster a fleet command runs on: a scheduler the user names, or a local one started
+(and closed) for the run, with one thread per worker process."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from edgeae.contract.errors import EXIT_RUNTIME, EdgeAEError, require
+
+
+class ClusterError(EdgeAEError, ConnectionError):
+    """The Dask scheduler cannot be reached or the cluster cannot be started."""
+
+    exit_code = EXIT_RUNTIME
+
+
+@contextlib.contextmanager
+def connect(scheduler: Any = None, workers: int | None = None) -> Iterator[Any]:
+    """A Dask client: to `scheduler` (an address, or a Client, kept open), else to a local cluster
+    of `workers` processes (default: one per core) with one thread each."""
+    distributed = require("distributed", "dask")
+    # The scheduler logs each shuffle's start and end as a warning: two lines per run that say nothing is wrong.
+    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
+    if isinstance(scheduler, distributed.Client):
+        yield scheduler
+        return
+    try:
+        if scheduler is not None:
+            client = distributed.Client(scheduler, timeout="10s")
+        else:
+            cluster = distributed.LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                                               processes=True, dashboard_address=":0")
+            client = distributed.Client(cluster)
+    except (OSError, TimeoutError, RuntimeError) as exc:  # RuntimeError: a local worker process failed to start
+        where = f"the Dask scheduler at {scheduler}" if scheduler is not None else "a local Dask cluster"
+        raise ClusterError(f"cannot reach {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
+    try:
+        yield client
+    finally:
+        client.close()
+        if scheduler is None:
+            cluster.close()
