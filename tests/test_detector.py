@@ -155,7 +155,7 @@ def test_training_and_device_flags_agree_on_real_windows(sensor_export):
         np.testing.assert_allclose(device.scores, keras_side, rtol=1e-4, atol=1e-9, err_msg=name)
         np.testing.assert_array_equal(device.flags, keras_side > model.threshold, err_msg=name)
     device_flags = model.score(training.validation_windows).flags
-    assert int(device_flags.sum()) == model.manifest.detector.details["flagged"]
+    assert int(device_flags.sum()) == model.manifest.detector.flagged
 
 
 def test_faults_score_above_the_threshold(sensor_export):

@@ -36,7 +36,6 @@ REFERENCE_ROLE = "reference"
 ORT_CONFIG_ROLE = "ort-config"
 PLOT_ROLE = "plot"
 DETECTOR_ROLE = "onnx-detector"
-DETECTOR_PRECISIONS = ("fp32", "fp16", "int8")  # a detector graph for each, where the autoencoder was published
 
 
 def detector_file(precision: str) -> str:
@@ -47,8 +46,3 @@ def detector_file(precision: str) -> str:
 def model_file(role: str, suffix: str = ".onnx") -> str:
     """The file name of `role` in the variant whose suffix is `suffix`: autoencoder.int8.onnx."""
     return f"{role}{suffix}"
-
-
-# Files an export's build writes besides its model files: rebuilt, never carried over, by optimize.
-BUILT_FILES = (PARITY_REPORT_FILE, GOLDEN_INDEX_FILE, GOLDEN_DATA_FILE, REFERENCE_FILE, TARGETS_FILE,
-               ORT_CONFIG_FILE, *map(detector_file, DETECTOR_PRECISIONS))

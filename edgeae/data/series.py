@@ -309,7 +309,7 @@ def trained_columns(manifest: Manifest | None, path: Path) -> tuple[str, ...] | 
     names = manifest.columns if manifest is not None else None
     if not names:
         return None
-    source = manifest.training.data.get("source", "")
+    source = manifest.training.source or ""
     if Path(str(source)).suffix.lower() == Path(path).suffix.lower():
         return tuple(str(n) for n in names)
     return None

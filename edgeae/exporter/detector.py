@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeae.contract.errors import ParityError, UsageError, require
-from edgeae.contract.layout import DETECTOR_PRECISIONS, DETECTOR_ROLE, detector_file
+from edgeae.contract.layout import DETECTOR_ROLE, detector_file
 from edgeae.contract.manifest import file_entry
-from edgeae.contract.variants import DEFAULT_VARIANT
+from edgeae.contract.variants import DEFAULT_VARIANT, DETECTOR_PRECISIONS
 from edgeae.detection.graph import ANOMALY, SCORE, detector_graph
 from edgeae.detection.threshold import calibrate, set_threshold
 from edgeae.exporter.build import BuiltExport

@@ -28,7 +28,7 @@ from edgeae.contract.errors import EdgeAEError, UsageError, require
 from edgeae.contract.files import as_path, atomic_write_json, check_target, read_json, staged_folder
 from edgeae.contract.golden import read_golden
 from edgeae.contract.layout import (
-    BUILT_FILES, DATA_ROLE, KERAS_FILE, KERAS_ROLE, PARITY_INPUTS_FILE, REPORT_ROLE, ROLES, TARGETS_FILE,
+    DATA_ROLE, KERAS_FILE, KERAS_ROLE, PARITY_INPUTS_FILE, REPORT_ROLE, ROLES, TARGETS_FILE,
 )
 from edgeae.contract.manifest import (
     amend_export, file_entry, read_export_manifest, read_manifest, set_routes, verify_files, write_manifest,
@@ -36,7 +36,7 @@ from edgeae.contract.manifest import (
 from edgeae.contract.records import Manifest, thawed
 from edgeae.contract.parity import ParityReport, check_tolerance, fp32_tolerance, recorded_tolerance
 from edgeae.contract.variants import (
-    BY_NAME, DEFAULT_BUILT, DEFAULT_VARIANT, VARIANTS, check_tolerances, check_variant_names, variant_file,
+    BUILT_FILES, BY_NAME, DEFAULT_BUILT, DEFAULT_VARIANT, VARIANTS, check_tolerances, check_variant_names, variant_file,
 )
 from edgeae.exporter.build import build_export
 from edgeae.conversion.convert import DEFAULT_OPSET, check_opset, export_model

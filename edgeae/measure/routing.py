@@ -53,7 +53,7 @@ def candidates(manifest: Manifest, role: str, base: str) -> dict[str, bool]:
     """The published fp32 ONNX graphs of `role` equivalent to `base`'s, but NOT_ROUTED, each with
     whether it takes one window only (a one-window graph can serve batch 1 alone)."""
     by_name = manifest.variants_of(role)
-    return {entry.file: entry.details.get("batch") == 1 for name, entry in by_name.items()
+    return {entry.file: entry.one_window for name, entry in by_name.items()
             if name == base or (entry.published and entry.precision == by_name[base].precision
                                 and entry.file.endswith(".onnx") and name not in NOT_ROUTED)}
 

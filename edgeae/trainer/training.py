@@ -255,8 +255,7 @@ def load_training(folder: Path) -> Training:
         stored = read_json(verify_file(folder, TRAINING_FILE, manifest.files.get(TRAINING_FILE)), "training record")
         check_training_record(stored, TRAINING_FILE)
         record, source = TrainingRecord.of(stored), TRAINING_FILE
-    details = record.details  # history, epochs and preprocessing: no typed field yet
-    pre = Preprocessing.from_dict(manifest.preprocessing or details["preprocessing"], source)
+    pre = Preprocessing.from_dict(manifest.preprocessing or record.preprocessing, source)
     try:  # settings this version cannot export (an older edgeae's) are the caller's to change
         config = model.TrainConfig.from_dict(thawed(record.config))
     except UsageError as exc:
@@ -266,6 +265,7 @@ def load_training(folder: Path) -> Training:
     autoencoder, encoder = model.load(folder / KERAS_FILE)
     model.check_matches(autoencoder, encoder, config, KERAS_FILE)
     train_w, val_w = saved_windows(folder, config.timesteps, config.features)
-    history = thawed(details.get("history")) or {"loss": [details.get("final_loss", float("nan"))]}
-    return Training(config, pre, autoencoder, encoder, history, int(details.get("epochs_run", 0)),
-                    int(details.get("best_epoch", 0)), train_w, val_w, thawed(record.data), folder)
+    final = record.final_loss if record.final_loss is not None else float("nan")
+    history = thawed(record.history) or {"loss": [final]}
+    return Training(config, pre, autoencoder, encoder, history, record.epochs_run, record.best_epoch,
+                    train_w, val_w, thawed(record.data), folder)

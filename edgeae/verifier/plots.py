@@ -23,6 +23,7 @@ from edgeae.contract.checks import is_whole
 from edgeae.contract.files import as_path, atomic_write_bytes, read_json
 from edgeae.contract.layout import PARITY_INPUTS_FILE, PARITY_REPORT_FILE, PLOT_FILES, PLOT_ROLE
 from edgeae.contract.manifest import amend_export, verify_file
+from edgeae.contract.records import thawed
 from edgeae.data.series import load_features, load_labelled, trained_columns
 from edgeae.data.windows import cut_windows, window_labels
 
@@ -291,14 +292,14 @@ def report(export_dir: Path, options: ReportOptions = ReportOptions(), out: Path
                   + (" FLAGGED" if threshold is not None and scores[i] > threshold else "") for i in picked]
         names = names or [str(j) for j in range(model.features)]
         shown, why = driving_features(model.score(windows[picked]).contributions, names, options.features)
-        trained = manifest.training.details if manifest.training else {}
+        trained = manifest.training
+        history = (thawed(trained.history) if trained else None) or {"loss": [trained.final_loss if trained else None]}
         parity = read_json(verify_file(export_dir, PARITY_REPORT_FILE, manifest.files.get(PARITY_REPORT_FILE)), "parity report")
         images = {
             "reconstruction": reconstruction_png(windows[picked], model.reconstruct(windows[picked]), names, titles,
                                                  shown, why),
             "scores": scores_png(starts, scores, threshold, window_flags, spans, xlabel),
-            "loss": loss_png(trained.get("history") or {"loss": [trained.get("final_loss")]},
-                             trained.get("best_epoch")),
+            "loss": loss_png(history, trained.best_epoch if trained else None),
             "parity": parity_png(parity),
         }
         _check_targets(target, ours, force)  # again: drawing takes a while, and `out` is not locked

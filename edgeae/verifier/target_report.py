@@ -250,12 +250,12 @@ def measure_runtimes(folder: Path, manifest: Manifest, golden: Any, runtimes: tu
     scale = np.asarray(Preprocessing.from_dict(manifest.preprocessing).scale, np.float64)
     names = list(golden.inputs)
     # (role, file, the tolerance its variant records, whether it takes one window only)
-    files = [(role, entry.file, entry.details.get("tolerance"), entry.details.get("batch") == 1)
+    files = [(role, entry.file, entry.recorded_tolerance, entry.one_window)
              for role, entry in manifest.all_variants() if entry.published]
     autoencoders = manifest.variants_of("autoencoder")
     graphs = manifest.detector.graphs if manifest.detector else {}
     files += [("autoencoder", graph.file,  # its reconstruction, at the tolerance of the autoencoder it was made from
-               autoencoders[precision].details.get("tolerance") if precision in autoencoders else None, False)
+               autoencoders[precision].recorded_tolerance if precision in autoencoders else None, False)
               for precision, graph in graphs.items()]
     table: dict[str, Any] = {}
     for role, file, recorded, one_window in files:
