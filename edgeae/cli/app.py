@@ -38,7 +38,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
     Python's default SIGTERM kills the process on the spot, leaving staging folders and
     locks behind; raising KeyboardInterrupt lets their context managers clean up. Either
-    signal also sets artifacts.INTERRUPTED, which the publishing swap checks: a
+    signal also sets contract.files.INTERRUPTED, which the publishing swap checks: a
     KeyboardInterrupt swallowed where it landed cannot let a run publish. Only the main
     thread may set handlers, and the previous ones are restored, so a program that calls
     the CLI in-process keeps its own.

@@ -64,7 +64,7 @@ def write_golden(stage: Path, inputs: dict[str, np.ndarray],
     index: dict[str, Any] = {
         "format": FORMAT, "format_version": 1, "data": DATA_FILE, "dtype": "float32", "byte_order": "little",
         "note": "each entry: `offset` and `count` in float32 elements from the start of the data file "
-                "(`byte_offset` in bytes), `shape` row-major; see edgeae/golden.py",
+                "(`byte_offset` in bytes), `shape` row-major; see edgeae/contract/golden.py",
         "inputs": {}, "expected": {},
     }
     blobs, offset = [], 0

@@ -7,7 +7,7 @@ names instead of spelling them, so a renamed file cannot leave one of them behin
 from __future__ import annotations
 
 ROLES = ("autoencoder", "encoder")  # the two models of every export
-MAX_CHUNK = 65536  # the most windows per call a manifest may name for a model (routing.py measures it)
+MAX_CHUNK = 65536  # the most windows per call a manifest may name for a model (measure/routing.py measures it)
 
 MANIFEST_FILE = "manifest.json"
 KERAS_FILE = "model.keras"

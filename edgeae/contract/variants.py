@@ -1,7 +1,7 @@
 """The edge variants of a model, in one table: each row says what the file is, how it is named,
 made and checked, and which batch sizes of another variant it serves.
 
-Adding a variant is one row here plus one builder module in graphs/ (named in graphs.BUILDERS).
+Adding a variant is one row here plus one builder module in conversion/graphs/ (named in graphs.BUILDERS).
 Everything else (the files an export publishes, tolerances, manifest entries, the CLI's names, the
 variants the runtime self-checks) is read from here. It imports neither onnx nor the builders, so the
 runtime reads the same table.
@@ -21,7 +21,7 @@ DEFAULT_VARIANT = "fp32"
 # Measured on the seed model, against the clean graph: the one-window graph is 8% faster at batch 1; the
 # unrolled one 7-15% faster from 128 windows per run (so for the runtime's 256-window chunks), even at
 # 64 and up to 25% slower below. This is the rule `--fixed-routing` keeps; an export otherwise measures
-# which graph serves which sizes on its own machine (routing.py).
+# which graph serves which sizes on its own machine (measure/routing.py).
 UNROLLED_FROM = 128
 
 

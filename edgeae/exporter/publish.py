@@ -2,7 +2,7 @@
 manifest; and the measurements added to a published export later (routing, targets), each through
 contract.manifest.amend_export.
 
-Every folder is written through `artifacts.staged_folder`, so a failure at any step (parity
+Every folder is written through `contract.files.staged_folder`, so a failure at any step (parity
 included) publishes nothing. export makes the ONNX graphs from a Training; optimize rebuilds
 them from a published folder; both hand them to `build.build_export`, which makes the clean
 graphs and the variants, proves them against Keras and writes the reports and golden vectors;
@@ -68,7 +68,7 @@ def export(training: Training, out: Path, options: ExportOptions = ExportOptions
     """Export both models, verify them against Keras, and publish the folder only if parity holds.
 
     Which fp32 graph runs which batch sizes, and in runs of how many windows, is measured here
-    (routing.py; seconds); `options.measure_routing` False keeps the built-in rule, the same on every machine.
+    (measure/routing.py; seconds); `options.measure_routing` False keeps the built-in rule, the same on every machine.
 
     `options.threshold` replaces the calibrated anomaly threshold for every precision (say, one
     `evaluate` suggested from labels), recorded with `threshold_source` beside the calibrated one.
@@ -268,7 +268,7 @@ def kept_run_folder(out: Path) -> Path:
 
 def rewrite_routing(folder: Path) -> dict[str, list[dict[str, Any]]]:
     """Measure on this machine which graph serves which batch sizes of each role's fp32 model, and
-    in runs of how many windows (routing.py), and rewrite only that in the manifest, resealed.
+    in runs of how many windows (measure/routing.py), and rewrite only that in the manifest, resealed.
     Returns the routes by role."""
     folder = as_path(folder, "export folder")
     with amend_export(folder) as amendment:

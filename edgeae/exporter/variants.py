@@ -1,4 +1,4 @@
-"""The variants of an export: each made from the clean fp32 graphs by its builder (graphs/), checked
+"""The variants of an export: each made from the clean fp32 graphs by its builder (conversion/graphs/), checked
 against Keras at its own tolerance, published or left out, and described for the manifest and the
 terminal. A rewrite that does not fit the model is skipped with its reason, never half applied.
 """

@@ -2,7 +2,7 @@
 which batch sizes, how many windows per call, and what the export proved about each graph.
 
 Every function reads the manifest's typed records (contract/manifest.py), never its raw JSON.
-`fixed_batch_routes` gives the fixed batch-routing rule (`by_batch`) the exporter writes (routing.py
+`fixed_batch_routes` gives the fixed batch-routing rule (`by_batch`) the exporter writes (measure/routing.py
 measures one instead); `batch_routes` reads the routes the manifest records, whichever wrote them.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from edgeae.contract.errors import IntegrityError, UsageError
 from edgeae.contract.records import Manifest
 from edgeae.contract.variants import DEFAULT_VARIANT
 
-DEFAULT_CHUNK = 256  # windows per session.run where the manifest measured no other (routing.py)
+DEFAULT_CHUNK = 256  # windows per session.run where the manifest measured no other (measure/routing.py)
 FINITE_PROOF_LIMIT = 1e30  # float32 tops out at 3.4e38: a proven bound below this leaves 8 orders of magnitude
 
 
@@ -74,7 +74,7 @@ def batch_routes(manifest: Manifest, role: str, variant: str) -> list[tuple[int,
 
 
 def routed_chunk(manifest: Manifest, role: str, variant: str | None) -> int:
-    """The windows per call the export measured for `variant` (routing.py), else DEFAULT_CHUNK
+    """The windows per call the export measured for `variant` (measure/routing.py), else DEFAULT_CHUNK
     (read_manifest has checked it is a whole number from 1 to layout.MAX_CHUNK)."""
     entry = manifest.variant(role, variant)
     return (entry.chunk if entry is not None else None) or DEFAULT_CHUNK
@@ -94,7 +94,7 @@ def manifest_sizes(manifest: Manifest) -> dict[str, Any]:
 
 def fixed_batch_routes(by_name: dict[str, dict[str, Any]], base: str,
                        graphs: tuple[tuple[str, int, int | None], ...]) -> list[dict[str, Any]]:
-    """The manifest's `by_batch` by the fixed rule (routing.py measures it instead): which file runs
+    """The manifest's `by_batch` by the fixed rule (measure/routing.py measures it instead): which file runs
     which batch sizes of `base`, its published batch graphs and its own file for every size they
     leave. Empty when none of them was published. batch_routes reads what is written."""
     taken = sorted((first, last, by_name[name]["file"]) for name, first, last in graphs

@@ -5,7 +5,7 @@ differently: onnx's reference evaluator and tract ignore an LSTM's `activations`
 tanh (a relu model comes out wrong, without an error), tract aborts its whole process on an
 LSTM with a free batch dimension, and OpenVINO's CPU plugin computes in bfloat16 by default on
 CPUs that have it. So each run happens in a child process (an abort there is a failure to
-report, not the end of the caller), and targets.py measures every file on each of them.
+report, not the end of the caller), and target_report.py measures every file on each of them.
 
 - "onnxruntime": the installed onnxruntime, CPU provider, in a fresh process;
 - "onnxruntime-web": onnxruntime-web's WebAssembly backend under Node.js (the repository's

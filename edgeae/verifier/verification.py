@@ -1,7 +1,7 @@
 """Verification: the inputs every model is checked on, Keras's references, and parity of every
 model file and variant against them, on every execution provider.
 
-Exports store what verification ran on as golden vectors (golden.py), so re-verifying never
+Exports store what verification ran on as golden vectors (contract/golden.py), so re-verifying never
 regenerates anything: `verify` runs the stored inputs against the stored Keras outputs (no
 TensorFlow needed) or against the stored Keras model.
 """
@@ -73,7 +73,7 @@ def keras_references(training: Training, inputs: dict[str, np.ndarray]) -> dict[
 
 def write_golden_vectors(stage: Path, inputs: dict[str, np.ndarray], references: dict[str, dict[str, np.ndarray]],
                          variants: dict[str, dict[str, Any]], pre: Preprocessing) -> dict[str, dict]:
-    """Store the golden vectors (golden.py) of the export in `stage`: the inputs, Keras's outputs
+    """Store the golden vectors (contract/golden.py) of the export in `stage`: the inputs, Keras's outputs
     and scores, and each published reduced-precision variant's own outputs and scores here."""
     scale = pre.arrays()["scale"]
     expected: dict[str, dict[str, dict[str, np.ndarray]]] = {role: {KERAS: dict(outs)} for role, outs in references.items()}
