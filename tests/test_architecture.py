@@ -99,3 +99,14 @@ def test_only_the_contract_reads_the_manifests_raw_json():
             if target is not None and "manifest" in ast.unparse(target).split(".")[-1]:
                 raw.append(f"{name_of(path)}:{node.lineno} {ast.unparse(node)[:60]}")
     assert raw == []
+
+
+def test_no_two_classes_share_a_name():
+    """One class per error, per job and per record: two `UnsupportedModelError`s or two `Job`s would let a caller
+    catch or build the wrong one."""
+    where: dict[str, list[str]] = {}
+    for path in MODULES:
+        for node in ast.walk(tree(path)):
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(name_of(path))
+    assert {name: modules for name, modules in where.items() if len(modules) > 1} == {}
