@@ -4,9 +4,13 @@
 //
 //   const exp = await openExport(ort, readFile)      // readFile(name) -> Uint8Array of a file of the export
 //   await exp.checkGolden()                          // refuses an export this runtime computes wrong
-//   const series = parseCsv(text, exp.columns, "data.csv")
-//   const result = await exp.score(series)           // {starts, scores, flags}
+//   const series = parseCsv(text, exp.columns, "data.csv", { missing: "skip", maxGap: 5 })
+//   const result = await exp.score(series)           // {starts, scores, flags, missing}
+//   summarize(result)                                // {windows, flagged, normal, missing}
 //
+// A missing value (an empty cell, NA, NaN, null, N/A, in any case) is refused, skipped or interpolated
+// as `missing` says; a window holding one is reported as missing (score NaN, neither flagged nor
+// normal) and never reaches onnxruntime.
 // Errors are EdgeError(message, code) with edgeae's exit codes: 3 bad data, 4 integrity, 6 parity.
 
 export class EdgeError extends Error {
@@ -114,22 +118,73 @@ export async function openExport(ort, readFile, precision = "fp32") {
       }
       const starts = [];
       for (let s = 0; s + timesteps <= rows; s += stride) starts.push(s);
-      const scores = new Float64Array(starts.length), flags = new Uint8Array(starts.length);
+      const gapsBefore = new Int32Array(rows + 1); // rows holding a missing value, before each row
+      for (let r = 0; r < rows; r++) {
+        let gap = 0;
+        for (let j = 0; j < features; j++) gap |= Number.isNaN(series.values[r * features + j]);
+        gapsBefore[r + 1] = gapsBefore[r] + gap;
+      }
+      const missing = Uint8Array.from(starts, (s) => gapsBefore[s + timesteps] > gapsBefore[s]);
+      const complete = starts.map((s, i) => i).filter((i) => !missing[i]); // only these reach the model
+      const scores = new Float64Array(starts.length).fill(Number.NaN), flags = new Uint8Array(starts.length);
       const width = timesteps * features;
-      for (let first = 0; first < starts.length; first += CHUNK) {
-        const count = Math.min(CHUNK, starts.length - first);
+      for (let first = 0; first < complete.length; first += CHUNK) {
+        const count = Math.min(CHUNK, complete.length - first);
         const batch = new Float32Array(count * width);
         for (let w = 0; w < count; w++) {
-          const from = starts[first + w] * features;
+          const from = starts[complete[first + w]] * features;
           batch.set(series.values.subarray(from, from + width), w * width);
         }
         const out = await run(batch, count);
-        scores.set(out.score, first);
-        flags.set(out.anomaly, first);
+        for (let w = 0; w < count; w++) {
+          scores[complete[first + w]] = out.score[w];
+          flags[complete[first + w]] = out.anomaly[w];
+        }
       }
-      return { starts, scores, flags };
+      return { starts, scores, flags, missing };
     },
   };
+}
+
+// How many windows were flagged, normal and missing (a missing window is neither flagged nor normal).
+export function summarize({ starts, flags, missing }) {
+  let flagged = 0, gaps = 0;
+  starts.forEach((_, i) => { gaps += missing[i]; flagged += !missing[i] && flags[i] ? 1 : 0; });
+  return { windows: starts.length, flagged, normal: starts.length - flagged - gaps, missing: gaps };
+}
+
+// Cells that mean "no value here", compared lowercased (NA, NaN, nan, null, NULL, N/A, an empty cell), as
+// edgeae's Python side reads them. Infinity is not missing: it is refused.
+export const MISSING_CELLS = new Set(["", "na", "nan", "null", "n/a"]);
+export const MISSING_CHOICES = ["skip", "refuse", "interpolate"];
+export const DEFAULT_MISSING = "skip", DEFAULT_MAX_GAP = 5;
+const SEPARATORS = [",", ";", "\t"]; // in the order a header line is searched for them
+const FLOAT32_MAX = 3.4028234663852886e38;
+const DECIMAL_COMMA = /^[+-]?\d+,\d+([eE][+-]?\d+)?$/;
+
+// The column separator of a CSV, read from its header line: a comma, else a semicolon (as
+// spreadsheets write where the comma is the decimal mark), else a tab; a comma for one column.
+export function separator(headerLine) {
+  return SEPARATORS.find((sep) => headerLine.includes(sep)) ?? ",";
+}
+
+// One line's cells: split on `sep`, with a cell that starts with a double quote read to its closing
+// quote (a doubled quote inside is one quote), as Python's csv module reads a line.
+function splitLine(line, sep) {
+  if (!line.includes('"')) return line.split(sep);
+  const cells = [];
+  let cell = "", quoted = false, fresh = true;
+  for (let i = 0; i < line.length; i++) {
+    const ch = line[i];
+    if (quoted) {
+      if (ch === '"' && line[i + 1] === '"') { cell += '"'; i++; } else if (ch === '"') quoted = false; else cell += ch;
+    } else if (ch === sep) {
+      cells.push(cell); cell = ""; fresh = true; continue;
+    } else if (ch === '"' && fresh) quoted = true; else cell += ch;
+    fresh = false;
+  }
+  cells.push(cell);
+  return cells;
 }
 
 // A number as Python's float() reads a CSV cell (ASCII digits, no underscores), or null for text.
@@ -139,10 +194,47 @@ function parseNumber(cell) {
   return Number(cell);
 }
 
+export function checkMissingOptions(missing, maxGap) {
+  if (!MISSING_CHOICES.includes(missing)) {
+    throw new EdgeError(`--missing must be skip, refuse or interpolate; got '${missing}'`, 2);
+  }
+  if (!Number.isInteger(maxGap) || maxGap < 0) {
+    throw new EdgeError(`--max-gap must be a whole number of rows, at least 0, got '${maxGap}'`, 2);
+  }
+}
+
+// Fills each column's runs of at most `maxGap` missing rows that have a value on both sides, on the
+// line between those two values; a run at the start or end, or a longer one, stays missing.
+// Returns how many values were filled.
+export function interpolateGaps(values, rows, features, maxGap) {
+  let filled = 0;
+  for (let j = 0; j < features; j++) {
+    let last = -1; // the row of the last value seen in this column
+    for (let r = 0; r < rows; r++) {
+      if (Number.isNaN(values[r * features + j])) continue;
+      const gap = r - last - 1;
+      if (last >= 0 && gap > 0 && gap <= maxGap) {
+        const a = values[last * features + j], b = values[r * features + j];
+        for (let k = 1; k <= gap; k++) values[(last + k) * features + j] = a + (b - a) * (k / (gap + 1));
+        filled += gap;
+      }
+      last = r;
+    }
+  }
+  return filled;
+}
+
 // A CSV with a header row, as edgeae reads it: `columns` (the names the model was trained on) in
-// that order, else every column. Refuses what the Python runtime refuses, in the same words.
-export function parseCsv(text, columns, source) {
-  const lines = text.replace(/^\uFEFF/, "").split(/\r?\n/).map((line, i) => ({ line: i + 1, cells: line.split(",") }));
+// that order, else every column. The separator (comma, semicolon or tab) is the header line's; a
+// byte-order mark is dropped. Refuses what the Python runtime refuses, in the same words.
+// Missing values become NaN and are then refused, kept (skip) or filled (interpolate: runs of at
+// most `maxGap` rows inside a column) as `missing` says; `hint` ends refuse's message.
+export function parseCsv(text, columns, source, { missing = DEFAULT_MISSING, maxGap = DEFAULT_MAX_GAP,
+                                                  hint = "pass --missing skip or --missing interpolate" } = {}) {
+  checkMissingOptions(missing, maxGap);
+  const raw = text.replace(/^\uFEFF/, "").split(/\r?\n/);
+  const sep = separator(raw[0]);
+  const lines = raw.map((line, i) => ({ line: i + 1, cells: line === "" ? [] : splitLine(line, sep) }));
   while (lines.length && lines[lines.length - 1].cells.every((c) => c.trim() === "")) lines.pop();
   if (!lines.length) throw new EdgeError(`${source}: the file is empty`, BAD_DATA);
   const header = lines[0].cells.map((h) => h.trim());
@@ -152,25 +244,45 @@ export function parseCsv(text, columns, source) {
     if (at < 0) throw new EdgeError(`${source}: no column '${name}' (columns: ${header.join(", ")})`, BAD_DATA);
     return at;
   });
-  const values = new Float32Array((lines.length - 1) * picked.length);
+  const rows = lines.length - 1, features = picked.length;
+  const values = new Float64Array(rows * features), counts = new Array(features).fill(0);
   lines.slice(1).forEach(({ line, cells }, i) => {
-    if (cells.every((c) => c.trim() === "")) throw new EdgeError(`${source}: row ${line} is empty (a missing time step?)`, BAD_DATA);
+    if (cells.every((c) => c.trim() === "") && cells.length !== header.length) { // a blank line, not empty cells
+      throw new EdgeError(`${source}: row ${line} is empty (a missing time step?)`, BAD_DATA);
+    }
     if (cells.length !== header.length) {
       throw new EdgeError(`${source}: row ${line} has ${cells.length} cells, the header has ${header.length}`, BAD_DATA);
     }
     picked.forEach((col, j) => {
       const cell = cells[col].trim(), name = header[col];
-      if (cell === "") throw new EdgeError(`${source}: row ${line}, column '${name}': missing value`, BAD_DATA);
+      if (MISSING_CELLS.has(cell.toLowerCase())) {
+        values[i * features + j] = Number.NaN;
+        counts[j]++;
+        return;
+      }
       const number = parseNumber(cell);
+      if (number === null && DECIMAL_COMMA.test(cell)) {
+        throw new EdgeError(`${source}: row ${line}, column '${name}': '${cell}' has a decimal comma; edgeae reads ` +
+                            `a point as the decimal mark ('${cell.replace(",", ".")}')`, BAD_DATA);
+      }
       if (number === null) throw new EdgeError(`${source}: row ${line}, column '${name}': '${cell}' is not a number`, BAD_DATA);
       if (!Number.isFinite(number)) {
         throw new EdgeError(`${source}: row ${line}, column '${name}': '${cell}' is not a finite number`, BAD_DATA);
       }
-      if (Math.abs(number) > 3.4028234663852886e38) {
+      if (Math.abs(number) > FLOAT32_MAX) {
         throw new EdgeError(`${source}: row ${line}, column '${name}': ${cell} does not fit in float32`, BAD_DATA);
       }
-      values[i * picked.length + j] = number;
+      values[i * features + j] = number;
     });
   });
-  return { values, rows: lines.length - 1, features: picked.length, columns: picked.map((c) => header[c]), source };
+  const names = picked.map((c) => header[c]);
+  const total = counts.reduce((a, b) => a + b, 0);
+  if (total && missing === "refuse") {
+    const per = names.map((name, j) => [name, counts[j]]).filter(([, n]) => n).map(([name, n]) => `${name}: ${n}`);
+    const shown = per.slice(0, 10).join(", ") + (per.length > 10 ? `, ... (${per.length} columns in all)` : "");
+    throw new EdgeError(`${source}: ${total} missing value${total === 1 ? "" : "s"} (${shown}); ${hint}`, BAD_DATA);
+  }
+  const filled = missing === "interpolate" ? interpolateGaps(values, rows, features, maxGap) : 0;
+  return { values, rows, features, columns: names, source, separator: sep,
+           missingValues: total, interpolatedValues: filled };
 }

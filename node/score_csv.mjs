@@ -1,24 +1,51 @@
 // Score a CSV series with an edgeae export in Node.js: the detector graph on onnxruntime-node.
 //
-//   node node/score_csv.mjs EXPORT_DIR DATA.csv [--variant fp32|fp16|int8] [--json]
+//   node node/score_csv.mjs EXPORT_DIR DATA.csv [--variant fp32|fp16|int8] [--missing skip|refuse|interpolate]
+//                           [--max-gap N] [--json]
 //
 // Checks the export's golden vectors first (exit 6 if this runtime misses them), then prints one
-// line per window: its first row (0-based), its score and its flag (CSV, or one JSON object).
+// line per window: its first row (0-based), its score, its flag and whether it is missing (CSV, or
+// one JSON object with a summary); the CSV form says the summary in one line on stderr.
+// The separator (comma, semicolon, tab) is read from the header line. A missing value (empty, NA,
+// NaN, nan, null, NULL, N/A) is, with --missing: skip (the default) kept, and a window holding one
+// reported as missing (no score, no flag); refuse: exit 3 naming the count per column; interpolate:
+// filled on a line inside runs of at most --max-gap rows (default 5), any other left as skip leaves it.
 // Bad data exits 3 with one line, as `edgeae score` does.
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import * as ort from "onnxruntime-node";
 
-import { EdgeError, openExport, parseCsv } from "./edgeae.mjs";
+import {
+  DEFAULT_MAX_GAP, DEFAULT_MISSING, EdgeError, checkMissingOptions, openExport, parseCsv, summarize,
+} from "./edgeae.mjs";
+
+const USAGE = "usage: node score_csv.mjs EXPORT_DIR DATA.csv [--variant fp32|fp16|int8] " +
+              "[--missing skip|refuse|interpolate] [--max-gap N] [--json]";
+const VALUED = new Set(["--variant", "--missing", "--max-gap"]);
+
+// The command line: two paths, --json, and the options that take a value (each once).
+function parseArgs(argv) {
+  const options = new Map(), paths = [];
+  let json = false;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "--json") json = true;
+    else if (VALUED.has(arg)) {
+      if (i + 1 >= argv.length || options.has(arg)) throw new EdgeError(USAGE, 2);
+      options.set(arg, argv[++i]);
+    } else if (arg.startsWith("--")) throw new EdgeError(`no option ${arg}; ${USAGE}`, 2);
+    else paths.push(arg);
+  }
+  if (paths.length !== 2) throw new EdgeError(USAGE, 2);
+  const gap = options.get("--max-gap") ?? String(DEFAULT_MAX_GAP);
+  const missing = options.get("--missing") ?? DEFAULT_MISSING, maxGap = /^\d+$/.test(gap) ? Number(gap) : gap;
+  checkMissingOptions(missing, maxGap);
+  return { folder: paths[0], data: paths[1], json, variant: options.get("--variant") ?? "fp32",
+           missing, maxGap };
+}
 
 async function main(argv) {
-  const flags = new Set(argv.filter((a) => a === "--json"));
-  const variantAt = argv.indexOf("--variant");
-  const variant = variantAt >= 0 ? argv[variantAt + 1] : "fp32";
-  const [folder, data] = argv.filter((a, i) => !a.startsWith("--") && (variantAt < 0 || i !== variantAt + 1));
-  if (!folder || !data || !variant) {
-    throw new EdgeError("usage: node score_csv.mjs EXPORT_DIR DATA.csv [--variant fp32|fp16|int8] [--json]", 2);
-  }
+  const { folder, data, json, variant, missing, maxGap } = parseArgs(argv);
   const readExportFile = async (name) => {
     try {
       return new Uint8Array(await readFile(path.join(folder, name)));
@@ -35,16 +62,24 @@ async function main(argv) {
   } catch (error) {
     throw new EdgeError(`${data}: ${error.code === "ENOENT" ? "not found" : error.message}`, 2);
   }
-  const series = parseCsv(text, exp.columns, path.basename(data));
-  const { starts, scores, flags: anomaly } = await exp.score(series);
-  if (flags.has("--json")) {
+  const series = parseCsv(text, exp.columns, path.basename(data), { missing, maxGap });
+  const result = await exp.score(series);
+  const { starts, scores, flags, missing: gaps } = result;
+  const summary = { ...summarize(result), missing_values: series.missingValues,
+                    interpolated_values: series.interpolatedValues };
+  if (json) {
     process.stdout.write(JSON.stringify({
       file: exp.file, threshold: exp.threshold, golden, window_start: starts,
-      score: Array.from(scores), anomaly: Array.from(anomaly, Boolean),
+      score: Array.from(scores, (v, i) => (gaps[i] ? null : v)),
+      anomaly: Array.from(flags, (f, i) => (gaps[i] ? null : Boolean(f))),
+      missing: Array.from(gaps, Boolean), summary,
     }) + "\n");
   } else {
-    process.stdout.write("window_start,score,anomaly\n");
-    starts.forEach((s, i) => process.stdout.write(`${s},${scores[i]},${anomaly[i]}\n`));
+    process.stdout.write("window_start,score,anomaly,missing\n");
+    starts.forEach((s, i) => process.stdout.write(gaps[i] ? `${s},,,1\n` : `${s},${scores[i]},${flags[i]},0\n`));
+    process.stderr.write(`${summary.windows} windows: ${summary.flagged} flagged, ${summary.normal} normal, ` +
+                         `${summary.missing} missing (${summary.missing_values} missing values, ` +
+                         `${summary.interpolated_values} interpolated)\n`);
   }
 }
 

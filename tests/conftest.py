@@ -98,5 +98,6 @@ def scaled_export(tmp_path_factory) -> Path:
                          clip_quantiles=(0.05, 0.95), scaling="minmax", seed=5)
     training = trainer.train(config, folder / "series.npy")
     out = folder / "export"
-    publish.export(training, out, ExportOptions(providers="cpu"))
+    # Five epochs learn little: this export is about the preprocessing in the graph, so its run is accepted.
+    publish.export(training, out, ExportOptions(providers="cpu", accept_unlearned=True))
     return out

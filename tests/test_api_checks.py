@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from edgeae import runtime
 from edgeae.runtime import loading
-from edgeae.detection import threshold as detector
+from edgeae.detection import quality as detector
+from edgeae.detection import threshold
 from edgeae.contract import layout
 from edgeae.exporter import publish
 from edgeae.exporter.options import ExportOptions
@@ -226,7 +227,7 @@ def test_detection_quality_refuses_a_threshold_that_is_not_a_number(threshold):
 ])
 def test_calibrate_threshold_refuses_what_it_cannot_calibrate_on(scores, quantile, error, message):
     with pytest.raises(error, match=message):
-        detector.calibrate_threshold(scores, quantile)
+        threshold.calibrate_threshold(scores, quantile)
 
 
 

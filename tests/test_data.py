@@ -23,10 +23,10 @@ BAD_CSV = {
     "empty file": ("", "the file is empty"),
     "only blank lines": ("\n\n  \n", "the file is empty"),
     "header only": ("a,b\n", "a header row but no data rows"),
-    "no header": ("1,2\n3,4\n", "row 1 holds numbers, expected a header row"),
-    "missing value": ("a,b\n1,2\n3,\n", "row 3, column 'b': missing value"),
+    "no header": ("1,2\n3,4\n", "row 1 holds numbers, expected a header row naming the columns (pass --no-header"),
+    "missing value": ("a,b\n1,2\n3,\n", "1 missing value (b: 1); fill the gaps first"),
     "non-numeric cell": ("a,b\n1,2\n3,4\n5,x7\n", "row 4, column 'b': 'x7' is not a number"),
-    "NaN": ("a,b\n1,2\nnan,4\n", "row 3, column 'a': 'nan' is not a finite number"),
+    "NaN": ("a,b\n1,2\nnan,4\nNA,N/A\n", "3 missing values (a: 2, b: 1); fill the gaps first"),
     "infinity": ("a,b\n1,2\n3,-inf\n", "row 3, column 'b': '-inf' is not a finite number"),
     "too large for float32": ("a,b\n1,2\n3,1e39\n", "row 3, column 'b': 1e39 does not fit in float32"),
     "short row": ("a,b\n1,2\n3\n", "row 3 has 1 cells, the header has 2"),
@@ -136,7 +136,7 @@ def test_training_says_which_column_is_the_time_axis(tmp_path):
 
 BAD_NPY = {
     "empty array": (np.zeros((0, 3)), DataError, "the array is empty"),
-    "NaN": (np.array([[1.0, 2.0], [3.0, np.nan]]), DataError, "row 1, column 1 (0-based): nan is not a finite number"),
+    "NaN": (np.array([[1.0, 2.0], [3.0, np.nan]]), DataError, "data.npy: 1 missing value (1: 1); fill the gaps"),
     "NaN in windows": (np.ones((2, 3, 2)) * [[[1, np.inf]]], DataError, "window 0, step 0, column 1 (0-based)"),
     "too many dimensions": (np.zeros((2, 2, 2, 2)), ShapeError, "expected (time, features) or (n, timesteps, features)"),
     "text": (np.array([["a", "b"]]), DataError, "expected numbers, got dtype <U1"),
@@ -395,6 +395,8 @@ def test_history_and_the_data_record_are_saved_with_the_model(series_training):
     trainer.save_training(training, folder / "run")
     record = json.loads((folder / "run" / "training.json").read_text())
     assert record["history"]["val_loss"] == training.history["val_loss"]
+    level = record["data"].pop("level")
+    assert level["level"] in ("keep", "remove") and level["asked"] == training.config.level
     assert record["data"] == {"source": "sensors.csv", "columns": ["a", "b"], "rows": 300,
                               "windows": 109, "validation_windows": 34}
     assert record["best_epoch"] == training.best_epoch

@@ -14,10 +14,8 @@ from edgeae.exporter.options import ExportOptions
 from edgeae.cli import main
 from edgeae.data.series import load_csv
 from edgeae.data.windows import make_windows
-from edgeae.detection.threshold import (
-    average_precision, calibrate_threshold, detection_quality, evaluate, keras_scores, roc_auc, set_threshold,
-    suggest_thresholds,
-)
+from edgeae.detection.quality import average_precision, detection_quality, evaluate, roc_auc, suggest_thresholds
+from edgeae.detection.threshold import calibrate_threshold, keras_scores, set_threshold
 from edgeae.contract.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
 from edgeae.trainer.model import TrainConfig
 from edgeae.trainer import training as trainer
@@ -131,7 +129,8 @@ def test_manifest_detector_record(sensor_export):
     training, out = sensor_export
     detector = json.loads((out / "manifest.json").read_text())["detector"]
     assert set(detector) == {"score", "rule", "threshold", "quantile", "calibrated_on", "windows", "flagged", "scores",
-                             "variants", "graphs"}
+                             "variants", "graphs", "outside_training"}
+    assert detector["outside_training"]["share"] < 0.01  # a stationary sensor: calibrated on data like its training
     assert set(detector["variants"]) == {"plain", "fp32-b1", "fp32-unrolled", "portable", "fp16", "int8", "ort"}
     for record in detector["variants"].values():
         assert record["threshold"] > 0 and record["flagged"] <= 0.05 * detector["windows"]
@@ -165,6 +164,10 @@ def test_faults_score_above_the_threshold(sensor_export):
     assert len(scores) == detection.windows == 200 - 8 + 1
     assert detection.roc_auc > 0.9
     assert detection.recall > 0.5
+    ranges = detection.ranges  # on the 200 rows, each with the highest score of its windows
+    assert (ranges.rows, ranges.anomalous_rows, ranges.events, ranges.buffer) == (200, 14, 2, 8)
+    assert ranges.vus_pr > 0.5 and ranges.vus_roc > 0.9
+    assert ranges.event_recall == 1.0 and 0 < ranges.affiliation_f1 <= 1
 
 
 def test_no_validation_part_falls_back_to_the_training_windows(tiny_export):
@@ -202,6 +205,8 @@ def test_cli_score_and_evaluate_use_the_manifest_threshold(sensor_export, tmp_pa
     report = json.loads(result.stdout)
     assert report["windows"] == 193 and report["threshold"] == runtime.load(out, "cpu").threshold
     assert 0.9 < report["roc_auc"] <= 1.0
+    measures = ("vus_pr", "vus_roc", "event_f1", "affiliation_f1", "point_adjusted_f1")
+    assert report["ranges"]["rows"] == 200 and all(0 <= report["ranges"][m] <= 1 for m in measures)
 
 
 def test_cli_refuses_an_impossible_threshold_quantile(tmp_path):
@@ -311,6 +316,9 @@ def test_cli_evaluate_suggests_thresholds_and_uses_the_models_stride(sensor_expo
     assert report["suggestions"]["for_precision"]["precision"] >= 0.8
     text = CliRunner().invoke(main, ["evaluate", str(out), str(tmp_path / "new.csv"), "--labels", "is_anomaly"])
     assert "suggested threshold, best F1" in text.stdout and "lowest with precision >= 0.9" in text.stdout
+    for words in ("VUS-PR", "VUS-ROC", "event-wise F1", "affiliation F1", "point-adjusted F1"):
+        assert words in text.stdout
+    assert "optimistic" in text.stdout.split("point-adjusted F1")[1].splitlines()[0]
 
 
 @pytest.mark.parametrize("args, code, words", [

@@ -319,8 +319,8 @@ def test_bad_input_is_refused_in_one_line(client, frame, parquet_dir, tmp_path):
         with pytest.raises(DataError, match="series 'd': step 0 appears twice"):
             fleet.score_dataset(EXPORTED, source, MACHINES).compute()
     broken = frame.copy()
-    broken.loc[40, "f3"] = np.nan
-    with pytest.raises(DataError, match=r"series 'a', step 40: column 'f3' is nan"):
+    broken.loc[40, "f3"] = np.inf  # a missing value (NaN) is a gap: tests/test_fleet_missing.py
+    with pytest.raises(DataError, match=r"series 'a', step 40: column 'f3' is inf"):
         fleet.score_dataset(EXPORTED, dd.from_pandas(broken, npartitions=2), MACHINES).compute()
     unreachable = run_cli(*base, parquet_dir, "--by", "machine", "--order", "step", "--scheduler",
                           "tcp://127.0.0.1:9", "-o", tmp_path / "o5")

@@ -51,9 +51,10 @@ def test_score_to_csv_with_flags(tiny_export, series_csv, tmp_path):
     result = run("score", tiny_export, path, "-o", out, "--threshold", "0.01")
     assert result.exit_code == 0, result.output
     lines = out.read_text().splitlines()
-    assert lines[0] == "score,anomaly,window_start,score_a,score_b,score_c" and len(lines) == 16
+    assert lines[0] == "score,anomaly,window_start,score_a,score_b,score_c,missing" and len(lines) == 16
     for row, line in enumerate(lines[1:]):
-        score, flag, start, *parts = line.split(",")
+        score, flag, start, *parts, missing = line.split(",")
+        assert missing == "0"
         assert float(flag) == float(float(score) > 0.01)
         assert float(start) == row
         assert sum(map(float, parts)) == pytest.approx(float(score), rel=1e-12)
@@ -116,7 +117,7 @@ def test_score_outputs_keep_every_column(tiny_export, series_csv, tmp_path):
     summary = json.loads(result.stdout)
     assert {k: summary[k] for k in ("output", "rows", "arrays")} == {
         "output": str(tmp_path / "s.npz"), "rows": 15,
-        "arrays": ["score", "anomaly", "window_start", "score_a", "score_b", "score_c"]}
+        "arrays": ["score", "anomaly", "window_start", "score_a", "score_b", "score_c", "missing"]}
     assert set(summary["drift"]["features"]) == {"a", "b", "c"}
     with np.load(tmp_path / "s.npz") as saved:
         assert saved["score"].shape == saved["anomaly"].shape == saved["window_start"].shape == (15,)

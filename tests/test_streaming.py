@@ -94,7 +94,7 @@ def test_a_model_without_threshold_scores_without_flags(series):
 @pytest.mark.parametrize("rows, error, words", [
     (np.zeros(4), ShapeError, r"expected \(5,\) or \(rows, 5\), got \(4,\)"),
     (np.zeros((2, 2, 5)), ShapeError, r"got \(2, 2, 5\)"),
-    ([[0.1, 0.2, np.nan, 0.3, 0.4]], DataError, "row 0 of this chunk, feature 2: nan is not finite"),
+    ([[0.1, 0.2, np.inf, 0.3, 0.4]], DataError, "row 0 of this chunk, feature 2: inf is not finite"),
     (np.array([[1e39] * 5]), DataError, "does not fit in float32"),
     ("0.1,0.2", DataError, "got str"),
     (np.array([[True] * 5]), DataError, "expected real numbers"),

@@ -11,10 +11,11 @@ from edgeae.contract.errors import ParityError, UsageError
 from edgeae.contract.variants import check_variant_names
 from edgeae.cli.app import DEFAULT_EXPORT, DEFAULT_TRAINING, main
 from edgeae.cli.options import (
-    build_option, config_and_data, json_option, parity_options, progress_printer, routing_option, split_columns,
+    build_option, config_and_data, json_option, parity_options, progress_printer, publish_checks_options, routing_option,
+    split_columns,
     training_options,
 )
-from edgeae.cli.render import detector_lines, early_stop_lines, emit, time_axis_lines
+from edgeae.cli.render import detector_lines, early_stop_lines, emit, level_lines, missing_lines, time_axis_lines
 from edgeae.exporter.demo import demo as run_demo
 from edgeae.exporter.demo import demo_config
 from edgeae.exporter import publish
@@ -50,6 +51,8 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
         f"trained {summary['parameters']:,} parameters for {summary['epochs_run']} epochs: final loss {summary['final_loss']:.3e}, "
         f"training reconstruction max abs error {summary['train_reconstruction_max_abs']:.3e}",
         *time_axis_lines(summary),
+        *missing_lines(summary),
+        *level_lines(summary),
         *early_stop_lines(summary),
         f"saved to {out}",
     ])
@@ -92,11 +95,13 @@ OWN_MODEL_DEFAULTS = {"scaling": "none", "clip_quantiles": (0.0, 1.0), "scaling_
                    "threshold; scores in the model's units].")
 @build_option
 @routing_option
+@publish_checks_options
 @json_option
 @click.pass_context
 def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None, atol: float, rtol: float,
            provider: str, force: bool, threshold_quantile: float | None, threshold: float | None,
-           threshold_source: str, build: tuple[str, ...], fixed_routing: bool, as_json: bool, **own: Any) -> None:
+           threshold_source: str, build: tuple[str, ...], fixed_routing: bool, min_calibration_windows: int,
+           accept_unlearned: bool, as_json: bool, **own: Any) -> None:
     """Export a trained model (a training folder, or your own Keras .keras/.h5 sequence autoencoder) to
     autoencoder.onnx + encoder.onnx, verify parity, publish to --out.
 
@@ -112,7 +117,8 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
     check_variant_names(built)
     options = ExportOptions(opset=opset, atol=atol, rtol=rtol, providers=provider, force=force, variants=built,
                             threshold_quantile=threshold_quantile, threshold=threshold,
-                            threshold_source=threshold_source, measure_routing=not fixed_routing)
+                            threshold_source=threshold_source, measure_routing=not fixed_routing,
+                            min_calibration_windows=min_calibration_windows, accept_unlearned=accept_unlearned)
     if training_dir.is_file() or is_keras_file(training_dir):
         model = UserModelOptions(
             encoder_layer=own["encoder_layer"], data=own["data"], columns=split_columns(own["columns"]),
@@ -193,10 +199,12 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
 @click.option("--force", is_flag=True, help="Replace an existing export at --out.")
 @build_option
 @routing_option
+@publish_checks_options
 @json_option
 @click.pass_context
 def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol: float, provider: str, force: bool,
-             build: tuple[str, ...], fixed_routing: bool, as_json: bool, **kw: Any) -> None:
+             build: tuple[str, ...], fixed_routing: bool, min_calibration_windows: int, accept_unlearned: bool,
+             as_json: bool, **kw: Any) -> None:
     """Train, export and verify in one go (the seed notebook's model and data by default).
 
     \b
@@ -207,7 +215,8 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol
     quiet = kw["quiet"]
     config, data, columns = config_and_data(kw)
     options = ExportOptions(opset=opset, atol=atol, rtol=rtol, providers=provider, force=force, variants=build or None,
-                            measure_routing=not fixed_routing)
+                            measure_routing=not fixed_routing, min_calibration_windows=min_calibration_windows,
+                            accept_unlearned=accept_unlearned)
     path, report, training = publish.run_pipeline(config, out, data, columns, progress_printer(quiet, config.epochs),
                                                   options)
     summary = training.summary()
@@ -215,6 +224,8 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol
         f"trained {summary['parameters']:,} parameters, {summary['epochs_run']} epochs, final loss {summary['final_loss']:.3e}, "
         f"training reconstruction max abs error {summary['train_reconstruction_max_abs']:.3e}",
         *time_axis_lines(summary),
+        *missing_lines(summary),
+        *level_lines(summary),
         *early_stop_lines(summary),
         *report.summary_lines(),
         *folder_lines(path, targets=False),

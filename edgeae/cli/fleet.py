@@ -14,6 +14,7 @@ from edgeae.cli.app import main
 from edgeae.cli.options import json_option, split_columns, variant_option
 from edgeae.cli.render import emit
 from edgeae.fleet import FleetOptions, SampleOptions, run_dataset, run_fleet_bench, write_sample
+from edgeae.fleet.missing import DEFAULT_MAX_GAP, DEFAULT_MISSING, MISSING_CHOICES
 
 
 def _storage_options(pairs: tuple[str, ...]) -> dict[str, Any] | None:
@@ -47,6 +48,14 @@ def _source_options(fn):
         click.option("--storage-option", "storage", multiple=True, metavar="KEY=VALUE",
                      help="An fsspec option for the data's file system (repeatable), e.g. endpoint_url=http://host:9000."),
         click.option("--force", is_flag=True, help="Replace an existing output."),
+        click.option("--missing", type=click.Choice(MISSING_CHOICES), default=DEFAULT_MISSING, show_default=True,
+                     help="Missing values (empty, NA, NaN, nan, null, NULL, N/A): skip marks a window holding one "
+                          "as missing (no score, no flag); refuse stops, naming the count per column; interpolate "
+                          "fills runs of at most --max-gap rows inside a series, the rest as skip."),
+        click.option("--max-gap", type=click.IntRange(0, 10**6), default=DEFAULT_MAX_GAP, show_default=True,
+                     help="--missing interpolate: the longest run of missing rows filled."),
+        click.option("--sep", type=click.Choice([",", ";", "tab"]), default=None,
+                     help="A CSV source's separator [default: read from the header line: comma, semicolon or tab]."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -68,6 +77,20 @@ def fleet() -> None:
     """
 
 
+def _missing_lines(record: dict) -> list[str]:
+    """The run's windows flagged and missing, and its missing values, in words."""
+    missing, values = record["windows_missing"], record["missing"]
+    lines = []
+    if record["windows_flagged"] is not None:
+        normal = record["windows_written"] - record["windows_flagged"] - missing
+        lines.append(f"{record['windows_flagged']} windows flagged, {missing} missing (not scored), {normal} normal")
+    if values["values"]:
+        filled = f", {values['interpolated']} interpolated" if values["policy"] == "interpolate" else ""
+        lines.append(f"{values['values']} missing values{filled}: {missing} windows hold one and are marked missing "
+                     "(score and flag empty)")
+    return lines
+
+
 def _run_command(command: str, doc: str):
     """score and encode share their options; only what is computed per window differs."""
 
@@ -85,13 +108,14 @@ def _run_command(command: str, doc: str):
     @click.pass_context
     def run(ctx: click.Context, export_dir: Path, source: str, output: Path, time_column: str | None,
             threshold: float | None, by: str, order: str, columns: str | None, stride: int | None,
-            scheduler: str | None, workers: int | None, storage: tuple[str, ...], force: bool, variant: str,
-            as_json: bool) -> None:
+            scheduler: str | None, workers: int | None, storage: tuple[str, ...], force: bool, missing: str,
+            max_gap: int, sep: str | None, variant: str, as_json: bool) -> None:
         if command == "encode" and threshold is not None:
             raise UsageError("--threshold applies to fleet score")
         options = FleetOptions(by, order, columns=split_columns(columns), time=time_column, stride=stride,
                                variant=variant, threshold=threshold, storage_options=_storage_options(storage),
-                               scheduler=scheduler, workers=workers, force=force)
+                               scheduler=scheduler, workers=workers, force=force, missing=missing, max_gap=max_gap,
+                               sep=sep)
         record = run_dataset(command, export_dir, source, output, options)
         short = record["series_without_windows"]
         lines = [f"wrote {record['windows_written']} windows of {record['series']} series to {output} "
@@ -102,17 +126,18 @@ def _run_command(command: str, doc: str):
                          + ", ".join(map(str, short["first"])) + (" ..." if short["count"] > len(short["first"]) else ""))
         if record["gaps"]:
             lines.append(f"{record['gaps']} gaps in steps: windows restart after each")
+        lines.extend(_missing_lines(record))
         emit(ctx, record, lines)
 
     return run
 
 
 _run_command("score", "Score every window of every series into Parquet: series, window_start, window_end, score, "
-             "anomaly.\n\n\b\nExample:\n  edgeae fleet score exported data/ --by machine --order step -o scores\n"
+             "anomaly, missing (a window holding a missing value: no score, no flag).\n\n\b\nExample:\n  edgeae fleet score exported data/ --by machine --order step -o scores\n"
              "  edgeae fleet score exported 's3://bucket/fleet/*.parquet' --by id --order t --scheduler tcp://head:8786 "
              "-o /shared/scores")
 _run_command("encode", "Embed every window of every series into Parquet: series, window_start, window_end, "
-             "embedding_0..n.\n\n\b\nExample:\n  edgeae fleet encode exported data/ --by machine --order step -o embeddings")
+             "embedding_0..n, missing.\n\n\b\nExample:\n  edgeae fleet encode exported data/ --by machine --order step -o embeddings")
 
 
 @fleet.command()
@@ -129,7 +154,8 @@ _run_command("encode", "Embed every window of every series into Parquet: series,
 @click.pass_context
 def sample(ctx: click.Context, source: str, output: Path, timesteps: int, per_series: int | None, share: float | None,
            seed: int, by: str, order: str, columns: str | None, stride: int | None, scheduler: str | None,
-           workers: int | None, storage: tuple[str, ...], force: bool, as_json: bool) -> None:
+           workers: int | None, storage: tuple[str, ...], force: bool, missing: str, max_gap: int, sep: str | None,
+           as_json: bool) -> None:
     """Draw a reproducible training sample of windows across the fleet, for edgeae train --data.
 
     \b
@@ -138,7 +164,8 @@ def sample(ctx: click.Context, source: str, output: Path, timesteps: int, per_se
       edgeae train --data sample.npy --validation-fraction 0.2
     """
     options = FleetOptions(by, order, columns=split_columns(columns), stride=stride,
-                           storage_options=_storage_options(storage), scheduler=scheduler, workers=workers, force=force)
+                           storage_options=_storage_options(storage), scheduler=scheduler, workers=workers, force=force,
+                           missing=missing, max_gap=max_gap, sep=sep)
     record = write_sample(output, source, options, SampleOptions(timesteps, per_series, share, seed))
     emit(ctx, record, [f"wrote {record['windows']} windows of {record['series']} series to {output}"])
 

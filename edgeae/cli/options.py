@@ -9,8 +9,11 @@ import click
 from edgeae.cli.render import require_stdout
 from edgeae.contract.errors import UsageError
 from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL
+from edgeae.data.gaps import MAX_INTERPOLATED_GAP, MISSING_POLICIES, TRAIN_MISSING
+from edgeae.data.windows import LEVEL_CHOICES
+from edgeae.detection.threshold import MIN_CALIBRATION_WINDOWS
 from edgeae.trainer.model import (
-    ACTIVATIONS, DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig, print_progress,
+    ACTIVATIONS, DATA_ACTIVATION, DATA_LEVEL, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig, print_progress,
 )
 from edgeae.trainer.training import config_for
 
@@ -50,6 +53,39 @@ routing_option = click.option(
     "--fixed-routing", is_flag=True,
     help="Do not time the fp32 graphs here (3-45 s): batch 1 to the one-window graph, 128+ to the unrolled "
          "one, in runs of 256, the same on every machine [default: measured; bench --rewrite-routing redoes it].")
+
+
+
+def publish_checks_options(fn):
+    """The two checks an export makes before publishing a trained run, and the flags that relax them."""
+    fn = click.option("--accept-unlearned", is_flag=True,
+                      help="Publish a run whose loss shows it learned nothing (recorded in the manifest) instead of "
+                           "refusing it.")(fn)
+    return click.option("--min-calibration-windows", type=click.IntRange(1, 10**9), default=MIN_CALIBRATION_WINDOWS,
+                        show_default=True,
+                        help="The fewest windows an anomaly threshold is calibrated on; fewer is refused (a new normal "
+                             "window outscores all n calibration windows with chance 1/(n+1)).")(fn)
+
+
+no_header_option = click.option(
+    "--no-header", "header_row", flag_value=False, default=None,
+    help="The CSV has no header row: every line is data, and its columns are named by position 1, 2, ... "
+         "(so --columns 2,3 picks the second and third).")
+
+
+def missing_options(default: str, what: str):
+    """--missing and --max-gap: what a missing value (an empty cell, NA, NaN, null, N/A; NaN in an
+    .npy) does, for a command whose `default` policy suits `what` it does with the windows."""
+    def add(fn):
+        fn = click.option("--max-gap", type=click.IntRange(0, 10**9), default=None,
+                          help="The longest run of missing rows in a column that --missing interpolate fills "
+                               f"[default: {MAX_INTERPOLATED_GAP}].")(fn)
+        return click.option(
+            "--missing", type=click.Choice(MISSING_POLICIES), default=None,
+            help=f"Missing values: refuse (one line with each column's count), skip (a window holding one is "
+                 f"{what}), or interpolate (fill gaps of up to --max-gap rows on a straight line; a gap at the "
+                 f"start or end, or a longer one, as skip) [default: {default}].")(fn)
+    return add
 
 
 def parity_options(recorded: bool = False):
@@ -95,6 +131,11 @@ def training_options(fn):
                      help="Quantiles of the training data at which extreme values are clipped."),
         click.option("--scaling", type=click.Choice(["none", "minmax", "standard"]), default=None,
                      help=f"How values are scaled before the network [default: {d.scaling}; {DATA_SCALING} with --data]."),
+        click.option("--level", type=click.Choice(LEVEL_CHOICES), default=None,
+                     help="Each window's level (its mean over time): kept, removed before the network and added "
+                          "back to the reconstruction (a drifting series: the model learns shapes), or auto: "
+                          "removed when over 10% of the held-out windows lie at levels the training never reached "
+                          f"[default: {d.level}; {DATA_LEVEL} with --data]."),
         click.option("--threshold-quantile", type=float, default=d.threshold_quantile, show_default=True,
                      help="Anomaly threshold: this quantile of the validation windows' scores (of the training "
                           "windows' when there is no validation part)."),
@@ -102,7 +143,7 @@ def training_options(fn):
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return no_header_option(missing_options(TRAIN_MISSING, "left out of training")(fn))
 
 
 def config_and_data(kw: dict) -> tuple[Any, Path | None, tuple[str, ...] | None]:

@@ -13,6 +13,7 @@ import numpy as np
 from edgeae.contract.files import atomic_write_bytes, check_output_file, dumps_json
 from edgeae.contract.manifest import read_manifest
 from edgeae.contract.errors import ExportExistsError, UsageError
+from edgeae.data.windows import LevelChoice
 
 
 def require_stdout() -> None:
@@ -36,7 +37,7 @@ def emit(ctx: click.Context, payload: dict, lines: list[str]) -> None:
 
 def jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return value.tolist()  # a masked array's masked entries (a window not scored) become null
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         return value.item()
     if isinstance(value, Path):
@@ -53,6 +54,24 @@ def time_axis_lines(summary: dict) -> list[str]:
             f"feature{'s' if len(names) > 1 else ''} (name columns with --columns to choose the features)"]
 
 
+def level_lines(summary: dict) -> list[str]:
+    """What training did with each window's level, and the measurement behind `auto`, said once."""
+    level = (summary.get("data") or {}).get("level")
+    return [LevelChoice(**level).text()] if level else []
+
+
+def missing_lines(summary: dict) -> list[str]:
+    """What training did with the data's missing values, said once (window_series' info["missing"])."""
+    record = (summary.get("data") or {}).get("missing")
+    if not record:
+        return []
+    columns = ", ".join(f"{name}: {count}" for name, count in record["columns"].items())
+    filled = (f"{record['interpolated']} interpolated (gaps of up to {record['max_gap']} rows), "
+              if record["policy"] == "interpolate" else "")
+    return [f"missing values: {record['values']} ({columns}); {filled}{record['windows_left_out']} window(s) "
+            f"holding a gap left out of training (--missing {record['policy']})"]
+
+
 def early_stop_lines(summary: dict) -> list[str]:
     if summary["epochs_run"] >= summary["config"]["epochs"]:
         return []
@@ -64,12 +83,12 @@ def detector_lines(folder: Path) -> list[str]:
     d = read_manifest(folder).detector
     if d is None:
         return []
-    calibrated = (f"the {d.quantile:g} quantile of the scores of {d.windows} {d.calibrated_on} window(s)"
-                  + (" (no validation part: expect more flags)" if d.note is not None else ""))
+    calibrated = f"the {d.quantile:g} quantile of the scores of {d.windows} {d.calibrated_on} window(s)"
+    notes = [f"  note: {d.note}"] if d.note is not None else []
     if d.chosen is not None:  # detector.set_threshold's record
         return [f"anomaly threshold {d.threshold:.4g}: chosen by the user ({d.chosen.source}); "
-                f"calibrated {d.chosen.calibrated_threshold}, {calibrated}"]
-    return [f"anomaly threshold {d.threshold:.4g}: {calibrated}"]
+                f"calibrated {d.chosen.calibrated_threshold}, {calibrated}", *notes]
+    return [f"anomaly threshold {d.threshold:.4g}: {calibrated}", *notes]
 
 
 OUTPUT_SUFFIXES = (".csv", ".npy", ".npz", ".json")
@@ -101,16 +120,17 @@ def check_output(output: Path | None, force: bool, single_array: bool,
 
 def _csv_bytes(payload: dict[str, np.ndarray]) -> bytes:
     """One row per window; integer columns (flags, start rows) stay integers, text (timestamps)
-    as written, quoted where it holds a comma."""
+    as written, quoted where it holds a comma; a masked entry (a window not scored) an empty cell."""
     import csv
     rows = len(next(iter(payload.values())))
     header: list[str] = []
     columns: list[list[str]] = []
     for key, value in payload.items():
         flat = np.asarray(value).reshape(rows, -1)
+        masked = np.ma.getmaskarray(value).reshape(rows, -1)
         header += [key] if flat.shape[1] == 1 else [f"{key}_{i}" for i in range(flat.shape[1])]
         text = str if flat.dtype.kind in "iubU" else (lambda v: repr(float(v)))
-        columns += [[text(v) for v in flat[:, j]] for j in range(flat.shape[1])]
+        columns += [["" if m else text(v) for v, m in zip(flat[:, j], masked[:, j])] for j in range(flat.shape[1])]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)

@@ -11,9 +11,10 @@ import numpy as np
 from edgeae import runtime
 from edgeae.contract import versions
 from edgeae.contract.files import atomic_write_json
-from edgeae.data.series import load_features, load_labelled, load_times, trained_columns
+from edgeae.data.gaps import MAX_INTERPOLATED_GAP, SCORE_MISSING
+from edgeae.data.series import load_features, load_labelled, load_times, trained_columns, with_missing
 from edgeae.data.windows import cut_windows
-from edgeae.detection.threshold import check_precision, evaluate as run_evaluation
+from edgeae.detection.quality import check_precision, evaluate as run_evaluation
 from edgeae.exporter import publish
 from edgeae.measure.bench import MAX_BATCH as MAX_BENCH_BATCH, BenchOptions, run_bench
 from edgeae.runtime.providers import available_providers
@@ -22,7 +23,9 @@ from edgeae.runtime.session import placement_summary
 from edgeae.verifier.plots import ReportOptions, report as write_report
 from edgeae.verifier.target_report import runtime_lines
 from edgeae.cli.app import DEFAULT_EXPORT, main
-from edgeae.cli.options import json_option, provider_option, self_check_option, split_columns, variant_option
+from edgeae.cli.options import (
+    json_option, missing_options, no_header_option, provider_option, self_check_option, split_columns, variant_option,
+)
 from edgeae.cli.render import check_output, emit, write_result
 
 
@@ -119,36 +122,78 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, no_sel
     emit(ctx, info, lines)
 
 
-def _read_windows(edge: Any, path: Path, stride: int | None, columns: str | None,
-                  time_column: str | None = None) -> tuple[np.ndarray, np.ndarray | None, Any]:
-    """Windows from a file, for a series the 0-based data row each window starts at, and the series.
+def _read_windows(edge: Any, path: Path, stride: int | None, columns: str | None, time_column: str | None = None,
+                  missing: str = SCORE_MISSING, max_gap: int = MAX_INTERPOLATED_GAP,
+                  header_row: bool = True) -> tuple[np.ndarray, np.ndarray | None, Any, dict[str, Any]]:
+    """Windows from a file, for a series the 0-based data row each window starts at, the series as
+    loaded, and what its missing values were (counted before `missing` applied, and filled).
 
     `stride` None means the model's; one given for ready-made windows is refused, not ignored. A
     time column is never read as a feature.
     """
     series = load_features(path, edge.features, split_columns(columns), trained_columns(edge.manifest, path),
-                           exclude=(time_column,) if time_column else ())
-    return (*cut_windows(series, edge.timesteps, stride, edge.stride), series)
+                           (time_column,) if time_column else (), missing_ok=True, header_row=header_row)
+    counts = series.missing
+    filled, interpolated = with_missing(series, missing, max_gap)
+    gaps = {"policy": missing, "max_gap": max_gap, "values": sum(counts.values()), "columns": counts,
+            "interpolated": interpolated}
+    return (*cut_windows(filled, edge.timesteps, stride, edge.stride), series, gaps)
 
 
-def _score_payload(edge: Any, windows: np.ndarray, starts: np.ndarray | None, series: Any, data: Path,
-                   threshold: float | None, time_column: str | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _spans(numbers: np.ndarray, limit: int = 10) -> str:
+    """Sorted whole numbers as runs, '3, 7-12, 40', the first `limit` runs only: one line for a user."""
+    breaks = np.flatnonzero(np.diff(numbers) != 1) + 1 if len(numbers) > 1 else np.empty(0, int)
+    runs = [(int(run[0]), int(run[-1])) for run in np.split(numbers, breaks)]
+    shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:limit])
+    return shown + (f", ... ({len(runs)} runs in all)" if len(runs) > limit else "")
+
+
+def _missing_info(gap_mask: np.ndarray, starts: np.ndarray | None, gaps: dict[str, Any], done: str) -> dict[str, Any]:
+    """The windows left unscored for a missing value (index, first row), said once on stderr and
+    recorded as `missing_windows`, with the data's missing values (`gaps`: _read_windows')."""
+    index = np.flatnonzero(gap_mask)
+    info = {"count": len(index), "index": index.tolist(), **gaps}
+    if starts is not None:
+        info["window_start"] = starts[index].tolist()
+    if gaps["values"]:
+        columns = ", ".join(f"{name}: {count}" for name, count in gaps["columns"].items())
+        filled = (f"; {gaps['interpolated']} interpolated (gaps of up to {gaps['max_gap']} rows)"
+                  if gaps["policy"] == "interpolate" else "")
+        windows = "no window holds one"
+        if len(index):
+            where = f"starting at rows {_spans(starts[index])}" if starts is not None else _spans(index)
+            windows = f"{len(index)} of {len(gap_mask)} windows hold one: not {done}, marked missing (windows {where})"
+        click.echo(f"missing values: {gaps['values']} ({columns}){filled}; {windows}", err=True)
+    return {"missing_windows": info}
+
+
+def _masked(values: np.ndarray, gap_mask: np.ndarray) -> np.ndarray:
+    """Per-window `values` with the windows that hold a missing value masked: null in JSON, empty in CSV."""
+    if not gap_mask.any():
+        return values
+    return np.ma.masked_array(values, np.broadcast_to(gap_mask.reshape(-1, *[1] * (values.ndim - 1)), values.shape))
+
+
+def _score_payload(edge: Any, windows: np.ndarray, starts: np.ndarray | None, columns: tuple[str, ...],
+                   threshold: float | None, times: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """score's columns (score, anomaly, window_start, start_time/end_time, one score_<feature> per
-    feature: its part of the score) and what is said once for all windows (drift)."""
+    feature: its part of the score, missing: 1 for a window not scored for a missing value, its
+    score, flag and parts empty) and what is said once for all windows (drift)."""
     result = edge.score(windows, threshold=threshold)
-    payload: dict[str, np.ndarray] = {"score": result.scores}
+    gap_mask = result.missing
+    payload: dict[str, np.ndarray] = {"score": _masked(result.scores, gap_mask)}
     if result.flags is not None:
-        payload["anomaly"] = result.flags.astype(np.int8)
+        payload["anomaly"] = _masked(result.flags.astype(np.int8), gap_mask)
     if starts is not None:
         payload["window_start"] = starts
-    if time_column:
-        times = load_times(data, time_column, len(series.values))
+    if times is not None:
         payload["start_time"], payload["end_time"] = times[starts], times[starts + edge.timesteps - 1]
-    for j, name in enumerate(series.columns):
-        payload[f"score_{name}"] = result.contributions[:, j]
+    for j, name in enumerate(columns):
+        payload[f"score_{name}"] = _masked(result.contributions[:, j], gap_mask)
+    payload["missing"] = gap_mask.astype(np.int8)
     if result.drift is None:
         return payload, {}
-    drift = replace(result.drift, names=series.columns)  # as the file names them
+    drift = replace(result.drift, names=columns)  # as the file names them
     if drift:
         click.echo(f"warning: {drift.warning()}", err=True)
     return payload, {"drift": drift.to_dict()}
@@ -173,6 +218,9 @@ def runtime_command(name: str, doc: str):
                                                    "order are put in its order).")
     @click.option("--threshold", type=float, default=None, help="score: flag windows above this (default: the manifest's).")
     @time_option
+    @missing_options(SCORE_MISSING, {"score": "reported as missing, neither flagged nor normal",
+                                     "encode": "given a NaN row", "reconstruct": "given NaN"}[name])
+    @no_header_option
     @click.option("--force", is_flag=True, help="Replace an existing --output file.")
     @provider_option
     @variant_option
@@ -180,18 +228,26 @@ def runtime_command(name: str, doc: str):
     @json_option
     @click.pass_context
     def command(ctx: click.Context, model: Path, data: Path, output: Path | None, stride: int | None,
-                columns: str | None, threshold: float | None, force: bool, provider: str, variant: str,
-                no_self_check: bool, as_json: bool, time_column: str | None = None) -> None:
+                columns: str | None, threshold: float | None, missing: str | None, max_gap: int | None,
+                header_row: bool | None, force: bool, provider: str, variant: str, no_self_check: bool, as_json: bool,
+                time_column: str | None = None) -> None:
         edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
         check_output(output, force, single_array=name != "score", reads=(model, data))
-        windows, starts, series = _read_windows(edge, data, stride, columns, time_column)
+        max_gap = MAX_INTERPOLATED_GAP if max_gap is None else max_gap
+        windows, starts, series, gaps = _read_windows(edge, data, stride, columns, time_column,
+                                                      missing or SCORE_MISSING, max_gap, header_row is not False)
         info: dict[str, Any] = {}
-        if name == "encode":
-            payload = {"embedding": edge.encode(windows)}
-        elif name == "reconstruct":
-            payload = {"reconstruction": edge.reconstruct(windows)}
+        if name == "score":
+            times = load_times(data, time_column, len(series.values), header_row is not False) if time_column else None
+            payload, info = _score_payload(edge, windows, starts, series.columns, threshold, times)
+            info.update(_missing_info(payload["missing"].astype(bool), starts, gaps, "scored"))
         else:
-            payload, info = _score_payload(edge, windows, starts, series, data, threshold, time_column)
+            gap_mask = np.isnan(windows).any(axis=(1, 2))
+            result = edge.encode(windows) if name == "encode" else edge.reconstruct(windows)
+            payload = {"embedding" if name == "encode" else "reconstruction": _masked(result, gap_mask)}
+            if gaps["values"]:
+                payload["missing"] = gap_mask.astype(np.int8)
+                info = _missing_info(gap_mask, starts, gaps, {"encode": "encoded", "reconstruct": "reconstructed"}[name])
         write_result(ctx, payload, output, info)
 
     return command
@@ -217,9 +273,13 @@ runtime_command("score", "Per-window reconstruction error, each feature's part o
 def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: str, columns: str | None,
              stride: int | None, threshold: float | None, precision: float, provider: str, as_json: bool) -> None:
     """Detection quality on a labelled series: ROC AUC, average precision, precision/recall/F1 at the
-    threshold, and thresholds suggested by the labels (best F1; lowest with --precision).
+    threshold; VUS-PR and VUS-ROC, event-wise F1 and affiliation F1 as the benchmarks report them
+    (TSB-AD, Orion); point-adjusted F1, marked optimistic; and thresholds suggested by the labels
+    (best F1; lowest with --precision).
 
-    A window counts as anomalous when any of its rows is labelled 1.
+    A window counts as anomalous when any of its rows is labelled 1. The range measures run on the
+    rows: each row takes the highest score of the windows covering it (and so is flagged when any
+    of them is); VUS buffers run up to one window.
 
     \b
     Example:

@@ -65,6 +65,31 @@ def _constant(graph, name: str, values: np.ndarray) -> str:
     return name
 
 
+LEVEL_TENSOR = "preprocess/level"  # each window's mean over time, per feature: (batch, 1, features)
+
+
+def _level_nodes(proto, pre: Preprocessing) -> tuple[list, str]:
+    """The window's level removed before the clip (Preprocessing.apply): its mean over time taken in
+    float64 and rounded once to float32, so numpy, onnxruntime and the C agree on it to the bit
+    (a float32 sum's rounding depends on its order, and a level of 400 carries 3e-5 of it)."""
+    onnx = require("onnx", "train")
+    helper, graph = onnx.helper, proto.graph
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    wide = helper.make_node("Cast", [INPUT_NAME], ["preprocess/input64"], name="preprocess/input64",
+                            to=onnx.TensorProto.DOUBLE)
+    if opset >= 18:  # ReduceMean takes its axes as an input from opset 18 on
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "preprocess/time_axis"))
+        mean = helper.make_node("ReduceMean", ["preprocess/input64", "preprocess/time_axis"], ["preprocess/level64"],
+                                name="preprocess/level", keepdims=1)
+    else:
+        mean = helper.make_node("ReduceMean", ["preprocess/input64"], ["preprocess/level64"], name="preprocess/level",
+                                keepdims=1, axes=[1])
+    narrow = helper.make_node("Cast", ["preprocess/level64"], [LEVEL_TENSOR], name="preprocess/level32",
+                              to=onnx.TensorProto.FLOAT)
+    sub = helper.make_node("Sub", [INPUT_NAME, LEVEL_TENSOR], ["preprocess/levelled"], name="preprocess/unlevel")
+    return [wide, mean, narrow, sub], "preprocess/levelled"
+
+
 def add_preprocessing(proto, pre: Preprocessing, role: str):
     """Put clip + scale before the model, and (autoencoder only) the inverse after it."""
     helper = require("onnx", "train").helper
@@ -84,7 +109,7 @@ def add_preprocessing(proto, pre: Preprocessing, role: str):
             ("Sub", "preprocess/offset", arrays["offset"], "centred"),
             ("Mul", "preprocess/scale", arrays["scale"], "scaled"),
         ]
-    nodes, current = [], INPUT_NAME
+    nodes, current = _level_nodes(proto, pre) if pre.level == "remove" else ([], INPUT_NAME)
     for i, (op, const, values, out) in enumerate(steps):
         out = "model_input" if i == len(steps) - 1 else f"preprocess/{out}"
         nodes.append(helper.make_node(op, [current, _constant(graph, const, values)], [out], name=f"preprocess/{op.lower()}"))
@@ -94,14 +119,22 @@ def add_preprocessing(proto, pre: Preprocessing, role: str):
 
     final = OUTPUT_NAMES[role]
     model_out = graph.output[0].name
-    if role == "autoencoder" and not pre.is_identity_scale:
+    if role == "autoencoder" and (not pre.is_identity_scale or pre.level == "remove"):
         _rename_tensor(graph, model_out, "model_output")
-        graph.node.extend([
-            helper.make_node("Div", ["model_output", _constant(graph, "postprocess/scale", arrays["scale"])],
-                             ["postprocess/unscaled"], name="postprocess/div"),
-            helper.make_node("Add", ["postprocess/unscaled", _constant(graph, "postprocess/offset", arrays["offset"])],
-                             [final], name="postprocess/add"),
-        ])
+        post, current = [], "model_output"
+        if not pre.is_identity_scale:
+            post += [
+                helper.make_node("Div", [current, _constant(graph, "postprocess/scale", arrays["scale"])],
+                                 ["postprocess/unscaled"], name="postprocess/div"),
+                helper.make_node("Add", ["postprocess/unscaled", _constant(graph, "postprocess/offset", arrays["offset"])],
+                                 ["postprocess/unshifted"], name="postprocess/add"),
+            ]
+            current = "postprocess/unshifted"
+        if pre.level == "remove":  # the window's own level back: the reconstruction is in raw units
+            post.append(helper.make_node("Add", [current, LEVEL_TENSOR], ["postprocess/levelled"],
+                                         name="postprocess/level"))
+        post[-1].output[0] = final
+        graph.node.extend(post)
         graph.output[0].name = final
     else:
         _rename_tensor(graph, model_out, final)

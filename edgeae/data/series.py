@@ -1,7 +1,8 @@
-"""Series in: load CSV/NPY (separator, header, time axis, columns) and check them.
+"""Series in: load CSV/NPY (separator, header, time axis, columns, missing values) and check them.
 
 Every check here fails with one line naming the file, and the row and column where it
-can, before anything is trained or written. Windowing and preprocessing live in windows.py.
+can, before anything is trained or written. A missing value is read as NaN; what a gap does
+(refuse, skip, interpolate) lives in gaps.py. Windowing and preprocessing live in windows.py.
 """
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from edgeae.contract.errors import DataError, ShapeError, UsageError
 from edgeae.contract.records import Manifest
+from edgeae.data.gaps import check_policy, fill_gaps, missing_counts, refuse_missing
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -26,7 +28,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 @dataclass(frozen=True)
 class Series:
-    """Values as loaded: a (time, features) series, or ready-made (n, timesteps, features) windows."""
+    """Values as loaded: a (time, features) series, or ready-made (n, timesteps, features) windows;
+    NaN where a value is missing."""
 
     values: np.ndarray
     columns: tuple[str, ...]
@@ -36,6 +39,11 @@ class Series:
     @property
     def is_windows(self) -> bool:
         return self.values.ndim == 3
+
+    @property
+    def missing(self) -> dict[str, int]:
+        """The number of missing values of each column that has any (empty when none is)."""
+        return missing_counts(self.values, self.columns)
 
 
 def _listing(names: list[str], limit: int = 10) -> str:
@@ -94,6 +102,9 @@ def _parse_number(cell: str) -> float | None:
         return None
 
 
+# Cells that mean "no value here" (compared lowercased, after stripping spaces): an empty cell and
+# what spreadsheets, R, pandas and databases write for one. Infinity is not missing: it is refused.
+MISSING_MARKS = frozenset({"", "na", "nan", "null", "n/a"})
 SEPARATORS = (",", ";", "\t")  # in the order a header line is searched for them
 HEADER_PEEK = 1 << 16  # characters of the first line read to find the separator (a huge line is csv's to refuse)
 _DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+([eE][+-]?\d+)?")
@@ -105,9 +116,10 @@ def _separator(header_line: str) -> str:
     return next((sep for sep in SEPARATORS if sep in header_line), ",")
 
 
-def _csv_table(path: Path) -> tuple[str, list[str], list[tuple[int, list[str]]]]:
+def _csv_table(path: Path, header_row: bool = True) -> tuple[str, list[str], list[tuple[int, list[str]]]]:
     """A CSV's name, header and data rows (each with its line number), checked
-    to hold a header and data; trailing blank lines dropped."""
+    to hold a header and data; trailing blank lines dropped. Without a `header_row`, every
+    line is data and the columns are named by position, 1-based as a user counts them."""
     source = Path(path).name
     if Path(path).stat().st_size == 0:
         raise DataError(f"{source}: the file is empty")
@@ -126,10 +138,13 @@ def _csv_table(path: Path) -> tuple[str, list[str], list[tuple[int, list[str]]]]
         lines.pop()
     if not lines:
         raise DataError(f"{source}: the file is empty")
-    header_line, header_row = lines[0]
-    header = [h.strip() for h in header_row]
+    if not header_row:
+        return source, [str(i + 1) for i in range(len(lines[0][1]))], lines
+    header_line, first = lines[0]
+    header = [h.strip() for h in first]
     if all(_parse_number(h) is not None for h in header):
-        raise DataError(f"{source}: row {header_line} holds numbers, expected a header row naming the columns")
+        raise DataError(f"{source}: row {header_line} holds numbers, expected a header row naming the columns "
+                        "(pass --no-header for a file without one)")
     if len(lines) == 1:
         raise DataError(f"{source}: a header row but no data rows")
     return source, header, lines[1:]
@@ -161,14 +176,16 @@ def time_axis_columns(header: list[str], rows: list[tuple[int, list[str]]]) -> t
     return tuple(found)
 
 
-def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
-    """Read a CSV with a header row, one column per feature and one row per time step.
+def load_csv(path: Path, columns: tuple[str, ...] | None = None, header_row: bool = True) -> Series:
+    """Read a CSV with a header row (or without: columns named 1, 2, ...), one column per feature
+    and one row per time step; a missing value (MISSING_MARKS) is read as NaN.
 
     Rows are numbered as lines of the file (the header is row 1); blank lines may only
-    trail the data, since one inside it would silently drop a time step. Without `columns`,
+    trail the data, since one inside it would silently drop a time step (in a one-column file
+    a blank line is its empty cell: a missing value). Without `columns`,
     a time axis (time_axis_columns) is left out of the features and named in `time_axis`.
     """
-    source, header, rows = _csv_table(path)
+    source, header, rows = _csv_table(path, header_row)
     time_axis: tuple[str, ...] = ()
     if not columns:
         time_axis = time_axis_columns(header, rows)
@@ -179,15 +196,18 @@ def load_csv(path: Path, columns: tuple[str, ...] | None = None) -> Series:
     picked = _select_columns(header, columns, source)
     values = np.empty((len(rows), len(picked)), dtype=np.float64)
     for i, (line, row) in enumerate(rows):
-        if not any(cell.strip() for cell in row):
+        if not row and len(header) == 1:  # a one-column file writes a missing value as an empty line
+            row = [""]
+        if not any(cell.strip() for cell in row) and len(row) != len(header):  # a blank line, not empty cells
             raise DataError(f"{source}: row {line} is empty (a missing time step?)")
         if len(row) != len(header):
             raise DataError(f"{source}: row {line} has {len(row)} cells, the header has {len(header)}")
         for j, col in enumerate(picked):
             cell = row[col].strip()
             name = header[col]
-            if cell == "":
-                raise DataError(f"{source}: row {line}, column {name!r}: missing value")
+            if cell.lower() in MISSING_MARKS:
+                values[i, j] = math.nan
+                continue
             number = _parse_number(cell)
             if number is None and _DECIMAL_COMMA.fullmatch(cell):
                 raise DataError(f"{source}: row {line}, column {name!r}: {cell!r} has a decimal comma; edgeae "
@@ -255,7 +275,8 @@ def _npy_header(path: Path, source: str) -> tuple[int, ...]:
 
 
 def load_npy(path: Path) -> Series:
-    """Read an NPY array: (time,) or (time, features) series, or (n, timesteps, features) windows."""
+    """Read an NPY array: (time,) or (time, features) series, or (n, timesteps, features) windows;
+    NaN is a missing value."""
     source = Path(path).name
     if Path(path).stat().st_size == 0:
         raise DataError(f"{source}: the file is empty")
@@ -268,7 +289,7 @@ def load_npy(path: Path) -> Series:
         raise DataError(f"{source}: not a readable .npy array: {exc}") from None
     if array.ndim == 1:
         array = array[:, None]
-    bad = np.argwhere(~np.isfinite(array))
+    bad = np.argwhere(np.isinf(array))  # NaN is a missing value
     if len(bad):
         index = tuple(int(i) for i in bad[0])
         raise DataError(f"{source}: {_where(index)} (0-based): {array[index]} is not a finite number")
@@ -280,15 +301,28 @@ def load_npy(path: Path) -> Series:
     return Series(array, columns, source)
 
 
-def load_series(path: Path, columns: tuple[str, ...] | None = None) -> Series:
-    path = Path(path)
+def load_series(path: Path, columns: tuple[str, ...] | None = None, missing_ok: bool = False,
+                header_row: bool = True) -> Series:
+    """A CSV or NPY file's series or windows, the `columns` chosen. A missing value is refused
+    (naming every column's count) unless `missing_ok`: then it is NaN, for the caller's policy."""
+    series = _load_series(Path(path), columns, header_row)
+    if not missing_ok:
+        refuse_missing(series.values, series.columns, series.source,
+                       "fill the gaps first (train, score, encode and reconstruct take --missing)")
+    return series
+
+
+def _load_series(path: Path, columns: tuple[str, ...] | None, header_row: bool) -> Series:
+    """load_series without the check for missing values."""
     if not path.is_file():
         if path.exists():  # a folder, pipe or device: reading it would fail or never end
             raise UsageError(f"data file is not a regular file: {path}")
         raise UsageError(f"data file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return load_csv(path, columns)
+        return load_csv(path, columns, header_row)
+    if not header_row:
+        raise UsageError(f"{path.name}: --no-header applies to a CSV file")
     if suffix == ".npy":
         series = load_npy(path)
         if not columns:
@@ -315,20 +349,34 @@ def trained_columns(manifest: Manifest | None, path: Path) -> tuple[str, ...] | 
     return None
 
 
+def with_missing(series: Series, missing: str, max_gap: int) -> tuple[Series, int]:
+    """The series under a missing-value policy (gaps.py): refused with every column's count,
+    left as it is ("skip"), or with gaps of up to `max_gap` rows filled ("interpolate"); and how
+    many values were filled. Ready-made windows have no neighbours across windows: none is filled."""
+    check_policy(missing, max_gap)
+    if missing == "refuse":
+        refuse_missing(series.values, series.columns, series.source)
+    if missing != "interpolate" or series.is_windows or not np.isnan(series.values).any():
+        return series, 0
+    filled, count = fill_gaps(series.values, max_gap)
+    return replace(series, values=filled), count
+
+
 def load_features(path: Path, features: int, columns: tuple[str, ...] | None = None,
-                  trained: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> Series:
+                  trained: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (),
+                  missing_ok: bool = False, header_row: bool = True) -> Series:
     """A model's input columns from a data file, checked against the feature count it expects.
 
     The columns asked for win, put in the model's order where they are its `trained` names in
     another order (`match_trained`); else the columns the model was trained on (`trained_columns`,
     found by name wherever the header has them); else every column but `exclude` (a label or time
-    column is never a feature).
+    column is never a feature). `missing_ok` and `header_row` as for load_series.
     """
     path = Path(path)
     chosen = columns or trained
-    series = match_trained(load_series(path, chosen), trained)
+    series = match_trained(load_series(path, chosen, missing_ok, header_row), trained)
     if not chosen and exclude and set(exclude) & set(series.columns):
-        series = load_series(path, tuple(c for c in series.columns if c not in exclude))
+        series = load_series(path, tuple(c for c in series.columns if c not in exclude), missing_ok, header_row)
     if series.values.shape[-1] != features:
         raise ShapeError(f"{series.source}: {series.values.shape[-1]} feature column(s), the model expects {features}"
                          " (choose them with --columns)")
@@ -355,13 +403,13 @@ def match_trained(series: Series, trained: tuple[str, ...] | None) -> Series:
     return series
 
 
-def load_times(path: Path, column: str, rows: int) -> np.ndarray:
+def load_times(path: Path, column: str, rows: int, header_row: bool = True) -> np.ndarray:
     """The text of a CSV's time column, as written, one per data row (`rows` expected): the
     timestamps a window's start and end are reported at."""
     path = Path(path)
     if path.suffix.lower() != ".csv":
         raise UsageError(f"{path.name}: a time column is read from a CSV file's header")
-    source, header, lines = _csv_table(path)
+    source, header, lines = _csv_table(path, header_row)
     if column not in header:  # by name only: an index would read as a column named by digits
         raise DataError(f"{source}: no time column {column!r}; columns are {_listing(header)}")
     [index] = _select_columns(header, (column,), source)  # refuses a name the header repeats

@@ -12,9 +12,14 @@ from typing import Any
 import numpy as np
 
 from edgeae.contract.errors import DataError, IntegrityError, ShapeError, UsageError
-from edgeae.data.series import FLOAT32_MAX, Series
+from edgeae.data.gaps import MAX_INTERPOLATED_GAP, gap_windows
+from edgeae.data.series import FLOAT32_MAX, Series, with_missing
 
 SCALINGS = ("none", "minmax", "standard")
+# What happens to each window's level (its mean over time, per feature) before the network:
+# "keep" feeds values as they are; "remove" subtracts the level first and adds it back to the
+# reconstruction, so the model learns a window's shape and a drifting series stays in range.
+LEVELS = ("keep", "remove")
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32; below it precision drains away
 # The largest value the model may be fed. Training squares reconstruction errors in float32,
 # which overflows beyond 1.8e19, and sums hundreds of squares per batch: past 1e18 the loss
@@ -104,16 +109,38 @@ class Windows:
     info: dict[str, Any]
 
 
+def _without_gaps(train: np.ndarray, val: np.ndarray, fit_values: np.ndarray,
+                  source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Training and validation windows without those holding a missing value, the values the
+    preprocessing learns from without rows holding one, and how many windows were left out."""
+    train_gaps, val_gaps = gap_windows(train), gap_windows(val)
+    if train_gaps.all():
+        raise DataError(f"{source}: every training window holds a missing value; fill the gaps, or pass "
+                        "--missing interpolate with a larger --max-gap")
+    if len(val) and val_gaps.all():
+        raise DataError(f"{source}: every validation window holds a missing value; fill the gaps, pass "
+                        "--missing interpolate with a larger --max-gap, or change --validation-fraction")
+    kept_values = fit_values[~np.isnan(fit_values).any(axis=tuple(range(1, fit_values.ndim)))]
+    return train[~train_gaps], val[~val_gaps], kept_values, int(train_gaps.sum() + val_gaps.sum())
+
+
 def window_series(series: Series, timesteps: int, features: int, stride: int | None = None,
-                  validation_fraction: float = 0.0) -> Windows:
+                  validation_fraction: float = 0.0, missing: str = "refuse",
+                  max_gap: int = MAX_INTERPOLATED_GAP) -> Windows:
     """Check a loaded series fits the model, split it by time, and cut it into windows
-    `stride` apart (None: 1). Ready-made windows take no stride: one given is refused, not ignored."""
+    `stride` apart (None: 1). Ready-made windows take no stride: one given is refused, not ignored.
+
+    Missing values (NaN) go by the `missing` policy (data/gaps.py): refused, or the windows
+    holding one left out ("skip"), after gaps of up to `max_gap` rows are filled ("interpolate");
+    `info["missing"]` records what was done.
+    """
     found = series.values.shape[-1]
     if found != features:
         raise ShapeError(
             f"{series.source}: has {found} feature column(s), the model expects {features} "
             f"(pass --features {found} or choose columns)"
         )
+    counts, (series, interpolated) = series.missing, with_missing(series, missing, max_gap)
     if series.is_windows:
         if stride is not None:
             raise UsageError(f"{series.source}: a stride applies to a series; this file holds ready-made windows")
@@ -135,11 +162,72 @@ def window_series(series: Series, timesteps: int, features: int, stride: int | N
         train = make_windows(train_part, timesteps, stride, series.source)
         val = make_windows(val_part, timesteps, stride, series.source) if len(val_part) else train[:0]
         fit_values = train_part
+    left_out = 0
+    if counts:
+        train, val, fit_values, left_out = _without_gaps(train, val, fit_values, series.source)
     info = {"source": series.source, "columns": list(series.columns), "rows": int(series.values.shape[0]),
             "windows": len(train), "validation_windows": len(val)}
     if series.time_axis:
         info["time_axis"] = list(series.time_axis)
+    if counts:
+        info["missing"] = {"policy": missing, "max_gap": max_gap, "values": sum(counts.values()),
+                           "columns": counts, "interpolated": interpolated, "windows_left_out": left_out}
     return Windows(train, val, fit_values, info)
+
+
+# ---------------------------------------------------------------- the level rule
+
+# `auto` removes each window's level when more than this share of the held-out windows lie at a
+# level (mean over time, any feature) outside the range of the training windows' levels. On a
+# stationary series a held-out window falls outside the extremes of n training windows with
+# chance about 2/(n+1), a few percent at most; a drifting series (a trend, a sensor that warms
+# up, a step change) puts most of its held-out tail there, where the model never saw such values.
+LEVEL_OUTSIDE_SHARE = 0.1
+LEVEL_CHOICES = ("auto", *LEVELS)
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    """The level the model is fed at, and the measurement `auto` decided it on."""
+
+    level: str  # "keep" or "remove"
+    asked: str  # "auto", "keep" or "remove"
+    outside_share: float | None  # held-out windows whose level lies outside the training windows' levels
+    beyond: float | None  # how far the farthest lies beyond them, in training level ranges
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        """One line for the terminal: what was done, and why."""
+        done = "removed from each window (the model learns shapes)" if self.level == "remove" else "kept"
+        if self.asked != "auto":
+            return f"level: {done} (--level {self.asked})"
+        if self.outside_share is None:
+            return f"level: {done} (auto: no held-out windows to measure drift on)"
+        return (f"level: {done} (auto: {self.outside_share:.0%} of the held-out windows lie at levels outside the "
+                f"training windows', up to {self.beyond:.2g} training ranges beyond; the rule removes it above "
+                f"{LEVEL_OUTSIDE_SHARE:.0%})")
+
+
+def window_levels(windows: np.ndarray) -> np.ndarray:
+    """(n, features): each window's mean over time."""
+    return np.asarray(windows, dtype=np.float64).mean(axis=1)
+
+
+def choose_level(asked: str, train: np.ndarray, validation: np.ndarray) -> LevelChoice:
+    """Keep or remove the windows' level: as asked, or by the LEVEL_OUTSIDE_SHARE rule on `auto`."""
+    if asked not in LEVEL_CHOICES:
+        raise UsageError(f"level must be one of {', '.join(LEVEL_CHOICES)}, got {asked!r}")
+    if not len(validation) or not len(train):
+        return LevelChoice("keep" if asked == "auto" else asked, asked, None, None)
+    trained, held = window_levels(train), window_levels(validation)
+    low, high = trained.min(axis=0), trained.max(axis=0)
+    span = np.where(high > low, high - low, np.maximum(np.abs(high), 1e-12))
+    distance = np.maximum(np.maximum(low - held, held - high), 0.0) / span
+    share = float((distance > 0).any(axis=1).mean())
+    level = ("remove" if share > LEVEL_OUTSIDE_SHARE else "keep") if asked == "auto" else asked
+    return LevelChoice(level, asked, share, float(distance.max()))
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -152,7 +240,8 @@ def _f32(values: np.ndarray) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Clip to learned bounds, then scale: x' = (clip(x, low, high) - offset) * scale, per feature."""
+    """Clip to learned bounds, then scale: x' = (clip(x - level, low, high) - offset) * scale, per feature,
+    where level is the window's mean over time with `level` "remove" and 0 with "keep"."""
 
     clip_low: tuple[float, ...]
     clip_high: tuple[float, ...]
@@ -160,6 +249,7 @@ class Preprocessing:
     scale: tuple[float, ...]
     clip_quantiles: tuple[float, float] = (0.0, 1.0)
     scaling: str = "none"
+    level: str = "keep"
 
     @classmethod
     def fit(
@@ -168,8 +258,10 @@ class Preprocessing:
         quantiles: tuple[float, float] = (0.0, 1.0),
         scaling: str = "none",
         columns: tuple[str, ...] | None = None,
+        level: str = "keep",
     ) -> Preprocessing:
-        """Learn bounds at the given quantiles of the training values, then a scaling.
+        """Learn bounds at the given quantiles of the training values, then a scaling; with `level`
+        "remove", `values` are the training windows with their levels already removed.
 
         A column without range (constant, or made constant by the quantiles) is refused:
         the model could learn nothing from it and min-max or standard scaling would divide
@@ -180,6 +272,8 @@ class Preprocessing:
             raise UsageError(f"clip quantiles must satisfy 0 <= low < high <= 1, got {lo_q} and {hi_q}")
         if scaling not in SCALINGS:
             raise UsageError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
+        if level not in LEVELS:
+            raise UsageError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
         flat = np.asarray(values, dtype=np.float64).reshape(-1, values.shape[-1])
         if len(flat) == 0:
             raise DataError("no training values to learn the preprocessing from")
@@ -207,7 +301,7 @@ class Preprocessing:
             j = narrow[0]
             raise DataError(f"column {names[j]!r}: its training range ({low[j]:g} to {high[j]:g}) is too narrow to "
                             f"scale in float32 (as good as zero range); leave it out with --columns")
-        pre = cls(_f32(low), _f32(high), _f32(offset), _f32(scale), (float(lo_q), float(hi_q)), scaling)
+        pre = cls(_f32(low), _f32(high), _f32(offset), _f32(scale), (float(lo_q), float(hi_q)), scaling, level)
         pre._check_float32(names)
         return pre
 
@@ -220,7 +314,7 @@ class Preprocessing:
         """
         a = self.arrays()
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows as inf, refused by name
-            ends = np.abs(self.apply(np.stack([a["clip_low"], a["clip_high"]])))
+            ends = np.abs(self._clip_scale(np.stack([a["clip_low"], a["clip_high"]])))
         for j, name in enumerate(names):
             low, high = a["clip_low"][j], a["clip_high"][j]
             if not high > low:
@@ -246,21 +340,43 @@ class Preprocessing:
     def is_identity_scale(self) -> bool:
         return all(o == 0.0 for o in self.offset) and all(s == 1.0 for s in self.scale)
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Raw values -> model space, computed in float32 exactly as the exported graph does."""
+    def levels(self, windows: np.ndarray) -> np.ndarray:
+        """Each window's level as the graph takes it: its mean over time per feature of the float32
+        input, taken in float64 and rounded once to float32, (n, 1, features); zeros where it is kept."""
+        x = np.asarray(windows, dtype=np.float32)
+        if self.level == "keep":
+            return np.zeros((*x.shape[:-2], 1, x.shape[-1]), np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # as in the graph: past float32 it is inf, then clipped
+            return x.mean(axis=-2, keepdims=True, dtype=np.float64).astype(np.float32)
+
+    def _clip_scale(self, x: np.ndarray) -> np.ndarray:
         a = self.arrays()
         y = np.maximum(np.minimum(np.asarray(x, dtype=np.float32), a["clip_high"]), a["clip_low"])
         if not self.is_identity_scale:
             y = (y - a["offset"]) * a["scale"]
         return y.astype(np.float32, copy=False)
 
-    def invert(self, y: np.ndarray) -> np.ndarray:
-        """Model space -> raw units (the graph's Div and Add after the decoder)."""
-        if self.is_identity_scale:
-            return np.asarray(y, dtype=np.float32)
+    def apply(self, windows: np.ndarray) -> np.ndarray:
+        """Raw windows -> model space, computed in float32 exactly as the exported graph does."""
+        x = np.asarray(windows, dtype=np.float32)
+        if self.level == "remove":
+            with np.errstate(over="ignore", invalid="ignore"):
+                x = x - self.levels(x)
+        return self._clip_scale(x)
+
+    def invert(self, y: np.ndarray, windows: np.ndarray | None = None) -> np.ndarray:
+        """Model space -> raw units (the graph's Div and Add after the decoder, then the level of
+        the raw `windows` the model read added back where it was removed)."""
         a = self.arrays()
         with np.errstate(over="ignore"):  # as in the graph, an overflow is inf; callers check outputs are finite
-            return (np.asarray(y, dtype=np.float32) / a["scale"] + a["offset"]).astype(np.float32, copy=False)
+            out = np.asarray(y, dtype=np.float32)
+            if not self.is_identity_scale:
+                out = out / a["scale"] + a["offset"]
+            if self.level == "remove":
+                if windows is None:
+                    raise UsageError("a level-removing preprocessing needs the raw windows to restore their level")
+                out = out + self.levels(windows)
+        return out.astype(np.float32, copy=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -277,6 +393,7 @@ class Preprocessing:
                 tuple(float(v) for v in d["scale"]),
                 tuple(float(v) for v in d.get("clip_quantiles", (0.0, 1.0))),
                 str(d.get("scaling", "none")),
+                str(d.get("level", "keep")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{source}: preprocessing record is incomplete or malformed: {exc}") from None
@@ -290,4 +407,6 @@ class Preprocessing:
         if pre.scaling not in SCALINGS:
             raise IntegrityError(f"{source}: preprocessing scaling must be one of {', '.join(SCALINGS)}, "
                                  f"got {pre.scaling!r}")
+        if pre.level not in LEVELS:
+            raise IntegrityError(f"{source}: preprocessing level must be one of {', '.join(LEVELS)}, got {pre.level!r}")
         return pre

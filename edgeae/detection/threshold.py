@@ -1,4 +1,4 @@
-"""Anomaly detection on the reconstruction error: calibrate a threshold, measure detection.
+"""Anomaly detection on the reconstruction error: calibrate the threshold, or set one chosen by the user.
 
 The score is `runtime.reconstruction_error`, the one formula the device uses too. The
 training side computes it from Keras reconstructions, the device from onnxruntime's; the
@@ -6,11 +6,11 @@ threshold is placed midway between calibration scores, never on one, so the tiny
 error between the two cannot flip a calibration window from one side to the other.
 
 Only numpy and the device runtime are needed here (Keras is reached through the training object passed in).
+How well scores and flags find labelled anomalies is `detection.quality`'s.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import numpy as np
 from edgeae.contract.checks import check_quantile, check_threshold, is_whole
 from edgeae.contract.errors import DataError, UsageError
 from edgeae.contract.records import Detector, thawed
-from edgeae.data.windows import make_windows, window_labels
 from edgeae.runtime.scoring import reconstruction_error
 from edgeae.runtime.session import OnnxModel
 
@@ -58,14 +57,6 @@ def check_labels(labels: Any) -> np.ndarray:
     if len(bad):
         raise DataError(f"label {array[bad[0]].item()!r} at index {bad[0]} is not 0 or 1")
     return array.astype(bool)
-
-
-def _scored(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Checked scores and labels of the same windows."""
-    scores, labels = check_scores(scores), check_labels(labels)
-    if scores.shape != labels.shape:
-        raise DataError(f"{len(scores)} scores but {len(labels)} labels")
-    return scores, labels
 
 
 def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
@@ -124,10 +115,54 @@ def variant_thresholds(folder: Path, variants: dict[str, Any], training: Any, qu
     return out
 
 
-def calibrate(training: Any, quantile: float) -> dict[str, Any]:
-    """The manifest's `detector` record, calibrated on the validation windows if there are any."""
+# The fewest windows a threshold is calibrated on unless the user accepts fewer. A new normal window
+# outscores every one of n calibration windows with chance 1/(n+1) (they are exchangeable): with 20
+# windows under 5%, so the top of the calibration scores says something about normal data; with 3
+# it is 25%, and at the default 0.99 quantile any n below 100 puts the threshold just above the
+# largest score, so the count of windows is all that stands between the threshold and chance.
+MIN_CALIBRATION_WINDOWS = 20
+OUTSIDE_WARN_SHARE = 0.01  # calibration values beyond the training bounds past which the record warns
+
+
+def check_calibration_size(count: int, on: str, minimum: int) -> None:
+    """Refuse a threshold from fewer than `minimum` windows, naming what to do instead."""
+    if not is_whole(minimum, 1):
+        raise UsageError(f"the least number of calibration windows must be a whole number of at least 1, "
+                         f"got {minimum!r}")
+    if count < minimum:
+        raise DataError(f"the threshold would be calibrated on {count} {on} window(s), fewer than {minimum} (a new "
+                        f"normal window outscores all {count} with chance 1/{count + 1}); give a longer series or a "
+                        f"larger --validation-fraction, or accept it with --min-calibration-windows {count}")
+
+
+def outside_training(training: Any, windows: np.ndarray) -> dict[str, float]:
+    """How much of the calibration data lies outside the range of the training data (as the model
+    sees it: levels removed where they are): the share of values, and how far the farthest lies
+    beyond, in training ranges. (Not the clip bounds: quantile clipping puts some training values
+    outside those by design.)"""
+    pre = training.preprocessing
+    seen = np.asarray(training.train_windows, np.float32)
+    seen = (seen - pre.levels(seen)).reshape(-1, seen.shape[-1]).astype(np.float64)
+    x = np.asarray(windows, np.float32) - pre.levels(windows)
+    low, high = seen.min(axis=0), seen.max(axis=0)
+    span = np.maximum(high - low, 1e-30)
+    distance = np.maximum(np.maximum(low - x, x - high), 0.0) / span
+    return {"share": float((distance > 0).mean()) if distance.size else 0.0,
+            "beyond": float(distance.max()) if distance.size else 0.0}
+
+
+def calibrate(training: Any, quantile: float, min_windows: int = MIN_CALIBRATION_WINDOWS) -> dict[str, Any]:
+    """The manifest's `detector` record, calibrated on the validation windows if there are any.
+
+    A threshold from fewer than `min_windows` windows is refused (the seed's one window excepted:
+    it is the notebook's demonstration, and its record says so), and calibration data that lies
+    outside the training range is recorded, with a note saying how far.
+    """
     quantile = check_quantile(quantile)  # before Keras reconstructs anything
     windows, on = calibration_windows(training)
+    seed = training.data.get("source") == "seed"
+    if not seed:
+        check_calibration_size(len(windows), on, min_windows)
     scores = keras_scores(training, windows)
     threshold = calibrate_threshold(scores, quantile)
     record = {
@@ -141,152 +176,22 @@ def calibrate(training: Any, quantile: float) -> dict[str, Any]:
         "scores": {"min": float(scores.min()), "median": float(np.median(scores)),
                    "mean": float(scores.mean()), "max": float(scores.max())},
     }
+    notes = []
+    if seed:
+        notes.append(f"the seed's {len(scores)} window: a demonstration threshold, not a calibrated one")
     if on == "training":
-        record["note"] = ("no validation windows: calibrated on the training windows, whose errors are optimistic, "
-                          "so expect more flags on new data; train with --validation-fraction to calibrate honestly")
+        notes.append("no validation windows: calibrated on the training windows, whose errors are optimistic, "
+                     "so expect more flags on new data; train with --validation-fraction to calibrate honestly")
+    outside = outside_training(training, windows)
+    record["outside_training"] = outside
+    if outside["share"] > OUTSIDE_WARN_SHARE:
+        notes.append(f"{outside['share']:.0%} of the calibration values lie outside the training range, up to "
+                     f"{outside['beyond']:.2g} training ranges beyond: the threshold is set on data unlike what the "
+                     "model learned" + ("; train with --level remove if the series drifts"
+                                        if training.preprocessing.level == "keep" else ""))
+    if notes:
+        record["note"] = "; ".join(notes)
     return record
-
-
-# ---------------------------------------------------------------- detection quality
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve: the chance an anomalous window outscores a normal one (ties count half)."""
-    scores, labels = _scored(scores, labels)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
-        raise DataError(f"ROC AUC needs anomalous and normal windows; got {positives} and {negatives}")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    for start, end in zip(starts, ends):  # tied scores share their average rank
-        ranks[order[start:end]] = (start + end + 1) / 2
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Precision averaged over the recall steps of the ranking by score (highest first)."""
-    scores, labels = _scored(scores, labels)
-    if not labels.any():
-        raise DataError("average precision needs at least one anomalous window")
-    order = np.argsort(-scores, kind="mergesort")
-    hits = labels[order]
-    # Tied scores are one threshold: evaluate only at the last window of each tie group.
-    last = np.r_[scores[order][1:] != scores[order][:-1], True]
-    tp = np.cumsum(hits)[last]
-    seen = (np.arange(1, len(scores) + 1))[last]
-    recall_steps = np.diff(np.r_[0, tp]) / labels.sum()
-    return float(np.sum(recall_steps * tp / seen))
-
-
-@dataclass(frozen=True)
-class Detection:
-    """How well flags and scores separate labelled anomalous windows from normal ones."""
-
-    windows: int
-    anomalous_windows: int
-    threshold: float
-    roc_auc: float
-    average_precision: float
-    precision: float
-    recall: float
-    f1: float
-    true_positives: int
-    false_positives: int
-    false_negatives: int
-    true_negatives: int
-    suggestions: Suggestions | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def lines(self) -> list[str]:
-        return [
-            f"{self.windows} windows, {self.anomalous_windows} labelled anomalous",
-            f"ROC AUC {self.roc_auc:.4f}, average precision {self.average_precision:.4f}",
-            (f"at threshold {self.threshold:.4g}: precision {self.precision:.4f}, recall {self.recall:.4f}, "
-             f"F1 {self.f1:.4f} (TP {self.true_positives}, FP {self.false_positives}, "
-             f"FN {self.false_negatives}, TN {self.true_negatives})"),
-            *(self.suggestions.lines() if self.suggestions else []),
-        ]
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One threshold and what it gives on the labelled windows it was chosen on."""
-
-    threshold: float
-    precision: float
-    recall: float
-    f1: float
-    flagged: int
-
-    def text(self) -> str:
-        return (f"{self.threshold:.6g} (precision {self.precision:.4f}, recall {self.recall:.4f}, F1 {self.f1:.4f}, "
-                f"{self.flagged} flagged)")
-
-
-@dataclass(frozen=True)
-class Suggestions:
-    """Thresholds chosen from labels: the best F1, and the lowest reaching a target precision (the
-    most recall at that precision; None when no threshold reaches it)."""
-
-    best_f1: Choice
-    target_precision: float
-    for_precision: Choice | None
-
-    def lines(self) -> list[str]:
-        reach = (self.for_precision.text() if self.for_precision
-                 else "none (no threshold reaches it on these labels)")
-        return [f"suggested threshold, best F1: {self.best_f1.text()}",
-                f"suggested threshold, lowest with precision >= {self.target_precision:g}: {reach}",
-                "(chosen on these labels: check on other labelled data; export RUN --threshold VALUE records one)"]
-
-
-def check_precision(precision: Any) -> float:
-    """A target precision in (0, 1]; 0 is reached by any threshold, and True would pass for 1."""
-    if (isinstance(precision, (bool, np.bool_)) or not isinstance(precision, (int, float, np.integer, np.floating))
-            or not 0.0 < precision <= 1.0):
-        raise UsageError(f"precision must be in (0, 1], got {precision!r}")
-    return float(precision)
-
-
-def suggest_thresholds(scores: Any, labels: Any, precision: float = 0.9) -> Suggestions:
-    """Thresholds from labelled windows: the one with the best F1 (the highest, of ties), and the
-    lowest whose precision reaches `precision`.
-
-    Each candidate lies between two neighbouring distinct scores, never on one (the rule is
-    score > threshold), so it flags exactly the windows scoring above it here.
-    """
-    precision = check_precision(precision)
-    scores, labels = _scored(scores, labels)
-    positives = int(labels.sum())
-    if positives == 0:
-        raise DataError("choosing a threshold from labels needs at least one anomalous window; got none")
-    order = np.argsort(-scores, kind="mergesort")
-    ranked, hits = scores[order], labels[order]
-    last = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])  # the last window of each tie group
-    tp = np.cumsum(hits)[last]
-    flagged = last + 1
-    above = ranked[last]  # the lowest score each candidate flags
-    below = np.r_[ranked[last[:-1] + 1], -np.inf]  # the next lower score, left unflagged
-    middle = np.where(np.isfinite(below), (above + below) / 2, above / 2)
-    # Midway, or the score below where the two are adjacent floats (a score equal to it stays unflagged).
-    threshold = np.where((middle >= above) | (middle < below), below, middle)
-    usable = threshold >= 0  # a score of 0 cannot be flagged by a threshold, which is never negative
-    if not usable.any():
-        raise DataError("every score is 0 or below: no threshold (at least 0) separates any window")
-    prec, rec = tp / flagged, tp / positives
-    f1 = np.where(tp > 0, 2 * prec * rec / np.where(tp > 0, prec + rec, 1), 0.0)
-
-    def choice(i: int) -> Choice:
-        return Choice(float(threshold[i]), float(prec[i]), float(rec[i]), float(f1[i]), int(flagged[i]))
-
-    best = int(np.flatnonzero(usable & (f1 == f1[usable].max()))[0])  # highest threshold among ties
-    reaching = np.flatnonzero(usable & (prec >= precision))
-    return Suggestions(choice(best), precision, choice(int(reaching[-1])) if len(reaching) else None)
 
 
 def set_threshold(record: dict[str, Any] | Detector, threshold: Any, source: str,
@@ -319,50 +224,3 @@ def set_threshold(record: dict[str, Any] | Detector, threshold: Any, source: str
     out["variants"] = {name: {"threshold": value} for name in record.get("variants") or {}}
     out["graphs"] = {name: {**graph, "threshold": value} for name, graph in (record.get("graphs") or {}).items()}
     return out
-
-
-def detection_quality(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Detection:
-    """Ranking quality (ROC AUC, average precision) and flag quality at `threshold`."""
-    threshold = check_threshold(threshold)
-    scores, labels = _scored(scores, labels)
-    flags = scores > threshold
-    tp, fp = int((flags & labels).sum()), int((flags & ~labels).sum())
-    fn, tn = int((~flags & labels).sum()), int((~flags & ~labels).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return Detection(len(scores), int(labels.sum()), float(threshold), roc_auc(scores, labels),
-                     average_precision(scores, labels), precision, recall, f1, tp, fp, fn, tn)
-
-
-def evaluate(model: Any, values: np.ndarray, labels: np.ndarray, stride: int | None = None,
-             threshold: float | None = None, precision: float | None = None) -> tuple[Detection, np.ndarray]:
-    """Score a labelled (time, features) series on the device runtime: (quality, window scores).
-
-    A window counts as anomalous when any of its rows is labelled anomalous. `stride` None means
-    the model's, as `score` cuts a series. With a target `precision` the result also suggests
-    thresholds from the labels (`suggest_thresholds`).
-    """
-    if not callable(getattr(model, "score", None)) or not isinstance(getattr(model, "timesteps", None), int):
-        raise UsageError(f"model must be a model set from edgeae.runtime.load, got {type(model).__name__}")
-    stride = model.stride if stride is None else stride
-    if precision is not None:
-        precision = check_precision(precision)
-    if not is_whole(stride, 1):
-        raise UsageError(f"stride must be a whole number of at least 1, got {stride!r}")
-    labels = check_labels(labels)
-    try:
-        values = np.asarray(values)
-    except (TypeError, ValueError):
-        raise DataError("values must be a (time, features) array of numbers; could not read them as one") from None
-    windows = make_windows(values, model.timesteps, stride)  # refuses anything but a (time, features) series
-    if len(values) != len(labels):
-        raise DataError(f"{len(values)} rows of values but {len(labels)} labels")
-    result = model.score(windows, threshold=threshold)
-    if result.threshold is None:
-        raise UsageError("this model set has no calibrated threshold; pass one, or export it again")
-    truth = window_labels(labels, model.timesteps, stride)
-    detection = detection_quality(result.scores, truth, result.threshold)
-    if precision is not None:
-        detection = replace(detection, suggestions=suggest_thresholds(result.scores, truth, precision))
-    return detection, result.scores

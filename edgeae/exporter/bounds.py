@@ -83,6 +83,8 @@ def value_bound(clean) -> float | None:
     low, high = arrays.get("preprocess/clip_low"), arrays.get("preprocess/clip_high")
     if low is None or high is None or "preprocess/min" not in nodes or "preprocess/max" not in nodes or timesteps < 1:
         return None  # without the clip the input, and so every value, is unbounded
+    if "preprocess/level" in nodes:
+        return None  # the window's level, taken from the raw input, is unbounded and added back to the output
     ends = np.stack([low, high])  # whatever the input, the clip leaves each feature between these
     peak = _largest(np.abs(ends))
     if "preprocess/sub" in nodes:

@@ -27,7 +27,7 @@ from edgeae.contract.files import check_target
 from edgeae.contract.records import Detector, thawed
 from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL, fp32_tolerance
 from edgeae.data.series import load_labels, load_series
-from edgeae.detection.threshold import evaluate
+from edgeae.detection.quality import evaluate
 from edgeae.exporter import publish
 from edgeae.exporter.options import ExportOptions
 from edgeae.trainer.model import TrainConfig
@@ -50,7 +50,7 @@ class LabelledDataset:
     train_rows: int  # the test file repeats the training rows first; evaluation skips them
 
 
-def _package_folder(package: str) -> Path:
+def package_folder(package: str) -> Path:
     """Where an installed package lives, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -60,7 +60,7 @@ def _package_folder(package: str) -> Path:
 
 def internal_bleeding() -> LabelledDataset:
     """UCR anomaly archive 135, InternalBleeding16, as aeon ships it."""
-    folder = _package_folder(PACKAGE) / "datasets" / "data" / "KDD-TSAD_135"
+    folder = package_folder(PACKAGE) / "datasets" / "data" / "KDD-TSAD_135"
     stem = "135_UCR_Anomaly_InternalBleeding16"
     dataset = LabelledDataset(
         name="InternalBleeding16",
@@ -94,7 +94,7 @@ class DemoResult:
 
     dataset: LabelledDataset
     export: Path
-    detection: Any  # detector.Detection
+    detection: Any  # detection.quality.Detection
     training: dict[str, Any]  # training.Training.summary()
     detector: Detector  # the manifest's record
     train_seconds: float

@@ -31,7 +31,8 @@ def calibrated_detector(training: Training, options: ExportOptions) -> dict[str,
     foreign = is_foreign(training)
     detector = None
     if not foreign or len(training.validation_windows):  # a user's model is calibrated on the data they give
-        detector = calibrate(training, training.config.threshold_quantile if quantile is None else quantile)
+        detector = calibrate(training, training.config.threshold_quantile if quantile is None else quantile,
+                             options.min_calibration_windows)
         if foreign:
             detector["calibrated_on"] = f"calibration data {training.data['calibration']['source']}"
     elif threshold is not None or quantile is not None:

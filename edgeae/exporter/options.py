@@ -13,6 +13,7 @@ from typing import Any
 
 from edgeae.contract.errors import UsageError
 from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
+from edgeae.detection.threshold import MIN_CALIBRATION_WINDOWS
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class ExportOptions:
     `threshold_quantile` recalibrates the anomaly threshold (default: the training's quantile);
     `threshold` replaces it for every precision, recorded with `threshold_source`.
     `measure_routing` False keeps the built-in routing rule instead of timing the graphs here.
+    `min_calibration_windows` is the fewest windows a threshold is calibrated on; `accept_unlearned`
+    publishes a trained run that learned nothing (trainer.training.check_learned), recorded as such.
     optimize reads providers, variants, tolerances, atol, rtol and measure_routing only.
     """
 
@@ -39,6 +42,8 @@ class ExportOptions:
     threshold: float | None = None
     threshold_source: str = "edgeae export --threshold"
     measure_routing: bool = True
+    min_calibration_windows: int = MIN_CALIBRATION_WINDOWS  # fewer: the threshold is refused (detection/threshold.py)
+    accept_unlearned: bool = False  # publish a run whose loss shows it learned nothing (the user said so)
 
 
 OPTIMIZE_DEFAULTS = ExportOptions(atol=None, rtol=None)  # optimize's default: the fp32 bounds the export recorded

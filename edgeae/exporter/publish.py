@@ -24,7 +24,7 @@ import numpy as np
 from edgeae.contract.versions import __version__
 from edgeae.contract import versions
 from edgeae.contract.checks import check_flag, check_quantile
-from edgeae.contract.errors import EdgeAEError, UsageError, require
+from edgeae.contract.errors import EdgeAEError, LearningError, UsageError, require
 from edgeae.contract.files import as_path, atomic_write_json, check_target, read_json, staged_folder
 from edgeae.contract.golden import read_golden
 from edgeae.contract.layout import (
@@ -95,6 +95,8 @@ def export(training: Training, out: Path, options: ExportOptions = ExportOptions
     check_variant_names(options.variants)
     check_tolerances(options.tolerances)
     config, pre = training.config, training.preprocessing
+    check_flag(options.accept_unlearned, "accept_unlearned")
+    learned = None if is_foreign(training) else check_learned(training, accept=options.accept_unlearned)
     summary = training.summary()
     provider_list = verification_providers(options.providers)
     detector = calibrated_detector(training, options)
@@ -119,7 +121,8 @@ def export(training: Training, out: Path, options: ExportOptions = ExportOptions
             "opset": opset,
             "window": {"timesteps": config.timesteps, "features": config.features, "stride": config.stride or 1},
             "preprocessing": pre.to_dict(),
-            "training": {**summary, "history": training.history},
+            "training": {**summary, "history": training.history,
+                         **({} if learned is None else {"learned": learned})},
             "versions": versions.environment(),
             **({"scores": NO_THRESHOLD} if detector is None else {}),
             **sections,
@@ -250,11 +253,12 @@ def export_or_keep(training: Training, out: Path,
     """export() for a model trained moments ago (pipeline, demo): one that learned nothing or fails
     to export is saved as a training run beside `out` (kept_run_folder), and the error says where."""
     try:
-        check_learned(training)
         return export(training, out, options)
     except EdgeAEError as exc:
         kept = save_training(training, kept_run_folder(out))
-        raise type(exc)(f"{exc}; the trained model is kept in {kept} (`edgeae export {kept}` publishes it)") from None
+        anyway = " --accept-unlearned" if isinstance(exc, LearningError) else ""
+        raise type(exc)(f"{exc}; the trained model is kept in {kept} (`edgeae export {kept}{anyway}` publishes "
+                        "it)") from None
 
 
 def kept_run_folder(out: Path) -> Path:

@@ -3,8 +3,8 @@ with the numbers one process gives.
 
 By job: `options` (what a command is asked to do), `source` (the data found, read, checked and
 bound to an export), `windows` (each partition's windows, never across a series or a gap),
-`scoring` (fixed batches through one graph, one verified model per worker), `cluster` (the Dask
-client), `dataset` (lazy frames, the one-process reference, a published Parquet run), `record`
+`missing` (gaps refused, kept as missing windows or filled), `scoring` (fixed batches through one
+graph, one verified model per worker), `cluster` (the Dask client), `dataset` (lazy frames, the one-process reference, a published Parquet run), `record`
 (a run's manifest.json), `sample` (the training sample) and `bench`.
 
 Dask, pandas, pyarrow and fsspec (the `edgeae[dask]` extra) are imported only when a function

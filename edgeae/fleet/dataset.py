@@ -21,7 +21,7 @@ from edgeae.fleet.cluster import connect
 from edgeae.fleet.options import FleetOptions
 from edgeae.fleet.record import run_record
 from edgeae.fleet.scoring import encode_partition, score_partition
-from edgeae.fleet.source import Fleet, plan
+from edgeae.fleet.source import Fleet, plan, refuse_missing
 from edgeae.fleet.windows import check_order, count_partition, cut_partition, window_index
 
 ROLE_OF = {"score": "autoencoder", "encode": "encoder"}  # the model each command runs
@@ -31,12 +31,13 @@ def _meta(fleet: Fleet, command: str) -> Any:
     """The empty frame Dask is told each partition returns (built without loading a model)."""
     pd = require("pandas", "dask")
     if command == "score":
-        values = {"score": np.empty(0)} | ({} if fleet.job.threshold is None else {"anomaly": np.empty(0, bool)})
-        results = pd.DataFrame(values)
+        flags = {} if fleet.job.threshold is None else {"anomaly": pd.array([], dtype="boolean")}
+        results = pd.DataFrame({"score": np.empty(0)} | flags)
     else:
         results = pd.DataFrame(np.empty((0, fleet.units), np.float32),
                                columns=[f"embedding_{i}" for i in range(fleet.units)])
-    return pd.concat([window_index(cut_partition(fleet.frame._meta, fleet.job), fleet.job), results], axis=1)
+    index = window_index(cut_partition(fleet.frame._meta, fleet.job), fleet.job)
+    return pd.concat([index, results], axis=1).assign(missing=np.empty(0, bool))
 
 
 def score_dataset(export: str | os.PathLike, source: Any, options: FleetOptions) -> Any:
@@ -91,6 +92,7 @@ def run_dataset(command: str, export: str | os.PathLike, source: Any, out: str |
     run = score_partition if command == "score" else encode_partition
     with staged_folder(out_path, options.force) as stage, connect(options.scheduler, options.workers) as client:
         started = perf_counter()
+        refuse_missing(fleet, source, client)
         windows = fleet.frame.map_partitions(run, fleet.job, meta=_meta(fleet, command))
         counts = fleet.frame.map_partitions(count_partition, fleet.job, meta=count_partition(fleet.frame._meta, fleet.job))
         write = windows.to_parquet(str(stage), write_index=False, compute=False,

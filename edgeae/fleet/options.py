@@ -8,6 +8,9 @@ from typing import Any
 from edgeae.contract.checks import check_threshold
 from edgeae.contract.errors import UsageError
 from edgeae.contract.variants import DEFAULT_VARIANT
+from edgeae.fleet.missing import DEFAULT_MAX_GAP, DEFAULT_MISSING, check_missing_options
+
+SEPARATOR_NAMES = {",": ",", ";": ";", "\t": "\t", "tab": "\t", "\\t": "\t"}  # what --sep accepts, and the separator
 
 
 def _check_count(name: str, value: Any) -> None:
@@ -30,10 +33,18 @@ class FleetOptions:
     scheduler: Any = None  # a Dask scheduler's address, or a Client kept open [default: a local cluster]
     workers: int | None = None  # processes of the local cluster [default: one per core]
     force: bool = False  # replace an existing output
+    missing: str = DEFAULT_MISSING  # skip, refuse or interpolate missing values (fleet/missing.py)
+    max_gap: int = DEFAULT_MAX_GAP  # interpolate: the longest run of missing rows filled
+    sep: str | None = None  # a CSV source's separator: ',', ';' or tab [default: read from the header line]
 
     def __post_init__(self) -> None:
         if self.stride is not None:
             _check_count("stride", self.stride)
+        check_missing_options(self.missing, self.max_gap)
+        if self.sep is not None:
+            if self.sep not in SEPARATOR_NAMES:
+                raise UsageError(f"sep must be ',', ';' or tab, got {self.sep!r}")
+            object.__setattr__(self, "sep", SEPARATOR_NAMES[self.sep])
         if self.threshold is not None:
             object.__setattr__(self, "threshold", check_threshold(self.threshold))
 

@@ -16,7 +16,7 @@ from edgeae.contract.versions import environment
 from edgeae.fleet.cluster import connect
 from edgeae.fleet.options import FleetOptions, SampleOptions
 from edgeae.fleet.record import FLEET_DISTRIBUTIONS, plain_id
-from edgeae.fleet.source import check_numeric, feature_columns, prepared, read_source
+from edgeae.fleet.source import prepared, source_frame
 from edgeae.fleet.windows import FleetJob, cut_partition, series_runs, window_index
 
 
@@ -42,10 +42,11 @@ def sample_partition(frame: Any, job: FleetJob, sample: SampleOptions) -> Any:
     cut = cut_partition(frame, job, np.float64)
     keep = []
     for a, b in series_runs(cut.series):
-        n = b - a
+        whole = a + np.flatnonzero(~cut.missing[a:b])  # a window holding a missing value is never drawn
+        n = len(whole)
         k = min(sample.per_series, n) if sample.per_series is not None else round(n * sample.share)
         rng = np.random.default_rng(_stable_seed(sample.seed, cut.series[a]))
-        keep.append(a + np.sort(rng.choice(n, size=k, replace=False)))
+        keep.append(whole[np.sort(rng.choice(n, size=k, replace=False))])
     chosen = np.concatenate(keep) if keep else np.empty(0, np.int64)
     index = window_index(replace(cut, first=cut.first[chosen]), job)[[job.by, "window_start"]]
     width = job.timesteps * len(job.columns)
@@ -55,12 +56,11 @@ def sample_partition(frame: Any, job: FleetJob, sample: SampleOptions) -> Any:
 
 def sample_windows(source: Any, options: FleetOptions, sample: SampleOptions) -> Sample:
     """A reproducible sample of windows across the fleet, as `sample` says, sorted by series and
-    start (a sample's stride defaults to 1; time, variant and threshold do not apply). Computed on
-    the current Dask scheduler."""
-    frame = read_source(source, options.storage_options)
-    chosen = feature_columns(frame.columns, options.by, options.order, None, options.columns, None, None)
-    check_numeric(frame, chosen)
-    job = FleetJob("", "", options.variant, options.by, options.order, chosen, sample.timesteps, options.stride or 1)
+    start (a sample's stride defaults to 1; time, variant and threshold do not apply; a window still
+    holding a missing value after `options.missing` is never drawn). Computed on the current Dask scheduler."""
+    frame, chosen = source_frame(source, replace(options, time=None), None, None)
+    job = FleetJob("", "", options.variant, options.by, options.order, chosen, sample.timesteps, options.stride or 1,
+                   missing=options.missing, max_gap=options.max_gap)
     frame = prepared(frame, job)
     sampled = frame.map_partitions(sample_partition, job, sample,
                                    meta=sample_partition(frame._meta, job, sample)).compute()
@@ -94,7 +94,8 @@ def write_sample(out: str | os.PathLike, source: Any, options: FleetOptions, sam
     atomic_write_bytes(path, buffer.getvalue())
     record = {"source": str(source), "by": options.by, "order": options.order, "columns": list(drawn.columns),
               "timesteps": sample.timesteps, "stride": options.stride or 1, "per_series": sample.per_series,
-              "share": sample.share, "seed": sample.seed, "windows": len(windows),
+              "share": sample.share, "seed": sample.seed, "missing": options.missing, "max_gap": options.max_gap,
+              "windows": len(windows),
               "series": int(index[options.by].nunique()), "file": path.name, "index": index_path.name,
               "versions": environment(FLEET_DISTRIBUTIONS)}
     atomic_write_bytes(record_path, dumps_json(record).encode("utf-8"))

@@ -75,19 +75,29 @@ def fixed_scores(edge: EdgeModel, windows: np.ndarray) -> np.ndarray:
 
 
 def score_partition(frame: Any, job: FleetJob) -> Any:
-    """One partition of whole series -> a row per window: series, start, end, score, anomaly."""
+    """One partition of whole series -> a row per window: series, start, end, score, anomaly, missing.
+    A missing window (one holding a missing value) is not scored: score NaN, anomaly NA."""
+    pd = require("pandas", "dask")
     cut = cut_partition(frame, job)
     result = window_index(cut, job)
-    result["score"] = fixed_scores(worker_model(job), cut.windows)
+    scores = np.full(len(cut.first), np.nan)
+    scores[~cut.missing] = fixed_scores(worker_model(job), cut.windows[~cut.missing])
+    result["score"] = scores
     if job.threshold is not None:
-        result["anomaly"] = result["score"].to_numpy() > job.threshold
+        flags = pd.array(scores > job.threshold, dtype="boolean")
+        flags[cut.missing] = pd.NA
+        result["anomaly"] = flags
+    result["missing"] = cut.missing
     return result
 
 
 def encode_partition(frame: Any, job: FleetJob) -> Any:
-    """One partition of whole series -> a row per window: series, start, end, embedding_0..n."""
+    """One partition of whole series -> a row per window: series, start, end, embedding_0..n (NaN for
+    a missing window, which is not run), missing."""
     pd = require("pandas", "dask")
     cut = cut_partition(frame, job)
-    embedding = run_fixed(worker_model(job), "encoder", cut.windows)
+    found = run_fixed(worker_model(job), "encoder", cut.windows[~cut.missing])
+    embedding = np.full((len(cut.first), found.shape[1]), np.nan, found.dtype)
+    embedding[~cut.missing] = found
     columns = pd.DataFrame(embedding, columns=[f"embedding_{i}" for i in range(embedding.shape[1])])
-    return pd.concat([window_index(cut, job), columns], axis=1)
+    return pd.concat([window_index(cut, job), columns], axis=1).assign(missing=cut.missing)

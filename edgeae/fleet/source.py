@@ -9,6 +9,7 @@ or file boundary, so none is scored twice or lost.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from edgeae.contract.errors import DataError, MissingDependencyError, ShapeError, UsageError, require
 from edgeae.contract.files import as_path
 from edgeae.contract.manifest import read_export_manifest
+from edgeae.data.series import HEADER_PEEK, SEPARATORS
+from edgeae.fleet.missing import MISSING_CELLS, refusal
 from edgeae.fleet.options import FleetOptions
 from edgeae.fleet.scoring import FIXED_BATCH, role_model
 from edgeae.fleet.windows import FleetJob, check_order
@@ -32,6 +35,7 @@ class Fleet:
     frame: Any
     units: int
     graph: str  # the file every window runs through
+    missing_counts: Any = None  # with --missing refuse: the missing values per feature column, lazily counted
 
 
 def expand_source(source: str | os.PathLike, storage_options: dict | None = None) -> tuple[str, list[str]]:
@@ -62,8 +66,26 @@ def expand_source(source: str | os.PathLike, storage_options: dict | None = None
     return kinds.pop(), [fs.unstrip_protocol(f) for f in files]
 
 
-def read_source(source: Any, storage_options: dict | None = None) -> Any:
-    """A Dask DataFrame of the source: one given as such, or the Parquet/CSV files it names."""
+def sniff_separator(url: str, storage_options: dict | None = None) -> str:
+    """A CSV file's separator, read from its header line as edgeae reads one file (data/series.py):
+    a comma, else a semicolon, else a tab; a comma for one column."""
+    fsspec = require("fsspec", "dask")
+    try:
+        with fsspec.open(url, "r", encoding="utf-8-sig", **(storage_options or {})) as handle:
+            line = handle.readline(HEADER_PEEK)
+    except UnicodeDecodeError:
+        raise DataError(f"{url}: not a text CSV file (not UTF-8)") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {url}: {exc}") from None
+    return next((sep for sep in SEPARATORS if sep in line), ",")
+
+
+def read_source(source: Any, storage_options: dict | None = None, sep: str | None = None,
+                floats: tuple[str, ...] = ()) -> Any:
+    """A Dask DataFrame of the source: one given as such, or the Parquet/CSV files it names. A CSV's
+    separator is `sep`, else its first file's header line's; a byte-order mark is dropped; a cell
+    edgeae counts as missing (MISSING_CELLS) reads as NaN, and the columns in `floats` as float64 (a
+    column of whole numbers with a gap further on than Dask's sample would else be refused)."""
     dd = require("dask.dataframe", "dask")
     if isinstance(source, dd.DataFrame):
         return source
@@ -71,7 +93,10 @@ def read_source(source: Any, storage_options: dict | None = None) -> Any:
     try:
         if kind == "parquet":
             return dd.read_parquet(files, storage_options=storage_options)
-        return dd.read_csv(files, storage_options=storage_options, blocksize="64MB")
+        return dd.read_csv(files, storage_options=storage_options, blocksize="64MB",
+                           sep=sep or sniff_separator(files[0], storage_options), encoding="utf-8-sig",
+                           keep_default_na=False, na_values=list(MISSING_CELLS),
+                           dtype={name: "float64" for name in floats} or None)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
@@ -107,12 +132,45 @@ def feature_columns(columns: Any, by: str, order: str, time: str | None, wanted:
     return chosen
 
 
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+([eE][+-]?\d+)?")
+
+
 def check_numeric(frame: Any, columns: tuple[str, ...]) -> None:
-    """Refuse a feature column that does not hold numbers (as its type says), before any task runs."""
+    """Refuse a feature column that does not hold numbers (as its type says), before any task runs;
+    one of numbers written with a decimal comma is named as such."""
     for name in columns:
         dtype = frame._meta[name].dtype
         if dtype.kind not in "iuf":
+            head = frame[name].head(1000, npartitions=1) if frame.npartitions else []
+            comma = next((str(cell) for cell in head if _DECIMAL_COMMA.fullmatch(str(cell).strip())), None)
+            if comma is not None:
+                raise DataError(f"column {name!r}: {comma.strip()!r} has a decimal comma; edgeae reads a point as the "
+                                f"decimal mark ({comma.strip().replace(',', '.')!r})")
             raise DataError(f"column {name!r} holds {dtype}, not numbers; choose the feature columns with --columns")
+
+
+def source_frame(source: Any, options: FleetOptions, trained: tuple[str, ...] | None,
+                 features: int | None) -> tuple[Any, tuple[str, ...]]:
+    """The source read (CSV features as float64) and its feature columns, checked."""
+    dd = require("dask.dataframe", "dask")
+    frame = read_source(source, options.storage_options, options.sep)
+    chosen = feature_columns(frame.columns, options.by, options.order, options.time, options.columns, trained,
+                             features)
+    check_numeric(frame, chosen)
+    if not isinstance(source, dd.DataFrame) and any(frame._meta[c].dtype.kind in "iu" for c in chosen):
+        frame = read_source(source, options.storage_options, options.sep, chosen)
+    return frame, chosen
+
+
+def refuse_missing(fleet: Fleet, source: Any, client: Any) -> None:
+    """refuse's check over the whole source, before a task scores: one line with the count of
+    missing values per feature column (a lazy run's workers refuse each series on their own)."""
+    if fleet.missing_counts is None:
+        return
+    counts = client.compute(fleet.missing_counts, sync=True)
+    if counts.sum():
+        where = str(source) if isinstance(source, (str, os.PathLike)) else "the data"
+        raise refusal(where, fleet.job.columns, counts.reindex(list(fleet.job.columns)).to_numpy())
 
 
 def prepared(frame: Any, job: FleetJob) -> Any:
@@ -132,10 +190,9 @@ def plan(role: str, export: str | os.PathLike, source: Any, options: FleetOption
     edge = load(folder, "cpu", threads=1, variant=options.variant)  # fails here, once, for a variant or file that is wrong
     graph = role_model(edge, role).graph_for(FIXED_BATCH).name
     limit = edge.threshold if options.threshold is None or role != "autoencoder" else options.threshold
-    frame = read_source(source, options.storage_options)
-    chosen = feature_columns(frame.columns, options.by, options.order, options.time, options.columns,
-                             manifest.columns, edge.features)
-    check_numeric(frame, chosen)
+    frame, chosen = source_frame(source, options, manifest.columns, edge.features)
     job = FleetJob(str(folder), manifest.checksum, options.variant, options.by, options.order, chosen,
-                   edge.timesteps, options.stride or manifest.window.stride, limit, options.time)
-    return Fleet(job, prepared(frame, job), manifest.units, graph)  # load() refused an export without units
+                   edge.timesteps, options.stride or manifest.window.stride, limit, options.time, options.missing,
+                   options.max_gap)
+    counts = frame[list(chosen)].isna().sum() if options.missing == "refuse" else None
+    return Fleet(job, prepared(frame, job), manifest.units, graph, counts)  # load() refused an export without units

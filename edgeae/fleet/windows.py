@@ -2,7 +2,9 @@
 
 A window never spans two series or a gap. A series' *usual step* is the most common difference
 between consecutive steps (the smallest of equally common ones); any other difference is a gap,
-and windows restart after it, `stride` apart, as `edgeae score` cuts one series.
+and windows restart after it, `stride` apart, as `edgeae score` cuts one series. Missing values
+are refused, kept or filled per series as the job's `missing` says (fleet/missing.py); a window
+that still holds one is marked missing and never reaches the model.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 
 from edgeae.contract.errors import DataError, require
 from edgeae.data.series import FLOAT32_MAX
+from edgeae.fleet.missing import DEFAULT_MAX_GAP, DEFAULT_MISSING, fill_gaps, missing_windows, refusal
 
 
 @dataclass(frozen=True)
@@ -29,31 +32,35 @@ class FleetJob:
     stride: int
     threshold: float | None = None
     time: str | None = None
+    missing: str = DEFAULT_MISSING  # skip, refuse or interpolate (fleet/missing.py)
+    max_gap: int = DEFAULT_MAX_GAP  # interpolate: the longest run of missing rows filled
 
 
 @dataclass(frozen=True)
 class Cut:
     """The windows of one partition and, per window, its series and first and last rows."""
 
-    windows: np.ndarray  # (n, timesteps, features), checked finite
+    windows: np.ndarray  # (n, timesteps, features), finite but where `missing` (NaN there)
     series: np.ndarray
     first: np.ndarray  # row positions in `frame`, sorted by series and step
     frame: Any
+    missing: np.ndarray  # per window: it holds a missing value, so it is not scored
 
 
-def plan_series(steps: np.ndarray, timesteps: int, stride: int, series: Any) -> tuple[np.ndarray, int]:
-    """The rows (of one series sorted by step) where its windows start, and its number of gaps."""
+def plan_series(steps: np.ndarray, timesteps: int, stride: int, series: Any) -> tuple[np.ndarray, list[int]]:
+    """The rows (of one series sorted by step) where its windows start, and the bounds of its regular
+    stretches (0, the row after each gap, ..., its length): one gap fewer than stretches."""
     diffs = np.diff(steps)
     if (diffs == 0).any():
         raise DataError(f"series {series!r}: step {steps[np.argmax(diffs == 0)]} appears twice")
     if len(steps) < timesteps:
-        return np.empty(0, np.int64), 0
+        return np.empty(0, np.int64), [0, len(steps)]
     values, counts = np.unique(diffs, return_counts=True)
     usual = values[np.argmax(counts)] if len(values) else 0  # argmax: the first, the smallest of the most common
     breaks = np.flatnonzero(diffs != usual) + 1
     bounds = [0, *breaks.tolist(), len(steps)]
     starts = [np.arange(a, b - timesteps + 1, stride) for a, b in zip(bounds[:-1], bounds[1:])]
-    return np.concatenate(starts).astype(np.int64), len(breaks)
+    return np.concatenate(starts).astype(np.int64), bounds
 
 
 def _steps(column: Any, name: str) -> np.ndarray:
@@ -100,9 +107,10 @@ def check_order(frame: Any, by: str, order: str) -> Any:
 
 
 def _features(frame: Any, columns: tuple[str, ...], ids: np.ndarray, order: str) -> np.ndarray:
-    """The feature columns as float64, refusing a value that is not a finite float32 (naming series and step)."""
+    """The feature columns as float64 (NaN where missing), refusing a value that is infinite or does not
+    fit in float32 (naming series and step)."""
     values = frame[list(columns)].to_numpy(np.float64, na_value=np.nan)
-    bad = ~np.isfinite(values) | (np.abs(values) > FLOAT32_MAX)
+    bad = np.isinf(values) | (np.abs(values) > FLOAT32_MAX)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         raise DataError(f"series {ids[row]!r}, step {frame[order].iloc[row]}: column {columns[col]!r} is "
@@ -110,20 +118,50 @@ def _features(frame: Any, columns: tuple[str, ...], ids: np.ndarray, order: str)
     return values
 
 
-def cut_partition(frame: Any, job: FleetJob, dtype: type = np.float32) -> Cut:
-    """Every window of every series in `frame` (which holds whole series), in series and step order,
-    as `dtype` (float32: what the model reads, as `edgeae score` casts; float64: the values as stored)."""
+@dataclass(frozen=True)
+class SeriesRows:
+    """One series of a partition: its rows [begin, end), its windows' first rows (in the partition),
+    its gaps in steps, and its missing values before and after the job's `missing` policy."""
+
+    begin: int
+    end: int
+    first: np.ndarray
+    gaps: int
+    missing_values: int
+    interpolated: int
+
+
+def read_rows(frame: Any, job: FleetJob) -> tuple[Any, np.ndarray, np.ndarray, list[SeriesRows]]:
+    """`frame` sorted by series and step, its series ids, its feature values (float64, after the
+    missing policy: refused, kept as NaN, or short runs filled) and its series."""
     frame = frame.sort_values([job.by, job.order], kind="stable", ignore_index=True)
     ids, steps = _series_ids(frame, job.by), _steps(frame[job.order], job.order)
-    values = _features(frame, job.columns, ids, job.order).astype(dtype, copy=False)
-    starts = [plan_series(steps[a:b], job.timesteps, job.stride, ids[a])[0] + a for a, b in series_runs(ids)]
-    first = np.concatenate(starts) if starts else np.empty(0, np.int64)
+    values = _features(frame, job.columns, ids, job.order)
+    found = []
+    for a, b in series_runs(ids):
+        starts, bounds = plan_series(steps[a:b], job.timesteps, job.stride, ids[a])
+        holes = np.isnan(values[a:b]).sum(axis=0)
+        if holes.any() and job.missing == "refuse":
+            raise refusal(f"series {ids[a]!r}", job.columns, holes)
+        filled = fill_gaps(values[a:b], bounds, job.max_gap) if holes.any() and job.missing == "interpolate" else 0
+        found.append(SeriesRows(a, b, starts + a, len(bounds) - 2, int(holes.sum()), filled))
+    return frame, ids, values, found
+
+
+def cut_partition(frame: Any, job: FleetJob, dtype: type = np.float32) -> Cut:
+    """Every window of every series in `frame` (which holds whole series), in series and step order,
+    as `dtype` (float32: what the model reads, as `edgeae score` casts; float64: the values as stored),
+    each marked missing where it still holds a missing value."""
+    frame, ids, values, found = read_rows(frame, job)
+    first = np.concatenate([rows.first for rows in found]) if found else np.empty(0, np.int64)
+    missing = missing_windows(values, first, job.timesteps)
+    values = values.astype(dtype, copy=False)
     if len(frame) >= job.timesteps:
         view = np.lib.stride_tricks.sliding_window_view(values, job.timesteps, axis=0)[first]
         windows = np.ascontiguousarray(view.transpose(0, 2, 1))
     else:
         windows = np.empty((0, job.timesteps, len(job.columns)), dtype)
-    return Cut(windows, ids[first], first, frame)
+    return Cut(windows, ids[first], first, frame, missing)
 
 
 def window_index(cut: Cut, job: FleetJob) -> Any:
@@ -137,15 +175,19 @@ def window_index(cut: Cut, job: FleetJob) -> Any:
     return pd.DataFrame(index)
 
 
+COUNTS = {"series": object, "rows": "int64", "gaps": "int64", "windows": "int64", "missing_values": "int64",
+          "interpolated": "int64", "missing_windows": "int64"}
+
+
 def count_partition(frame: Any, job: FleetJob) -> Any:
-    """One partition of whole series -> a row per series: rows, gaps and windows expected, counted
-    apart from the scoring so that a run can check what it wrote."""
+    """One partition of whole series -> a row per series: rows, gaps, windows expected, missing values,
+    values interpolated and windows left missing, counted apart from the scoring so that a run can
+    check what it wrote."""
     pd = require("pandas", "dask")
-    frame = frame.sort_values([job.by, job.order], kind="stable", ignore_index=True)
-    ids, steps = _series_ids(frame, job.by), _steps(frame[job.order], job.order)
-    rows = []
-    for a, b in series_runs(ids):
-        starts, gaps = plan_series(steps[a:b], job.timesteps, job.stride, ids[a])
-        rows.append((ids[a], b - a, gaps, len(starts)))
-    counts = pd.DataFrame(rows, columns=["series", "rows", "gaps", "windows"])
-    return counts.astype({"series": object, "rows": "int64", "gaps": "int64", "windows": "int64"})
+    _, ids, values, found = read_rows(frame, job)
+    first = np.concatenate([s.first for s in found]) if found else np.empty(0, np.int64)
+    left = np.concatenate([[0], np.cumsum(missing_windows(values, first, job.timesteps))])
+    ends = np.cumsum([len(s.first) for s in found]).astype(np.int64)
+    rows = [(ids[s.begin], s.end - s.begin, s.gaps, len(s.first), s.missing_values, s.interpolated,
+             int(left[end] - left[end - len(s.first)])) for s, end in zip(found, ends)]
+    return pd.DataFrame(rows, columns=list(COUNTS)).astype(COUNTS)

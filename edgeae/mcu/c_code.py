@@ -46,6 +46,14 @@ _C_ACTIVATIONS = {
     "Tanh": "tanhf(x)",
 }
 _HARD_SIGMOID = "fmaxf(0.0f, fminf(1.0f, 0.2f * x + 0.5f))"  # ONNX's default alpha, beta: mutant only
+# An export that removes each window's level (data/windows.py Preprocessing): its mean per feature, summed
+# in double and rounded once to float, as the graph computes it; added back to the reconstruction.
+LEVEL_CODE = """    for (f = 0; f < EDGEAE_FEATURES; f++) {
+        double sum = 0.0;
+        for (t = 0; t < EDGEAE_TIMESTEPS; t++)
+            sum += window[t * EDGEAE_FEATURES + f];
+        work->level[f] = (float)(sum / EDGEAE_TIMESTEPS);
+    }"""
 _KERAS_ACTIVATIONS = {"sigmoid": "Sigmoid", "relu": "Relu", "tanh": "Tanh"}
 
 
@@ -312,12 +320,13 @@ def render(network: Network, pre: Preprocessing, timesteps: int, threshold: floa
     arrays.append(f"static const float dense_bias[{features}] = {{{_floats(network.dense_bias)}}};")
     weight_bytes += 4 * (network.dense_kernel.size + features)
     identity = all(o == 0 for o in pre.offset) and all(s == 1 for s in pre.scale)
+    levelled = pre.level == "remove"
     scaling = (f"static const double score_scale[EDGEAE_FEATURES] = {{{_doubles(pre.scale)}}};" if identity else
                f"static const float offset[EDGEAE_FEATURES] = {{{_floats(np.array(pre.offset))}}};\n"
                f"static const float scale[EDGEAE_FEATURES] = {{{_floats(np.array(pre.scale))}}};\n"
                f"static const double score_scale[EDGEAE_FEATURES] = {{{_doubles(pre.scale)}}};")
     columns = max(features, units)
-    work_bytes = 4 * (2 * 4 * padded + 2 * padded + units + features + 2 * columns)
+    work_bytes = 4 * (2 * 4 * padded + 2 * padded + units + 2 * features + 2 * columns)
     acts = network.encoder.activations
     if network.decoder.activations != acts:
         raise UnsupportedModelError("the encoder and decoder LSTMs use different activations; the C shares one set")
@@ -339,7 +348,9 @@ def render(network: Network, pre: Preprocessing, timesteps: int, threshold: floa
         "KERNEL": c_templates.KERNEL_INT8 if precision == "int8" else c_templates.KERNEL_FP32,
         "ENC_W": "encoder_w", "ENC_R": "encoder_r", "DEC_W": "decoder_w", "DEC_R": "decoder_r",
         "PREPROCESS": "x" if identity else "(x - offset[f]) * scale[f]",
-        "POSTPROCESS": "y" if identity else "y / scale[f] + offset[f]",
+        "POSTPROCESS": ("y" if identity else "y / scale[f] + offset[f]") + (" + work->level[f]" if levelled else ""),
+        "LEVEL": LEVEL_CODE if levelled else "",
+        "INPUT": "window[t * EDGEAE_FEATURES + f]" + (" - work->level[f]" if levelled else ""),
     })
     return header, source_text, weight_bytes, work_bytes
 

@@ -52,6 +52,7 @@ typedef struct edgeae_work {
     float hidden[EDGEAE_PADDED_UNITS];
     float embedding[EDGEAE_UNITS];
     float step[EDGEAE_FEATURES];
+    float level[EDGEAE_FEATURES];       /* the window's mean per feature, where the export removes it */
     float values[EDGEAE_MAX_COLUMNS];   /* the non-zero inputs of a step ... */
     int32_t offsets[EDGEAE_MAX_COLUMNS]; /* ... and where their weights start */
 } edgeae_work;
@@ -140,9 +141,10 @@ static void run_encoder(const float *window, edgeae_work *work)
 {
     int t, f, j, n;
     reset_state(work);
+@LEVEL@
     for (t = 0; t < EDGEAE_TIMESTEPS; t++) {
         for (f = 0; f < EDGEAE_FEATURES; f++) {
-            const float x = fmaxf(fminf(window[t * EDGEAE_FEATURES + f], clip_high[f]), clip_low[f]);
+            const float x = fmaxf(fminf(@INPUT@, clip_high[f]), clip_low[f]);
             work->step[f] = @PREPROCESS@;
         }
         for (j = 0; j < 4 * EDGEAE_PADDED_UNITS; j++)

@@ -217,13 +217,13 @@ def _keras_runners(folder: Path, role: str, threads: int | None) -> dict[str, Ca
     pre = Preprocessing.from_dict(manifest.preprocessing)
     autoencoder, encoder = km.load(folder / KERAS_FILE)
     net = autoencoder if role == "autoencoder" else encoder
-    post = pre.invert if role == "autoencoder" else (lambda y: y)
+    post = pre.invert if role == "autoencoder" else (lambda y, _: y)
     graph = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
     xla = tf.function(lambda x: net(x, training=False), jit_compile=True, reduce_retracing=True)
     return {
-        "keras-predict": lambda x: post(net.predict(pre.apply(x), batch_size=len(x), verbose=0)),
-        "keras-tf.function": lambda x: post(graph(pre.apply(x)).numpy()),
-        "keras-tf.function-xla": lambda x: post(xla(pre.apply(x)).numpy()),
+        "keras-predict": lambda x: post(net.predict(pre.apply(x), batch_size=len(x), verbose=0), x),
+        "keras-tf.function": lambda x: post(graph(pre.apply(x)).numpy(), x),
+        "keras-tf.function-xla": lambda x: post(xla(pre.apply(x)).numpy(), x),
     }
 
 

@@ -1,7 +1,8 @@
 """Every input checked before onnxruntime sees it: real numbers, the window's shape, finite in float32.
 
 Each way a caller can get an input wrong fails here with a one-line error naming what was
-expected and what came, never deep inside onnxruntime.
+expected and what came, never deep inside onnxruntime. Scoring takes windows with missing values
+(NaN, windows_and_gaps) and runs the model on the complete ones only: no NaN reaches onnxruntime.
 """
 from __future__ import annotations
 
@@ -52,6 +53,24 @@ def as_windows(x: Any, timesteps: int, features: int) -> tuple[np.ndarray, bool]
         windows = np.ascontiguousarray(x if x.ndim == 3 else x[None])
         if all_finite(windows):
             return windows, x.ndim == 2
+    return _checked_windows(x, timesteps, features, missing_ok=False)
+
+
+def windows_and_gaps(x: Any, timesteps: int, features: int) -> tuple[np.ndarray, bool, np.ndarray | None]:
+    """as_windows, with NaN taken as a missing value rather than refused (infinity still is): the
+    windows, was_single, and an (n,) bool mask of the windows holding a missing value (None when
+    none does, the common case, found by as_windows' one sum)."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim in (2, 3) and x.shape[-2:] == (timesteps, features):
+        windows = np.ascontiguousarray(x if x.ndim == 3 else x[None])
+        if all_finite(windows):
+            return windows, x.ndim == 2, None
+    windows, single = _checked_windows(x, timesteps, features, missing_ok=True)
+    gaps = np.isnan(windows).any(axis=(1, 2))
+    return windows, single, gaps if gaps.any() else None
+
+
+def _checked_windows(x: Any, timesteps: int, features: int, missing_ok: bool) -> tuple[np.ndarray, bool]:
+    """as_windows' checks, one by one, naming what is wrong; NaN passes where `missing_ok`."""
     expected = f"(batch, {timesteps}, {features}) or ({timesteps}, {features})"
     array = real_array(x, f"a numeric array {expected}")
     if array.ndim not in (2, 3):
@@ -66,8 +85,11 @@ def as_windows(x: Any, timesteps: int, features: int) -> tuple[np.ndarray, bool]
     else:
         with np.errstate(over="ignore", invalid="ignore"):
             converted = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(converted).all():
-        n, t, f = (int(i) for i in np.argwhere(~np.isfinite(converted))[0])
+    bad = ~np.isfinite(converted)
+    if missing_ok:
+        bad &= ~np.isnan(converted)
+    if bad.any():
+        n, t, f = (int(i) for i in np.argwhere(bad)[0])
         original = array[n, t, f]
         reason = "does not fit in float32" if np.isfinite(original) else "is not finite"
         where = f"step {t}, feature {f}" if single else f"window {n}, step {t}, feature {f}"

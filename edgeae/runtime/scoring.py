@@ -17,7 +17,7 @@ from edgeae.contract.checks import check_threshold
 from edgeae.contract.errors import IntegrityError, ShapeError, UsageError
 from edgeae.contract.records import Manifest
 from edgeae.contract.variants import DEFAULT_VARIANT
-from edgeae.runtime.inputs import as_windows, check_chunk
+from edgeae.runtime.inputs import check_chunk, windows_and_gaps
 from edgeae.runtime.session import OnnxModel
 
 
@@ -113,7 +113,10 @@ class ScoreResult:
     entry per window (`contributions` (n, features)). `contributions` splits each score into
     each feature's part, and its rows sum to the score exactly (that sum *is* the score), so
     after a flag it says which sensor caused it. `drift` counts the input values outside the
-    training range, where the export records it.
+    training range, where the export records it (in the complete windows).
+
+    `missing` is True for a window holding a missing value (NaN): it is not run through the model,
+    and is neither flagged nor normal: score and contributions NaN, flag False.
     """
 
     scores: np.ndarray
@@ -121,6 +124,15 @@ class ScoreResult:
     flags: np.ndarray | None
     contributions: np.ndarray | None = None
     drift: Drift | None = None
+    missing: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON's form: a window with a missing value has score null and flag null, and `missing`
+        counts those windows; `flags` null without a threshold."""
+        missing = np.zeros(np.shape(self.scores), bool) if self.missing is None else np.asarray(self.missing)
+        scores = np.ma.masked_array(self.scores, missing)
+        flags = None if self.flags is None else np.ma.masked_array(self.flags, missing).tolist()
+        return {"scores": scores.tolist(), "flags": flags, "threshold": self.threshold, "missing": int(missing.sum())}
 
 
 def error_parts(x: np.ndarray, reconstruction: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -152,6 +164,13 @@ def _scored_chunk(x: np.ndarray, reconstruction: np.ndarray, scale: np.ndarray) 
     return reconstruction_error(x, reconstruction, scale), error_parts(x, reconstruction, scale)
 
 
+def _spread(values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """One row per window: `values` (the complete windows') at `where`, NaN elsewhere."""
+    full = np.full((len(where), *values.shape[1:]), np.nan)
+    full[where] = values
+    return full
+
+
 class EdgeModel:
     """An exported model set: autoencoder and/or encoder, plus what the manifest says."""
 
@@ -175,6 +194,8 @@ class EdgeModel:
         # The clip bounds the graph prunes its input to; None where neither manifest nor graph records them.
         self.clip_bounds = ((self._vector(pre, "clip_low", None), self._vector(pre, "clip_high", None))
                             if "clip_low" in pre and "clip_high" in pre else None)
+        # The bounds hold for values with each window's level removed where the export removes it.
+        self.removes_level = pre.get("level") == "remove"
         detector = manifest.detector if manifest is not None else None  # read_manifest checked its types and ranges
         threshold = None
         if detector is not None:  # a variant scores a little differently: it has its own threshold (or none)
@@ -222,11 +243,15 @@ class EdgeModel:
         return int(self.manifest.window.stride) if self.manifest is not None else 1
 
     def drift(self, values: Any) -> Drift | None:
-        """Values outside the training range in raw (..., features) input, counted per feature;
-        None where the export records no clip bounds."""
-        if self.clip_bounds is None:
-            return None
+        """Values outside the training range in raw (..., features) input, counted per feature (in
+        windows with their level removed, where the export removes it, as the graph compares them);
+        None where the export records no clip bounds, or removes levels and `values` are rows, not windows."""
         array = np.asarray(values, np.float32)
+        if self.clip_bounds is None or (self.removes_level and array.ndim < 3):
+            return None
+        if self.removes_level:
+            with np.errstate(over="ignore", invalid="ignore"):
+                array = array - array.mean(axis=-2, keepdims=True, dtype=np.float64).astype(np.float32)
         if array.ndim < 1 or array.shape[-1] != self.features:
             raise ShapeError(f"expected values with {self.features} features in the last axis, got {array.shape}")
         names = self.feature_names or tuple(str(j) for j in range(self.features))
@@ -243,31 +268,52 @@ class EdgeModel:
             raise UsageError(f"this model set has no {role} (it has: {', '.join(self.models)})")
         return self.models[role]
 
+    def _run_complete(self, role: str, x: Any, chunk: int | None) -> np.ndarray:
+        """The model's output for the windows without a missing value; NaN rows for those with one."""
+        model = self._model(role)
+        windows, single, gaps = windows_and_gaps(x, self.timesteps, self.features)
+        if gaps is None:
+            result = model.run_windows(windows, chunk)
+        else:
+            complete = model.run_windows(windows[~gaps], chunk)
+            result = np.full((len(windows), *complete.shape[1:]), np.nan, np.float32)
+            result[~gaps] = complete
+        return result[0] if single else result
+
     def encode(self, x: Any, chunk: int | None = None) -> np.ndarray:
-        """Raw window(s) -> embedding(s): (n, units), or (units,) for one window."""
-        return self._model("encoder").run(x, chunk)
+        """Raw window(s) -> embedding(s): (n, units), or (units,) for one window; a NaN row for a
+        window with a missing value (NaN), which the model never sees."""
+        return self._run_complete("encoder", x, chunk)
 
     def reconstruct(self, x: Any, chunk: int | None = None) -> np.ndarray:
-        """Raw window(s) -> reconstruction(s) in raw units."""
-        return self._model("autoencoder").run(x, chunk)
+        """Raw window(s) -> reconstruction(s) in raw units; NaN for a window with a missing value."""
+        return self._run_complete("autoencoder", x, chunk)
 
     def score(self, x: Any, chunk: int | None = None, threshold: float | None = None) -> ScoreResult:
         """Per-window reconstruction error, each feature's part of it, drift, and flags where the
-        model set has a threshold. `chunk` None: the windows per call the export measured."""
+        model set has a threshold. `chunk` None: the windows per call the export measured.
+
+        A window holding a missing value (NaN) is marked in `missing` and never run: its score and
+        parts are NaN and its flag False; the complete windows' numbers are those they get alone.
+        """
         model = self._model("autoencoder")
         limit = self.threshold if threshold is None else check_threshold(threshold)
-        windows, single = as_windows(x, self.timesteps, self.features)
+        windows, single, gaps = windows_and_gaps(x, self.timesteps, self.features)
+        complete = windows if gaps is None else windows[~gaps]
         chunk = model.chunk if chunk is None else check_chunk(chunk)
         scored = [_scored_chunk(part, model.run_windows(part, chunk), self.scale)  # no full-size reconstruction held
-                  for part in (windows[i:i + chunk] for i in range(0, len(windows), chunk))]
+                  for part in (complete[i:i + chunk] for i in range(0, len(complete), chunk))]
         scores = np.concatenate([s for s, _ in scored]) if scored else np.empty(0)
         parts = np.concatenate([p for _, p in scored]) if scored else np.empty((0, self.features))
-        flags = scores > limit if limit is not None else None
-        drift = self.drift(windows)
+        missing = np.zeros(len(windows), bool) if gaps is None else gaps
+        if gaps is not None:
+            scores, parts = _spread(scores, ~gaps), _spread(parts, ~gaps)
+        flags = scores > limit if limit is not None else None  # NaN (missing) is never above it
+        drift = self.drift(complete)
         if single:  # one window in, one (0-d) score out, as encode/reconstruct do
             return ScoreResult(np.asarray(scores[0]), limit, None if flags is None else np.asarray(flags[0]),
-                               parts[0], drift)
-        return ScoreResult(scores, limit, flags, parts, drift)
+                               parts[0], drift, np.asarray(missing[0]))
+        return ScoreResult(scores, limit, flags, parts, drift, missing)
 
     def node_placement(self) -> dict[str, dict[str, str]]:
         return {role: model.node_placement() for role, model in self.models.items()}

@@ -12,6 +12,9 @@ runs anyway), whatever the chunk it completed in: its results never depend on ho
 arrived, and equal `EdgeModel.score(windows, chunk=1)` bit for bit. Against a plain
 `EdgeModel.score(windows)` a score s differs by at most 2·sqrt(s)·d + d² (d that float32 step),
 so a flag can differ only for a score that close to the threshold.
+
+A row may hold missing values (NaN): a window that holds one is reported, marked `missing`, and
+never run (a stream cannot look ahead to interpolate, so it skips, as batch scoring's default).
 """
 from __future__ import annotations
 
@@ -29,24 +32,27 @@ from edgeae.runtime.scoring import Drift, EdgeModel
 @dataclass(frozen=True)
 class WindowScore:
     """One completed window: its first and last row (0-based, counted from the stream's first row),
-    score, flag (None without a threshold) and each feature's part of the score."""
+    score, flag (None without a threshold) and each feature's part of the score. A window holding
+    a missing value is `missing`: neither flagged nor normal (flag None, score and parts NaN)."""
 
     start: int
     end: int
     score: float
     anomaly: bool | None
     contributions: np.ndarray
+    missing: bool = False
 
 
 def _rows(x: Any, features: int) -> np.ndarray:
-    """One row (features,) or a chunk (rows, features) as checked float32 (rows, features)."""
+    """One row (features,) or a chunk (rows, features) as checked float32 (rows, features); NaN is a
+    missing value, infinity is refused."""
     array = real_array(x, f"a row of {features} numbers or a (rows, {features}) array")
     rows = array[None] if array.ndim == 1 else array
     if rows.ndim != 2 or rows.shape[1] != features:
         raise ShapeError(f"expected ({features},) or (rows, {features}), got {tuple(array.shape)}")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(rows, dtype=np.float32)
-    bad = np.argwhere(~np.isfinite(converted))
+    bad = np.argwhere(np.isinf(converted))
     if len(bad):
         i, j = (int(v) for v in bad[0])
         value = rows[i, j].item()
@@ -85,7 +91,7 @@ class StreamScorer:
     def push(self, rows: Any) -> list[WindowScore]:
         """Take one row or a chunk of rows; score every window they complete, in order."""
         rows = _rows(rows, self.model.features)
-        counted = self.model.drift(rows)
+        counted = self.model.drift(rows[~np.isnan(rows).any(axis=1)])  # a row with a gap is not counted
         self._drift = counted if self._drift is None or counted is None else self._drift + counted
         held = np.concatenate([self._held, rows]) if len(self._held) else rows
         self.rows_seen += len(rows)
@@ -96,8 +102,10 @@ class StreamScorer:
             windows = np.stack([held[s - self._held_from:s - self._held_from + timesteps] for s in starts])
             scored = self.model.score(windows, chunk=1, threshold=self.threshold)
             flags = scored.flags if scored.flags is not None else [None] * len(starts)
-            results = [WindowScore(s, s + timesteps - 1, float(score), None if flag is None else bool(flag), parts)
-                       for s, score, flag, parts in zip(starts, scored.scores, flags, scored.contributions)]
+            results = [WindowScore(s, s + timesteps - 1, float(score), None if flag is None or gap else bool(flag),
+                                   parts, bool(gap))
+                       for s, score, flag, parts, gap in zip(starts, scored.scores, flags, scored.contributions,
+                                                              scored.missing)]
             self._next_start = starts[-1] + self.stride
         keep_from = min(max(self._next_start, self._held_from), self.rows_seen)  # rows before it are never needed
         self._held = held[keep_from - self._held_from:].copy()

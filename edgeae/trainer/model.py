@@ -17,7 +17,8 @@ from typing import Any, Callable, NoReturn
 
 import numpy as np
 
-from edgeae.data.windows import SCALINGS
+from edgeae.data.gaps import MAX_INTERPOLATED_GAP, TRAIN_MISSING, check_policy
+from edgeae.data.windows import LEVEL_CHOICES, SCALINGS
 from edgeae.contract.checks import check_quantile, is_real, is_whole
 from edgeae.contract.errors import DataError, EdgeAEError, IntegrityError, ShapeError, UsageError, require
 
@@ -32,6 +33,9 @@ DATA_PATIENCE = 20
 # on two and within 0.03 of the best on the others. The seed's own run keeps the notebook's relu, unscaled.
 DATA_ACTIVATION = "tanh"
 DATA_SCALING = "minmax"
+# With a series, whether each window's level is removed is measured (data/windows.py choose_level):
+# a drifting series would otherwise put its calibration windows, and its future, outside what the model saw.
+DATA_LEVEL = "auto"
 # A run learned nothing when its best loss is not below this share of the loss of predicting each
 # feature's mean (training.learning_ratio): dead relu units and saturated tanh units sit at 0.99-4;
 # a noisy series with little to learn (quarterly macro changes) reaches 0.7-0.9, which is not nothing.
@@ -68,6 +72,10 @@ class TrainConfig:
     clip_quantiles: tuple[float, float] = (0.0, 1.0)
     scaling: str = "none"
     threshold_quantile: float = 0.99
+    level: str = "keep"  # each window's level: kept, removed, or "auto" (measured on the held-out part)
+    missing: str = TRAIN_MISSING  # what a missing value in the data does (data/gaps.py MISSING_POLICIES)
+    max_gap: int = MAX_INTERPOLATED_GAP  # the longest gap (rows) "interpolate" fills
+    header_row: bool = True  # whether a CSV's first line names its columns (else they are 1, 2, ...)
 
     def __post_init__(self) -> None:
         """Refuse, with edgeae's one-line error, any setting training would choke on or ignore."""
@@ -106,6 +114,11 @@ class TrainConfig:
         if self.scaling not in SCALINGS:
             raise UsageError(f"scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
         check_quantile(self.threshold_quantile)
+        if self.level not in LEVEL_CHOICES:
+            raise UsageError(f"level must be one of {', '.join(LEVEL_CHOICES)}, got {self.level!r}")
+        check_policy(self.missing, self.max_gap)
+        if not isinstance(self.header_row, bool):
+            raise UsageError(f"header_row must be True or False, got {self.header_row!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,10 +21,10 @@ from edgeae.contract.manifest import file_entry, read_manifest, verify_file, wri
 from edgeae.contract.records import TrainingRecord, thawed
 from edgeae.contract.schema import check_training_record
 from edgeae.data.series import Series, load_series
-from edgeae.data.windows import Preprocessing, Windows, seed_sequence, window_series
+from edgeae.data.windows import Preprocessing, Windows, choose_level, seed_sequence, window_series
 from edgeae.trainer import model
 from edgeae.trainer.model import (
-    DATA_ACTIVATION, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, LEARNED_BELOW, TrainConfig, predict, save,
+    DATA_ACTIVATION, DATA_LEVEL, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, LEARNED_BELOW, TrainConfig, predict, save,
 )
 from edgeae.contract.errors import DataError, IntegrityError, LearningError, UsageError
 from edgeae.contract.layout import (
@@ -51,7 +51,7 @@ class Training:
     def reconstruct(self, windows: np.ndarray) -> np.ndarray:
         """Keras reconstructions of raw windows, in raw units: the training side's reference."""
         pre = self.preprocessing
-        return pre.invert(predict(self.autoencoder, pre.apply(windows)))
+        return pre.invert(predict(self.autoencoder, pre.apply(windows)), windows)
 
     @functools.cached_property
     def _summary(self) -> dict[str, Any]:
@@ -92,31 +92,63 @@ def learning_ratio(training: Training) -> float:
     return best / baseline if baseline > 0 else float("nan")
 
 
-def check_learned(training: Training, kept: Path | None = None) -> None:
-    """Refuse (LearningError) a run whose best loss is not below LEARNED_BELOW of predicting each
-    feature's mean, naming the likely cause; the caller keeps the run for a look first (`kept`:
-    where it is, for the message)."""
-    if training.data.get("source") == "seed":  # the notebook's one window: its own 2.5e-2 bar (test_slow)
-        return
-    ratio = learning_ratio(training)
-    if not ratio >= LEARNED_BELOW:  # NaN (nothing to learn) passes
-        return
-    config = training.config
-    causes = []
+DEAD_SPREAD = 1e-6  # an encoder unit whose output varies less than this over the training windows is dead
+HINT_SAMPLE = 512  # training windows the encoder runs on to look for dead units
+
+
+def dead_units(training: Training) -> int:
+    """Encoder units that give the same output on every training window (a dead relu, a saturated
+    tanh): they carry nothing about the window into the code."""
+    pre = training.preprocessing
+    codes = predict(training.encoder, pre.apply(training.train_windows[:HINT_SAMPLE]))
+    return int((np.ptp(codes, axis=0) < DEAD_SPREAD).sum())
+
+
+def unlearned_causes(training: Training) -> list[str]:
+    """What this run shows about why it learned nothing, most telling first."""
+    config, causes = training.config, []
+    stopped = config.patience and training.epochs_run < config.epochs
+    if stopped:
+        causes.append(f"early stopping ended the run at epoch {training.epochs_run}: the validation loss was best at "
+                      f"epoch {training.best_epoch} and did not improve in the {config.patience} after it (the held-out "
+                      "part may be unlike the training part; more epochs will not help)")
+    level = training.data.get("level") or {}
+    if level.get("level") == "keep" and (level.get("outside_share") or 0) > 0:
+        causes.append(f"{level['outside_share']:.0%} of the held-out windows lie at levels the training never "
+                      "reached (try --level remove)")
+    dead = dead_units(training)
+    if dead * 2 >= config.units:
+        causes.append(f"{dead} of {config.units} encoder units give the same output on every window (dead or "
+                      f"saturated{'; try --activation tanh' if config.activation == 'relu' else ''})")
     largest = float(np.abs(training.train_windows).max())
-    if config.activation == "relu":
-        causes.append("relu LSTM units that stopped responding (try --activation tanh)")
     if config.scaling == "none" and largest > 10:
         causes.append(f"unscaled values up to {largest:.3g} (try --scaling minmax)")
-    causes.append(f"too few epochs ({training.epochs_run} ran) or too small a learning rate "
-                  f"({config.learning_rate:g}) for this data")
+    if not stopped:
+        causes.append(f"too few epochs ({training.epochs_run} ran) or too small a learning rate "
+                      f"({config.learning_rate:g}) for this data")
+    return causes
+
+
+def check_learned(training: Training, kept: Path | None = None, accept: bool = False) -> dict[str, Any] | None:
+    """Refuse (LearningError) a run whose best loss is not below LEARNED_BELOW of predicting each
+    feature's mean, naming the causes it can see, unless `accept` (the user said to publish it);
+    the caller keeps the run for a look first (`kept`: where it is, for the message). Returns what
+    the manifest records: the ratio and whether a run that learned nothing was accepted."""
+    if training.data.get("source") == "seed":  # the notebook's one window: its own 2.5e-2 bar (test_slow)
+        return None
+    ratio = learning_ratio(training)
+    learned = not ratio >= LEARNED_BELOW  # NaN (nothing to learn) passes
+    record = {"ratio": None if np.isnan(ratio) else ratio, "below": LEARNED_BELOW, "accepted_unlearned": not learned}
+    if learned or accept:
+        return record
     raise LearningError(f"the model learned nothing: its best loss is {ratio:.2f} of the loss of predicting each "
-                        f"feature's mean (it must be below {LEARNED_BELOW}); likely cause: {causes[0]}"
+                        f"feature's mean (it must be below {LEARNED_BELOW}); seen: {'; '.join(unlearned_causes(training))}"
                         + (f"; the run is saved in {kept} for a look" if kept is not None else ""))
 
 
 def prepare_windows(config, series: Series | None) -> Windows:
-    """Raw training and validation windows, from a user's series or the seed data."""
+    """Raw training and validation windows, from a user's series (its missing values as
+    `config.missing` says, gaps.py) or the seed data."""
     if series is None:
         if config.stride is not None or config.validation_fraction:
             given = "a stride" if config.stride is not None else "a validation fraction"
@@ -124,7 +156,8 @@ def prepare_windows(config, series: Series | None) -> Windows:
         windows = seed_sequence(config.timesteps, config.features).astype(np.float64)
         return Windows(windows, windows[:0], windows,
                        {"source": "seed", "description": "np.arange(n)/n, one window", "windows": 1})
-    return window_series(series, config.timesteps, config.features, config.stride, config.validation_fraction)
+    return window_series(series, config.timesteps, config.features, config.stride, config.validation_fraction,
+                         config.missing, config.max_gap)
 
 
 def check_config(config: Any) -> None:
@@ -154,11 +187,13 @@ def config_for(data: Path | None = None, columns: tuple[str, ...] | None = None,
         raise UsageError("--columns chooses columns of --data; the seed data has none to choose")
     chosen = {key: value for key, value in settings.items() if value is not None}
     if "features" not in chosen:
-        chosen["features"] = (load_series(data, tuple(columns) if columns else None).values.shape[-1]
+        chosen["features"] = (load_series(data, tuple(columns) if columns else None, missing_ok=True,
+                                          header_row=chosen.get("header_row", True)).values.shape[-1]
                               if data is not None else TrainConfig.features)
     if data is not None:
         chosen.setdefault("activation", DATA_ACTIVATION)
         chosen.setdefault("scaling", DATA_SCALING)
+        chosen.setdefault("level", DATA_LEVEL)
     chosen.setdefault("validation_fraction", DATA_VALIDATION_FRACTION if data is not None else 0.0)
     chosen.setdefault("patience", DATA_PATIENCE if chosen["validation_fraction"] else 0)
     try:
@@ -175,11 +210,16 @@ def train(config, data: Path | None = None, columns: tuple[str, ...] | None = No
     """
     check_config(config)
     data = check_data_args(data, columns, progress)
-    series = load_series(data, tuple(columns) if columns else None) if data is not None else None
+    series = (load_series(data, tuple(columns) if columns else None, missing_ok=True, header_row=config.header_row)
+              if data is not None else None)
     windows = prepare_windows(config, series)
     train_w, val_w, info = windows.train, windows.validation, windows.info
-    pre = Preprocessing.fit(windows.fit_values, config.clip_quantiles, config.scaling,
-                            tuple(series.columns) if series is not None else None)
+    level = choose_level(config.level, train_w, val_w)
+    info["level"] = level.to_dict()
+    # Without the level, the bounds are learned from the training windows as the model will see them.
+    fit_values = windows.fit_values if level.level == "keep" else train_w - train_w.mean(axis=1, keepdims=True)
+    pre = Preprocessing.fit(fit_values, config.clip_quantiles, config.scaling,
+                            tuple(series.columns) if series is not None else None, level.level)
     result = model.train(config, pre.apply(train_w), pre.apply(val_w) if len(val_w) else None, progress)
     training = Training(config, pre, result.autoencoder, result.encoder, result.history, result.epochs_run,
                         result.best_epoch, train_w, val_w, info)
