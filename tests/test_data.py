@@ -419,3 +419,25 @@ def test_progress_line_is_closed_when_training_ends(monkeypatch):
     report(None, {})  # stopped early at epoch 2 of 50
     text = terminal.getvalue()
     assert text.endswith("\n") and "epoch 2/50  loss 4.000e-01  val_loss 5.000e-01" in text
+
+
+def test_a_time_column_named_by_the_user_is_the_time_axis_never_a_feature(tmp_path):
+    """`--time-column` (TrainConfig.time_column) for a time axis whose name says nothing: 'clock'."""
+    data = tmp_path / "s.csv"
+    data.write_text("clock,a,b\n" + "".join(f"{7 * i},{np.sin(i / 5):.4f},{np.cos(i / 7):.4f}\n" for i in range(60)))
+    assert load_series(data).columns == ("clock", "a", "b")  # not a time word: a feature unless named
+    series = load_series(data, time_column="clock")
+    assert series.columns == ("a", "b") and series.time_axis == ("clock",)
+    config = trainer.config_for(data, time_column="clock", epochs=1, units=2, timesteps=4)
+    assert config.features == 2
+    training = trainer.train(config, data)
+    assert training.data["time_axis"] == ["clock"] and training.data["columns"] == ["a", "b"]
+    with pytest.raises(DataError, match="no column 'tick' to take as the time axis"):
+        load_series(data, time_column="tick")
+    with pytest.raises(UsageError, match="as the time axis and as a feature"):
+        load_series(data, ("clock", "a"), time_column="clock")
+    with pytest.raises(UsageError, match="--time-column names a column of --data"):
+        trainer.config_for(None, time_column="clock")
+    np.save(tmp_path / "s.npy", np.zeros((10, 2)))
+    with pytest.raises(UsageError, match="--time-column applies to a CSV file"):
+        load_series(tmp_path / "s.npy", time_column="clock")

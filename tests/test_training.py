@@ -20,7 +20,7 @@ def test_config_for_gives_the_clis_defaults_for_the_data(tmp_path):
     data.write_text("t,a,b,c\n" + "".join(f"{i},{i % 3},{i % 5},{i % 7}\n" for i in range(60)))
     assert trainer.config_for() == TrainConfig()
     with_data = trainer.config_for(data, units=7)
-    assert (with_data.features, with_data.units) == (4, 7)  # every column of the file, as the CLI reads it
+    assert (with_data.features, with_data.units) == (3, 7)  # every column but the time axis 't', as the CLI reads it
     assert (with_data.validation_fraction, with_data.patience) == (DATA_VALIDATION_FRACTION, DATA_PATIENCE)
     assert trainer.config_for(data, ("a", "b")).features == 2
     assert trainer.config_for(data, validation_fraction=0.0).patience == 0

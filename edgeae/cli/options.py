@@ -131,6 +131,9 @@ def training_options(fn):
                      help="Quantiles of the training data at which extreme values are clipped."),
         click.option("--scaling", type=click.Choice(["none", "minmax", "standard"]), default=None,
                      help=f"How values are scaled before the network [default: {d.scaling}; {DATA_SCALING} with --data]."),
+        click.option("--time-column", default=None, metavar="NAME",
+                     help="A CSV column that is the time axis, never a feature (dates, and increasing numbers "
+                          "under a time-like name, are found without it)."),
         click.option("--level", type=click.Choice(LEVEL_CHOICES), default=None,
                      help="Each window's level (its mean over time): kept, removed before the network and added "
                           "back to the reconstruction (a drifting series: the model learns shapes), or auto: "

@@ -152,7 +152,7 @@ def _csv_table(path: Path, header_row: bool = True) -> tuple[str, list[str], lis
 
 # A column is the time axis rather than a feature where its name is one of these words (alone or as a
 # word of it: "Date", "time_s", "YEAR") and its numbers strictly increase, or where it holds dates.
-TIME_WORDS = frozenset({"time", "date", "datetime", "timestamp", "year", "step", "index", "ds"})
+TIME_WORDS = frozenset({"time", "date", "datetime", "timestamp", "year", "step", "index", "ds", "t", "ts"})
 _DATE = re.compile(r"\d{4}-\d{1,2}(-\d{1,2})?([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?"
                    r"|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}( \d{1,2}:\d{2}(:\d{2})?)?")
 
@@ -176,19 +176,27 @@ def time_axis_columns(header: list[str], rows: list[tuple[int, list[str]]]) -> t
     return tuple(found)
 
 
-def load_csv(path: Path, columns: tuple[str, ...] | None = None, header_row: bool = True) -> Series:
+def load_csv(path: Path, columns: tuple[str, ...] | None = None, header_row: bool = True,
+             time_column: str | None = None) -> Series:
     """Read a CSV with a header row (or without: columns named 1, 2, ...), one column per feature
     and one row per time step; a missing value (MISSING_MARKS) is read as NaN.
 
     Rows are numbered as lines of the file (the header is row 1); blank lines may only
     trail the data, since one inside it would silently drop a time step (in a one-column file
     a blank line is its empty cell: a missing value). Without `columns`,
-    a time axis (time_axis_columns) is left out of the features and named in `time_axis`.
+    a time axis (time_axis_columns, and `time_column` where given) is left out of the features and
+    named in `time_axis`.
     """
     source, header, rows = _csv_table(path, header_row)
     time_axis: tuple[str, ...] = ()
+    if time_column is not None:
+        if time_column not in header:
+            raise DataError(f"{source}: no column {time_column!r} to take as the time axis (it has: {_listing(header)})")
+        if columns and time_column in columns:
+            raise UsageError(f"column {time_column!r} is given as the time axis and as a feature; it can be one")
+        time_axis = (time_column,)
     if not columns:
-        time_axis = time_axis_columns(header, rows)
+        time_axis = tuple(dict.fromkeys(time_axis + time_axis_columns(header, rows)))
         if time_axis and len(time_axis) < len(header) and all(header.count(name) == 1 for name in time_axis):
             columns = tuple(name for name in header if name not in time_axis)
         else:
@@ -302,17 +310,19 @@ def load_npy(path: Path) -> Series:
 
 
 def load_series(path: Path, columns: tuple[str, ...] | None = None, missing_ok: bool = False,
-                header_row: bool = True) -> Series:
-    """A CSV or NPY file's series or windows, the `columns` chosen. A missing value is refused
-    (naming every column's count) unless `missing_ok`: then it is NaN, for the caller's policy."""
-    series = _load_series(Path(path), columns, header_row)
+                header_row: bool = True, time_column: str | None = None) -> Series:
+    """A CSV or NPY file's series or windows, the `columns` chosen (never `time_column`, a CSV's time
+    axis). A missing value is refused (naming every column's count) unless `missing_ok`: then it
+    is NaN, for the caller's policy."""
+    series = _load_series(Path(path), columns, header_row, time_column)
     if not missing_ok:
         refuse_missing(series.values, series.columns, series.source,
                        "fill the gaps first (train, score, encode and reconstruct take --missing)")
     return series
 
 
-def _load_series(path: Path, columns: tuple[str, ...] | None, header_row: bool) -> Series:
+def _load_series(path: Path, columns: tuple[str, ...] | None, header_row: bool,
+                 time_column: str | None = None) -> Series:
     """load_series without the check for missing values."""
     if not path.is_file():
         if path.exists():  # a folder, pipe or device: reading it would fail or never end
@@ -320,9 +330,11 @@ def _load_series(path: Path, columns: tuple[str, ...] | None, header_row: bool) 
         raise UsageError(f"data file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return load_csv(path, columns, header_row)
+        return load_csv(path, columns, header_row, time_column)
     if not header_row:
         raise UsageError(f"{path.name}: --no-header applies to a CSV file")
+    if time_column is not None:
+        raise UsageError(f"{path.name}: --time-column applies to a CSV file (an .npy holds its features only)")
     if suffix == ".npy":
         series = load_npy(path)
         if not columns:

@@ -76,6 +76,7 @@ class TrainConfig:
     missing: str = TRAIN_MISSING  # what a missing value in the data does (data/gaps.py MISSING_POLICIES)
     max_gap: int = MAX_INTERPOLATED_GAP  # the longest gap (rows) "interpolate" fills
     header_row: bool = True  # whether a CSV's first line names its columns (else they are 1, 2, ...)
+    time_column: str | None = None  # a CSV column that is the time axis, never a feature (others are found)
 
     def __post_init__(self) -> None:
         """Refuse, with edgeae's one-line error, any setting training would choke on or ignore."""
@@ -119,6 +120,8 @@ class TrainConfig:
         check_policy(self.missing, self.max_gap)
         if not isinstance(self.header_row, bool):
             raise UsageError(f"header_row must be True or False, got {self.header_row!r}")
+        if self.time_column is not None and not (isinstance(self.time_column, str) and self.time_column):
+            raise UsageError(f"time_column must be a column name, got {self.time_column!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

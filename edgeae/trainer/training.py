@@ -185,10 +185,13 @@ def config_for(data: Path | None = None, columns: tuple[str, ...] | None = None,
     data = check_data_args(data, columns, None)
     if columns and data is None:
         raise UsageError("--columns chooses columns of --data; the seed data has none to choose")
+    if settings.get("time_column") is not None and data is None:
+        raise UsageError("--time-column names a column of --data; the seed data has none")
     chosen = {key: value for key, value in settings.items() if value is not None}
     if "features" not in chosen:
         chosen["features"] = (load_series(data, tuple(columns) if columns else None, missing_ok=True,
-                                          header_row=chosen.get("header_row", True)).values.shape[-1]
+                                          header_row=chosen.get("header_row", True),
+                                          time_column=chosen.get("time_column")).values.shape[-1]
                               if data is not None else TrainConfig.features)
     if data is not None:
         chosen.setdefault("activation", DATA_ACTIVATION)
@@ -210,7 +213,8 @@ def train(config, data: Path | None = None, columns: tuple[str, ...] | None = No
     """
     check_config(config)
     data = check_data_args(data, columns, progress)
-    series = (load_series(data, tuple(columns) if columns else None, missing_ok=True, header_row=config.header_row)
+    series = (load_series(data, tuple(columns) if columns else None, missing_ok=True, header_row=config.header_row,
+                          time_column=config.time_column)
               if data is not None else None)
     windows = prepare_windows(config, series)
     train_w, val_w, info = windows.train, windows.validation, windows.info
