@@ -27,27 +27,36 @@ def test_co2_with_default_flags_flags_a_spike_and_a_flat_stretch_and_accounts_fo
     assert training.preprocessing.level == "remove"  # 81% of the held-out windows lie above the training's
     model = load(out, "cpu")
 
-    values = load_series(CO2, missing_ok=True).values[:, 0].copy()
+    values = load_series(CO2, missing_ok=True).values[:, 0]
     gaps = np.isnan(values)
     assert gaps.sum() == 59
     held_out = len(values) - round(len(values) * config.validation_fraction)
-    spike, flat = held_out + 100, slice(held_out + 200, held_out + 230)
-    assert not gaps[spike] and not gaps[flat].any()
-    values[spike] += 40.0  # ppm: nearly the whole 1958-1992 range in one week
-    values[flat] = values[flat.start]  # thirty weeks stuck at one reading
-    windows = make_windows(values[:, None], model.timesteps)
-    result = model.score(windows)
-
-    starts = np.arange(len(windows))
+    starts = np.arange(len(values) - model.timesteps + 1)
+    plain = model.score(make_windows(values[:, None], model.timesteps))
     holds_gap = make_windows(gaps[:, None].astype(np.int8), model.timesteps).any(axis=(1, 2))
-    assert np.array_equal(result.missing, holds_gap)  # every window with a gap is reported, none dropped
-    assert not result.flags[result.missing].any() and np.isnan(result.scores[result.missing]).all()
-    over_spike = (starts <= spike) & (starts > spike - model.timesteps)
-    over_flat = (starts < flat.stop) & (starts > flat.start - model.timesteps)
-    assert result.flags[over_spike & ~result.missing].all()
-    assert result.flags[over_flat].any()
-    normal = ~over_spike & ~over_flat & ~result.missing & (starts >= held_out)
-    assert result.flags[normal].mean() <= 0.03  # measured 1.0% (AMD EPYC Zen 4); the quantile aims at 1%
+    assert np.array_equal(plain.missing, holds_gap)  # every window with a gap is reported, none dropped
+    assert not plain.flags[plain.missing].any() and np.isnan(plain.scores[plain.missing]).all()
+    normal = ~plain.missing & (starts >= held_out)
+    assert plain.flags[normal].mean() <= 0.03  # measured 0.9% (AMD EPYC Zen 4); the quantile aims at 1%
+
+    # Each injection in turn, every 10 weeks across the held-out years where 30 weeks hold no gap.
+    spikes = flats = tried = 0
+    for at in range(held_out + 20, len(values) - 60, 10):
+        if gaps[at:at + 30].any():
+            continue
+        spiked = values.copy()
+        spiked[at] += 40.0  # ppm: nearly the whole 1958-1992 range in one week
+        result = model.score(make_windows(spiked[:, None], model.timesteps))
+        spikes += result.flags[(starts <= at) & (starts > at - model.timesteps) & ~result.missing].all()
+        flat = values.copy()
+        flat[at:at + 30] = flat[at]  # thirty weeks stuck at one reading
+        result = model.score(make_windows(flat[:, None], model.timesteps))
+        flats += result.flags[(starts < at + 30) & (starts > at - model.timesteps)].any()
+        tried += 1
+    assert tried >= 30 and spikes == tried  # every window over every spike
+    # A flat stretch shows where the series bends into and out of it (measured: 28 of 38 positions); one
+    # that starts and ends where the seasonal cycle turns looks like the series itself to a reconstruction.
+    assert flats >= 0.6 * tried
 
 
 def test_a_stationary_series_normal_stretch_is_rarely_flagged(tmp_path):
