@@ -224,29 +224,81 @@ export function interpolateGaps(values, rows, features, maxGap) {
   return filled;
 }
 
-// A CSV with a header row, as edgeae reads it: `columns` (the names the model was trained on) in
-// that order, else every column. The separator (comma, semicolon or tab) is the header line's; a
+// The column indices of `wanted` (names, or else 0-based indices, as edgeae's Python side reads
+// --columns), every column without it; a name the header holds twice, or one asked for twice, is refused.
+function pickColumns(header, wanted, source) {
+  if (!wanted) return header.map((_, i) => i);
+  const first = new Map(), counts = new Map();
+  header.forEach((name, i) => { if (!first.has(name)) first.set(name, i); counts.set(name, (counts.get(name) ?? 0) + 1); });
+  const picked = wanted.map((name) => {
+    if ((counts.get(name) ?? 0) > 1) {
+      throw new EdgeError(`${source}: column name '${name}' appears ${counts.get(name)} times in the header`, BAD_DATA);
+    }
+    if (first.has(name)) return first.get(name);
+    if (/^\d+$/.test(name) && Number(name) < header.length) return Number(name);
+    throw new EdgeError(`${source}: no column '${name}' (columns: ${header.join(", ")})`, BAD_DATA);
+  });
+  picked.forEach((col, j) => {
+    if (picked.indexOf(col) !== j) {
+      throw new EdgeError(`${source}: column '${header[col]}' is used twice; name each feature column once`, BAD_DATA);
+    }
+  });
+  return picked;
+}
+
+// The series with its columns in the model's order where they are the model's `trained` names in
+// another order; refused where one of the model's columns would reach it as another feature (as
+// edgeae's Python side). Names the model was not trained on pass as given.
+export function matchTrained(series, trained) {
+  const names = series.columns;
+  if (!trained || names.join("\0") === trained.join("\0")) return series;
+  const f = series.features;
+  if (names.length === trained.length && [...names].sort().join("\0") === [...trained].sort().join("\0")) {
+    const order = trained.map((name) => names.indexOf(name)), values = new Float64Array(series.values.length);
+    for (let r = 0; r < series.rows; r++) order.forEach((from, j) => { values[r * f + j] = series.values[r * f + from]; });
+    return { ...series, values, columns: [...trained] };
+  }
+  names.forEach((name, position) => {
+    const at = trained.indexOf(name);
+    if (at >= 0 && at !== position) {
+      const listing = trained.slice(0, 10).join(", ") + (trained.length > 10 ? `, ... (${trained.length} in all)` : "");
+      throw new EdgeError(`${series.source}: column '${name}' would be the model's feature ${position + 1}, but it ` +
+                          `was trained as feature ${at + 1}; the model reads ${listing} in that order ` +
+                          "(name them all, in any order)", BAD_DATA);
+    }
+  });
+  return series;
+}
+
+// A CSV as edgeae reads it: with a header row, `columns` (the names the model was trained on, or
+// the caller's) in that order, else every column; without one (`header: false`) every line is
+// data and the columns are named by position, "1", "2", ... (1-based, as a user counts), so
+// `columns` picks by position. A first line of numbers only is refused where a header is expected
+// (`headerHint` ends that message). The separator (comma, semicolon or tab) is the first line's; a
 // byte-order mark is dropped. Refuses what the Python runtime refuses, in the same words.
 // Missing values become NaN and are then refused, kept (skip) or filled (interpolate: runs of at
 // most `maxGap` rows inside a column) as `missing` says; `hint` ends refuse's message.
 export function parseCsv(text, columns, source, { missing = DEFAULT_MISSING, maxGap = DEFAULT_MAX_GAP,
-                                                  hint = "pass --missing skip or --missing interpolate" } = {}) {
+                                                  hint = "pass --missing skip or --missing interpolate",
+                                                  header: headerRow = true,
+                                                  headerHint = "pass --no-header for a file without one" } = {}) {
   checkMissingOptions(missing, maxGap);
   const raw = text.replace(/^\uFEFF/, "").split(/\r?\n/);
   const sep = separator(raw[0]);
   const lines = raw.map((line, i) => ({ line: i + 1, cells: line === "" ? [] : splitLine(line, sep) }));
   while (lines.length && lines[lines.length - 1].cells.every((c) => c.trim() === "")) lines.pop();
   if (!lines.length) throw new EdgeError(`${source}: the file is empty`, BAD_DATA);
-  const header = lines[0].cells.map((h) => h.trim());
-  if (lines.length === 1) throw new EdgeError(`${source}: a header row but no data rows`, BAD_DATA);
-  const picked = (columns ?? header).map((name) => {
-    const at = header.indexOf(name);
-    if (at < 0) throw new EdgeError(`${source}: no column '${name}' (columns: ${header.join(", ")})`, BAD_DATA);
-    return at;
-  });
-  const rows = lines.length - 1, features = picked.length;
+  let header = lines[0].cells.map((h) => h.trim());
+  if (!headerRow) header = header.map((_, i) => String(i + 1));
+  else if (header.every((h) => parseNumber(h) !== null)) {
+    throw new EdgeError(`${source}: row ${lines[0].line} holds numbers, expected a header row naming the columns ` +
+                        `(${headerHint})`, BAD_DATA);
+  } else if (lines.length === 1) throw new EdgeError(`${source}: a header row but no data rows`, BAD_DATA);
+  const data = headerRow ? lines.slice(1) : lines;
+  const picked = pickColumns(header, columns, source);
+  const rows = data.length, features = picked.length;
   const values = new Float64Array(rows * features), counts = new Array(features).fill(0);
-  lines.slice(1).forEach(({ line, cells }, i) => {
+  data.forEach(({ line, cells }, i) => {
     if (cells.every((c) => c.trim() === "") && cells.length !== header.length) { // a blank line, not empty cells
       throw new EdgeError(`${source}: row ${line} is empty (a missing time step?)`, BAD_DATA);
     }

@@ -1,12 +1,17 @@
 // Score a CSV series with an edgeae export in Node.js: the detector graph on onnxruntime-node.
 //
 //   node node/score_csv.mjs EXPORT_DIR DATA.csv [--variant fp32|fp16|int8] [--missing skip|refuse|interpolate]
-//                           [--max-gap N] [--json]
+//                           [--max-gap N] [--columns A,B,...] [--no-header] [--json]
 //
 // Checks the export's golden vectors first (exit 6 if this runtime misses them), then prints one
 // line per window: its first row (0-based), its score, its flag and whether it is missing (CSV, or
 // one JSON object with a summary); the CSV form says the summary in one line on stderr.
-// The separator (comma, semicolon, tab) is read from the header line. A missing value (empty, NA,
+// The separator (comma, semicolon, tab) is read from the header line. The features are the columns
+// the model was trained on (found by name), else every column; --columns names them (or gives
+// 0-based indices where no column has that name). --no-header reads a file without a header row:
+// every line is data, the columns are named by position 1, 2, ... (so --columns 2,3 picks the
+// second and third), and without --columns the file must hold exactly the model's features; a
+// first line of numbers only is refused unless --no-header is given. A missing value (empty, NA,
 // NaN, nan, null, NULL, N/A) is, with --missing: skip (the default) kept, and a window holding one
 // reported as missing (no score, no flag); refuse: exit 3 naming the count per column; interpolate:
 // filled on a line inside runs of at most --max-gap rows (default 5), any other left as skip leaves it.
@@ -16,20 +21,34 @@ import path from "node:path";
 import * as ort from "onnxruntime-node";
 
 import {
-  DEFAULT_MAX_GAP, DEFAULT_MISSING, EdgeError, checkMissingOptions, openExport, parseCsv, summarize,
+  DEFAULT_MAX_GAP, DEFAULT_MISSING, EdgeError, checkMissingOptions, matchTrained, openExport, parseCsv, summarize,
 } from "./edgeae.mjs";
 
 const USAGE = "usage: node score_csv.mjs EXPORT_DIR DATA.csv [--variant fp32|fp16|int8] " +
-              "[--missing skip|refuse|interpolate] [--max-gap N] [--json]";
-const VALUED = new Set(["--variant", "--missing", "--max-gap"]);
+              "[--missing skip|refuse|interpolate] [--max-gap N] [--columns A,B,...] [--no-header] [--json]";
+const VALUED = new Set(["--variant", "--missing", "--max-gap", "--columns"]);
 
-// The command line: two paths, --json, and the options that take a value (each once).
+// --columns as names; an empty list or name is refused, since ignoring it would silently use every column.
+function splitColumns(columns) {
+  if (columns === undefined) return null;
+  const names = columns.split(",").map((c) => c.trim());
+  if (!names.some(Boolean)) {
+    throw new EdgeError(`--columns '${columns}' names no column; give comma-separated names or indices, or leave it out`, 2);
+  }
+  if (!names.every(Boolean)) {
+    throw new EdgeError(`--columns '${columns}' has an empty column name; separate names with single commas`, 2);
+  }
+  return names;
+}
+
+// The command line: two paths, --json, --no-header, and the options that take a value (each once).
 function parseArgs(argv) {
   const options = new Map(), paths = [];
-  let json = false;
+  let json = false, header = true;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--json") json = true;
+    else if (arg === "--no-header") header = false;
     else if (VALUED.has(arg)) {
       if (i + 1 >= argv.length || options.has(arg)) throw new EdgeError(USAGE, 2);
       options.set(arg, argv[++i]);
@@ -41,11 +60,11 @@ function parseArgs(argv) {
   const missing = options.get("--missing") ?? DEFAULT_MISSING, maxGap = /^\d+$/.test(gap) ? Number(gap) : gap;
   checkMissingOptions(missing, maxGap);
   return { folder: paths[0], data: paths[1], json, variant: options.get("--variant") ?? "fp32",
-           missing, maxGap };
+           missing, maxGap, header, columns: splitColumns(options.get("--columns")) };
 }
 
 async function main(argv) {
-  const { folder, data, json, variant, missing, maxGap } = parseArgs(argv);
+  const { folder, data, json, variant, missing, maxGap, header, columns } = parseArgs(argv);
   const readExportFile = async (name) => {
     try {
       return new Uint8Array(await readFile(path.join(folder, name)));
@@ -62,7 +81,10 @@ async function main(argv) {
   } catch (error) {
     throw new EdgeError(`${data}: ${error.code === "ENOENT" ? "not found" : error.message}`, 2);
   }
-  const series = parseCsv(text, exp.columns, path.basename(data), { missing, maxGap });
+  // Without a header the model's column names cannot be found: its features are taken by position.
+  const parsed = parseCsv(text, columns ?? (header ? exp.columns : null), path.basename(data),
+                          { missing, maxGap, header });
+  const series = columns && header ? matchTrained(parsed, exp.columns) : parsed;
   const result = await exp.score(series);
   const { starts, scores, flags, missing: gaps } = result;
   const summary = { ...summarize(result), missing_values: series.missingValues,

@@ -220,3 +220,45 @@ def test_bad_options_and_a_decimal_comma_are_one_line(client, frame, tmp_path):
     result = run_cli("fleet", "score", EXPORTED, comma, "--by", "machine", "--order", "step", "--missing", "drop",
                      "-o", tmp_path / "o")
     assert result.exit_code == EXIT_USAGE and "'drop' is not one of 'skip', 'refuse', 'interpolate'" in result.stderr
+
+
+def _csv_parts(frame: pd.DataFrame, folder, header: bool):
+    """The frame as two CSV files in `folder`, each with the header line or none."""
+    folder.mkdir()
+    lines = frame.to_csv(index=False).splitlines()
+    for number, rows in enumerate(np.array_split(np.arange(1, len(lines)), 2)):
+        (folder / f"part-{number}.csv").write_text("\n".join([lines[0]] * header + [lines[i] for i in rows]) + "\n")
+    return folder
+
+
+def test_a_csv_fleet_without_a_header_scores_as_the_same_files_with_one(client, frame, tmp_path):
+    headed, bare = _csv_parts(frame, tmp_path / "headed", True), _csv_parts(frame, tmp_path / "bare", False)
+    expected = _sorted(fleet.score_dataset(EXPORTED, str(headed / "*.csv"), replace(MACHINES, time="step")).compute())
+    by_position = FleetOptions(by="1", order="2", time="2", header_row=False)  # features: every other column
+    for options in (by_position, replace(by_position, columns=("3", "4", "5", "6", "7"))):
+        result = fleet.score_dataset(EXPORTED, str(bare / "*.csv"), options).compute().rename(columns={"1": "machine"})
+        pd.testing.assert_frame_equal(_sorted(result), expected)
+    base = ["fleet", "score", EXPORTED, bare, "--scheduler", client.scheduler.address]
+    done = run_cli(*base, "--by", "1", "--order", "2", "--columns", "3,4,5,6,7", "--no-header", "-o", tmp_path / "o")
+    assert done.exit_code == 0, done.output
+    written = dd.read_parquet(tmp_path / "o").compute().rename(columns={"1": "machine"})
+    pd.testing.assert_frame_equal(_sorted(written), expected.drop(columns="window_time"))
+    numbered = _csv_parts(frame.assign(machine=frame.machine.map({"a": 1, "b": 2, "d": 3})), tmp_path / "ids", False)
+    refused = run_cli(*base[:3], numbered, "--by", "1", "--order", "2", "-o", tmp_path / "no")  # numbers only in row 1
+    assert refused.exit_code == EXIT_DATA and not (tmp_path / "no").exists()
+    assert [line for line in refused.stderr.splitlines() if line.strip()] == [
+        f"error: {(numbered / 'part-0.csv').as_uri()}: row 1 holds numbers, expected a header row naming the "
+        "columns (pass --no-header for a file without one)"]
+
+
+def test_no_header_is_refused_for_parquet_and_for_a_dataframe(frame, tmp_path):
+    source = tmp_path / "fleet.parquet"
+    frame.to_parquet(source, index=False)
+    result = run_cli("fleet", "score", EXPORTED, source, "--by", "1", "--order", "2", "--no-header", "-o", tmp_path / "o")
+    assert result.exit_code == EXIT_USAGE and not (tmp_path / "o").exists()
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        f"error: {source}: --no-header applies to CSV files; Parquet files name their columns"]
+    with pytest.raises(UsageError, match="--no-header applies to CSV files; a DataFrame names its columns"):
+        fleet.score_dataset(EXPORTED, dd.from_pandas(frame, npartitions=1), replace(MACHINES, header_row=False))
+    with pytest.raises(UsageError, match="header_row must be True or False, got 'no'"):
+        replace(MACHINES, header_row="no")

@@ -8,7 +8,8 @@ import pytest
 
 from edgeae import runtime
 from edgeae.contract.manifest import file_entry, read_manifest, write_manifest
-from edgeae.data.series import load_features
+from edgeae.contract.errors import DataError
+from edgeae.data.series import load_csv, load_features
 from edgeae.data.windows import cut_windows, make_windows
 
 from .conftest import REPO
@@ -197,6 +198,8 @@ def test_interpolate_fills_only_short_gaps_inside_a_column(tiny_export, series_c
     (["--max-gap", "-1"], "--max-gap must be a whole number of rows, at least 0, got '-1'"),
     (["--max-gap", "two"], "--max-gap must be a whole number of rows, at least 0, got 'two'"),
     (["--gaps"], "no option --gaps"),
+    (["--columns", ","], "--columns ',' names no column; give comma-separated names or indices, or leave it out"),
+    (["--columns", "x,,z"], "--columns 'x,,z' has an empty column name; separate names with single commas"),
 ])
 def test_bad_options_are_one_line_and_exit_2(tiny_export, series_csv, args, message):
     result = node_app(tiny_export, series_csv, *args)
@@ -220,3 +223,60 @@ def test_the_library_reads_the_real_gappy_co2_file():
     rows = len(data.read_text().splitlines()) - 1
     assert json.loads(counts) == [rows, 59, 59]
     assert refused == "co2.csv: 59 missing values (co2: 59); pass --missing skip or --missing interpolate"
+
+
+# ---------------------------------------------------------------- files without a header row: --no-header, --columns
+
+
+def _numbers(result):
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    return {key: out[key] for key in ("window_start", "score", "anomaly", "missing", "summary")}
+
+
+def test_a_headerless_csv_scores_as_the_same_file_with_its_header(tiny_export, series_csv, tmp_path):
+    bare = tmp_path / "bare.csv"
+    bare.write_text(series_csv.read_text().split("\n", 1)[1])  # the same rows, no header line
+    headed = _numbers(node_app(tiny_export, series_csv, "--json"))
+    assert _numbers(node_app(tiny_export, bare, "--no-header", "--json")) == headed
+    _, rows = _cells(series_csv)
+    expected = _python_scores(tiny_export, [[float(c) for c in row] for row in rows])
+    np.testing.assert_allclose(headed["score"], expected.scores, rtol=1e-6)
+    as_csv = node_app(tiny_export, bare, "--no-header")
+    assert as_csv.returncode == 0 and as_csv.stdout == node_app(tiny_export, series_csv).stdout
+
+
+def test_a_first_line_of_numbers_is_refused_with_the_hint_the_python_cli_gives(tiny_export, series_csv, tmp_path):
+    bare = tmp_path / "bare.csv"
+    bare.write_text(series_csv.read_text().split("\n", 1)[1])
+    result = node_app(tiny_export, bare)
+    message = ("bare.csv: row 1 holds numbers, expected a header row naming the columns "
+               "(pass --no-header for a file without one)")
+    assert result.returncode == 3 and result.stdout == "" and result.stderr == f"error: {message}\n"
+    with pytest.raises(DataError) as python_side:
+        load_csv(bare)
+    assert str(python_side.value) == message  # the same words as `edgeae score`
+
+
+def test_no_header_columns_pick_by_position(export_copy, series_csv, tmp_path):
+    header, rows = _cells(series_csv)
+    wide = [[str(i), row[0], row[1], "7.5", row[2]] for i, row in enumerate(rows)]  # step, x, y, a constant, z
+    bare = _write(tmp_path / "wide.csv", ["step", *header[:2], "c", header[2]], wide)
+    bare.write_text(bare.read_text().split("\n", 1)[1])
+    headed = _numbers(node_app(export_copy, series_csv, "--json"))
+    assert _numbers(node_app(export_copy, bare, "--no-header", "--columns", "2,3,5", "--json")) == headed
+    result = node_app(export_copy, bare, "--no-header")  # every column: one too many for the model
+    assert result.returncode == 3 and "wide.csv: 5 feature column(s), the model expects 3" in result.stderr
+    result = node_app(export_copy, bare, "--no-header", "--columns", "x,y,z")  # no names without a header
+    assert result.returncode == 3 and "wide.csv: no column 'x' (columns: 1, 2, 3, 4, 5)" in result.stderr
+    # with a model trained on named columns: its names are found in a headed file, never in a bare one
+    manifest = read_manifest(export_copy).to_body()
+    manifest["training"]["data"]["columns"] = header
+    write_manifest(export_copy, manifest)
+    assert _numbers(node_app(export_copy, bare, "--no-header", "--columns", "2,3,5", "--json")) == headed
+    reordered = _write(tmp_path / "zyx.csv", header[::-1], [row[::-1] for row in rows])
+    assert _numbers(node_app(export_copy, reordered, "--json")) == headed  # found by name
+    assert _numbers(node_app(export_copy, reordered, "--columns", "z,x,y", "--json")) == headed  # the model's order
+    result = node_app(export_copy, reordered, "--columns", "y,z")
+    assert result.returncode == 3 and ("zyx.csv: column 'y' would be the model's feature 1, but it was trained as "
+                                       "feature 2; the model reads x, y, z in that order") in result.stderr

@@ -40,13 +40,13 @@ def file_server():
         server.wait()
 
 
-def page(url, csv, variant="fp32", screenshot=SCREENSHOT, missing="skip", max_gap=5):
+def page(url, csv, variant="fp32", screenshot=SCREENSHOT, missing="skip", max_gap=5, header=True):
     chromium = shutil.which("chromium")
     if chromium is None or not (NODE / "node_modules" / "playwright-core").is_dir():
         pytest.fail("Debian's chromium and `npm ci --prefix node` are needed (.ci/run installs them)")
     screenshot.parent.mkdir(exist_ok=True)
     proc = subprocess.run(["node", "web/check_page.mjs", url, str(EXPORTED), str(csv), variant, str(screenshot),
-                           missing, str(max_gap)],
+                           missing, str(max_gap), "" if header else "no-header"],
                           cwd=NODE, capture_output=True, text=True, timeout=180, env={"EDGEAE_CHROMIUM": chromium,
                                                                                       "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
@@ -89,6 +89,19 @@ def test_the_page_shows_bad_data_as_the_python_runtime_words_it(tmp_path):
         shown = page(url, bad, screenshot=tmp_path / "bad.png")
     assert shown["error"] == "bad.csv: row 14, column 'b': 'oops' is not a number"
     assert shown["shown"] == f"error: {shown['error']}" and "window_start" not in shown
+
+
+def test_the_page_reads_a_file_without_a_header_when_ticked_and_refuses_it_when_not(seed_like_csv, tmp_path):
+    bare = tmp_path / "bare.csv"
+    bare.write_text(seed_like_csv.read_text().split("\n", 1)[1])
+    with file_server() as url:
+        headed = page(url, seed_like_csv, screenshot=tmp_path / "headed.png")
+        ticked = page(url, bare, screenshot=tmp_path / "ticked.png", header=False)
+        refused = page(url, bare, screenshot=tmp_path / "refused.png")
+    assert "error" not in ticked, ticked
+    assert all(ticked[key] == headed[key] for key in ("window_start", "score", "anomaly", "missing"))
+    assert refused["error"] == ("bare.csv: row 1 holds numbers, expected a header row naming the columns "
+                                "(tick 'no header row' for a file without one)")
 
 
 # ---------------------------------------------------------------- files as users have them: separators, BOM, gaps

@@ -56,6 +56,9 @@ def _source_options(fn):
                      help="--missing interpolate: the longest run of missing rows filled."),
         click.option("--sep", type=click.Choice([",", ";", "tab"]), default=None,
                      help="A CSV source's separator [default: read from the header line: comma, semicolon or tab]."),
+        click.option("--no-header", "header_row", flag_value=False, default=True,
+                     help="A CSV source has no header row: every line is data, and its columns are named by "
+                          "position 1, 2, ... (so --by 1 --order 2 --columns 3,4 name them); not for Parquet."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -109,13 +112,13 @@ def _run_command(command: str, doc: str):
     def run(ctx: click.Context, export_dir: Path, source: str, output: Path, time_column: str | None,
             threshold: float | None, by: str, order: str, columns: str | None, stride: int | None,
             scheduler: str | None, workers: int | None, storage: tuple[str, ...], force: bool, missing: str,
-            max_gap: int, sep: str | None, variant: str, as_json: bool) -> None:
+            max_gap: int, sep: str | None, header_row: bool, variant: str, as_json: bool) -> None:
         if command == "encode" and threshold is not None:
             raise UsageError("--threshold applies to fleet score")
         options = FleetOptions(by, order, columns=split_columns(columns), time=time_column, stride=stride,
                                variant=variant, threshold=threshold, storage_options=_storage_options(storage),
                                scheduler=scheduler, workers=workers, force=force, missing=missing, max_gap=max_gap,
-                               sep=sep)
+                               sep=sep, header_row=header_row)
         record = run_dataset(command, export_dir, source, output, options)
         short = record["series_without_windows"]
         lines = [f"wrote {record['windows_written']} windows of {record['series']} series to {output} "
@@ -155,7 +158,7 @@ _run_command("encode", "Embed every window of every series into Parquet: series,
 def sample(ctx: click.Context, source: str, output: Path, timesteps: int, per_series: int | None, share: float | None,
            seed: int, by: str, order: str, columns: str | None, stride: int | None, scheduler: str | None,
            workers: int | None, storage: tuple[str, ...], force: bool, missing: str, max_gap: int, sep: str | None,
-           as_json: bool) -> None:
+           header_row: bool, as_json: bool) -> None:
     """Draw a reproducible training sample of windows across the fleet, for edgeae train --data.
 
     \b
@@ -165,7 +168,7 @@ def sample(ctx: click.Context, source: str, output: Path, timesteps: int, per_se
     """
     options = FleetOptions(by, order, columns=split_columns(columns), stride=stride,
                            storage_options=_storage_options(storage), scheduler=scheduler, workers=workers, force=force,
-                           missing=missing, max_gap=max_gap, sep=sep)
+                           missing=missing, max_gap=max_gap, sep=sep, header_row=header_row)
     record = write_sample(output, source, options, SampleOptions(timesteps, per_series, share, seed))
     emit(ctx, record, [f"wrote {record['windows']} windows of {record['series']} series to {output}"])
 

@@ -36,11 +36,14 @@ class FleetOptions:
     missing: str = DEFAULT_MISSING  # skip, refuse or interpolate missing values (fleet/missing.py)
     max_gap: int = DEFAULT_MAX_GAP  # interpolate: the longest run of missing rows filled
     sep: str | None = None  # a CSV source's separator: ',', ';' or tab [default: read from the header line]
+    header_row: bool = True  # whether a CSV's first line names its columns (else they are "1", "2", ... by position)
 
     def __post_init__(self) -> None:
         if self.stride is not None:
             _check_count("stride", self.stride)
         check_missing_options(self.missing, self.max_gap)
+        if not isinstance(self.header_row, bool):
+            raise UsageError(f"header_row must be True or False, got {self.header_row!r}")
         if self.sep is not None:
             if self.sep not in SEPARATOR_NAMES:
                 raise UsageError(f"sep must be ',', ';' or tab, got {self.sep!r}")

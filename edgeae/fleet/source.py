@@ -8,6 +8,7 @@ or file boundary, so none is scored twice or lost.
 """
 from __future__ import annotations
 
+import csv
 import os
 import re
 from dataclasses import dataclass
@@ -66,37 +67,73 @@ def expand_source(source: str | os.PathLike, storage_options: dict | None = None
     return kinds.pop(), [fs.unstrip_protocol(f) for f in files]
 
 
-def sniff_separator(url: str, storage_options: dict | None = None) -> str:
-    """A CSV file's separator, read from its header line as edgeae reads one file (data/series.py):
-    a comma, else a semicolon, else a tab; a comma for one column."""
+def _first_line(url: str, storage_options: dict | None = None) -> str:
+    """A CSV file's first line (its header, where it has one), a byte-order mark dropped."""
     fsspec = require("fsspec", "dask")
     try:
         with fsspec.open(url, "r", encoding="utf-8-sig", **(storage_options or {})) as handle:
-            line = handle.readline(HEADER_PEEK)
+            return handle.readline(HEADER_PEEK)
     except UnicodeDecodeError:
         raise DataError(f"{url}: not a text CSV file (not UTF-8)") from None
     except OSError as exc:
         raise UsageError(f"cannot read {url}: {exc}") from None
+
+
+def sniff_separator(url: str, storage_options: dict | None = None) -> str:
+    """A CSV file's separator, read from its header line as edgeae reads one file (data/series.py):
+    a comma, else a semicolon, else a tab; a comma for one column."""
+    line = _first_line(url, storage_options)
     return next((sep for sep in SEPARATORS if sep in line), ",")
 
 
+def _is_number(cell: str) -> bool:
+    """Whether a cell reads as a plain number, as edgeae reads one file (ASCII, no underscores)."""
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return "_" not in cell and cell.isascii()
+
+
+def csv_names(url: str, sep: str, header_row: bool, storage_options: dict | None = None) -> list[str] | None:
+    """The column names of a CSV source without a header row: "1", "2", ... by position (1-based, as a
+    user counts), as many as its first file's first line has cells; None where the header names them,
+    which must then not be numbers only (the first line of a file without a header)."""
+    line = _first_line(url, storage_options).rstrip("\r\n")
+    cells = next(csv.reader([line], delimiter=sep), [])
+    if not header_row:
+        return [str(i + 1) for i in range(len(cells))]
+    if all(_is_number(cell.strip()) for cell in cells):
+        raise DataError(f"{url}: row 1 holds numbers, expected a header row naming the columns "
+                        "(pass --no-header for a file without one)")
+    return None
+
+
 def read_source(source: Any, storage_options: dict | None = None, sep: str | None = None,
-                floats: tuple[str, ...] = ()) -> Any:
+                floats: tuple[str, ...] = (), header_row: bool = True) -> Any:
     """A Dask DataFrame of the source: one given as such, or the Parquet/CSV files it names. A CSV's
     separator is `sep`, else its first file's header line's; a byte-order mark is dropped; a cell
     edgeae counts as missing (MISSING_CELLS) reads as NaN, and the columns in `floats` as float64 (a
-    column of whole numbers with a gap further on than Dask's sample would else be refused)."""
+    column of whole numbers with a gap further on than Dask's sample would else be refused). Without
+    a `header_row`, every line of a CSV is data and its columns are named "1", "2", ... (csv_names)."""
     dd = require("dask.dataframe", "dask")
     if isinstance(source, dd.DataFrame):
+        if not header_row:
+            raise UsageError("--no-header applies to CSV files; a DataFrame names its columns")
         return source
     kind, files = expand_source(as_path(source, "data") if not isinstance(source, str) else source, storage_options)
+    if kind == "parquet" and not header_row:
+        raise UsageError(f"{source}: --no-header applies to CSV files; Parquet files name their columns")
+    if kind == "csv":  # sniffed before Dask reads: their one-line errors are not its
+        sep = sep or sniff_separator(files[0], storage_options)
+        names = csv_names(files[0], sep, header_row, storage_options)
     try:
         if kind == "parquet":
             return dd.read_parquet(files, storage_options=storage_options)
-        return dd.read_csv(files, storage_options=storage_options, blocksize="64MB",
-                           sep=sep or sniff_separator(files[0], storage_options), encoding="utf-8-sig",
+        return dd.read_csv(files, storage_options=storage_options, blocksize="64MB", sep=sep, encoding="utf-8-sig",
                            keep_default_na=False, na_values=list(MISSING_CELLS),
-                           dtype={name: "float64" for name in floats} or None)
+                           dtype={name: "float64" for name in floats} or None,
+                           **({"header": None, "names": names} if names is not None else {}))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {source}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
@@ -151,14 +188,15 @@ def check_numeric(frame: Any, columns: tuple[str, ...]) -> None:
 
 def source_frame(source: Any, options: FleetOptions, trained: tuple[str, ...] | None,
                  features: int | None) -> tuple[Any, tuple[str, ...]]:
-    """The source read (CSV features as float64) and its feature columns, checked."""
+    """The source read (CSV features as float64) and its feature columns, checked. Without a header
+    row the model's trained names cannot be found: its features are the columns given by position."""
     dd = require("dask.dataframe", "dask")
-    frame = read_source(source, options.storage_options, options.sep)
-    chosen = feature_columns(frame.columns, options.by, options.order, options.time, options.columns, trained,
-                             features)
+    frame = read_source(source, options.storage_options, options.sep, header_row=options.header_row)
+    chosen = feature_columns(frame.columns, options.by, options.order, options.time, options.columns,
+                             trained if options.header_row else None, features)
     check_numeric(frame, chosen)
     if not isinstance(source, dd.DataFrame) and any(frame._meta[c].dtype.kind in "iu" for c in chosen):
-        frame = read_source(source, options.storage_options, options.sep, chosen)
+        frame = read_source(source, options.storage_options, options.sep, chosen, options.header_row)
     return frame, chosen
 
 

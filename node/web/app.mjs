@@ -49,9 +49,11 @@ async function score() {
     const exp = await openExport(ort, readFile, $("variant").value);
     const golden = await exp.checkGolden();
     const maxGap = /^\d+$/.test($("maxgap").value) ? Number($("maxgap").value) : $("maxgap").value;
-    const series = parseCsv(await csv.text(), exp.columns, csv.name, {
-      missing: $("missing").value, maxGap,
+    const header = !$("noheader").checked; // without one, the model's column names cannot be found: by position
+    const series = parseCsv(await csv.text(), header ? exp.columns : null, csv.name, {
+      missing: $("missing").value, maxGap, header,
       hint: "choose skip or interpolate under Missing values",
+      headerHint: "tick 'no header row' for a file without one",
     });
     const result = await exp.score(series);
     const { starts, scores, flags, missing } = result;

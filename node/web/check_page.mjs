@@ -1,11 +1,11 @@
 // Drives the page in headless Chromium, as a person would: picks the export's files and a CSV,
 // clicks Score, and prints what the page computed (JSON); saves a screenshot.
-//   node web/check_page.mjs URL EXPORT_DIR DATA.csv VARIANT SCREENSHOT.png [MISSING [MAX_GAP]]
+//   node web/check_page.mjs URL EXPORT_DIR DATA.csv VARIANT SCREENSHOT.png [MISSING [MAX_GAP [no-header]]]
 import { readdir } from "node:fs/promises";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
-const [url, folder, data, variant, screenshot, missing = "skip", maxGap = "5"] = process.argv.slice(2);
+const [url, folder, data, variant, screenshot, missing = "skip", maxGap = "5", header = ""] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.EDGEAE_CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -23,6 +23,7 @@ try {
   await page.selectOption("#variant", variant);
   await page.selectOption("#missing", missing);
   await page.fill("#maxgap", maxGap);
+  await page.setChecked("#noheader", header === "no-header");
   await page.click("#run");
   await page.waitForFunction(() => window.edgeaeResult !== undefined, null, { timeout: 60000 });
   const result = await page.evaluate(() => window.edgeaeResult);
