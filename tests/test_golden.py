@@ -127,7 +127,7 @@ def test_a_variant_this_device_computes_outside_its_tolerance_is_refused_on_load
                                              r".* of range\) on the golden '\w+' windows; allowed 1e-09 of range, .* where it was exported"):
         runtime.load(export_copy, "cpu", variant=variant)
     assert runtime.load(export_copy, "cpu", variant=variant, self_check=False).variant == variant
-    assert runtime.load(export_copy, "cpu").variant == "fp32"  # fp32 is not re-checked
+    assert runtime.load(export_copy, "cpu").variant == "fp32"  # fp32 keeps its own bound
 
 
 def test_the_cli_refuses_a_variant_failing_its_self_check_with_exit_6(export_copy, tmp_path):
@@ -156,7 +156,9 @@ def test_self_check_reads_golden_vectors_checked_against_the_manifest(export_cop
     (export_copy / golden.DATA_FILE).write_bytes(b"\0" * 8)  # not resealed
     with pytest.raises(IntegrityError, match="golden.bin"):
         runtime.load(export_copy, "cpu", variant="int8")
-    runtime.load(export_copy, "cpu")  # fp32 does not read them
+    with pytest.raises(IntegrityError, match="golden.bin"):
+        runtime.load(export_copy, "cpu")  # fp32 is self-checked on them too
+    runtime.load(export_copy, "cpu", self_check=False)
     with pytest.raises(UsageError, match="self_check must be True or False"):
         runtime.load(export_copy, "cpu", variant="int8", self_check="no")
 

@@ -19,7 +19,6 @@ This module needs numpy only: the runtime reads it for its self-check on load.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeae.contract.files import atomic_write_bytes, atomic_write_json
+from edgeae.contract.files import atomic_write_bytes, atomic_write_json, loads_json
 from edgeae.contract.manifest import file_entry, verify_file
 from edgeae.contract.records import Manifest
 from edgeae.contract.errors import IntegrityError
@@ -39,6 +38,8 @@ FORMAT = "edgeae-golden"
 KERAS = "keras"  # the source name of the reference outputs
 SCORE = "score"  # the pseudo-role of per-window scores
 _FLOAT32_LE = np.dtype("<f4")
+SUBSET = 2  # golden windows per input set and kind (flagged, not flagged) the runtime re-runs on load
+CLEAR = 1.25  # how far (a factor) a chosen window's score lies from every threshold: variants score a little apart
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,7 @@ def read_golden(folder: Path, manifest: Manifest) -> Golden:
     if INDEX_FILE not in files or DATA_FILE not in files:
         raise IntegrityError(f"{folder} holds no golden vectors ({INDEX_FILE}, {DATA_FILE}); "
                              "export it again with this edgeae")
-    try:
-        index = json.loads(verify_file(folder, INDEX_FILE, files[INDEX_FILE]).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise IntegrityError(f"{INDEX_FILE}: not JSON ({str(exc)[:80]})") from None
+    index = loads_json(verify_file(folder, INDEX_FILE, files[INDEX_FILE]).read_bytes(), INDEX_FILE)
     if not isinstance(index, dict) or index.get("format") != FORMAT or index.get("data") != DATA_FILE:
         raise IntegrityError(f"{INDEX_FILE}: not an edgeae golden index for {DATA_FILE}")
     layout = {key: index.get(key) for key in ("format_version", "dtype", "byte_order")}
@@ -159,3 +157,58 @@ def _check_shapes(inputs: dict[str, np.ndarray], expected: dict[str, dict[str, d
     for role in ("autoencoder", "encoder"):
         if KERAS not in expected.get(role, {}):
             raise IntegrityError(f"{INDEX_FILE}: no Keras output of the {role}")
+
+
+def choose_subset(scores: dict[str, np.ndarray], thresholds: list[float]) -> dict[str, dict[str, list[int]]]:
+    """The golden windows the runtime re-runs on load, by input set: the `SUBSET` flagged windows scored
+    nearest above every threshold and the unflagged ones nearest below it, each `CLEAR` times clear of it,
+    and which of them the export's thresholds flagged; a threshold moved past them shows on load."""
+    low, high = min(thresholds), max(thresholds)
+    out = {}
+    for name, score in scores.items():
+        order = np.argsort(score, kind="stable")
+        above = [int(i) for i in order if score[i] > CLEAR * high][:SUBSET]
+        below = [int(i) for i in order if score[i] * CLEAR < low][-SUBSET:]
+        out[name] = {"windows": sorted(above + below), "flagged": sorted(above)}
+    return out
+
+
+def subset(inputs: dict[str, np.ndarray], manifest: Manifest) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """The windows of each golden set the runtime re-runs on load (by set), and which of them the export's
+    thresholds flagged (None where the export recorded no flags: made before they were, or without a
+    threshold; then the first `SUBSET` windows of each set, whose outputs are still checked)."""
+    chosen = manifest.detector.golden if manifest.detector else None
+    if chosen is None:
+        return {name: np.arange(min(SUBSET, len(x))) for name, x in inputs.items()}, None
+    windows, flagged = {}, {}
+    for name, entry in chosen.items():
+        if name not in inputs:
+            raise IntegrityError(f"manifest field detector.golden.{name}: no such golden input set "
+                                 f"({', '.join(inputs)})")
+        index = np.asarray(entry["windows"], dtype=np.int64)
+        if ((index.size and index.max() >= len(inputs[name])) or np.any(np.diff(index) <= 0)
+                or not set(entry["flagged"]) <= set(entry["windows"])):
+            raise IntegrityError(f"manifest field detector.golden.{name}: windows must rise within the golden "
+                                 f"{name!r} set, and the flagged ones be among them")
+        windows[name], flagged[name] = index, np.isin(index, np.asarray(entry["flagged"], dtype=np.int64))
+    return windows, flagged
+
+
+def check_thresholds(manifest: Manifest, inputs: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> None:
+    """Refuse a manifest whose thresholds (the model's, each variant's, each detector graph's) flag other
+    golden windows than the export recorded, given Keras's `scores` of the golden `inputs` by set: the
+    chosen windows lie well clear of the export's thresholds, so only an edited threshold differs."""
+    detector = manifest.detector
+    chosen, flagged = subset(inputs, manifest)
+    if detector is None or flagged is None:
+        return
+    thresholds = {"detector.threshold": detector.threshold,
+                  **{f"detector.variants.{n}.threshold": t for n, t in detector.variant_thresholds.items()},
+                  **{f"detector.graphs.{n}.threshold": g.threshold for n, g in detector.graphs.items()}}
+    for field, threshold in thresholds.items():
+        for name, index in chosen.items():
+            got = scores[name][index] > threshold
+            if not np.array_equal(got, flagged[name]):
+                raise IntegrityError(f"manifest field {field} ({threshold:.6g}) flags {int(got.sum())} of the "
+                                     f"{len(got)} golden {name!r} windows checked, where the export flagged "
+                                     f"{int(flagged[name].sum())}: not the threshold this export verified")

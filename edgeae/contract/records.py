@@ -197,6 +197,9 @@ class Detector:
     chosen: ThresholdChoice | None
     flagged: int | None  # calibration windows above the threshold
     details: Mapping[str, Any]  # rule, score, scores...: shown as written
+    # by golden input set: the windows the self-check re-runs and those the export's thresholds
+    # flagged ("windows", "flagged": indices); None in an export made before it was recorded
+    golden: Mapping[str, Mapping[str, tuple[int, ...]]] | None = None
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> Detector:
@@ -206,7 +209,7 @@ class Detector:
         choice = ThresholdChoice(chosen["source"], chosen["calibrated_threshold"], chosen.get("by")) if chosen else None
         return cls(body["threshold"], FrozenDict(thresholds), FrozenDict(graphs), body.get("quantile"),
                    body.get("windows"), body.get("calibrated_on"), body.get("note"), choice, body.get("flagged"),
-                   _frozen(body))
+                   _frozen(body), _frozen(body["golden"]) if "golden" in body else None)
 
     def threshold_of(self, variant: str) -> float:
         """The variant's own threshold where it was calibrated, else the model's."""

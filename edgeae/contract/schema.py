@@ -155,7 +155,9 @@ _MANIFEST = _record({
                          "graphs": _map_of(_record({"file": _text, "threshold": _THRESHOLD},
                                                    required=("file", "threshold"))),
                          "chosen": _record({"by": _text, "source": _text, "calibrated_threshold": _THRESHOLD},
-                                           required=("source", "calibrated_threshold"))},
+                                           required=("source", "calibrated_threshold")),
+                         "golden": _map_of(_record({"windows": _list_of(_whole(0)), "flagged": _list_of(_whole(0))},
+                                                   required=("windows", "flagged")))},
                         required=("threshold",)),
     "variants": _map_of(_map_of(_VARIANT)),
     "skipped": _map_of(_map_of(_text)),  # role -> variant -> why it does not apply (a model edgeae did not train)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeae.contract.files import read_json
+from edgeae.contract.golden import choose_subset
 from edgeae.contract.layout import PARITY_REPORT_FILE, TARGETS_FILE
 from edgeae.contract.manifest import read_manifest
 from edgeae.contract.records import thawed
@@ -16,6 +17,7 @@ from edgeae.detection.threshold import set_threshold, variant_thresholds
 from edgeae.exporter.build import BuiltExport
 from edgeae.exporter.detector import detector_graphs
 from edgeae.exporter.variants import skipped_lines, variant_line
+from edgeae.runtime.scoring import reconstruction_error
 from edgeae.trainer.training import Training
 from edgeae.verifier.target_report import target_lines
 
@@ -40,9 +42,19 @@ def manifest_sections(built: BuiltExport, fp32: Tolerance, providers: list[str],
         if isinstance(detector.get("chosen"), dict):  # a user's threshold holds for every precision
             detector = set_threshold(detector, detector["threshold"], detector["chosen"]["source"])
         files, detector["graphs"] = detector_graphs(stage, built, detector, training, providers)
+        detector["golden"] = _golden_windows(built, detector, training)
         out["files"] = {**built.files, **files}
         out["detector"] = detector
     return out
+
+
+def _golden_windows(built: BuiltExport, detector: dict[str, Any], training: Training) -> dict[str, Any]:
+    """The golden windows the runtime re-runs on load and which of them the thresholds flagged, chosen on
+    Keras's scores (golden.choose_subset): the record that a threshold edited later contradicts."""
+    scale = training.preprocessing.arrays()["scale"]
+    scores = {name: reconstruction_error(x, built.references["autoencoder"][name], scale)
+              for name, x in built.inputs.items()}
+    return choose_subset(scores, [detector["threshold"], *(v["threshold"] for v in detector["variants"].values())])
 
 
 def folder_variants(folder: Path) -> dict[str, Any]:

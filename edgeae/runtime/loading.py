@@ -10,17 +10,18 @@ from pathlib import Path
 import numpy as np
 
 from edgeae.contract.errors import IntegrityError, ParityError, UsageError
-from edgeae.contract.golden import read_golden
+from edgeae.contract.golden import CLEAR, read_golden, subset
 from edgeae.contract.layout import ROLES
 from edgeae.contract.manifest import read_export_manifest, verify_file
-from edgeae.contract.records import EMPTY, Manifest
-from edgeae.contract.parity import Tolerance, compare
+from edgeae.contract.onnx_scan import check_external
+from edgeae.contract.records import EMPTY, Manifest, thawed
+from edgeae.contract.parity import ParityResult, Tolerance, compare, recorded_tolerance
 from edgeae.contract.variants import DEFAULT_VARIANT, SELF_CHECKED
 from edgeae.runtime.providers import check_threads, resolve_providers
 from edgeae.runtime.routes import (
     batch_routes, file_of_variant, manifest_sizes, proven_finite, published_variants, routed_chunk,
 )
-from edgeae.runtime.scoring import EdgeModel
+from edgeae.runtime.scoring import EdgeModel, reconstruction_error
 from edgeae.runtime.session import OnnxModel
 
 
@@ -28,30 +29,77 @@ class SelfCheckError(ParityError):
     """A graph gives other numbers on this device than its export verified: it is not served."""
 
 
-def run_self_check(path: Path, manifest: Manifest, models: dict[str, OnnxModel], variant: str) -> None:
-    """Run each loaded graph of a reduced-precision variant on the export's golden vectors and refuse
-    it, naming the error and the recorded tolerance, when this device misses that tolerance."""
-    if variant not in SELF_CHECKED:
-        return
+def _reference_tolerance(manifest: Manifest, role: str, variant: str) -> Tolerance:
+    """The bound a served graph of `variant` keeps from Keras: the variant's recorded one, fp32's
+    (the manifest's parity section) for the full-precision graphs."""
+    entry = manifest.variant(role, variant)
+    if variant in SELF_CHECKED or (entry is not None and entry.recorded_tolerance is not None):
+        return entry.tolerance if entry else Tolerance.from_manifest(None, f"variants.{role}.{variant}.tolerance")
+    return recorded_tolerance(thawed(manifest.parity.details))
+
+
+def _refuse(graph: OnnxModel, variant: str, result: ParityResult, tolerance: Tolerance, recorded: float | None) -> None:
+    """Raise for a graph that misses Keras: a reduced-precision kernel of this device (SelfCheckError), or,
+    for a full-precision graph, which holds on every CPU, a model that is not the one exported."""
+    where = f"by {result.max_abs:.2e} ({result.max_rel_range:.2e} of range) on the golden {result.dataset!r} windows"
+    if variant in SELF_CHECKED:
+        raise SelfCheckError(
+            f"self-check: {graph.name} misses Keras on this device {where}; allowed {tolerance.describe()}"
+            + (f", {recorded:.2e} of range where it was exported" if recorded else "")
+            + "; use another variant (fp32 holds on every CPU), or skip the check: self_check=False / "
+            "--no-self-check")
+    raise IntegrityError(f"self-check: {graph.name} misses the Keras outputs stored at export {where}; allowed "
+                         f"{tolerance.describe()}: not the model this export verified")
+
+
+def run_self_check(path: Path, manifest: Manifest, edge: EdgeModel, variant: str) -> None:
+    """Run every served graph (routes included) on the export's golden windows before it is served: its
+    outputs must keep their variant's bound from Keras's, and the scores the served threshold's flags
+    where the export recorded them, so a resealed threshold or a swapped model is refused, not served.
+
+    A reduced-precision variant runs every golden window (its bound is of each set's range); full
+    precision only the few chosen at export (golden.subset), a few milliseconds on load.
+    """
     golden = read_golden(path, manifest)
+    chosen, flagged = subset(golden.inputs, manifest)
+    runs = ({name: np.arange(len(x)) for name, x in golden.inputs.items()} if variant in SELF_CHECKED
+            else {name: index for name, index in chosen.items() if len(index)})
+    x = {name: golden.inputs[name][index] for name, index in runs.items()}
+    batch = np.concatenate(list(x.values()))
+    ends = np.cumsum([len(v) for v in x.values()])[:-1]
     scale = np.asarray((manifest.preprocessing or EMPTY).get("scale", 1.0), np.float32)
-    for role in models:
+    for role, model in edge.models.items():
+        tolerance = _reference_tolerance(manifest, role, variant)
         entry = manifest.variant(role, variant)
-        tolerance = entry.tolerance if entry else Tolerance.from_manifest(None, f"variants.{role}.{variant}.tolerance")
-        results = [compare(golden.reference(role)[dataset], models[role].run_windows(x), model=role, provider="device",
-                           dataset=dataset, tolerance=tolerance, scale=scale if role == "autoencoder" else None,
-                           source=models[role].name)
-                   for dataset, x in golden.inputs.items()]
-        failed = [r for r in results if not r]
-        if failed:
-            worst = max(failed, key=lambda r: r.max_rel_range)
-            recorded = entry.exported_rel_range
-            raise SelfCheckError(
-                f"self-check: {models[role].name} misses Keras on this device by {worst.max_abs:.2e} "
-                f"({worst.max_rel_range:.2e} of range) on the golden {worst.dataset!r} windows; allowed "
-                f"{tolerance.describe()}" + (f", {recorded:.2e} of range where it was exported" if recorded else "")
-                + "; use another variant (fp32 holds on every CPU), or skip the check: self_check=False / "
-                "--no-self-check")
+        for graph in (model, *(other for *_, other in model.routes)):
+            outputs = dict(zip(x, np.split(graph.run_windows(batch), ends)))
+            for name, out in outputs.items():
+                result = compare(golden.reference(role)[name][runs[name]], out, model=role, provider="device",
+                                 dataset=name, tolerance=tolerance, scale=scale if role == "autoencoder" else None,
+                                 source=graph.name)
+                if not result:
+                    _refuse(graph, variant, result, tolerance, entry.exported_rel_range if entry else None)
+            if role == "autoencoder" and edge.threshold is not None and flagged is not None:
+                _check_flags(graph, edge, chosen, flagged, {name: (x[name], out) for name, out in outputs.items()},
+                             runs)
+
+
+def _check_flags(graph: OnnxModel, edge: EdgeModel, chosen: dict[str, np.ndarray], flagged: dict[str, np.ndarray],
+                 results: dict[str, tuple[np.ndarray, np.ndarray]], ran: dict[str, np.ndarray]) -> None:
+    """Refuse a threshold that flags other golden windows than the export's thresholds did: each chosen
+    window was scored clear of them (golden.choose_subset), so only a moved threshold or model differs.
+    A window this graph scores within the same margin of the threshold is left out: a reduced-precision
+    kernel, within its bound, may put it on either side."""
+    for name, (windows, reconstruction) in results.items():
+        at = np.searchsorted(ran[name], chosen[name])  # the chosen windows among those run
+        scores = reconstruction_error(windows[at], reconstruction[at], edge.scale)
+        got = scores > edge.threshold
+        clear = (scores > CLEAR * edge.threshold) | (scores * CLEAR < edge.threshold)
+        if not np.array_equal(got[clear], flagged[name][clear]):
+            raise IntegrityError(
+                f"self-check: with threshold {edge.threshold:.6g}, {graph.name} flags {int(got.sum())} of the "
+                f"{len(got)} golden {name!r} windows checked, where the export flagged {int(flagged[name].sum())}: "
+                "the threshold or the model is not what this export verified")
 
 
 def _load_folder(path: Path, manifest: Manifest, providers: str | Sequence[str], threads: int | None,
@@ -68,10 +116,12 @@ def _load_folder(path: Path, manifest: Manifest, providers: str | Sequence[str],
             continue
         source = verify_file(path, name, manifest.files.get(name))  # before the sizes: a bad entry is named first
         sizes = manifest_sizes(manifest)
-        models[role] = OnnxModel(source, providers, threads, name=name, role=role, **sizes)
+        models[role] = OnnxModel(source, providers, threads, name=name, role=role, **sizes,
+                                 external=check_external(path, source, manifest))
         for first, last, file in batch_routes(manifest, role, variant):
-            models[role].route(OnnxModel(verify_file(path, file, manifest.files.get(file)), providers, threads,
-                                         name=file, role=role, **sizes), first, last)
+            route = verify_file(path, file, manifest.files.get(file))
+            models[role].route(OnnxModel(route, providers, threads, name=file, role=role, **sizes,
+                                         external=check_external(path, route, manifest)), first, last)
         models[role].chunk = routed_chunk(manifest, role, variant)
         models[role].set_proven_finite(proven_finite(manifest, role, variant))
     if not models and unpublished:
@@ -80,9 +130,10 @@ def _load_folder(path: Path, manifest: Manifest, providers: str | Sequence[str],
         raise UsageError(f"no published {variant!r} variant; this export has: {', '.join(published_variants(manifest))}")
     if not models:
         raise IntegrityError(f"{path}: the manifest lists no autoencoder or encoder")
+    edge = EdgeModel(models, manifest, path, variant, unpublished)
     if check:
-        run_self_check(path, manifest, models, variant)
-    return EdgeModel(models, manifest, path, variant, unpublished)
+        run_self_check(path, manifest, edge, variant)
+    return edge
 
 
 def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int | None = None,

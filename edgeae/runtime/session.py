@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from edgeae.contract.errors import InferenceError, IntegrityError, ProviderError, ShapeError, UsageError
 from edgeae.contract.layout import ROLES
+from edgeae.contract.onnx_scan import inside, scan_model
 from edgeae.runtime.inputs import all_finite, as_windows, check_chunk, shape_text
 from edgeae.runtime.providers import CPU, check_threads, resolve_providers
 from edgeae.runtime.routes import DEFAULT_CHUNK
@@ -27,25 +28,26 @@ from edgeae.runtime.routes import DEFAULT_CHUNK
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
 MAX_MODEL_BYTES = 2 * 1024**3
 
-ort.set_default_logger_severity(3)  # onnxruntime's own warnings are replaced by edgeae's errors
+# onnxruntime logs its own errors (a failed load or run) on stderr before edgeae raises, which would break
+# the one-line promise: only fatal ones pass, everything else reaches the user as edgeae's one error line.
+LOG_FATAL_ONLY = 4
+ort.set_default_logger_severity(LOG_FATAL_ONLY)
 
 
-def _check_domains(path: Path) -> None:
-    """Refuse models with custom operator domains or external data pointing anywhere else."""
-    try:
-        import onnx  # optional here: the workstation has it; a device relies on the manifest hash
-    except ImportError:
-        return
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        raise IntegrityError(f"{path.name}: not a valid ONNX model") from None
-    domains = {n.domain for n in proto.graph.node}
-    if not domains <= ALLOWED_DOMAINS:
-        raise IntegrityError(f"{path.name}: uses operator domains edgeae does not produce: {sorted(domains - ALLOWED_DOMAINS)}")
-    for tensor in proto.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise IntegrityError(f"{path.name}: refers to external data ({tensor.name}); edgeae exports are self-contained")
+def _check_model(path: Path, external: frozenset[str]) -> None:
+    """Refuse a model with custom operator domains, or with a tensor anywhere (initializer, node attribute,
+    subgraph) stored in a file other than those in `external`: the ones its caller verified (none by default)."""
+    scan = scan_model(path.read_bytes(), path.name)
+    if not scan.domains <= ALLOWED_DOMAINS:
+        raise IntegrityError(f"{path.name}: uses operator domains edgeae does not produce: "
+                             f"{sorted(scan.domains - ALLOWED_DOMAINS)}")
+    for tensor, location in scan.external:
+        if not inside(location):
+            raise IntegrityError(f"{path.name}: tensor {tensor!r} reads external data from {location!r}, outside "
+                                 "the model's folder: refused")
+        if location not in external:
+            raise IntegrityError(f"{path.name}: tensor {tensor!r} reads external data from {location!r}, a file no "
+                                 "manifest lists with a checksum: refused")
 
 
 def _fast_run(session: ort.InferenceSession) -> Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]:
@@ -120,13 +122,15 @@ class OnnxModel:
 
     def __init__(self, source: Path | bytes, providers: str | Sequence[str] = "auto",
                  threads: int | None = None, name: str | None = None, role: str | None = None,
-                 window: tuple[int, int] | None = None, units: int | None = None) -> None:
+                 window: tuple[int, int] | None = None, units: int | None = None,
+                 external: frozenset[str] = frozenset()) -> None:
         self.providers_requested = resolve_providers(providers)
+        self._external = external  # external-data files the caller verified against its manifest
         check_threads(threads)
         self.name = name or (Path(source).name if isinstance(source, (str, Path)) else "model")
         self._source = source
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = LOG_FATAL_ONLY
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         self.session = self._open(options)
@@ -192,7 +196,7 @@ class OnnxModel:
             if path.stat().st_size > MAX_MODEL_BYTES:
                 raise IntegrityError(f"{path.name}: implausibly large model file")
             if path.suffix == ".onnx":
-                _check_domains(path)
+                _check_model(path, self._external)
             return ort.InferenceSession(str(path), options, providers=self.providers_requested)
         except (UsageError, IntegrityError):
             raise
@@ -304,13 +308,16 @@ class OnnxModel:
         """Which execution provider each node actually ran on (from onnxruntime's profiler)."""
         with tempfile.TemporaryDirectory(prefix="edgeae-profile-") as tmp:
             options = ort.SessionOptions()
-            options.log_severity_level = 3
+            options.log_severity_level = LOG_FATAL_ONLY
             options.enable_profiling = True
             options.profile_file_prefix = os.path.join(tmp, "profile")
             session = self._open(options)
-            session.run(None, {self.input_name: np.zeros((1, self.timesteps, self.features), np.float32)})
+            outputs = session.run(None, {self.input_name: np.zeros((1, self.timesteps, self.features), np.float32)})
             with open(session.end_profiling()) as handle:
                 events = json.load(handle)
+        for output, result in enumerate(outputs):  # what inspect shows must be what the graph gives
+            if result.shape != (1, *self._tails[output]):
+                raise self._wrong_output(result, 1, output)
         placement: dict[str, str] = {}
         for event in events:
             if event.get("cat") == "Node" and "provider" in event.get("args", {}):

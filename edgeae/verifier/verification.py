@@ -17,8 +17,9 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeae.contract.files import as_path
-from edgeae.contract.golden import KERAS, SCORE, read_golden, write_golden
+from edgeae.contract.golden import KERAS, SCORE, check_thresholds, read_golden, write_golden
 from edgeae.contract.manifest import read_export_manifest, verify_file, verify_files
+from edgeae.contract.onnx_scan import check_external
 from edgeae.contract.records import Manifest
 from edgeae.data.series import FLOAT32_MAX
 from edgeae.data.windows import Preprocessing
@@ -187,6 +188,9 @@ def verify(folder: Path, providers: str = "all", atol: float | None = None, agai
     folder = as_path(folder, "export folder")
     manifest = read_export_manifest(folder)
     verify_files(folder, manifest)
+    for name in manifest.files:  # external data anywhere in a graph is named before any parser reads it
+        if name.endswith(".onnx"):
+            check_external(folder, folder / name, manifest)
     for role, file in ONNX_FILES.items():  # the file the runtime loads must be the one checked at fp32's tolerance
         if manifest.model_file(role) != file:
             raise IntegrityError(f"manifest field models.{role}.file must be {file!r}, "
@@ -211,6 +215,8 @@ def verify(folder: Path, providers: str = "all", atol: float | None = None, agai
         inputs, references = golden.inputs, {role: golden.reference(role) for role in ONNX_FILES}
         report = verify_models(pre, references, paths, inputs, provider_list, tolerance,
                                ParityChecks(_installed("onnx"), extra, variants))
+    check_thresholds(manifest, inputs, {name: reconstruction_error(x, references["autoencoder"][name],
+                                                                   pre.arrays()["scale"]) for name, x in inputs.items()})
     return _with_detector_graphs(report, folder, manifest, pre, references["autoencoder"], inputs, provider_list)
 
 
