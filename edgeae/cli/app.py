@@ -22,7 +22,8 @@ import click
 from edgeae.contract import versions
 from edgeae.contract.files import INTERRUPTED
 from edgeae.contract.errors import (
-    EXIT_CLOSED_PIPE, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgeAEError,
+    EXIT_CLOSED_PIPE, EXIT_CODES, EXIT_INTEGRITY, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE,
+    EdgeAEError,
 )
 
 
@@ -149,6 +150,9 @@ def describe_failure(exc: BaseException) -> tuple[int, str]:
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         return EXIT_USAGE, f"{exc.strerror or exc}{where}"
     first = str(exc).splitlines()[0] if str(exc) else ""
+    if type(exc).__name__ == "DecodeError" and type(exc).__module__.startswith("google.protobuf"):
+        # an ONNX file (a protobuf) that does not parse, met by a library before edgeae's own checks
+        return EXIT_INTEGRITY, f"corrupt or truncated model file: {first}"
     return EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {first} (rerun with --debug)"
 
 

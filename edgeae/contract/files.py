@@ -10,9 +10,11 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import itertools
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -26,6 +28,13 @@ from edgeae.contract.layout import MANIFEST_FILE
 MANIFEST_FORMAT = "edgeae-manifest"
 MANIFEST_VERSION = 1
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# What edgeae's JSON (its manifests, records, a Keras config.json) can hold: edgeae's own files nest
+# under 10 deep and a Keras config under 30; the longest integer a real file holds is a 64-bit seed
+# (20 digits). Past these a file is hostile, and is refused before Python's parser recurses or
+# meets its 4,300-digit integer limit, each of which would end in a raw RecursionError/ValueError.
+MAX_JSON_DEPTH = 200
+MAX_JSON_INT_DIGITS = 64
+_JSON_STRING_OR_OTHER = re.compile(r'"(?:[^"\\]|\\.)*"|[^\[\]{}"]+|"')
 
 
 def sha256_file(path: Path) -> str:
@@ -128,6 +137,47 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, dumps_json(obj).encode("utf-8"))
 
 
+def _json_depth(text: str) -> int:
+    """How deep a JSON text's arrays and objects nest, counted without parsing (strings skipped)."""
+    brackets = _JSON_STRING_OR_OTHER.sub("", text)
+    return max(itertools.accumulate(1 if ch in "[{" else -1 for ch in brackets), default=0)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]}{'...' if len(text) > 20 else ''} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise ValueError(f"integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def loads_json(text: str | bytes, what: str) -> Any:
+    """Parse JSON that may be hostile: NaN, Infinity, out-of-range floats, huge integers and deep
+    nesting (none of which edgeae writes) are refused as one IntegrityError, never a raw
+    ValueError or RecursionError from Python's parser."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise IntegrityError(f"{what} is not valid JSON: {exc}") from None
+    if _json_depth(text) > MAX_JSON_DEPTH:
+        raise IntegrityError(f"{what} is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise IntegrityError(f"{what} is not valid JSON: {first}") from None
+
+
 def read_json(path: Path, what: str) -> dict:
     """Read a JSON object, turning every way it can be broken into one IntegrityError."""
     path = Path(path)
@@ -135,10 +185,7 @@ def read_json(path: Path, what: str) -> dict:
         raise IntegrityError(f"{what} not found: {path} (not an edgeae folder, or the file is missing)")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise IntegrityError(f"{what} is implausibly large ({path.stat().st_size} bytes): {path}")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntegrityError(f"{what} is not valid JSON: {path}: {exc}") from None
+    obj = loads_json(path.read_bytes(), f"{what} {path}")
     if not isinstance(obj, dict):
         raise IntegrityError(f"{what} must be a JSON object: {path}")
     return obj
@@ -267,7 +314,7 @@ def _check_replaceable(target: Path) -> None:
     if not any(target.iterdir()):
         return
     try:  # a linked manifest proves nothing about this folder's own files
-        manifest = json.loads(member_path(target, MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest = loads_json(member_path(target, MANIFEST_FILE).read_bytes(), "manifest")
     except (IntegrityError, OSError, UnicodeDecodeError, ValueError):
         manifest = None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:

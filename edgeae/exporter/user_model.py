@@ -10,7 +10,6 @@ against Keras on onnxruntime is what proves each graph.
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,11 @@ import numpy as np
 from edgeae.data.series import FLOAT32_MAX, load_series
 from edgeae.data.windows import Preprocessing, window_series
 from edgeae.contract.errors import UnsupportedModelError, UsageError, require
+from edgeae.contract.files import loads_json
 from edgeae.exporter.options import UserModelOptions
-from edgeae.trainer.model import ACTIVATIONS, ENCODER_LAYER, TrainConfig, encoder_of, import_keras, load_keras, predict
+from edgeae.trainer.model import (
+    ACTIVATIONS, ENCODER_LAYER, KERAS_CONFIG, TrainConfig, encoder_of, import_keras, keras_config, load_keras, predict,
+)
 from edgeae.trainer.training import Training
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -39,18 +41,18 @@ def is_keras_file(path: Path) -> bool:
 
 
 def _stored_config(path: Path) -> dict[str, Any]:
-    """The model's JSON config as saved, read without building any layer (nothing runs)."""
+    """The model's JSON config as saved, read without building any layer (nothing runs); a .keras
+    archive is checked from its zip headers first and its config read bounded (keras_config)."""
+    if path.suffix.lower() == ".keras":
+        return loads_json(keras_config(path, UsageError), f"{path.name}: {KERAS_CONFIG}")
     try:
-        if path.suffix.lower() == ".keras":
-            with zipfile.ZipFile(path) as archive:
-                return json.loads(archive.read("config.json"))
         h5py = require("h5py", "train")
         with h5py.File(path, "r") as h5:
             raw = h5.attrs.get("model_config")
             if raw is None:
                 raise ValueError("no model_config")
             return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    except Exception as exc:  # zip, h5 and JSON errors of every kind: one line for the user
+    except Exception as exc:  # h5 and JSON errors of every kind: one line for the user
         raise UsageError(f"{path.name}: not a saved Keras model ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
 
@@ -69,9 +71,10 @@ def _refuse_unsafe(config: Any, layer: str = "the model") -> None:
     if kind == "Lambda":
         raise UnsupportedModelError(f"layer {name!r} is a Lambda layer: its Python code is never loaded (safe "
                                     "mode); rebuild it from built-in Keras layers")
-    module = config.get("module")
-    if kind and isinstance(module, str) and not module.startswith("keras"):
-        raise UnsupportedModelError(f"layer {name!r} uses the custom class {module}.{kind}: edgeae loads only "
+    module = config.get("module")  # None for a class registered with register_keras_serializable
+    custom = f"{module}.{kind}" if isinstance(module, str) else config.get("registered_name")
+    if kind and isinstance(custom, str) and not custom.startswith("keras"):
+        raise UnsupportedModelError(f"layer {name!r} uses the custom class {custom}: edgeae loads only "
                                     "built-in Keras objects (safe mode)")
     for value in config.values():
         _refuse_unsafe(value, name)

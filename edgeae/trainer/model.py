@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import sys
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from collections.abc import Iterator
@@ -52,6 +53,19 @@ MIN_TIMESTEPS = 2
 # steps: from XLA_FROM = epochs x batches per epoch x timesteps (that run: 215,040 for 60 epochs; the
 # seed's 300 one-window epochs: 3,000, which stays without).
 XLA_FROM = 100_000
+# A .keras file is a zip of config.json and metadata.json (a model's layers as JSON: kilobytes, a
+# few MB for the largest models) and its weights; Keras reads config.json whole. Each JSON member may
+# declare at most MAX_KERAS_JSON_BYTES uncompressed, and all members together at most
+# KERAS_UNPACKED_FLOOR plus KERAS_EXPANSION times the file's size (Keras stores its members
+# uncompressed; a re-zipped file's float weights barely compress, its JSON about 10x), so a 1 MB
+# file declaring a 1 GiB config or 1 GiB of weights (zip bombs) is refused from its central directory
+# before anything is inflated.
+KERAS_CONFIG = "config.json"
+KERAS_JSON_MEMBERS = (KERAS_CONFIG, "metadata.json")
+MAX_KERAS_JSON_BYTES = 64 * 1024 * 1024
+KERAS_UNPACKED_FLOOR = 16 * 1024 * 1024
+KERAS_EXPANSION = 100
+ZIP_MAGIC = b"PK"
 
 
 @dataclass(frozen=True)
@@ -337,9 +351,60 @@ def save(autoencoder, path: Path) -> None:
     autoencoder.save(str(path))
 
 
+def _unsafe_entry(name: str) -> bool:
+    """An archive name that could point outside a folder it is unpacked into (Keras unpacks assets)."""
+    parts = name.split("/")
+    return (not name or name.startswith("/") or "\\" in name or "\x00" in name
+            or (len(name) > 1 and name[1] == ":") or ".." in parts)
+
+
+def _check_entries(path: Path, entries: list[zipfile.ZipInfo]) -> None:
+    """Refuse unsafe names and implausible declared sizes, from the central directory alone."""
+    names = [entry.filename for entry in entries]
+    bad = next((name for name in names if _unsafe_entry(name)), None)
+    if bad is not None:
+        raise IntegrityError(f"{path.name}: unsafe entry name {bad!r} in the Keras archive (absolute, '..' or "
+                             "backslash path)")
+    if len(set(names)) != len(names):
+        raise IntegrityError(f"{path.name}: the Keras archive lists an entry twice")
+    for entry in entries:
+        if entry.filename in KERAS_JSON_MEMBERS and entry.file_size > MAX_KERAS_JSON_BYTES:
+            raise IntegrityError(f"{path.name}: {entry.filename} declares {entry.file_size} bytes unpacked, over "
+                                 f"the {MAX_KERAS_JSON_BYTES >> 20} MiB a Keras config may have (a zip bomb?)")
+    unpacked, allowed = sum(e.file_size for e in entries), KERAS_UNPACKED_FLOOR + KERAS_EXPANSION * path.stat().st_size
+    if unpacked > allowed:
+        raise IntegrityError(f"{path.name}: its entries unpack to {unpacked} bytes, over the {allowed} a Keras "
+                             f"file of {path.stat().st_size} bytes may (a zip bomb?)")
+
+
+def keras_config(path: Path, error: type[EdgeAEError] = IntegrityError) -> bytes:
+    """A .keras archive checked from its zip headers (names, declared sizes) before Keras or
+    TensorFlow reads it, and its config.json read with a bounded read. A file that is no zip at
+    all raises `error` (a user's wrong file); a broken or hostile archive is an IntegrityError."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+                raise error(f"{path.name}: not a saved Keras model (not a zip archive)")
+        with zipfile.ZipFile(path) as archive:
+            _check_entries(path, archive.infolist())
+            if KERAS_CONFIG not in archive.namelist():
+                raise IntegrityError(f"{path.name}: not a Keras archive (no {KERAS_CONFIG})")
+            with archive.open(KERAS_CONFIG) as member:
+                return member.read(MAX_KERAS_JSON_BYTES)  # bounded: its declared size was checked
+    except EdgeAEError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise IntegrityError(f"{path.name}: truncated or corrupt Keras archive ({first})") from None
+
+
 def load_keras(path: Path, error: type[EdgeAEError] = IntegrityError):
     """Load a saved Keras model in safe mode (a Lambda layer's code is never run); a file Keras
-    refuses or cannot read raises `error` in one line (an export's own file: IntegrityError)."""
+    refuses or cannot read raises `error` in one line (an export's own file: IntegrityError).
+    A .keras archive is checked from its zip headers first (keras_config)."""
+    if Path(path).suffix.lower() == ".keras":
+        keras_config(path, error)
     _, keras = import_keras()
     try:
         return keras.models.load_model(str(path), compile=False, safe_mode=True)
