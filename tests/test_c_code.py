@@ -3,6 +3,7 @@ golden vectors on this host and, where the toolchain is installed, on a Cortex-M
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -15,9 +16,13 @@ from onnx import helper
 from edgeae.mcu import bench as c_bench
 from edgeae.contract.manifest import read_export_manifest
 from edgeae.cli import main
-from edgeae.contract.errors import IntegrityError, MissingDependencyError, UsageError
+from edgeae.contract.errors import EXIT_USAGE, IntegrityError, MissingDependencyError, UsageError
+from edgeae.exporter import publish
+from edgeae.exporter.options import ExportOptions
 from edgeae.mcu.c_code import GOLDEN_FILE, HEADER_FILE, SOURCE_FILE, UnsupportedModelError, generate_c, \
     network_from_onnx
+from edgeae.mcu.shape import layer_refusal
+from edgeae.trainer.model import import_keras
 
 from .conftest import EXPORTED
 
@@ -212,3 +217,67 @@ def test_qemu_reports_a_failing_golden_program(tmp_path):
     folder = generate_c(EXPORTED, tmp_path / "c", _mutant="gate-order").folder
     run = c_bench.run_qemu(c_bench.build_arm(folder, tmp_path).elf)
     assert run.returncode != 0 and run.failures()
+
+
+# ---------------------------------------------------------------- models of another shape (issue 29, item 4)
+
+
+def _user_model(kind: str):
+    """A tiny model `edgeae export MODEL.keras` takes but the C does not: a Bidirectional GRU, or 3+3 stacked LSTMs."""
+    keras = import_keras()[1]
+    layers = keras.layers
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6, 3))
+    if kind == "bidirectional-gru":
+        x = layers.Bidirectional(layers.GRU(4), name="bi_gru")(inputs)
+        x = layers.RepeatVector(6)(x)
+        x = layers.Bidirectional(layers.GRU(4, return_sequences=True), name="bi_gru_dec")(x)
+    else:
+        x = layers.LSTM(8, return_sequences=True, name="enc_1")(inputs)
+        x = layers.LSTM(6, return_sequences=True, name="enc_2")(x)
+        x = layers.LSTM(4, name="enc_3")(x)
+        x = layers.RepeatVector(6)(x)
+        for units, name in ((4, "dec_1"), (6, "dec_2"), (8, "dec_3")):
+            x = layers.LSTM(units, return_sequences=True, name=name)(x)
+    model = keras.Model(inputs, layers.TimeDistributed(layers.Dense(3))(x), name=kind.replace("-", "_"))
+    model.compile(optimizer="adam", loss="mse")
+    windows = np.random.default_rng(0).standard_normal((16, 6, 3)).astype(np.float32)
+    model.fit(windows, windows, epochs=1, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("bidirectional-gru", "this export's encoder is a Bidirectional GRU ('bi_gru') and its decoder is a "
+                          "Bidirectional GRU ('bi_gru_dec')"),
+    ("stacked-lstm", "this export's encoder is 3 stacked LSTMs ('enc_1', 'enc_2', 'enc_3') and its decoder is 3 "
+                     "stacked LSTMs ('dec_1', 'dec_2', 'dec_3')"),
+])
+def test_exports_of_another_shape_are_refused_naming_their_layers(tmp_path, kind, message):
+    _user_model(kind).save(tmp_path / "model.keras")
+    export, report = publish.export_keras(tmp_path / "model.keras", tmp_path / "export",
+                                          options=ExportOptions(providers="cpu", variants=()))
+    assert report
+    for source in ("onnx", "keras"):
+        with pytest.raises(UnsupportedModelError, match=re.escape(message)):
+            generate_c(export, tmp_path / "c", source=source)
+    result = CliRunner().invoke(main, ["c", str(export), "--out", str(tmp_path / "c")])
+    assert result.exit_code == EXIT_USAGE == UnsupportedModelError.exit_code and not (tmp_path / "c").exists()
+    assert result.output == ("error: edgeae c writes C for one LSTM encoder and one LSTM decoder (the seed's shape); "
+                             f"{message}: export a model of that shape, or run this one with onnxruntime\n")
+
+
+def test_shape_refusals_name_only_what_differs():
+    lstm_gru = [("input_layer", "InputLayer"), ("enc", "LSTM"), ("drop", "Dropout"), ("repeat", "RepeatVector"),
+                ("dec", "GRU"), ("head", "TimeDistributed(Dense)")]
+    assert layer_refusal(lstm_gru).split("; ")[1].startswith("this export's decoder is a GRU ('dec'):")
+    mixed = [("a", "GRU"), ("b", "LSTM"), ("r", "RepeatVector"), ("c", "LSTM"), ("d", "Dense")]
+    assert "encoder is 2 stacked layers (GRU 'a', LSTM 'b'):" in layer_refusal(mixed)
+    assert layer_refusal([("e", "LSTM"), ("r", "RepeatVector"), ("d", "LSTM"), ("h", "Dense")]) is None
+
+
+def test_a_graph_without_the_seeds_lstms_is_refused_in_the_users_terms():
+    proto = onnx.load(str(EXPORTED / "autoencoder.onnx"))
+    _lstm_edit(proto, lambda n: n.__setattr__("name", "LSTM__12"))
+    with pytest.raises(UnsupportedModelError, match=r"one LSTM decoder \(the seed's shape\).* this export's graph holds "
+                                                      r"2 LSTMs: export a model of that shape, or run this one with"):
+        network_from_onnx(proto)

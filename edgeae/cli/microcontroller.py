@@ -27,6 +27,10 @@ def c_code(ctx: click.Context, export_dir: Path, out: Path, precision: str, sour
            as_json: bool) -> None:
     """Generate dependency-free C99 of an export's autoencoder and encoder for a microcontroller.
 
+    The header also declares a streaming API (edgeae_stream_push: one row in at a time, a score and a
+    flag per window, fixed memory). Only the seed's shape (one LSTM encoder, one LSTM decoder) gets C;
+    other exports are refused naming their layers.
+
     \b
     Example:
       edgeae c exported --out firmware/edgeae --precision int8

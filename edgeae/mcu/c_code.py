@@ -31,7 +31,8 @@ from edgeae.contract.layout import KERAS_FILE
 from edgeae.contract.parity import DEFAULT_ATOL, Tolerance
 from edgeae.contract.variants import C_PRECISIONS
 from edgeae.data.windows import Preprocessing
-from edgeae.mcu import templates as c_templates
+from edgeae.mcu import stream_c, templates as c_templates
+from edgeae.mcu.shape import check_shape, graph_refusal
 from edgeae.trainer.model import load as load_keras
 
 SOURCES = ("onnx", "keras")
@@ -176,8 +177,7 @@ def network_from_onnx(proto: Any) -> Network:
     arrays = _onnx_arrays(graph)
     if len(lstms) != 2 or {n.name for n in lstms} != {"encoder/LSTM", "decoder/LSTM"} \
             or "dense/kernel" not in arrays or "dense/bias" not in arrays:
-        raise UnsupportedModelError("the graph is not an edgeae autoencoder (two LSTMs named encoder/LSTM and "
-                                    "decoder/LSTM, then dense/kernel and dense/bias)")
+        raise UnsupportedModelError(graph_refusal(graph))
     layers = []
     for name in ("encoder/LSTM", "decoder/LSTM"):
         node = nodes[name]
@@ -300,8 +300,9 @@ def _activation(name: str) -> str:
 
 
 def render(network: Network, pre: Preprocessing, timesteps: int, threshold: float, precision: str, source: str,
-           threshold_note: str) -> tuple[str, str, int, int]:
-    """edgeae_model.h and edgeae_model.c for `network`; with the weights' and the work area's bytes."""
+           threshold_note: str, stride: int = 1) -> tuple[str, str, int, int]:
+    """edgeae_model.h and edgeae_model.c for `network` (streams every `stride` rows); with the weights' and
+    the work area's bytes."""
     units, features = network.units, network.features
     padded = units + units % 2
     arrays, weight_bytes = [], 0
@@ -327,6 +328,7 @@ def render(network: Network, pre: Preprocessing, timesteps: int, threshold: floa
                f"static const double score_scale[EDGEAE_FEATURES] = {{{_doubles(pre.scale)}}};")
     columns = max(features, units)
     work_bytes = 4 * (2 * 4 * padded + 2 * padded + units + 2 * features + 2 * columns)
+    stream_header, stream_code = stream_c.stream_api(stride, timesteps * features, work_bytes)
     acts = network.encoder.activations
     if network.decoder.activations != acts:
         raise UnsupportedModelError("the encoder and decoder LSTMs use different activations; the C shares one set")
@@ -338,12 +340,12 @@ def render(network: Network, pre: Preprocessing, timesteps: int, threshold: floa
               "MAX_COLUMNS": columns, "WORK_BYTES": work_bytes, "STACK_HINT": "200 bytes",
               "THRESHOLD": repr(float(threshold)), "THRESHOLD_NOTE": threshold_note,
               "SCALING_NOTE": "" if identity else ", then offset and scaled", "PRECISION_NOTE": precision_note,
-              "EXTRA_LIBM": ", tanhf" if "Tanh" in acts else ""}
+              "EXTRA_LIBM": ", tanhf" if "Tanh" in acts else "", "STREAM_API": stream_header}
     header = fill(c_templates.HEADER, common)
     source_text = fill(c_templates.SOURCE, {
         **common, "WEIGHTS": "\n".join(arrays),
         "CLIP_LOW": _floats(np.array(pre.clip_low)), "CLIP_HIGH": _floats(np.array(pre.clip_high)),
-        "SCALING_ARRAYS": scaling,
+        "SCALING_ARRAYS": scaling, "STREAM_CODE": stream_code,
         "GATE_ACT": _activation(acts[0]), "CELL_ACT": _activation(acts[1]), "OUT_ACT": _activation(acts[2]),
         "KERNEL": c_templates.KERNEL_INT8 if precision == "int8" else c_templates.KERNEL_FP32,
         "ENC_W": "encoder_w", "ENC_R": "encoder_r", "DEC_W": "decoder_w", "DEC_R": "decoder_r",
@@ -406,7 +408,8 @@ def _threshold(manifest: Manifest, precision: str) -> float:
     fallback = (None if detector is None else detector.threshold if precision == "fp32" else
                 detector.variant_thresholds.get(precision))
     if fallback is None:
-        raise UsageError(f"the export has no {precision} anomaly threshold; export it again with this edgeae")
+        why = manifest.scores_note or "export it again with this edgeae"  # a user's model exported without data
+        raise UsageError(f"the export has no {precision} anomaly threshold; {why}")
     return float(fallback)
 
 
@@ -447,6 +450,7 @@ def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: s
                          "(source onnx)")
     check_target(out_dir, force)
     manifest = read_export_manifest(export_dir)
+    check_shape(manifest)  # a stacked, GRU or Bidirectional model: refused by its layers' names, before any weight
     files = manifest.files
     if source == "keras":
         if KERAS_FILE not in files:
@@ -480,7 +484,7 @@ def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: s
             "calibrated on the int8 variant's own scores, as the ONNX int8 detector's")
     pre = Preprocessing.from_dict(manifest.preprocessing)
     header, code, weight_bytes, work_bytes = render(network, pre, window.timesteps, threshold, precision, origin,
-                                                    note)
+                                                    note, window.stride)
     golden_c = render_golden(golden, pre, tolerance, precision, _threshold(manifest, "fp32"), own_scores, threshold)
     written = {HEADER_FILE: header, SOURCE_FILE: code, GOLDEN_FILE: golden_c}
     with staged_folder(out_dir, force) as stage:

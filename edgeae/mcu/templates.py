@@ -70,7 +70,7 @@ double edgeae_score(const float window[EDGEAE_WINDOW_VALUES], float reconstructi
 
 /* 1 when the score is above EDGEAE_THRESHOLD (or NaN), else 0. */
 int edgeae_is_anomaly(double score);
-
+@STREAM_API@
 #endif
 """
 
@@ -214,7 +214,7 @@ int edgeae_is_anomaly(double score)
 {
     return !(score <= EDGEAE_THRESHOLD);
 }
-"""
+@STREAM_CODE@"""
 
 KERNEL_FP32 = r"""/* gates += W[:, k] * x_k over the non-zero x_k: eight rows at a time, the column's eight
  * weights contiguous, the eight sums in registers. */
