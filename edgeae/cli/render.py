@@ -1,16 +1,20 @@
 """What commands print and write: JSON or lines on stdout, and result files."""
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from edgeae.contract.files import atomic_write_bytes, check_output_file, dumps_json
+from edgeae.contract.files import _fsync_dir, _umask, atomic_write_bytes, check_output_file, dumps_json
 from edgeae.contract.manifest import read_manifest
 from edgeae.contract.errors import ExportExistsError, UsageError
 from edgeae.data.windows import LevelChoice
@@ -118,10 +122,9 @@ def check_output(output: Path | None, force: bool, single_array: bool,
         raise ExportExistsError(f"{output} exists; pass --force to replace it")
 
 
-def _csv_bytes(payload: dict[str, np.ndarray]) -> bytes:
+def _csv_columns(payload: dict[str, np.ndarray]) -> tuple[list[str], list[list[str]]]:
     """One row per window; integer columns (flags, start rows) stay integers, text (timestamps)
     as written, quoted where it holds a comma; a masked entry (a window not scored) an empty cell."""
-    import csv
     rows = len(next(iter(payload.values())))
     header: list[str] = []
     columns: list[list[str]] = []
@@ -131,23 +134,19 @@ def _csv_bytes(payload: dict[str, np.ndarray]) -> bytes:
         header += [key] if flat.shape[1] == 1 else [f"{key}_{i}" for i in range(flat.shape[1])]
         text = str if flat.dtype.kind in "iubU" else (lambda v: repr(float(v)))
         columns += [["" if m else text(v) for v, m in zip(flat[:, j], masked[:, j])] for j in range(flat.shape[1])]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(zip(*columns))
-    return buffer.getvalue().encode()
+    return header, columns
 
 
 def write_result(ctx: click.Context, payload: dict[str, np.ndarray], output: Path | None,
                  info: dict[str, Any] | None = None) -> None:
-    """Per-window arrays to stdout or `output`; `info` (said once for all windows, such as drift)
-    joins them in JSON and in the summary a file's --json prints."""
+    """Per-window arrays to stdout or a .json, .npz or .npy `output` (a .csv is ResultStream's);
+    `info` (said once for all windows, such as drift) joins them in JSON and in the summary a
+    file's --json prints."""
     info = info or {}
     if output is None:
         emit(ctx, {**payload, **info}, [json.dumps({**payload, **info}, default=jsonable)])
         return
     suffix = output.suffix.lower()
-    rows = len(next(iter(payload.values())))
     if suffix in (".npy", ".npz"):
         buffer = io.BytesIO()
         if suffix == ".npy":
@@ -155,9 +154,97 @@ def write_result(ctx: click.Context, payload: dict[str, np.ndarray], output: Pat
         else:
             np.savez(buffer, **payload)
         atomic_write_bytes(output, buffer.getvalue())
-    elif suffix == ".csv":
-        atomic_write_bytes(output, _csv_bytes(payload))
     else:
         atomic_write_bytes(output, dumps_json({**{k: jsonable(v) for k, v in payload.items()}, **info}).encode())
-    emit(ctx, {"output": str(output), "rows": rows, "arrays": list(payload), **info}, [])
+    _wrote(ctx, output, len(next(iter(payload.values()))), list(payload), info)
+
+
+def _wrote(ctx: click.Context, output: Path, rows: int, arrays: list[str], info: dict[str, Any]) -> None:
+    """The summary of a result file: one line on stderr, and with --json on stdout."""
+    emit(ctx, {"output": str(output), "rows": rows, "arrays": arrays, **info}, [])
     click.echo(f"wrote {rows} rows to {output}", err=True)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """One array of a key's chunks; masked where any chunk is (a window not scored), as one whole run masks it."""
+    if any(isinstance(part, np.ma.MaskedArray) for part in parts):
+        return np.ma.concatenate(parts)
+    return np.concatenate(parts)
+
+
+class ResultStream:
+    """A run's per-window arrays, added chunk by chunk. A .csv `output` is written row by row to a
+    staged file in its folder, moved into place once complete (memory stays bounded whatever the
+    input's length; a failed run leaves the old file or none). JSON (stdout or .json), .npz and
+    .npy hold one array per key, so those chunks are joined and written at the end: their memory
+    grows with the windows (~60 bytes a window for score on 5 features), not with the input text.
+    """
+
+    def __init__(self, ctx: click.Context, output: Path | None) -> None:
+        self.ctx, self.output = ctx, output
+        self.rows = 0
+        self._parts: dict[str, list[np.ndarray]] = {}
+        self._writer: Any = None
+        self._handle: Any = None
+        self._staged: str | None = None
+
+    def __enter__(self) -> ResultStream:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, trace: Any) -> None:
+        if self._handle is not None:  # the run failed before close: nothing half-written stays
+            self._handle.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._staged)
+
+    def add(self, payload: dict[str, np.ndarray]) -> None:
+        """One chunk of windows' arrays, the same keys each time."""
+        self.rows += len(next(iter(payload.values())))
+        if self.output is None or self.output.suffix.lower() != ".csv":
+            for key, value in payload.items():
+                self._parts.setdefault(key, []).append(value)
+            return
+        header, columns = _csv_columns(payload)
+        if self._handle is None:
+            self._open_csv()
+            self._parts = {key: [] for key in payload}  # the names the summary lists
+            self._writer.writerow(header)
+        self._writer.writerows(zip(*columns))
+
+    def _open_csv(self) -> None:
+        target = check_output_file(self.output)
+        try:
+            fd, self._staged = tempfile.mkstemp(prefix=".edgeae-", suffix=".csv.tmp", dir=target.parent)
+        except OSError as exc:
+            raise UsageError(f"cannot write {target}: {exc.strerror}") from None
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make a shared result unreadable
+        self._handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._handle, lineterminator="\n")
+
+    def drop(self, key: str) -> None:
+        """Leave out a joined result's array after all (encode's `missing` where no value was)."""
+        self._parts.pop(key, None)
+
+    def close(self, info: dict[str, Any], dtypes: dict[str, str] | None = None) -> None:
+        """Write (or finish) the result, with `info` said once; `dtypes` recast joined keys (a
+        time column's text width, as the whole file's)."""
+        if self._handle is None:
+            payload = {key: _joined(parts) for key, parts in self._parts.items()}
+            for key, dtype in (dtypes or {}).items():
+                if key in payload:
+                    payload[key] = payload[key].astype(dtype)
+            write_result(self.ctx, payload, self.output, info)
+            return
+        handle, self._handle = self._handle, None
+        try:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            os.replace(self._staged, self.output)
+        except BaseException:
+            handle.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._staged)
+            raise
+        _fsync_dir(self.output.parent)
+        _wrote(self.ctx, self.output, self.rows, list(self._parts), info)

@@ -12,12 +12,14 @@ from edgeae import runtime
 from edgeae.contract import versions
 from edgeae.contract.files import atomic_write_json
 from edgeae.data.gaps import MAX_INTERPOLATED_GAP, SCORE_MISSING
-from edgeae.data.series import load_features, load_labelled, load_times, trained_columns, with_missing
-from edgeae.data.windows import cut_windows
+from edgeae.data.chunks import WindowBatch
+from edgeae.data.gaps import gap_windows
+from edgeae.data.series import load_labelled, trained_columns
 from edgeae.detection.quality import check_precision, evaluate as run_evaluation
 from edgeae.exporter import publish
 from edgeae.measure.bench import MAX_BATCH as MAX_BENCH_BATCH, BenchOptions, run_bench
 from edgeae.runtime.providers import available_providers
+from edgeae.runtime.scoring import Drift
 from edgeae.runtime.routes import batch_label
 from edgeae.runtime.session import placement_summary
 from edgeae.verifier.plots import ReportOptions, report as write_report
@@ -26,7 +28,8 @@ from edgeae.cli.app import DEFAULT_EXPORT, main
 from edgeae.cli.options import (
     json_option, missing_options, no_header_option, provider_option, self_check_option, split_columns, variant_option,
 )
-from edgeae.cli.render import check_output, emit, write_result
+from edgeae.cli.render import ResultStream, check_output, emit
+from edgeae.cli.stream import ReadOptions, StreamInput, aligned
 
 
 @main.command()
@@ -122,24 +125,6 @@ def inspect(ctx: click.Context, model: Path, provider: str, variant: str, no_sel
     emit(ctx, info, lines)
 
 
-def _read_windows(edge: Any, path: Path, stride: int | None, columns: str | None, time_column: str | None = None,
-                  missing: str = SCORE_MISSING, max_gap: int = MAX_INTERPOLATED_GAP,
-                  header_row: bool = True) -> tuple[np.ndarray, np.ndarray | None, Any, dict[str, Any]]:
-    """Windows from a file, for a series the 0-based data row each window starts at, the series as
-    loaded, and what its missing values were (counted before `missing` applied, and filled).
-
-    `stride` None means the model's; one given for ready-made windows is refused, not ignored. A
-    time column is never read as a feature.
-    """
-    series = load_features(path, edge.features, split_columns(columns), trained_columns(edge.manifest, path),
-                           (time_column,) if time_column else (), missing_ok=True, header_row=header_row)
-    counts = series.missing
-    filled, interpolated = with_missing(series, missing, max_gap)
-    gaps = {"policy": missing, "max_gap": max_gap, "values": sum(counts.values()), "columns": counts,
-            "interpolated": interpolated}
-    return (*cut_windows(filled, edge.timesteps, stride, edge.stride), series, gaps)
-
-
 def _spans(numbers: np.ndarray, limit: int = 10) -> str:
     """Sorted whole numbers as runs, '3, 7-12, 40', the first `limit` runs only: one line for a user."""
     breaks = np.flatnonzero(np.diff(numbers) != 1) + 1 if len(numbers) > 1 else np.empty(0, int)
@@ -148,22 +133,23 @@ def _spans(numbers: np.ndarray, limit: int = 10) -> str:
     return shown + (f", ... ({len(runs)} runs in all)" if len(runs) > limit else "")
 
 
-def _missing_info(gap_mask: np.ndarray, starts: np.ndarray | None, gaps: dict[str, Any], done: str) -> dict[str, Any]:
-    """The windows left unscored for a missing value (index, first row), said once on stderr and
-    recorded as `missing_windows`, with the data's missing values (`gaps`: _read_windows')."""
-    index = np.flatnonzero(gap_mask)
+def _missing_info(index: np.ndarray, starts: np.ndarray | None, windows: int, gaps: dict[str, Any],
+                  done: str) -> dict[str, Any]:
+    """The windows left unscored for a missing value (`index` of `windows`, the rows they start
+    at), said once on stderr and recorded as `missing_windows`, with the data's missing values
+    (`gaps`: StreamInput.gaps)."""
     info = {"count": len(index), "index": index.tolist(), **gaps}
     if starts is not None:
-        info["window_start"] = starts[index].tolist()
+        info["window_start"] = starts.tolist()
     if gaps["values"]:
         columns = ", ".join(f"{name}: {count}" for name, count in gaps["columns"].items())
         filled = (f"; {gaps['interpolated']} interpolated (gaps of up to {gaps['max_gap']} rows)"
                   if gaps["policy"] == "interpolate" else "")
-        windows = "no window holds one"
+        where = "no window holds one"
         if len(index):
-            where = f"starting at rows {_spans(starts[index])}" if starts is not None else _spans(index)
-            windows = f"{len(index)} of {len(gap_mask)} windows hold one: not {done}, marked missing (windows {where})"
-        click.echo(f"missing values: {gaps['values']} ({columns}){filled}; {windows}", err=True)
+            at = f"starting at rows {_spans(starts)}" if starts is not None else _spans(index)
+            where = f"{len(index)} of {windows} windows hold one: not {done}, marked missing (windows {at})"
+        click.echo(f"missing values: {gaps['values']} ({columns}){filled}; {where}", err=True)
     return {"missing_windows": info}
 
 
@@ -174,29 +160,74 @@ def _masked(values: np.ndarray, gap_mask: np.ndarray) -> np.ndarray:
     return np.ma.masked_array(values, np.broadcast_to(gap_mask.reshape(-1, *[1] * (values.ndim - 1)), values.shape))
 
 
-def _score_payload(edge: Any, windows: np.ndarray, starts: np.ndarray | None, columns: tuple[str, ...],
-                   threshold: float | None, times: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """score's columns (score, anomaly, window_start, start_time/end_time, one score_<feature> per
-    feature: its part of the score, missing: 1 for a window not scored for a missing value, its
-    score, flag and parts empty) and what is said once for all windows (drift)."""
-    result = edge.score(windows, threshold=threshold)
+def _score_payload(edge: Any, batch: WindowBatch, columns: tuple[str, ...],
+                   threshold: float | None) -> tuple[dict[str, np.ndarray], Drift | None]:
+    """score's columns for a batch of windows (score, anomaly, window_start, start_time/end_time,
+    one score_<feature> per feature: its part of the score, missing: 1 for a window not scored for
+    a missing value, its score, flag and parts empty) and the batch's drift counts."""
+    result = edge.score(batch.windows, threshold=threshold)
     gap_mask = result.missing
     payload: dict[str, np.ndarray] = {"score": _masked(result.scores, gap_mask)}
     if result.flags is not None:
         payload["anomaly"] = _masked(result.flags.astype(np.int8), gap_mask)
-    if starts is not None:
-        payload["window_start"] = starts
-    if times is not None:
-        payload["start_time"], payload["end_time"] = times[starts], times[starts + edge.timesteps - 1]
+    if batch.starts is not None:
+        payload["window_start"] = batch.starts
+    if batch.start_times is not None:
+        payload["start_time"], payload["end_time"] = batch.start_times.astype(str), batch.end_times.astype(str)
     for j, name in enumerate(columns):
         payload[f"score_{name}"] = _masked(result.contributions[:, j], gap_mask)
     payload["missing"] = gap_mask.astype(np.int8)
-    if result.drift is None:
-        return payload, {}
-    drift = replace(result.drift, names=columns)  # as the file names them
-    if drift:
-        click.echo(f"warning: {drift.warning()}", err=True)
-    return payload, {"drift": drift.to_dict()}
+    return payload, result.drift
+
+
+def _run_payload(edge: Any, name: str, batch: WindowBatch, with_missing: bool) -> dict[str, np.ndarray]:
+    """encode's or reconstruct's arrays for a batch; `missing` where the data holds a missing value."""
+    gap_mask = gap_windows(batch.windows)
+    result = edge.encode(batch.windows) if name == "encode" else edge.reconstruct(batch.windows)
+    payload = {"embedding" if name == "encode" else "reconstruction": _masked(result, gap_mask)}
+    if with_missing:
+        payload["missing"] = gap_mask.astype(np.int8)
+    return payload
+
+
+def _stream(ctx: click.Context, edge: Any, name: str, source: StreamInput, output: Path | None,
+            threshold: float | None) -> None:
+    """Run every batch of windows and write each result as it comes (ResultStream); what is said
+    once for all windows (drift, missing windows) is said at the end, as one whole-file run says it."""
+    role = "encoder" if name == "encode" else "autoencoder"
+    size = edge.models[role].chunk if role in edge.models else 1
+    # encode's and reconstruct's `missing` column is there when the data holds a missing value: a
+    # CSV written row by row must know before its header (one counting pass), a joined result drops it at the end
+    streamed = output is not None and output.suffix.lower() == ".csv"
+    with_missing = name != "score" and (bool(source.count()) or not streamed)
+    drift, windows, gap_index, gap_starts = None, 0, [], []
+    with ResultStream(ctx, output) as result:
+        for batch in aligned(source.batches(), size):
+            if name == "score":
+                payload, part = _score_payload(edge, batch, source.columns, threshold)
+                drift = part if drift is None or part is None else drift + part
+                gap_mask = payload["missing"].astype(bool)
+            else:
+                payload = _run_payload(edge, name, batch, with_missing)
+                gap_mask = gap_windows(batch.windows)
+            index = np.flatnonzero(gap_mask)
+            gap_index.append(index + windows)
+            gap_starts.append(batch.starts[index] if batch.starts is not None else index)
+            windows += len(batch)
+            result.add(payload)
+        gaps, info = source.gaps, {}
+        starts = np.concatenate(gap_starts) if batch.starts is not None else None
+        if drift is not None:
+            drift = replace(drift, names=source.columns)  # as the file names them
+            if drift:
+                click.echo(f"warning: {drift.warning()}", err=True)
+            info["drift"] = drift.to_dict()
+        if name == "score" or gaps["values"]:
+            done = {"encode": "encoded", "reconstruct": "reconstructed", "score": "scored"}[name]
+            info.update(_missing_info(np.concatenate(gap_index), starts, windows, gaps, done))
+        elif with_missing:
+            result.drop("missing")
+        result.close(info, {"start_time": source.time_dtype, "end_time": source.time_dtype})
 
 
 def runtime_command(name: str, doc: str):
@@ -211,7 +242,9 @@ def runtime_command(name: str, doc: str):
     @click.argument("model", type=click.Path(path_type=Path))
     @click.argument("data", type=click.Path(path_type=Path))
     @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-                  help="Write .csv, .json, .npz, or .npy for one array (default: JSON on stdout).")
+                  help="Write .csv, .json, .npz, or .npy for one array (default: JSON on stdout). The input is read in "
+                       "chunks; a .csv is written row by row, so its memory stays bounded for any input length; "
+                       "JSON, .npz and .npy hold every window's result until written.")
     @click.option("--stride", type=click.IntRange(1, 10**9), default=None,
                   help="Window stride for a series [default: the model's, as for evaluate and report].")
     @click.option("--columns", default=None, help="Comma-separated CSV columns to use (the model's names in any "
@@ -233,22 +266,9 @@ def runtime_command(name: str, doc: str):
                 time_column: str | None = None) -> None:
         edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
         check_output(output, force, single_array=name != "score", reads=(model, data))
-        max_gap = MAX_INTERPOLATED_GAP if max_gap is None else max_gap
-        windows, starts, series, gaps = _read_windows(edge, data, stride, columns, time_column,
-                                                      missing or SCORE_MISSING, max_gap, header_row is not False)
-        info: dict[str, Any] = {}
-        if name == "score":
-            times = load_times(data, time_column, len(series.values), header_row is not False) if time_column else None
-            payload, info = _score_payload(edge, windows, starts, series.columns, threshold, times)
-            info.update(_missing_info(payload["missing"].astype(bool), starts, gaps, "scored"))
-        else:
-            gap_mask = np.isnan(windows).any(axis=(1, 2))
-            result = edge.encode(windows) if name == "encode" else edge.reconstruct(windows)
-            payload = {"embedding" if name == "encode" else "reconstruction": _masked(result, gap_mask)}
-            if gaps["values"]:
-                payload["missing"] = gap_mask.astype(np.int8)
-                info = _missing_info(gap_mask, starts, gaps, {"encode": "encoded", "reconstruct": "reconstructed"}[name])
-        write_result(ctx, payload, output, info)
+        read = ReadOptions(stride, split_columns(columns), time_column, missing or SCORE_MISSING,
+                           MAX_INTERPOLATED_GAP if max_gap is None else max_gap, header_row is not False)
+        _stream(ctx, edge, name, StreamInput(edge, data, read), output, threshold)
 
     return command
 

@@ -48,7 +48,11 @@ def missing_counts(values: np.ndarray, columns: tuple[str, ...]) -> dict[str, in
 
 def missing_text(values: np.ndarray, columns: tuple[str, ...], source: str) -> str:
     """'co2.csv: 59 missing values (co2: 59)': the total and every column's count, capped at 10 columns."""
-    counts = missing_counts(values, columns)
+    return counts_text(missing_counts(values, columns), source)
+
+
+def counts_text(counts: dict[str, int], source: str) -> str:
+    """missing_text from counts already made (a chunked read adds them up chunk by chunk)."""
     total = sum(counts.values())
     parts = [f"{name}: {count}" for name, count in counts.items()]
     shown = ", ".join(parts[:10]) + (f", ... ({len(parts)} columns in all)" if len(parts) > 10 else "")

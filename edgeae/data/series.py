@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -116,38 +117,52 @@ def _separator(header_line: str) -> str:
     return next((sep for sep in SEPARATORS if sep in header_line), ",")
 
 
-def _csv_table(path: Path, header_row: bool = True) -> tuple[str, list[str], list[tuple[int, list[str]]]]:
-    """A CSV's name, header and data rows (each with its line number), checked
-    to hold a header and data; trailing blank lines dropped. Without a `header_row`, every
-    line is data and the columns are named by position, 1-based as a user counts them."""
+def csv_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """A CSV's rows with their line numbers, one at a time (a chunked reader holds only a few)."""
     source = Path(path).name
     if Path(path).stat().st_size == 0:
         raise DataError(f"{source}: the file is empty")
-    lines: list[tuple[int, list[str]]] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is dropped
             reader = csv.reader(handle, delimiter=_separator(handle.readline(HEADER_PEEK)))
             handle.seek(0)  # the decoder starts again, dropping the mark again
             for row in reader:
-                lines.append((reader.line_num, row))
+                yield reader.line_num, row
     except UnicodeDecodeError:
         raise DataError(f"{source}: not a text CSV file (not UTF-8)") from None
     except csv.Error as exc:
         raise DataError(f"{source}: not a readable CSV file: {exc}") from None
+
+
+def _csv_table(path: Path, header_row: bool = True) -> tuple[str, list[str], list[tuple[int, list[str]]]]:
+    """A CSV's name, header and data rows (each with its line number), checked
+    to hold a header and data; trailing blank lines dropped. Without a `header_row`, every
+    line is data and the columns are named by position, 1-based as a user counts them."""
+    source = Path(path).name
+    lines = list(csv_lines(path))
     while lines and not any(cell.strip() for cell in lines[-1][1]):
         lines.pop()
     if not lines:
         raise DataError(f"{source}: the file is empty")
+    header = csv_header(source, lines[0], header_row)
     if not header_row:
-        return source, [str(i + 1) for i in range(len(lines[0][1]))], lines
-    header_line, first = lines[0]
-    header = [h.strip() for h in first]
-    if all(_parse_number(h) is not None for h in header):
-        raise DataError(f"{source}: row {header_line} holds numbers, expected a header row naming the columns "
-                        "(pass --no-header for a file without one)")
+        return source, header, lines
     if len(lines) == 1:
         raise DataError(f"{source}: a header row but no data rows")
     return source, header, lines[1:]
+
+
+def csv_header(source: str, first: tuple[int, list[str]], header_row: bool) -> list[str]:
+    """The column names from a CSV's first row (checked to name, not hold numbers), or without a
+    `header_row` its positions 1, 2, ... as a user counts them."""
+    header_line, cells = first
+    if not header_row:
+        return [str(i + 1) for i in range(len(cells))]
+    header = [h.strip() for h in cells]
+    if all(_parse_number(h) is not None for h in header):
+        raise DataError(f"{source}: row {header_line} holds numbers, expected a header row naming the columns "
+                        "(pass --no-header for a file without one)")
+    return header
 
 
 # A column is the time axis rather than a feature where its name is one of these words (alone or as a
@@ -157,23 +172,35 @@ _DATE = re.compile(r"\d{4}-\d{1,2}(-\d{1,2})?([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?
                    r"|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}( \d{1,2}:\d{2}(:\d{2})?)?")
 
 
-def time_axis_columns(header: list[str], rows: list[tuple[int, list[str]]]) -> tuple[str, ...]:
+def time_axis_columns(header: list[str], rows: Iterable[tuple[int, list[str]]]) -> tuple[str, ...]:
     """The columns of a CSV that are its time axis, never features unless chosen by name: dates or
     timestamps (the first data row decides), or strictly increasing numbers under a time-like name.
 
     A rising series (a trend) is not taken for time by its values alone: its name must say so too.
+    The rows are read once, and only while a time-like column still rises.
     """
-    found = []
-    first_row = rows[0][1] if rows else []
+    lines = iter(rows)
+    first_row = next(lines, (0, []))[1]
+    dates, last = set(), {}  # last: the number a still-rising time-like column reached
     for col, name in enumerate(header):
         first = first_row[col].strip() if col < len(first_row) else ""
         if _DATE.fullmatch(first):
-            found.append(name)
+            dates.add(col)
         elif first and set(re.split(r"[^a-z]+", name.lower())) & TIME_WORDS:  # only these are read further
-            numbers = [_parse_number(row[col].strip()) if col < len(row) else None for _, row in rows]
-            if len(numbers) > 1 and None not in numbers and all(a < b for a, b in zip(numbers, numbers[1:])):
-                found.append(name)
-    return tuple(found)
+            last[col] = _parse_number(first)
+    last = {col: number for col, number in last.items() if number is not None}
+    more = False
+    for _, row in lines if last else ():
+        more = True
+        for col, before in list(last.items()):
+            number = _parse_number(row[col].strip()) if col < len(row) else None
+            if number is None or not before < number:
+                del last[col]
+            else:
+                last[col] = number
+        if not last:
+            break
+    return tuple(name for col, name in enumerate(header) if col in dates or (more and col in last))
 
 
 def load_csv(path: Path, columns: tuple[str, ...] | None = None, header_row: bool = True,
@@ -188,6 +215,13 @@ def load_csv(path: Path, columns: tuple[str, ...] | None = None, header_row: boo
     named in `time_axis`.
     """
     source, header, rows = _csv_table(path, header_row)
+    picked, time_axis = csv_columns(source, header, rows, columns, time_column)
+    return Series(parse_rows(rows, header, picked, source), tuple(header[c] for c in picked), source, time_axis)
+
+
+def csv_columns(source: str, header: list[str], rows: Iterable[tuple[int, list[str]]],
+                columns: tuple[str, ...] | None, time_column: str | None) -> tuple[list[int], tuple[str, ...]]:
+    """load_csv's feature columns (indices) and time axis; `rows` read only where a time-like column must rise."""
     time_axis: tuple[str, ...] = ()
     if time_column is not None:
         if time_column not in header:
@@ -201,7 +235,12 @@ def load_csv(path: Path, columns: tuple[str, ...] | None = None, header_row: boo
             columns = tuple(name for name in header if name not in time_axis)
         else:
             time_axis = ()
-    picked = _select_columns(header, columns, source)
+    return _select_columns(header, columns, source), time_axis
+
+
+def parse_rows(rows: list[tuple[int, list[str]]], header: list[str], picked: list[int], source: str) -> np.ndarray:
+    """The `picked` columns of data rows as (rows, columns) float64, NaN where missing; a bad cell,
+    short row or blank line refused naming its line (shared with the chunked reader)."""
     values = np.empty((len(rows), len(picked)), dtype=np.float64)
     for i, (line, row) in enumerate(rows):
         if not row and len(header) == 1:  # a one-column file writes a missing value as an empty line
@@ -227,7 +266,7 @@ def load_csv(path: Path, columns: tuple[str, ...] | None = None, header_row: boo
             if abs(number) > FLOAT32_MAX:
                 raise DataError(f"{source}: row {line}, column {name!r}: {cell} does not fit in float32")
             values[i, j] = number
-    return Series(values, tuple(header[c] for c in picked), source, time_axis)
+    return values
 
 
 def _where(index: tuple[int, ...]) -> str:
@@ -321,13 +360,18 @@ def load_series(path: Path, columns: tuple[str, ...] | None = None, missing_ok: 
     return series
 
 
+def check_data_file(path: Path) -> None:
+    """Refuse a data file that is not there, or is a folder, pipe or device: reading it would fail or never end."""
+    if not path.is_file():
+        if path.exists():
+            raise UsageError(f"data file is not a regular file: {path}")
+        raise UsageError(f"data file not found: {path}")
+
+
 def _load_series(path: Path, columns: tuple[str, ...] | None, header_row: bool,
                  time_column: str | None = None) -> Series:
     """load_series without the check for missing values."""
-    if not path.is_file():
-        if path.exists():  # a folder, pipe or device: reading it would fail or never end
-            raise UsageError(f"data file is not a regular file: {path}")
-        raise UsageError(f"data file not found: {path}")
+    check_data_file(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return load_csv(path, columns, header_row, time_column)
@@ -415,25 +459,12 @@ def match_trained(series: Series, trained: tuple[str, ...] | None) -> Series:
     return series
 
 
-def load_times(path: Path, column: str, rows: int, header_row: bool = True) -> np.ndarray:
-    """The text of a CSV's time column, as written, one per data row (`rows` expected): the
-    timestamps a window's start and end are reported at."""
-    path = Path(path)
-    if path.suffix.lower() != ".csv":
-        raise UsageError(f"{path.name}: a time column is read from a CSV file's header")
-    source, header, lines = _csv_table(path, header_row)
-    if column not in header:  # by name only: an index would read as a column named by digits
+def time_column_index(source: str, header: list[str], column: str) -> int:
+    """A CSV's time column, by name only (an index would read as a column named by digits)."""
+    if column not in header:
         raise DataError(f"{source}: no time column {column!r}; columns are {_listing(header)}")
     [index] = _select_columns(header, (column,), source)  # refuses a name the header repeats
-    times = []
-    for line, row in lines:
-        cell = row[index].strip() if index < len(row) else ""
-        if not cell:
-            raise DataError(f"{source}: row {line}, column {column!r}: missing time")
-        times.append(cell)
-    if len(times) != rows:
-        raise DataError(f"{source}: {len(times)} times but {rows} rows of values")
-    return np.asarray(times, dtype=str)
+    return index
 
 
 def _labels(labels: Series, column: str, path: Path) -> np.ndarray:
