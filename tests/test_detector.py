@@ -129,7 +129,7 @@ def test_manifest_detector_record(sensor_export):
     training, out = sensor_export
     detector = json.loads((out / "manifest.json").read_text())["detector"]
     assert set(detector) == {"score", "rule", "threshold", "quantile", "calibrated_on", "windows", "flagged", "scores",
-                             "variants", "graphs", "outside_training"}
+                             "variants", "graphs", "outside_training", "golden"}
     assert detector["outside_training"]["share"] < 0.01  # a stationary sensor: calibrated on data like its training
     assert set(detector["variants"]) == {"plain", "fp32-b1", "fp32-unrolled", "portable", "fp16", "int8", "ort"}
     for record in detector["variants"].values():
