@@ -1,20 +1,19 @@
 """What commands print and write: JSON or lines on stdout, and result files."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from edgeae.contract.files import _fsync_dir, _umask, atomic_write_bytes, check_output_file, dumps_json
+from edgeae.contract.files import (
+    atomic_write_bytes, check_output_file, discard_staged, dumps_json, open_staged, publish_staged,
+)
 from edgeae.contract.manifest import read_manifest
 from edgeae.contract.errors import ExportExistsError, UsageError
 from edgeae.data.windows import LevelChoice
@@ -193,9 +192,7 @@ class ResultStream:
 
     def __exit__(self, kind: Any, value: Any, trace: Any) -> None:
         if self._handle is not None:  # the run failed before close: nothing half-written stays
-            self._handle.close()
-            with contextlib.suppress(OSError):
-                os.unlink(self._staged)
+            discard_staged(self._handle, self._staged)
 
     def add(self, payload: dict[str, np.ndarray]) -> None:
         """One chunk of windows' arrays, the same keys each time."""
@@ -212,13 +209,7 @@ class ResultStream:
         self._writer.writerows(zip(*columns))
 
     def _open_csv(self) -> None:
-        target = check_output_file(self.output)
-        try:
-            fd, self._staged = tempfile.mkstemp(prefix=".edgeae-", suffix=".csv.tmp", dir=target.parent)
-        except OSError as exc:
-            raise UsageError(f"cannot write {target}: {exc.strerror}") from None
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make a shared result unreadable
-        self._handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        self._handle, self._staged = open_staged(self.output, text=True)
         self._writer = csv.writer(self._handle, lineterminator="\n")
 
     def drop(self, key: str) -> None:
@@ -236,15 +227,5 @@ class ResultStream:
             write_result(self.ctx, payload, self.output, info)
             return
         handle, self._handle = self._handle, None
-        try:
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            os.replace(self._staged, self.output)
-        except BaseException:
-            handle.close()
-            with contextlib.suppress(OSError):
-                os.unlink(self._staged)
-            raise
-        _fsync_dir(self.output.parent)
+        publish_staged(handle, self._staged, self.output)
         _wrote(self.ctx, self.output, self.rows, list(self._parts), info)

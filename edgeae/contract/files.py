@@ -20,7 +20,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from edgeae.contract.errors import ExportExistsError, IntegrityError, LockedError, UsageError
 from edgeae.contract.layout import MANIFEST_FILE
@@ -97,25 +97,53 @@ def _short_name(name: str) -> str:
     return f"{head}~{hashlib.sha256(raw).hexdigest()[:10]}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new, never a torn one."""
+def open_staged(path: Path, text: bool = False) -> tuple[IO[Any], str]:
+    """A hidden temporary file beside `path` to fill, then publish_staged (or discard_staged): readers
+    see the old file or the new one, never a torn one, even when it is written piece by piece."""
     path = check_output_file(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{_short_name(path.name)}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make a shared export unreadable
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make a shared file unreadable
+        return (os.fdopen(fd, "w", newline="", encoding="utf-8") if text else os.fdopen(fd, "wb")), tmp
     except BaseException:
+        os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+
+
+def discard_staged(handle: IO[Any], tmp: str) -> None:
+    """Drop a staged file: the target keeps its old content (or stays absent)."""
+    handle.close()
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+def publish_staged(handle: IO[Any], tmp: str, path: Path) -> None:
+    """Make a staged file `path`, durably (flushed, synced, renamed, its folder synced)."""
+    try:
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        os.replace(tmp, path)
+    except BaseException:
+        discard_staged(handle, tmp)
+        raise
+    _fsync_dir(Path(tmp).parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new, never a torn one."""
+    handle, tmp = open_staged(path)
+    try:
+        handle.write(data)
+    except BaseException:
+        discard_staged(handle, tmp)
+        raise
+    publish_staged(handle, tmp, path)
 
 
 def finite_json(value: Any) -> Any:
