@@ -1,7 +1,7 @@
 // Score a CSV series with an edgeae export in Node.js: the detector graph on onnxruntime-node.
 //
 //   node node/score_csv.mjs EXPORT_DIR DATA.csv [--variant fp32|fp16|int8] [--missing skip|refuse|interpolate]
-//                           [--max-gap N] [--columns A,B,...] [--no-header] [--json]
+//                           [--max-gap N] [--columns A,B,...] [--no-header] [--json] [--trusted-key PEM]
 //
 // Checks the export's golden vectors first (exit 6 if this runtime misses them), then prints one
 // line per window: its first row (0-based), its score, its flag and whether it is missing (CSV, or
@@ -15,18 +15,22 @@
 // NaN, nan, null, NULL, N/A) is, with --missing: skip (the default) kept, and a window holding one
 // reported as missing (no score, no flag); refuse: exit 3 naming the count per column; interpolate:
 // filled on a line inside runs of at most --max-gap rows (default 5), any other left as skip leaves it.
-// Bad data exits 3 with one line, as `edgeae score` does.
-import { readFile } from "node:fs/promises";
+// Bad data exits 3 with one line, as `edgeae score` does. --trusted-key PEM (default: $EDGEAE_TRUSTED_KEY), a PEM
+// EC public key, first checks the export's signature (signature.mjs) and refuses an unsigned export, or one that
+// changed since it was signed or was signed by another key, with exit 4; without a key an unsigned export is noted.
+import { access, readFile } from "node:fs/promises";
 import path from "node:path";
 import * as ort from "onnxruntime-node";
 
 import {
   DEFAULT_MAX_GAP, DEFAULT_MISSING, EdgeError, checkMissingOptions, matchTrained, openExport, parseCsv, summarize,
 } from "./edgeae.mjs";
+import { SIGNATURE_FILE, verifySignedExport } from "./signature.mjs";
 
 const USAGE = "usage: node score_csv.mjs EXPORT_DIR DATA.csv [--variant fp32|fp16|int8] " +
-              "[--missing skip|refuse|interpolate] [--max-gap N] [--columns A,B,...] [--no-header] [--json]";
-const VALUED = new Set(["--variant", "--missing", "--max-gap", "--columns"]);
+              "[--missing skip|refuse|interpolate] [--max-gap N] [--columns A,B,...] [--no-header] [--json] " +
+              "[--trusted-key PEM]";
+const VALUED = new Set(["--variant", "--missing", "--max-gap", "--columns", "--trusted-key"]);
 
 // --columns as names; an empty list or name is refused, since ignoring it would silently use every column.
 function splitColumns(columns) {
@@ -60,11 +64,35 @@ function parseArgs(argv) {
   const missing = options.get("--missing") ?? DEFAULT_MISSING, maxGap = /^\d+$/.test(gap) ? Number(gap) : gap;
   checkMissingOptions(missing, maxGap);
   return { folder: paths[0], data: paths[1], json, variant: options.get("--variant") ?? "fp32",
-           missing, maxGap, header, columns: splitColumns(options.get("--columns")) };
+           missing, maxGap, header, columns: splitColumns(options.get("--columns")),
+           trustedKey: options.get("--trusted-key") ?? (process.env.EDGEAE_TRUSTED_KEY || null) };
+}
+
+// With a trusted key: the export's signature must hold (exit 4 otherwise). Without one: true for an unsigned
+// export, which is noted once it has been scored (a run that fails says its one error line alone).
+async function checkSignature(folder, keyFile) {
+  if (!keyFile) {
+    if (!["", "0"].includes(process.env.EDGEAE_QUIET_UNSIGNED ?? "")) return false;
+    try {
+      await access(path.join(folder, SIGNATURE_FILE));
+      return false;
+    } catch {
+      return true;
+    }
+  }
+  let pem;
+  try {
+    pem = await readFile(keyFile);
+  } catch (error) {
+    throw new EdgeError(`trusted key ${keyFile}: ${error.code === "ENOENT" ? "not found" : error.message}`, 2);
+  }
+  await verifySignedExport(folder, pem, `trusted key ${keyFile}`);
+  return false;
 }
 
 async function main(argv) {
-  const { folder, data, json, variant, missing, maxGap, header, columns } = parseArgs(argv);
+  const { folder, data, json, variant, missing, maxGap, header, columns, trustedKey } = parseArgs(argv);
+  const unsigned = await checkSignature(folder, trustedKey);
   const readExportFile = async (name) => {
     try {
       return new Uint8Array(await readFile(path.join(folder, name)));
@@ -102,6 +130,10 @@ async function main(argv) {
     process.stderr.write(`${summary.windows} windows: ${summary.flagged} flagged, ${summary.normal} normal, ` +
                          `${summary.missing} missing (${summary.missing_values} missing values, ` +
                          `${summary.interpolated_values} interpolated)\n`);
+  }
+  if (unsigned) {
+    process.stderr.write(`note: ${folder} is not signed: anyone who can write it can change it unseen ` +
+                         "(give --trusted-key or $EDGEAE_TRUSTED_KEY to require a signature)\n");
   }
 }
 

@@ -16,7 +16,7 @@ from onnx import helper
 from edgeae.mcu import bench as c_bench
 from edgeae.contract.manifest import read_export_manifest
 from edgeae.cli import main
-from edgeae.contract.errors import EXIT_USAGE, IntegrityError, MissingDependencyError, UsageError
+from edgeae.contract.errors import EXIT_PARITY, EXIT_USAGE, IntegrityError, MissingDependencyError, ParityError, UsageError
 from edgeae.exporter import publish
 from edgeae.exporter.options import ExportOptions
 from edgeae.mcu.c_code import GOLDEN_FILE, HEADER_FILE, SOURCE_FILE, UnsupportedModelError, generate_c, \
@@ -24,12 +24,12 @@ from edgeae.mcu.c_code import GOLDEN_FILE, HEADER_FILE, SOURCE_FILE, Unsupported
 from edgeae.mcu.shape import layer_refusal
 from edgeae.trainer.model import import_keras
 
-from .conftest import EXPORTED
+from .conftest import EXPORTED, missing_tools_outcome, needs_tools
 
-needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
-ARM_MISSING = c_bench.arm_tools_missing()
-needs_arm = pytest.mark.skipif(bool(ARM_MISSING), reason=f"{', '.join(ARM_MISSING)} not installed "
-                               "(Debian: gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)")
+# A missing tool fails these in CI (which installs them all) and skips them elsewhere (conftest.needs_tools).
+needs_gcc = needs_tools("gcc", install="Debian: apt-get install gcc")
+needs_arm = needs_tools(install="Debian: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm",
+                        missing=c_bench.arm_tools_missing)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +78,13 @@ def test_golden_program_passes_on_the_host(seed_c, tmp_path, precision):
 def test_golden_program_catches_wrong_c(tmp_path, mutant, worst):
     folder = generate_c(EXPORTED, tmp_path / "c", _mutant=mutant).folder
     run = c_bench.run_program([str(c_bench.build_host(folder, tmp_path))], "golden")
-    assert run.returncode != 0 and run.failures()
+    # The golden program returns EXIT_FAILURE (1 with glibc and newlib) when any check fails (templates.py).
+    assert run.returncode == 1 and run.failures()
     assert run.failures()[0].startswith("FAIL in_range[0]: reconstruction max abs")
     assert run.max_errors()["reconstruction"] > worst
-    with pytest.raises(Exception, match=r"golden test on host: FAIL in_range\[0\]"):
+    with pytest.raises(ParityError, match=r"^golden test on host: FAIL in_range\[0\]") as caught:
         run.check("host")
+    assert caught.value.exit_code == EXIT_PARITY and "\n" not in str(caught.value)  # one line, exit 6 in the CLI
 
 
 @needs_gcc
@@ -96,12 +98,14 @@ def test_c_from_keras_is_the_c_from_onnx(seed_c, tmp_path):
 
 
 @needs_gcc
-def test_int8_c_is_the_exports_int8_variant(seed_c, tmp_path):
-    """The int8 C uses the int8 graph's own codes and scales: it gives that graph's outputs."""
+def test_int8_weights_c_is_the_exports_int8_variant(tmp_path):
+    """The int8-weights C uses the int8 graph's own codes and scales: it gives that graph's outputs."""
     from edgeae.contract.golden import read_golden
 
     golden = read_golden(EXPORTED, read_export_manifest(EXPORTED))
-    lib = c_bench.build_library(seed_c["int8"], tmp_path, ("-O2",))
+    folder = generate_c(EXPORTED, tmp_path / "c", "int8-weights").folder
+    assert '#define EDGEAE_PRECISION "int8-weights"' in (folder / HEADER_FILE).read_text()
+    lib = c_bench.build_library(folder, tmp_path, ("-O2",))
     work = c_bench.work_area(lib, 8192)
     out = np.empty((10, 5), np.float32)
     worst = 0.0
@@ -176,7 +180,7 @@ def test_cli_writes_once_and_refuses_bad_input(tmp_path):
     assert not_export.exit_code == 2 and "is not an edgeae folder" in not_export.output
     assert not_export.output.count("\n") == 1 and "Traceback" not in not_export.output
     keras_int8 = runner.invoke(main, ["c", str(EXPORTED), "--out", str(tmp_path / "y"), "--from", "keras",
-                                      "--precision", "int8"])
+                                      "--precision", "int8-weights"])
     assert keras_int8.exit_code == 2 and not (tmp_path / "y").exists()
 
 
@@ -216,7 +220,11 @@ def test_golden_program_passes_on_a_cortex_m4f(seed_c, tmp_path):
 def test_qemu_reports_a_failing_golden_program(tmp_path):
     folder = generate_c(EXPORTED, tmp_path / "c", _mutant="gate-order").folder
     run = c_bench.run_qemu(c_bench.build_arm(folder, tmp_path).elf)
-    assert run.returncode != 0 and run.failures()
+    # EXIT_FAILURE (1) from main, handed to the host by semihosting's exit call as QEMU's own exit status.
+    assert run.returncode == 1 and run.failures()
+    with pytest.raises(ParityError, match=r"^golden test on Cortex-M4F: FAIL ") as caught:
+        run.check("Cortex-M4F")
+    assert "\n" not in str(caught.value)
 
 
 # ---------------------------------------------------------------- models of another shape (issue 29, item 4)
@@ -281,3 +289,16 @@ def test_a_graph_without_the_seeds_lstms_is_refused_in_the_users_terms():
     with pytest.raises(UnsupportedModelError, match=r"one LSTM decoder \(the seed's shape\).* this export's graph holds "
                                                       r"2 LSTMs: export a model of that shape, or run this one with"):
         network_from_onnx(proto)
+
+
+def test_a_missing_tool_fails_in_ci_and_is_skipped_with_its_reason_elsewhere():
+    """The marks above: CI (.ci/run exports CI=1) installs every tool, so one missing there is a failure."""
+    mark = needs_tools("edgeae-no-such-tool", install="Debian: apt-get install no-such-package").mark
+    why = "edgeae-no-such-tool not installed (Debian: apt-get install no-such-package)"
+    assert missing_tools_outcome(mark, {}) == ("skip", why)
+    assert missing_tools_outcome(mark, {"CI": "0"}) == ("skip", why)
+    for ci in ("1", "true"):
+        kind, message = missing_tools_outcome(mark, {"CI": ci})
+        assert kind == "fail" and why in message and ".ci/run installs it" in message
+    assert missing_tools_outcome(needs_tools("sh", install="dash").mark, {"CI": "1"}) is None
+    assert missing_tools_outcome(needs_tools(install="x", missing=lambda: []).mark, {"CI": "1"}) is None

@@ -77,7 +77,7 @@ def test_score_equals_the_whole_file_run_for_any_chunk_size(tiny_export, holed_c
     edge = small_batches(tiny_export, "cpu")
     reference, starts = whole_file(edge, holed_csv, stride, missing)
     args = ("score", tiny_export, holed_csv, "--columns", "a,b,c", "--stride", stride, "--missing", missing,
-            "--threshold", "0.01", "--provider", "cpu")
+            "--threshold", "0.01", "--provider", "cpu", "--json")
     outputs = []
     for rows in (100_000, *SMALL):
         result = chunked(monkeypatch, rows, *args)
@@ -153,7 +153,7 @@ def test_a_blank_line_inside_the_data_is_refused_and_trailing_ones_dropped(tiny_
     rows = "\n".join("0.1,0.2,0.3" for _ in range(12))
     path = tmp_path / "blank.csv"
     path.write_text(f"a,b,c\n{rows}\n\n\n")
-    assert len(json.loads(run("score", tiny_export, path).stdout)["score"]) == 12 - 6 + 1
+    assert len(json.loads(run("score", tiny_export, path, "--json").stdout)["score"]) == 12 - 6 + 1
     path.write_text(f"a,b,c\n{rows}\n\n{rows}\n")
     result = run("score", tiny_export, path)
     assert result.exit_code == EXIT_DATA and "blank.csv: row 14 is empty" in result.stderr
@@ -208,3 +208,39 @@ def test_window_cutter_cuts_make_windows_windows_for_any_stride(rng, stride):
         batches = [b for b in batches if b is not None]
         np.testing.assert_array_equal(np.concatenate([b.windows for b in batches]), whole)
         np.testing.assert_array_equal(np.concatenate([b.starts for b in batches]), window_starts(47, 6, stride))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int16])
+def test_an_npy_is_memory_mapped_and_scores_as_the_whole_array(tiny_export, tmp_path, monkeypatch, dtype):
+    """A streamed .npy is read through a memory map, a chunk at a time, in its own dtype: the scores are
+    those of the whole array loaded and scored at once, bit for bit."""
+    monkeypatch.setattr(chunks, "CHUNK_ROWS", 7)
+    values = (np.random.default_rng(5).uniform(0, 1, (90, 3)) * (100 if dtype == np.int16 else 1)).astype(dtype)
+    path = tmp_path / "series.npy"
+    np.save(path, values)
+    mapped = load_features(path, 3, missing_ok=True, mapped=True)
+    assert isinstance(mapped.values, np.memmap) and mapped.values.dtype == dtype  # not read into memory
+    result = run("score", tiny_export, path, "--provider", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    got = np.array(json.loads(result.stdout)["score"])
+    edge = runtime.load(tiny_export, "cpu")
+    expected = edge.score(make_windows(values.astype(np.float64), edge.timesteps, edge.stride)).scores
+    assert len(got) == len(expected) == 90 - edge.timesteps + 1
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_an_npy_value_past_float32_is_named_by_its_row_in_any_chunk(tmp_path, monkeypatch):
+    from edgeae.data import series as series_module
+
+    monkeypatch.setattr(series_module, "CHECK_ROWS", 16)
+    values = np.zeros((100, 3))
+    values[77, 2] = 1e300
+    path = tmp_path / "big.npy"
+    np.save(path, values)
+    for mapped in (True, False):
+        with pytest.raises(ValueError, match=r"big.npy: row 77, column 2 \(0-based\): 1e\+300 does not fit in float32"):
+            load_features(path, 3, mapped=mapped)
+    values[77, 2], values[40, 0] = 0, np.inf
+    np.save(path, values)
+    with pytest.raises(ValueError, match=r"row 40, column 0 \(0-based\): inf is not a finite number"):
+        load_features(path, 3, mapped=True)

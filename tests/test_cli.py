@@ -170,6 +170,18 @@ def test_an_npy_model_reads_the_columns_it_was_trained_on(tmp_path):
     # The model's columns named in another order are put back in its order (issue 19), never scored swapped.
     swapped = json.loads(run("score", tmp_path / "exp", series, "--columns", "0,1", "--json").stdout)["score"]
     assert swapped == scores["given"]
+    # An independent path: the runtime API on windows numpy cuts (stride 1) from the columns in the trained
+    # order, 1 then 0. Same graphs and float32 input, so equal to float64 precision; the file's own order,
+    # 0 then 1, scores otherwise, so the CLI runs cannot agree with this by scoring the file as it lies.
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from edgeae import runtime
+
+    values = np.load(series).astype(np.float32)
+    model = runtime.load(tmp_path / "exp", "cpu")
+    trained, as_stored = (sliding_window_view(values[:, order], 4, axis=0).transpose(0, 2, 1) for order in ([1, 0], [0, 1]))
+    np.testing.assert_allclose(scores["manifest's"], model.score(trained).scores, rtol=1e-12, atol=0)
+    assert np.abs(np.asarray(scores["manifest's"]) - model.score(as_stored).scores).max() > 1e-3
 
 
 @pytest.mark.parametrize("args", [("--data", "DATA", "--columns", "²"), ("--columns", "a")])

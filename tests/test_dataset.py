@@ -3,7 +3,6 @@
 One small demo run (about 20 s: training, export, parity) is shared by the tests here; the
 README's figures come from the full run, `edgeae demo`.
 """
-import importlib.util
 import json
 
 import numpy as np
@@ -19,8 +18,9 @@ from edgeae.detection.threshold import keras_scores
 from edgeae.contract.errors import EXIT_DEPENDENCY, EXIT_PARITY, MissingDependencyError
 from edgeae.trainer import training as trainer
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("aeon") is None,
-                                reason="the dataset ships with aeon: pip install 'edgeae[dataset]'")
+from .conftest import needs_module
+
+pytestmark = needs_module("aeon", "dataset")  # the dataset ships with aeon; missing: fails in CI, skipped elsewhere
 
 SMALL = {"timesteps": 32, "units": 16, "epochs": 30, "stride": 2, "learning_rate": 0.005}
 

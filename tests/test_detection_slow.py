@@ -15,6 +15,8 @@ from edgeae.exporter.options import ExportOptions
 from edgeae.runtime import load
 from edgeae.trainer import training as trainer
 
+from .conftest import import_or_skip
+
 pytestmark = pytest.mark.slow
 
 CO2 = Path(__file__).parent / "data" / "co2_mauna_loa_weekly.csv"
@@ -62,7 +64,7 @@ def test_co2_with_default_flags_flags_a_spike_and_a_flat_stretch_and_accounts_fo
 def test_a_stationary_series_normal_stretch_is_rarely_flagged(tmp_path):
     """InternalBleeding16 (UCR 135, as aeon ships it): trained on its 1,200 normal rows with default
     flags, then scored on the test file's stretch before its one labelled anomaly (rows 4187-4198)."""
-    aeon = pytest.importorskip("aeon")
+    aeon = import_or_skip("aeon", "dataset")
     folder = Path(aeon.__file__).parent / "datasets" / "data" / "KDD-TSAD_135"
     train = folder / "135_UCR_Anomaly_InternalBleeding16_TRAIN.csv"
     test = folder / "135_UCR_Anomaly_InternalBleeding16_TEST.csv"

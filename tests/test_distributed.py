@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("distributed", reason="needs the dask extra: pip install 'edgeae[dask]'")
+from .conftest import import_or_skip  # noqa: E402
+
+import_or_skip("distributed", "dask")  # skipped without the extra, except in CI: there it fails
 
 import dask.dataframe as dd  # noqa: E402
 import distributed  # noqa: E402
@@ -152,6 +154,21 @@ def test_embeddings_equal_one_process(client, frame, parquet_dir):
     expected = fleet.reference_frame(EXPORTED, frame, MACHINES, command="encode")
     assert [c for c in result.columns if c.startswith("embedding_")] == [f"embedding_{i}" for i in range(100)]
     _identical(result, expected)
+    # And against an independent path, not the encode_partition both of the above run: where a series has no
+    # gap, its windows cut alone (make_windows) and encoded by the runtime API. The routing may run another fp32
+    # graph of the encoder for some sizes; each is within its recorded worst error of Keras, so two are within
+    # twice the largest of those (2.4e-7 each in exported/). Equal here, measured.
+    edge = runtime.load(EXPORTED, "cpu")
+    recorded = max(entry.details["parity"]["max_abs"] for entry in edge.manifest.variants["encoder"].values()
+                   if entry.published and entry.precision == "fp32")
+    columns = [f"embedding_{i}" for i in range(100)]
+    for name in ("a", "d", "f"):
+        series = frame[frame.machine == name]
+        mine = _sorted(result[result.machine == name])
+        windows = make_windows(series[FEATURES].to_numpy(), TIMESTEPS)
+        assert len(mine) == len(windows) > 0
+        assert np.array_equal(mine.window_start.to_numpy(), series.step.to_numpy()[window_starts(len(series), TIMESTEPS)])
+        assert np.abs(mine[columns].to_numpy() - edge.encode(windows)).max() <= 2 * recorded, name
 
 
 def test_csv_files_and_a_time_column(client, frame, tmp_path, reference):
@@ -236,7 +253,7 @@ def test_a_killed_worker_loses_and_duplicates_no_window(client, tmp_path):
 @pytest.fixture(scope="module")
 def s3(parquet_dir):
     """moto's S3 server on a free local port, holding the Parquet files under s3://fleet/history/."""
-    boto3 = pytest.importorskip("boto3")
+    boto3 = import_or_skip("boto3", "dev")  # moto[server] brings it
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as probe:

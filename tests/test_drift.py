@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from edgeae import runtime
 from edgeae.cli import main
-from edgeae.contract.errors import ShapeError
+from edgeae.contract.errors import EXIT_DATA, ShapeError
 
 from .conftest import EXPORTED
 
@@ -80,4 +80,7 @@ def test_cli_warns_on_drift_in_stderr_and_json(tmp_path):
     assert out["drift"]["features"]["a"]["share_outside"] == 1.0 and out["drift"]["warning"].startswith("drift:")
     assert len(out["score"]) == len(out["score_a"]) == 21
     calm = CliRunner().invoke(main, ["score", str(EXPORTED), str(tmp_path / "d.csv"), "--columns", "b,c,d,e,b"])
-    assert calm.exit_code != 0  # a column twice is refused, as before
+    # A column twice is refused, as before: bad data (a DataError, exit 3), in one line naming the column.
+    assert calm.exit_code == EXIT_DATA, calm.output
+    assert calm.stderr.strip().splitlines()[-1] == "error: d.csv: column 'b' is used twice; name each feature column once"
+    assert [line for line in calm.stderr.splitlines() if line.startswith("error:")] == calm.stderr.strip().splitlines()[-1:]

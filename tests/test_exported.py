@@ -8,7 +8,7 @@ from edgeae import runtime
 from edgeae.contract.files import sha256_file
 from edgeae.data.windows import seed_sequence
 
-from .conftest import EXPORTED
+from .conftest import EXPORTED, assert_within_recorded_tolerance
 
 
 def test_committed_files_match_the_manifest():
@@ -48,6 +48,8 @@ def test_every_committed_variant_passes_its_self_check_on_this_cpu():
     for variant in published:
         model = runtime.load(EXPORTED, "cpu", variant=variant)
         assert model.reconstruct(seed_sequence()).shape == (1, 10, 5), variant
+        # Not only the load's own self-check: each role against Keras's stored outputs, at its recorded bound.
+        assert_within_recorded_tolerance(EXPORTED, model, variant)
 
 
 def test_the_committed_target_table_was_measured_on_every_runtime():

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("distributed", reason="needs the dask extra: pip install 'edgeae[dask]'")
+from .conftest import import_or_skip  # noqa: E402
+
+import_or_skip("distributed", "dask")  # skipped without the extra, except in CI: there it fails
 
 import dask.dataframe as dd  # noqa: E402
 import distributed  # noqa: E402

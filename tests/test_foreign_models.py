@@ -17,6 +17,7 @@ from edgeae.cli.app import main
 from edgeae.contract.errors import EXIT_USAGE, ShapeError, UnsupportedModelError, UsageError
 from edgeae.contract.parity import fp32_tolerance
 from edgeae.verifier.verification import verify
+from edgeae.data.windows import make_windows
 
 T, F = 6, 3
 
@@ -168,7 +169,15 @@ def test_scaling_from_data_and_a_calibrated_threshold(saved, tmp_path):
     assert manifest["detector"]["quantile"] == 0.9
     model = runtime.load(folder, "cpu")
     assert model.threshold == manifest["detector"]["threshold"]
-    assert model.score(np.load(normal)[:T].astype(np.float32)).flags is not None
+    windows = make_windows(np.load(normal).astype(np.float32), T)  # the calibration data's own windows
+    result = model.score(windows)
+    np.testing.assert_array_equal(result.flags, result.scores > model.threshold)  # the manifest's rule
+    assert len(windows) == manifest["detector"]["windows"]
+    assert int(result.flags.sum()) == manifest["detector"]["flagged"] <= 0.1 * len(windows)  # quantile 0.9
+    spiked = windows[:1].copy()
+    spiked[0, T // 2, 0] += 50.0  # a known outlier: one reading 50 units off, where feature 0 spans [-1, 1]
+    outlier = model.score(spiked)
+    assert outlier.flags.tolist() == [True] and outlier.scores[0] > 10 * model.threshold
     # later commands work on it too
     optimized = publish.optimize(folder, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=("fp32-b1",)))
     assert all(v.published for v in optimized.variants)

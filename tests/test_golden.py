@@ -44,6 +44,7 @@ def test_golden_vectors_are_raw_float32_with_a_json_index_and_match_keras(tiny_e
              for e in by_set.values()]
     assert max(ends) * 4 == (tiny_export / golden.DATA_FILE).stat().st_size  # nothing unindexed
     pre = tiny_training.preprocessing
+    assert set(index["inputs"]) == {"training", "single", "in_range", "outside_range"}
     with np.load(tiny_export / golden.REFERENCE_FILE) as npz:
         for name, entry in index["inputs"].items():
             x = raw(tiny_export, entry)
@@ -158,7 +159,8 @@ def test_self_check_reads_golden_vectors_checked_against_the_manifest(export_cop
         runtime.load(export_copy, "cpu", variant="int8")
     with pytest.raises(IntegrityError, match="golden.bin"):
         runtime.load(export_copy, "cpu")  # fp32 is self-checked on them too
-    runtime.load(export_copy, "cpu", self_check=False)
+    with pytest.raises(IntegrityError, match="golden.bin: size 8 bytes"):
+        runtime.load(export_copy, "cpu", self_check=False)  # not the self-check's: every listed file is checked
     with pytest.raises(UsageError, match="self_check must be True or False"):
         runtime.load(export_copy, "cpu", variant="int8", self_check="no")
 

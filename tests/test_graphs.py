@@ -179,14 +179,28 @@ def test_int8_stores_int8_weights_and_computes_in_float32(tiny_export, parity_in
 
 def test_int8_dynamic_is_built_only_when_asked_for(tiny_export, export_copy):
     assert all("int8-dynamic" not in by_name for by_name in read_manifest(tiny_export).to_body()["variants"].values())
-    publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=("int8-dynamic",),
-                                          tolerances={"int8-dynamic": Tolerance(rel_range=10.0)}))  # published on any CPU
+    # Built at the table's own tolerance, no override: 1e-2 of the range, which variants.py sets at about twice
+    # the worst int8-dynamic error measured across CPUs (per tensor 4.9e-3; 4.2e-3 on AVX-512 VNNI, the integer
+    # kernels differing between AVX2, VNNI and ARM). Where per-tensor weights miss it on some CPU, export falls back
+    # to per-channel ones (within_tolerance, below); a CPU where neither holds publishes nothing, and this fails.
+    publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=("int8-dynamic",)))
     manifest = read_manifest(export_copy).to_body()
     for role in ("autoencoder", "encoder"):
         assert set(manifest["variants"][role]) == {"plain", "fp32", "int8-dynamic"}
         model = onnx.load(str(export_copy / f"{role}.int8-dynamic.onnx"))
         assert [n.op_type for n in model.graph.node].count("DynamicQuantizeLSTM") == (2 if role == "autoencoder" else 1)
-        assert manifest["variants"][role]["int8-dynamic"]["weights"] == "per-tensor"
+        record = manifest["variants"][role]["int8-dynamic"]
+        assert record["published"] and record["weights"] in ("per-tensor", "per-channel")
+        assert record["tolerance"] == DEFAULT_TOLERANCES["int8-dynamic"].to_dict() == {"abs": None, "rel_range": 1e-2}
+        # Measured independently of export's own parity run: plain onnxruntime on the golden inputs against
+        # Keras's outputs stored at export, in the model's units, as a share of each set's range.
+        scale = np.asarray(manifest["preprocessing"]["scale"], np.float64) if role == "autoencoder" else 1.0
+        with np.load(export_copy / layout.REFERENCE_FILE) as saved:
+            for name in ("training", "in_range", "outside_range"):
+                keras = saved[f"expected__{role}__keras__{name}"] * scale
+                got = run(export_copy / f"{role}.int8-dynamic.onnx", saved[f"inputs__{name}"]) * scale
+                span = float(np.ptp(keras)) or max(float(np.abs(keras).max()), 1.0)  # parity.compare's denominator
+                assert np.abs(got - keras).max() / span <= record["tolerance"]["rel_range"], (role, name)
     assert not (export_copy / "autoencoder.int8.onnx").exists()
     with pytest.raises(UsageError, match="no variant named 'int9' to build"):
         publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=("int9",)))

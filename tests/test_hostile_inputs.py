@@ -20,6 +20,8 @@ from edgeae.contract.manifest import file_entry, read_manifest, write_manifest
 from edgeae.exporter.user_model import load_keras_file
 from edgeae.trainer.model import MAX_KERAS_JSON_BYTES
 
+from .conftest import import_or_skip
+
 KERAS_CONFIG = {"class_name": "Sequential", "module": "keras", "config": {"name": "model", "layers": []}}
 
 
@@ -195,7 +197,7 @@ def test_verify_on_a_truncated_onnx_file_is_an_integrity_error(export_copy):
 def test_onnxruntime_logs_nothing_of_its_own_when_a_run_fails(tmp_path):
     """A Gather whose indices come from the data fails inside onnxruntime, which would log the failure
     on stderr itself ("[E:onnxruntime:...]") before edgeae raises InferenceError."""
-    onnx = pytest.importorskip("onnx")
+    onnx = import_or_skip("onnx", "train")
     helper, tensor = onnx.helper, onnx.TensorProto
     graph = helper.make_graph(
         [helper.make_node("Cast", ["sequence"], ["index"], to=tensor.INT64),
@@ -217,7 +219,7 @@ def test_onnxruntime_logs_nothing_of_its_own_when_a_run_fails(tmp_path):
 
 
 def test_a_fleet_failure_on_a_local_cluster_is_one_line(export_copy, tmp_path):
-    pytest.importorskip("distributed", reason="needs the dask extra: pip install 'edgeae[dask]'")
+    import_or_skip("distributed", "dask")
     rows = [[machine, step, *np.random.default_rng(step).random(3)] for machine in "ab" for step in range(30)]
     rows[5][1], rows[6][1] = 6, 5  # out of order within series 'a': refused on a worker
     lines = ["machine,step,f0,f1,f2"] + [",".join(map(str, row)) for row in rows]
@@ -231,6 +233,6 @@ def test_a_fleet_failure_on_a_local_cluster_is_one_line(export_copy, tmp_path):
 
 def test_a_protobuf_that_does_not_parse_anywhere_is_an_integrity_error():
     """Where a library (onnx, tf2onnx) meets a corrupt ONNX file before edgeae's own checks, the CLI still says 4."""
-    message = pytest.importorskip("google.protobuf.message")
+    message = import_or_skip("google.protobuf.message", "train")  # onnx brings protobuf
     assert describe_failure(message.DecodeError("Error parsing message with type 'onnx.ModelProto'")) == (
         EXIT_INTEGRITY, "corrupt or truncated model file: Error parsing message with type 'onnx.ModelProto'")

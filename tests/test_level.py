@@ -23,6 +23,8 @@ from edgeae.runtime.scoring import reconstruction_error
 from edgeae.trainer import training as trainer
 from edgeae.trainer.model import TrainConfig
 
+from .conftest import import_or_skip, needs_tools
+
 
 def trending(rows: int = 400, seed: int = 0) -> np.ndarray:
     """A rising series with a seasonal wiggle and noise: the CO2 shape, small."""
@@ -91,7 +93,7 @@ def test_a_drifting_series_is_exported_with_its_level_removed_in_the_graph(level
     manifest = read_manifest(out)
     assert manifest.preprocessing["level"] == "remove"
     assert training.data["level"]["level"] == "remove" and training.data["level"]["asked"] == "auto"
-    onnx = pytest.importorskip("onnx")
+    onnx = import_or_skip("onnx", "train")
     nodes = {n.name for n in onnx.load(str(out / "autoencoder.onnx")).graph.node}
     assert {"preprocess/level", "preprocess/unlevel", "postprocess/level"} <= nodes
     # The runtime (the graph) scores as Keras does, on windows far above anything trained on.
@@ -101,7 +103,7 @@ def test_a_drifting_series_is_exported_with_its_level_removed_in_the_graph(level
     assert np.allclose(model.score(later).scores, keras, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+@needs_tools(install="Debian: apt-get install gcc", missing=lambda: [] if shutil.which("cc") or shutil.which("gcc") else ["cc (or gcc)"])
 def test_the_c_code_removes_the_level_too(levelled_export, tmp_path):
     out, _ = levelled_export
     folder = tmp_path / "c"

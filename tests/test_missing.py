@@ -224,7 +224,7 @@ def gappy_csv(tmp_path, rng):
 
 
 def test_cli_score_reports_the_missing_windows_in_json_text_and_output(tiny_export, gappy_csv, tmp_path):
-    result = run("score", tiny_export, gappy_csv, "--threshold", "0", "--provider", "cpu")
+    result = run("score", tiny_export, gappy_csv, "--threshold", "0", "--provider", "cpu", "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     gap = [start for start in range(15) if start <= 5 < start + 6 or start + 5 >= 12]  # windows of 6 rows
@@ -250,12 +250,12 @@ def test_cli_score_reports_the_missing_windows_in_json_text_and_output(tiny_expo
 def test_cli_score_missing_policies(tiny_export, gappy_csv):
     line = one_error_line(run("score", tiny_export, gappy_csv, "--missing", "refuse"))
     assert "gappy.csv: 8 missing values (b: 1, c: 7); pass --missing skip or --missing interpolate" in line
-    result = run("score", tiny_export, gappy_csv, "--missing", "interpolate")
+    result = run("score", tiny_export, gappy_csv, "--missing", "interpolate", "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)["missing_windows"]
     assert record["interpolated"] == 1 and record["index"] == list(range(7, 15))  # the 7-row gap stays
     assert "1 interpolated (gaps of up to 5 rows)" in result.stderr
-    result = run("score", tiny_export, gappy_csv, "--missing", "interpolate", "--max-gap", "7")
+    result = run("score", tiny_export, gappy_csv, "--missing", "interpolate", "--max-gap", "7", "--json")
     assert json.loads(result.stdout)["missing_windows"]["count"] == 0
     assert "8 interpolated (gaps of up to 7 rows); no window holds one" in result.stderr
 
@@ -301,7 +301,7 @@ def test_a_header_less_csv_names_its_columns_by_position(tmp_path, tiny_export):
     picked = load_series(tmp_path / "bare.csv", ("2", "4"), header_row=False)
     assert picked.columns == ("2", "4")
     np.testing.assert_array_equal(picked.values, values[:, [1, 3]])
-    scored = [json.loads(run("score", tiny_export, *args).stdout)["score"] for args in (
+    scored = [json.loads(run("score", tiny_export, *args, "--json").stdout)["score"] for args in (
         (tmp_path / "bare.csv", "--no-header", "--columns", "2,3,4"), (tmp_path / "named.csv", "--columns", "a,b,c"))]
     assert scored[0] == scored[1]
     line = one_error_line(run("score", tiny_export, tmp_path / "bare.csv", "--columns", "2,3,4"))

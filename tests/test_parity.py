@@ -5,7 +5,9 @@ import pytest
 
 from edgeae.verifier import verification
 from edgeae.contract.variants import UNROLLED_FROM
-from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, Tolerance, compare, fp32_tolerance
+from edgeae.contract.errors import EXIT_INTEGRITY
+from edgeae.contract.parity import (DEFAULT_ATOL, DEFAULT_RTOL, MismatchError, ParityReport, Tolerance, compare,
+                                   fp32_tolerance)
 
 from .conftest import PROVIDERS
 
@@ -33,8 +35,10 @@ def test_relative_error_stays_put_when_the_range_grows():
 
 
 def test_shape_mismatch_is_an_error():
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(MismatchError, match="shape") as caught:  # an IntegrityError (exit 4) that is a ValueError too
         compare(np.zeros((2, 3)), np.zeros((3, 2)), model="m", provider="cpu", dataset="d")
+    assert isinstance(caught.value, ValueError) and caught.value.exit_code == EXIT_INTEGRITY
+    assert str(caught.value) == "m gives shape (3, 2), the reference (2, 3): not this export's model"
 
 
 def test_report_collects_every_failure():
@@ -147,7 +151,7 @@ def test_stored_references_verify_without_tensorflow(tiny_export, provider):
     assert proc.returncode == 0, proc.stderr
     stored = json.loads(proc.stdout)
     keras = verification.verify(tiny_export, providers=provider, against="keras").to_dict()
-    assert stored["passed"] and stored["summary"].keys() == keras["summary"].keys()
+    assert stored["passed"] and stored["summary"] and stored["summary"].keys() == keras["summary"].keys()
     for key, s in stored["summary"].items():
         assert s["max_abs"] == pytest.approx(keras["summary"][key]["max_abs"], rel=1e-3, abs=1e-9)
 

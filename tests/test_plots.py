@@ -60,6 +60,7 @@ def test_report_on_a_labelled_series(tiny_export, tmp_path):
     path.write_text("a,b,c,is_anomaly\n" + "".join(f"{x},{y},{z},{int(f)}\n" for (x, y, z), f in zip(values, labels)))
     paths = plots.report(tiny_export, plots.ReportOptions(data=path, columns=("a", "b", "c"), labels="is_anomaly"),
                          out=tmp_path / "p")
+    assert sorted(paths) == sorted(tmp_path / "p" / name for name in plots.PLOT_FILES.values())  # all four, never none
     for path in paths:
         assert_real_png(path)
 

@@ -110,12 +110,16 @@ def test_runtime_does_not_import_the_graph_builders():
 
 
 def test_optimize_keeps_the_variants_the_export_was_given(export_copy):
-    publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=("int8", "int8-dynamic"),
-                                          tolerances={"int8-dynamic": Tolerance(rel_range=10.0)}))
+    # int8-dynamic at the table's own tolerance (1e-2 of range, about twice its worst measured error on AVX2,
+    # AVX-512 VNNI and ARM: variants.py), not a bound widened until any CPU passes.
+    publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu", variants=("int8", "int8-dynamic")))
+    assert read_manifest(export_copy).to_body()["variants"]["autoencoder"]["int8-dynamic"]["published"]
     # the defaults, and int8-dynamic since the export has it
     publish.optimize(export_copy, replace(OPTIMIZE_DEFAULTS, providers="cpu"))
     manifest = read_manifest(export_copy).to_body()
-    assert "int8-dynamic" in manifest["variants"]["autoencoder"]  # rebuilt (published where this CPU holds it)
+    rebuilt = manifest["variants"]["autoencoder"]["int8-dynamic"]  # rebuilt, and published again at its own bound
+    assert rebuilt["published"] and rebuilt["tolerance"] == variants.DEFAULT_TOLERANCES["int8-dynamic"].to_dict()
+    assert rebuilt["parity"]["max_rel_range"] <= rebuilt["tolerance"]["rel_range"]
     assert {"fp32-b1", "portable", "fp16", "ort"} <= set(manifest["variants"]["autoencoder"])
 
 

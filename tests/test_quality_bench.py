@@ -1,6 +1,5 @@
 """The quality benchmark: edgeae's default detector beside baselines, on a tiny labelled series
 whose baseline figures can be worked by hand (a few epochs of training: about 30 s)."""
-import importlib.util
 import json
 
 import numpy as np
@@ -14,8 +13,9 @@ from edgeae.exporter.quality_bench import (
     AUTOENCODER, DIFFERENCE, ZSCORE, BenchSeries, difference_scores, moving_zscore, run_quality_bench, shipped_series,
 )
 
-needs_training = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                                    reason="training needs pip install 'edgeae[train]'")
+from .conftest import needs_module
+
+needs_training = needs_module("tensorflow", "train")  # missing: fails in CI, skipped elsewhere
 
 
 def test_the_difference_baseline_is_each_rows_step():
@@ -86,7 +86,7 @@ def test_without_aeon_the_command_names_the_extra(monkeypatch):
         "'.[dataset]')"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("aeon") is None, reason="the series ship with aeon")
+@needs_module("aeon", "dataset")  # the series ship with aeon
 def test_the_shipped_series_are_found_and_labelled():
     series = {s.name: s for s in shipped_series()}
     assert set(series) == {"InternalBleeding16", "ecg-diff-count-3 TEST", "ecg-diff-count-3 TRAIN_A"}

@@ -1,8 +1,11 @@
 """Artifacts exist whole and verified or not at all; every failure exits cleanly."""
+import contextlib
 import errno
 import os
+import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -83,8 +86,9 @@ def test_full_disk_while_writing_the_manifest(tiny_training, existing, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(publish, "write_manifest", no_space)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as caught:
         publish.export(tiny_training, folder, ExportOptions(providers="cpu", force=True, variants=()))
+    assert caught.value.errno == errno.ENOSPC  # the full disk itself, passed on, not a later failure
     assert_untouched(folder, before)
 
 
@@ -96,8 +100,9 @@ def test_full_disk_in_an_atomic_write_leaves_no_temp_file(tmp_path, monkeypatch)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as caught:
         artifacts.atomic_write_json(target, {"new": 1})
+    assert caught.value.errno == errno.ENOSPC  # the full disk itself, passed on, not a later failure
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
@@ -120,7 +125,7 @@ def test_target_under_a_file_is_a_usage_error(tiny_training, tmp_path):
 
 def test_second_writer_fails_on_the_lock(tiny_training, existing):
     folder, before = existing
-    with artifacts.folder_lock(folder):
+    with held_elsewhere(folder):  # the thread that holds a lock may take it again; any other may not
         with pytest.raises(LockedError, match="another edgeae process"):
             publish.export(tiny_training, folder, ExportOptions(providers="cpu", force=True, variants=()))
         # and from another process, through the CLI
@@ -129,6 +134,26 @@ def test_second_writer_fails_on_the_lock(tiny_training, existing):
         assert proc.returncode == EXIT_USAGE, proc.stderr
         assert "another edgeae process" in proc.stderr and "Traceback" not in proc.stderr
     assert_untouched(folder, before)
+
+
+@contextlib.contextmanager
+def held_elsewhere(folder):
+    """`folder`'s lock held by another thread for the block (as another run would hold it)."""
+    taken, done = threading.Event(), threading.Event()
+
+    def hold():
+        with artifacts.folder_lock(folder):
+            taken.set()
+            done.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(10)
+    try:
+        yield
+    finally:
+        done.set()
+        holder.join()
 
 
 def test_interrupt_exit_code_and_debug_traceback(monkeypatch, tmp_path):
@@ -237,7 +262,7 @@ def test_pipeline_refuses_a_bad_target_before_training(tiny_config, tmp_path, mo
         publish.run_pipeline(tiny_config, tmp_path / "taken")
     with pytest.raises(UsageError, match="not a folder"):
         publish.run_pipeline(tiny_config, tmp_path / "file" / "out")
-    with artifacts.folder_lock(tmp_path / "busy"):
+    with held_elsewhere(tmp_path / "busy"):
         with pytest.raises(LockedError):
             publish.run_pipeline(tiny_config, tmp_path / "busy")
     with pytest.raises(UsageError, match="tolerance"):
@@ -309,8 +334,10 @@ def test_fallback_swap_puts_the_old_export_back(tmp_path, monkeypatch):
         return real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", failing)
-    with pytest.raises(OSError):
+    # A failed swap is a ReplaceError (a UsageError, exit 2, and an OSError), one line naming target and cause.
+    with pytest.raises(artifacts.ReplaceError, match=f"^cannot replace {re.escape(str(target))}: No space left on device$") as caught:
         artifacts.publish_folder(stage, target)
+    assert caught.value.exit_code == EXIT_USAGE and isinstance(caught.value, OSError)
     assert (target / "manifest.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "stage"]
 

@@ -13,7 +13,7 @@ from edgeae.measure import routing
 from edgeae.contract.manifest import read_manifest
 from edgeae.measure.bench import onnx_paths
 from edgeae.cli import main
-from edgeae.contract.errors import EdgeAEError
+from edgeae.contract.errors import EXIT_USAGE, UsageError
 
 from .conftest import FIXED_ROUTES
 
@@ -97,7 +97,7 @@ def test_fixed_routing_keeps_the_rule_and_is_a_flag(tiny_training, tmp_path):
     assert entry["by_batch"] == FIXED_ROUTES
     assert "chunk" not in entry and "routing" not in entry
     assert runtime.load(path, "cpu").models["autoencoder"].chunk == DEFAULT_CHUNK
-    with pytest.raises(EdgeAEError, match="measure_routing must be True or False, got 'no'"):
+    with pytest.raises(UsageError, match="^measure_routing must be True or False, got 'no'$"):  # exit 2
         publish.export(tiny_training, tmp_path / "bad", ExportOptions(providers="cpu", measure_routing="no"))
     assert not (tmp_path / "bad").exists()
 
@@ -149,7 +149,9 @@ def test_bench_rewrite_routing_option_prints_the_routes_and_refuses_a_wrong_fold
         assert covers_every_size(by_name["fp32"]["by_batch"])  # measured for real: every size has exactly one graph
         assert edge.models[role].graph_for(1).name == by_name["fp32"]["by_batch"][0]["file"]
     bad = CliRunner().invoke(main, ["bench", str(tmp_path), "--rewrite-routing"])
-    assert bad.exit_code != 0 and len(bad.output.strip().splitlines()) == 1
+    # A folder without a manifest is a usage error (exit 2, "missing file" in errors.EXIT_CODES), said in one line.
+    assert bad.exit_code == EXIT_USAGE and len(bad.output.strip().splitlines()) == 1, bad.output
+    assert bad.output.startswith(f"error: {tmp_path} is not an edgeae folder: it has no manifest.json")
 
 
 def test_optimize_fixed_routing_option_keeps_the_rule(export_copy):

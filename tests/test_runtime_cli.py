@@ -38,11 +38,23 @@ def test_stride_and_ready_made_windows(tiny_export, series_csv, tmp_path):
     path, values = series_csv
     result = run("reconstruct", tiny_export, path, "--stride", "5", "--json", "--provider", "cpu")
     assert result.exit_code == 0, result.output
-    assert np.asarray(json.loads(result.stdout)["reconstruction"]).shape == (3, 6, 3)
+    strided = np.asarray(json.loads(result.stdout)["reconstruction"])
+    assert strided.shape == (3, 6, 3)
+    # Values, against an independent cut: numpy's sliding windows at rows 0, 5, 10 through the runtime API.
+    # Both run fp32 graphs of one export on the same float32 windows; the batch routing may pick another fp32
+    # graph (one-window, unrolled), each within 7.2e-7 of Keras as recorded, hence 1e-6 as in the test above.
+    model = runtime.load(tiny_export, "cpu")
+    cut = np.lib.stride_tricks.sliding_window_view(values, 6, axis=0).transpose(0, 2, 1)[::5]
+    assert cut.shape == (3, 6, 3)
+    np.testing.assert_allclose(strided, model.reconstruct(cut), rtol=0, atol=1e-6)
     windows = np.stack([values[:6], values[6:12]])
     np.save(tmp_path / "w.npy", windows)
     result = run("reconstruct", tiny_export, tmp_path / "w.npy", "-o", tmp_path / "r.json")
-    assert np.asarray(json.loads((tmp_path / "r.json").read_text())["reconstruction"]).shape == (2, 6, 3)
+    assert result.exit_code == 0, result.output
+    ready = np.asarray(json.loads((tmp_path / "r.json").read_text())["reconstruction"])
+    assert ready.shape == (2, 6, 3)
+    np.testing.assert_allclose(ready, model.reconstruct(windows), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ready[0], strided[0], rtol=0, atol=1e-6)  # rows 0..5 both ways
 
 
 def test_score_to_csv_with_flags(tiny_export, series_csv, tmp_path):

@@ -137,6 +137,7 @@ def test_the_self_check_scores_as_the_runtime_scores(tiny_export):
     manifest = read_manifest(tiny_export)
     stored = golden.read_golden(tiny_export, manifest)
     model = runtime.load(tiny_export, "cpu")
+    assert manifest.detector.golden and all(len(entry["windows"]) for entry in manifest.detector.golden.values())
     for name, entry in manifest.detector.golden.items():
         x = stored.inputs[name][entry["windows"]]
         result = model.score(x)

@@ -207,3 +207,19 @@ def test_verify_prints_every_variant_against_its_tolerance(tiny_export):
     assert "each against the tolerance its export recorded" in result.output
     assert sum("coder/int8 (" in line and line.endswith("ok") for line in result.output.splitlines()) == 2  # both roles
     assert "detector/int8 (detector.int8.onnx)/cpu" in result.output
+
+
+def test_verify_refuses_what_the_runtime_would_refuse(export_copy, monkeypatch):
+    """A threshold moved so no golden outlier is flagged, the manifest resealed: verify's own threshold check
+    refuses it; with that check gone, the runtime's load that ends a passing verify still does (its
+    self-check), so verify never passes an export the runtime refuses."""
+    manifest = read_manifest(export_copy).to_body()
+    manifest["detector"]["threshold"] = 1e30
+    write_manifest(export_copy, manifest)
+    result = cli_verify(export_copy, "stored")
+    assert result.exit_code == EXIT_INTEGRITY and "manifest field detector.threshold (1e+30) flags 0" in result.stderr
+    monkeypatch.setattr(verification, "check_thresholds", lambda *args: None)
+    for against in ("stored", "keras"):
+        result = cli_verify(export_copy, against)
+        assert result.exit_code == EXIT_INTEGRITY, result.output
+        assert result.stderr.startswith("error: self-check: with threshold 1e+30"), result.stderr

@@ -2,6 +2,7 @@
 options and render: what commands share; build: training side; run: the device runtime side)."""
 from edgeae.cli import build
 from edgeae.cli import fleet
+from edgeae.cli import keys
 from edgeae.cli import microcontroller
 from edgeae.cli import quality
 from edgeae.cli import run  # noqa: F401  (each module registers its commands on the group)

@@ -13,6 +13,7 @@ import sys
 import threading
 import traceback
 import unicodedata
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,10 @@ from typing import Any
 import click
 
 from edgeae.contract import versions
-from edgeae.contract.files import INTERRUPTED
+from edgeae.contract.files import INTERRUPTED, PUBLISHED
 from edgeae.contract.errors import (
     EXIT_CLOSED_PIPE, EXIT_CODES, EXIT_INTEGRITY, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE,
-    EdgeAEError,
+    EdgeAEError, EdgeAENotice,
 )
 
 
@@ -52,15 +53,36 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         INTERRUPTED.set()
         if signum == signal.SIGTERM:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-        raise KeyboardInterrupt
+        if not PUBLISHED:  # once the export is in place, the command finishes what it prints and exits 0
+            raise KeyboardInterrupt
 
-    INTERRUPTED.clear()  # this command's own interrupts only
+    INTERRUPTED.clear()  # this command's own interrupts and exports only
+    PUBLISHED.clear()
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def _notices_as_lines() -> Iterator[None]:
+    """Library notices (contract.errors.notice) reach the terminal as one `note:` line each on stderr,
+    not as Python's two-line warning with a file name; other warnings are shown as they were."""
+    shown = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *where: Any, **kw: Any) -> None:
+        if issubclass(category, EdgeAENotice):
+            click.echo(f"note: {one_line(str(message))}", err=True)
+        else:
+            shown(message, category, *where, **kw)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 class EdgeGroup(click.Group):
@@ -72,7 +94,7 @@ class EdgeGroup(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            with _sigterm_as_interrupt():
+            with _sigterm_as_interrupt(), _notices_as_lines():
                 code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
                 if sys.stdout is not None:  # None: started with stdout closed (`>&-`)
                     sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's exit
@@ -101,6 +123,11 @@ class EdgeGroup(click.Group):
         except BaseException as exc:  # noqa: BLE001 - every failure becomes one line + a code
             if isinstance(exc, SystemExit):
                 raise
+            if isinstance(exc, KeyboardInterrupt) and PUBLISHED:  # it came between the swap and the handler's check
+                click.echo(f"note: interrupted after {one_line(str(PUBLISHED[-1]))} was published; it is complete",
+                           err=True)
+                click.echo(one_line(str(PUBLISHED[-1])))
+                ctx.exit(EXIT_OK)
             code, message = describe_failure(exc)
             if ctx.params.get("debug"):
                 traceback.print_exception(exc)

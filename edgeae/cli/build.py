@@ -6,15 +6,19 @@ from typing import Any
 
 import click
 
-from edgeae.contract.files import check_target
+from edgeae.contract import progress
+from edgeae.contract.files import check_target, target_lock
 from edgeae.contract.errors import ParityError, UsageError
 from edgeae.contract.variants import check_variant_names
 from edgeae.cli.app import DEFAULT_EXPORT, DEFAULT_TRAINING, main
+from edgeae.contract.signing import check_signature
 from edgeae.cli.options import (
     build_option, config_and_data, json_option, parity_options, progress_printer, publish_checks_options, routing_option,
-    split_columns,
+    sign_key_option, split_columns, trusted_key_option,
     training_options,
 )
+from edgeae.cli.progress import quiet_option, shows_progress
+from edgeae.cli.summary import export_summary_lines
 from edgeae.cli.render import detector_lines, early_stop_lines, emit, level_lines, missing_lines, time_axis_lines
 from edgeae.exporter.demo import demo as run_demo
 from edgeae.exporter.demo import demo_config
@@ -32,6 +36,7 @@ from edgeae.verifier.verification import verify as verify_export
 @click.option("--force", is_flag=True, help="Replace an existing folder at --out.")
 @json_option
 @click.pass_context
+@shows_progress
 def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) -> None:
     """Train the autoencoder and save it (model.keras + training record) to --out.
 
@@ -43,8 +48,9 @@ def train(ctx: click.Context, out: Path, force: bool, as_json: bool, **kw: Any) 
     quiet = kw["quiet"]
     config, data, columns = config_and_data(kw)
     check_target(out, force)  # fail before training, not after
-    training = trainer.train(config, data, columns, progress_printer(quiet, config.epochs))
-    trainer.save_training(training, out, force)
+    with target_lock(out):  # held from the first epoch: a second run on --out is refused at once
+        training = trainer.train(config, data, columns, progress_printer(quiet, config.epochs))
+        trainer.save_training(training, out, force)
     trainer.check_learned(training, kept=out)
     summary = training.summary()
     emit(ctx, {"out": str(out), **summary}, [
@@ -96,12 +102,15 @@ OWN_MODEL_DEFAULTS = {"scaling": "none", "clip_quantiles": (0.0, 1.0), "scaling_
 @build_option
 @routing_option
 @publish_checks_options
+@quiet_option
+@sign_key_option
 @json_option
 @click.pass_context
+@shows_progress
 def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None, atol: float, rtol: float,
            provider: str, force: bool, threshold_quantile: float | None, threshold: float | None,
            threshold_source: str, build: tuple[str, ...], fixed_routing: bool, min_calibration_windows: int,
-           accept_unlearned: bool, as_json: bool, **own: Any) -> None:
+           accept_unlearned: bool, sign_key: Path | None, as_json: bool, **own: Any) -> None:
     """Export a trained model (a training folder, or your own Keras .keras/.h5 sequence autoencoder) to
     autoencoder.onnx + encoder.onnx, verify parity, publish to --out.
 
@@ -111,6 +120,7 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
       edgeae export runs/train --out exported --threshold 0.012 --threshold-source "best F1, evaluate on labels.csv"
       edgeae export my_model.keras --data train.csv --scaling standard --calibrate normal.csv --out exported/mine
       edgeae export my_model.keras --scaling standard --scaling-values mean=20.5,3.1 --scaling-values std=4.2,0.8
+      edgeae export runs/train --out exported --sign-key signing.pem   # devices check it with --trusted-key
     """
     publish.check_export_target(out, training_dir, force)  # before TensorFlow loads and the model runs
     built = build or None
@@ -118,7 +128,8 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
     options = ExportOptions(opset=opset, atol=atol, rtol=rtol, providers=provider, force=force, variants=built,
                             threshold_quantile=threshold_quantile, threshold=threshold,
                             threshold_source=threshold_source, measure_routing=not fixed_routing,
-                            min_calibration_windows=min_calibration_windows, accept_unlearned=accept_unlearned)
+                            min_calibration_windows=min_calibration_windows, accept_unlearned=accept_unlearned,
+                            sign_key=sign_key)
     if training_dir.is_file() or is_keras_file(training_dir):
         model = UserModelOptions(
             encoder_layer=own["encoder_layer"], data=own["data"], columns=split_columns(own["columns"]),
@@ -130,9 +141,13 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
                  if value is not None and value != OWN_MODEL_DEFAULTS.get(name)]
         if given:
             raise UsageError(f"{', '.join(given)} apply to your own Keras model file, not to a training folder")
-        path, report = publish.export(trainer.load_training(training_dir), out, options)
+        with target_lock(out):  # before TensorFlow loads the model: a second export to --out is refused at once
+            with progress.stage("load the trained model"):
+                training = trainer.load_training(training_dir)
+            path, report = publish.export(training, out, options)
     emit(ctx, {"out": str(path), "parity": report.to_dict(), "variants": folder_variants(path)},
-         [*report.summary_lines(), *folder_lines(path, targets=False), *detector_lines(path), f"exported to {path}"])
+         [*report.summary_lines(), *folder_lines(path, targets=False), *detector_lines(path), f"exported to {path}",
+          *export_summary_lines(path)])
 
 
 @main.command()
@@ -142,10 +157,11 @@ def export(ctx: click.Context, training_dir: Path, out: Path, opset: int | None,
 @click.option("--against", type=click.Choice(["auto", "keras", "stored"]), default="auto", show_default=True,
               help="keras: run the stored Keras model; stored: the Keras outputs saved at export (no TensorFlow "
                    "needed); auto: keras where TensorFlow is installed.")
+@trusted_key_option
 @json_option
 @click.pass_context
 def verify(ctx: click.Context, export_dir: Path, atol: float | None, rtol: float | None, provider: str, against: str,
-           as_json: bool) -> None:
+           trusted_key: Path | None, as_json: bool) -> None:
     """Re-check an export: files against the manifest, ONNX against Keras on every provider.
 
     \b
@@ -153,6 +169,7 @@ def verify(ctx: click.Context, export_dir: Path, atol: float | None, rtol: float
       edgeae verify exported --provider cpu --atol 1e-6
       edgeae verify exported --provider cuda --against stored   # on a device without TensorFlow
     """
+    check_signature(export_dir, trusted_key)  # with a key: signed by it and unchanged, or refused (exit 4)
     report = verify_export(export_dir, provider, atol, against, rtol)
     emit(ctx, report.to_dict(), report.summary_lines())
     if not report:
@@ -166,10 +183,13 @@ def verify(ctx: click.Context, export_dir: Path, atol: float | None, rtol: float
 @parity_options(recorded=True)
 @build_option
 @routing_option
+@sign_key_option
+@quiet_option
 @json_option
 @click.pass_context
+@shows_progress
 def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, atol: float | None, rtol: float | None,
-             build: tuple[str, ...], fixed_routing: bool, as_json: bool) -> None:
+             build: tuple[str, ...], fixed_routing: bool, sign_key: Path | None, as_json: bool) -> None:
     """Rebuild an export's clean graph, its batch graphs and fp16, int8 and ORT-format variants; publish those within tolerance.
 
     Every file is checked against the manifest first; each variant is compared with Keras
@@ -183,8 +203,9 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
       edgeae optimize exported --build int8 --build int8-dynamic   # the fast int8, proven on each device
     """
     result = publish.optimize(export_dir, ExportOptions(atol=atol, rtol=rtol, providers=provider, variants=build or None,
-                                                        measure_routing=not fixed_routing))
-    emit(ctx, {"out": str(export_dir), **result.to_dict()}, [*result.lines(), f"published to {export_dir}"])
+                                                        measure_routing=not fixed_routing, sign_key=sign_key))
+    emit(ctx, {"out": str(export_dir), **result.to_dict()}, [*result.lines(), f"published to {export_dir}",
+                                                             *export_summary_lines(export_dir)])
     missed = [f"{v.role}/{v.name}" for v in result.variants if not v.published]
     if strict and missed:
         raise ParityError(f"variants outside their tolerance, left out: {', '.join(missed)}")
@@ -200,23 +221,26 @@ def optimize(ctx: click.Context, export_dir: Path, provider: str, strict: bool, 
 @build_option
 @routing_option
 @publish_checks_options
+@sign_key_option
 @json_option
 @click.pass_context
+@shows_progress
 def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol: float, provider: str, force: bool,
              build: tuple[str, ...], fixed_routing: bool, min_calibration_windows: int, accept_unlearned: bool,
-             as_json: bool, **kw: Any) -> None:
+             sign_key: Path | None, as_json: bool, **kw: Any) -> None:
     """Train, export and verify in one go (the seed notebook's model and data by default).
 
     \b
     Example:
       edgeae pipeline --force                      # regenerate exported/
       edgeae pipeline --epochs 20 --units 16 --out runs/small
+      edgeae pipeline --force --sign-key signing.pem   # a signed export
     """
     quiet = kw["quiet"]
     config, data, columns = config_and_data(kw)
     options = ExportOptions(opset=opset, atol=atol, rtol=rtol, providers=provider, force=force, variants=build or None,
                             measure_routing=not fixed_routing, min_calibration_windows=min_calibration_windows,
-                            accept_unlearned=accept_unlearned)
+                            accept_unlearned=accept_unlearned, sign_key=sign_key)
     path, report, training = publish.run_pipeline(config, out, data, columns, progress_printer(quiet, config.epochs),
                                                   options)
     summary = training.summary()
@@ -231,6 +255,7 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol
         *folder_lines(path, targets=False),
         *detector_lines(path),
         f"exported to {path}",
+        *export_summary_lines(path),
     ])
 
 
@@ -246,6 +271,7 @@ def pipeline(ctx: click.Context, out: Path, opset: int | None, atol: float, rtol
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @json_option
 @click.pass_context
+@shows_progress
 def demo(ctx: click.Context, out: Path, atol: float, rtol: float, force: bool, quiet: bool, as_json: bool,
          **overrides: Any) -> None:
     """Anomaly detection on a real series: train, export, score on the runtime, report quality.

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from edgeae.cli.progress import epoch_progress
 from edgeae.cli.render import require_stdout
 from edgeae.contract.errors import UsageError
 from edgeae.contract.parity import DEFAULT_ATOL, DEFAULT_RTOL
@@ -13,7 +14,7 @@ from edgeae.data.gaps import MAX_INTERPOLATED_GAP, MISSING_POLICIES, TRAIN_MISSI
 from edgeae.data.windows import LEVEL_CHOICES
 from edgeae.detection.threshold import MIN_CALIBRATION_WINDOWS
 from edgeae.trainer.model import (
-    ACTIVATIONS, DATA_ACTIVATION, DATA_LEVEL, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig, print_progress,
+    ACTIVATIONS, DATA_ACTIVATION, DATA_LEVEL, DATA_PATIENCE, DATA_SCALING, DATA_VALIDATION_FRACTION, TrainConfig,
 )
 from edgeae.trainer.training import config_for
 
@@ -36,6 +37,18 @@ provider_option = click.option("--provider", default="auto", show_default=True,
 variant_option = click.option("--variant", default="fp32", show_default=True,
                               help="Which published model to run: fp32, fp16, int8, int8-dynamic, ort, plain, or one "
                                    "of fp32's batch graphs alone: fp32-b1, fp32-unrolled.")
+
+
+trusted_key_option = click.option(
+    "--trusted-key", type=click.Path(path_type=Path), default=None, envvar="EDGEAE_TRUSTED_KEY", metavar="PEM",
+    help="A PEM EC public key: refuse (exit 4) an export that is not signed by its private key or has changed since "
+         "[default: $EDGEAE_TRUSTED_KEY; none: an unsigned export is noted once]. Needs edgeae[signing].")
+
+
+sign_key_option = click.option(
+    "--sign-key", type=click.Path(path_type=Path), default=None, metavar="PEM",
+    help="Sign the export with this PEM EC P-256 private key (edgeae keygen makes one) before it is published; "
+         "without it, a signed export that is rewritten loses its signature (noted). Needs edgeae[signing].")
 
 
 self_check_option = click.option(
@@ -142,7 +155,8 @@ def training_options(fn):
         click.option("--threshold-quantile", type=float, default=d.threshold_quantile, show_default=True,
                      help="Anomaly threshold: this quantile of the validation windows' scores (of the training "
                           "windows' when there is no validation part)."),
-        click.option("--quiet", is_flag=True, help="No progress output."),
+        click.option("--quiet", is_flag=True,
+                     help="No progress on stderr (a bar on a terminal, a line every 10% of the epochs in a log)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -156,9 +170,8 @@ def config_and_data(kw: dict) -> tuple[Any, Path | None, tuple[str, ...] | None]
 
 
 def progress_printer(quiet: bool, epochs: int):
-    if quiet:
-        return None
-    return print_progress(epochs)
+    """Training's progress: a bar on a terminal, a line every 10% in a log, none with --quiet or --json."""
+    return epoch_progress(quiet, epochs)
 
 
 def split_columns(columns: str | None) -> tuple[str, ...] | None:

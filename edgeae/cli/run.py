@@ -26,10 +26,13 @@ from edgeae.verifier.plots import ReportOptions, report as write_report
 from edgeae.verifier.target_report import runtime_lines
 from edgeae.cli.app import DEFAULT_EXPORT, main
 from edgeae.cli.options import (
-    json_option, missing_options, no_header_option, provider_option, self_check_option, split_columns, variant_option,
+    json_option, missing_options, no_header_option, provider_option, self_check_option, sign_key_option, split_columns,
+    trusted_key_option, variant_option,
 )
+from edgeae.cli.progress import quiet_option, reported, shows_progress
 from edgeae.cli.render import ResultStream, check_output, emit
 from edgeae.cli.stream import ReadOptions, StreamInput, aligned
+from edgeae.cli.summary import NoTable, ScoreSummary
 
 
 @main.command()
@@ -49,11 +52,12 @@ from edgeae.cli.stream import ReadOptions, StreamInput, aligned
               "with XLA (1,769 windows, 4 epochs each; tens of seconds to minutes).")
 @click.option("--rewrite-routing", is_flag=True, help="First measure here which fp32 graph serves which batch sizes "
               "and rewrite only that routing table in the export's manifest (resealed).")
+@sign_key_option
 @json_option
 @click.pass_context
 def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: int, threads: int | None,
           batches: tuple[int, ...], no_cold_start: bool, role: str, output: Path | None, force: bool,
-          training: bool, rewrite_routing: bool, as_json: bool) -> None:
+          training: bool, rewrite_routing: bool, sign_key: Path | None, as_json: bool) -> None:
     """Time every model of an export side by side, interleaved, with ratios against the plain export.
 
     \b
@@ -65,7 +69,7 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
     roles = ("autoencoder", "encoder") if role == "both" else (role,)
     check_output(output, force, single_array=False, suffixes=(".json",), reads=(export_dir,))
     if rewrite_routing:
-        for role, routes in publish.rewrite_routing(export_dir).items():
+        for role, routes in publish.rewrite_routing(export_dir, sign_key).items():
             click.echo(f"{role} routing: " + ", ".join(f"{batch_label(*r['batches'])} {r['file']}" for r in routes), err=True)
     options = BenchOptions(keras=keras, runs=runs, warmup=warmup, threads=threads, batches=batches,
                            cold=not no_cold_start, roles=roles, training=training)
@@ -80,16 +84,18 @@ def bench(ctx: click.Context, export_dir: Path, keras: bool, runs: int, warmup: 
 @provider_option
 @variant_option
 @self_check_option
+@trusted_key_option
 @json_option
 @click.pass_context
-def inspect(ctx: click.Context, model: Path, provider: str, variant: str, no_self_check: bool, as_json: bool) -> None:
+def inspect(ctx: click.Context, model: Path, provider: str, variant: str, no_self_check: bool, trusted_key: Path | None,
+            as_json: bool) -> None:
     """Show an export's models, inputs/outputs and which provider runs each node.
 
     \b
     Example:
       edgeae inspect exported --provider cuda --variant int8
     """
-    edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
+    edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check, trusted_key=trusted_key)
     info: dict[str, Any] = {"providers_available": available_providers(), "models": {}}
     lines = [f"available providers: {', '.join(info['providers_available'])}"]
     graphs = [(role, m) for role, m in edge.models.items()]
@@ -201,8 +207,11 @@ def _stream(ctx: click.Context, edge: Any, name: str, source: StreamInput, outpu
     streamed = output is not None and output.suffix.lower() == ".csv"
     with_missing = name != "score" and (bool(source.count()) or not streamed)
     drift, windows, gap_index, gap_starts = None, 0, [], []
-    with ResultStream(ctx, output) as result:
-        for batch in aligned(source.batches(), size):
+    # score says what it found to a person (the table goes to --output or, with --json, to stdout)
+    summary = None if name != "score" or ctx.params.get("as_json") else ScoreSummary(
+        source.columns, edge.threshold if threshold is None else threshold, source.source, edge.timesteps)
+    with (NoTable() if summary is not None and output is None else ResultStream(ctx, output)) as result:
+        for batch in reported(aligned(source.batches(), size), f"{name} {source.source}", source.estimate()):
             if name == "score":
                 payload, part = _score_payload(edge, batch, source.columns, threshold)
                 drift = part if drift is None or part is None else drift + part
@@ -215,6 +224,8 @@ def _stream(ctx: click.Context, edge: Any, name: str, source: StreamInput, outpu
             gap_starts.append(batch.starts[index] if batch.starts is not None else index)
             windows += len(batch)
             result.add(payload)
+            if summary is not None:
+                summary.add(payload)
         gaps, info = source.gaps, {}
         starts = np.concatenate(gap_starts) if batch.starts is not None else None
         if drift is not None:
@@ -228,6 +239,8 @@ def _stream(ctx: click.Context, edge: Any, name: str, source: StreamInput, outpu
         elif with_missing:
             result.drop("missing")
         result.close(info, {"start_time": source.time_dtype, "end_time": source.time_dtype})
+    if summary is not None:
+        summary.show(output)
 
 
 def runtime_command(name: str, doc: str):
@@ -242,7 +255,9 @@ def runtime_command(name: str, doc: str):
     @click.argument("model", type=click.Path(path_type=Path))
     @click.argument("data", type=click.Path(path_type=Path))
     @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-                  help="Write .csv, .json, .npz, or .npy for one array (default: JSON on stdout). The input is read in "
+                  help="Write .csv, .json, .npz, or .npy for one array (default: " + (
+                      "a summary on stdout, every window with --json" if name == "score" else "JSON on stdout") +
+                       "). The input is read in "
                        "chunks; a .csv is written row by row, so its memory stays bounded for any input length; "
                        "JSON, .npz and .npy hold every window's result until written.")
     @click.option("--stride", type=click.IntRange(1, 10**9), default=None,
@@ -258,13 +273,17 @@ def runtime_command(name: str, doc: str):
     @provider_option
     @variant_option
     @self_check_option
+    @trusted_key_option
+    @quiet_option
     @json_option
     @click.pass_context
+    @shows_progress
     def command(ctx: click.Context, model: Path, data: Path, output: Path | None, stride: int | None,
                 columns: str | None, threshold: float | None, missing: str | None, max_gap: int | None,
-                header_row: bool | None, force: bool, provider: str, variant: str, no_self_check: bool, as_json: bool,
+                header_row: bool | None, force: bool, provider: str, variant: str, no_self_check: bool,
+                trusted_key: Path | None, as_json: bool,
                 time_column: str | None = None) -> None:
-        edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check)
+        edge = runtime.load(model, provider, variant=variant, self_check=not no_self_check, trusted_key=trusted_key)
         check_output(output, force, single_array=name != "score", reads=(model, data))
         read = ReadOptions(stride, split_columns(columns), time_column, missing or SCORE_MISSING,
                            MAX_INTERPOLATED_GAP if max_gap is None else max_gap, header_row is not False)
@@ -274,7 +293,7 @@ def runtime_command(name: str, doc: str):
 
 runtime_command("encode", "Encode windows to embeddings with the encoder.\n\n\b\nExample:\n  edgeae encode exported series.csv -o embeddings.npy")
 runtime_command("reconstruct", "Reconstruct windows (raw units) with the autoencoder.\n\n\b\nExample:\n  edgeae reconstruct exported windows.npy -o recon.npy")
-runtime_command("score", "Per-window reconstruction error, each feature's part of it (score_<feature>), with anomaly flags where a threshold is known; warns (stderr, and \"drift\" in JSON) when more than 1% of a feature's values lie outside the training range.\n\n\b\nExample:\n  edgeae score exported readings.csv -o scores.csv\n  edgeae score runs/sensors readings.csv --time-column timestamp -o scores.csv")
+runtime_command("score", "Per-window reconstruction error, each feature's part of it (score_<feature>), with anomaly flags where a threshold is known; warns (stderr, and \"drift\" in JSON) when more than 1% of a feature's values lie outside the training range. Prints a summary (windows, flagged, the highest-scoring windows and the features behind them); the full table goes to --output, or to stdout as JSON with --json.\n\n\b\nExample:\n  edgeae score exported readings.csv -o scores.csv\n  edgeae score exported readings.csv --json | jq '.score'\n  edgeae score runs/sensors readings.csv --time-column timestamp -o scores.csv")
 
 
 @main.command()
@@ -288,10 +307,12 @@ runtime_command("score", "Per-window reconstruction error, each feature's part o
 @click.option("--precision", type=float, default=0.9, show_default=True,
               help="Also suggest the lowest threshold whose precision reaches this, in (0, 1].")
 @provider_option
+@trusted_key_option
 @json_option
 @click.pass_context
 def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: str, columns: str | None,
-             stride: int | None, threshold: float | None, precision: float, provider: str, as_json: bool) -> None:
+             stride: int | None, threshold: float | None, precision: float, provider: str, trusted_key: Path | None,
+             as_json: bool) -> None:
     """Detection quality on a labelled series: ROC AUC, average precision, precision/recall/F1 at the
     threshold; VUS-PR and VUS-ROC, event-wise F1 and affiliation F1 as the benchmarks report them
     (TSB-AD, Orion); point-adjusted F1, marked optimistic; and thresholds suggested by the labels
@@ -306,7 +327,7 @@ def evaluate(ctx: click.Context, export_dir: Path, data: Path, labels_column: st
       edgeae evaluate exported test.csv --columns temp,pressure --labels is_anomaly
     """
     check_precision(precision)  # before anything is loaded
-    model = runtime.load(export_dir, provider)
+    model = runtime.load(export_dir, provider, trusted_key=trusted_key)
     series, labels = load_labelled(data, model.features, split_columns(columns), trained_columns(model.manifest, data),
                                    labels_column)
     detection, _ = run_evaluation(model, series.values, labels, stride, threshold, precision)
@@ -352,9 +373,13 @@ def report(ctx: click.Context, export_dir: Path, data: Path | None, columns: str
 @click.option("--runtime", "runtimes", multiple=True, metavar="RUNTIME",
               help="A runtime to measure (repeatable): onnxruntime, onnxruntime-web, tract, openvino, onnx-reference "
                    "[default: all].")
+@sign_key_option
+@quiet_option
 @json_option
 @click.pass_context
-def targets(ctx: click.Context, export_dir: Path, runtimes: tuple[str, ...], as_json: bool) -> None:
+@shows_progress
+def targets(ctx: click.Context, export_dir: Path, runtimes: tuple[str, ...], sign_key: Path | None,
+            as_json: bool) -> None:
     """Run every published file on each runtime against Keras on the golden windows; record the table in targets.json.
 
     'ok': within the file's tolerance; 'wrong': it runs and misses (e.g. a relu LSTM computed
@@ -366,7 +391,7 @@ def targets(ctx: click.Context, export_dir: Path, runtimes: tuple[str, ...], as_
       edgeae targets exported
       edgeae targets exported --runtime tract --runtime onnx-reference
     """
-    measured = publish.measure_targets(export_dir, runtimes or None)
+    measured = publish.measure_targets(export_dir, runtimes or None, sign_key)
     on = measured["measured_on"]
     emit(ctx, measured, [f"measured on {on['cpu']} ({', '.join(on['extensions']) or 'no vector extensions listed'}), "
                          f"onnxruntime {on['onnxruntime']}:", *runtime_lines(measured["files"]),

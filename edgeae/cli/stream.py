@@ -1,7 +1,7 @@
 """A data file's windows for encode, reconstruct and score, a chunk at a time (data/chunks.py).
 
-A .csv is read in chunks, so memory stays bounded whatever its length; an .npy is loaded whole
-(8 bytes a value, as np.load holds it) and only windowed in chunks. The windows are regrouped
+A .csv is read in chunks, so memory stays bounded whatever its length; an .npy is memory-mapped and
+read a chunk at a time too (whole only where its columns are picked out of order or its gaps filled). The windows are regrouped
 into the batches one whole-file call would run, so every window gets the same numbers, bit for
 bit: the runtime picks a graph by batch size, and graphs differ by a float32 step.
 """
@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from edgeae.cli.progress import estimated_rows
 from edgeae.contract.errors import DataError, UsageError
 from edgeae.data.chunks import (
     CsvSeries, GapFiller, Rows, WindowBatch, count_missing, ready_windows, series_chunks, windows_of,
@@ -49,7 +50,7 @@ class StreamInput:
             self.columns, self.source = self.csv.columns, self.csv.source
         else:
             self.series = load_features(self.path, edge.features, read.columns, trained, exclude, missing_ok=True,
-                                        header_row=read.header_row)
+                                        header_row=read.header_row, mapped=True)
             self.columns, self.source = self.series.columns, self.series.source
         self.counts: dict[str, int] | None = None if self.series is None else self.series.missing
         self.interpolated = 0
@@ -88,6 +89,15 @@ class StreamInput:
                               self.source, filler)
         self.interpolated = filler.filled if filler is not None else 0
         self._check_times()
+
+    def estimate(self) -> int | None:
+        """About how many windows `batches` yields, for a progress bar: exact for an .npy, from the
+        file's size and its first lines for a CSV (None where that says nothing)."""
+        stride = self.edge.stride if self.read.stride is None else self.read.stride
+        if self.series is not None and self.series.is_windows:
+            return len(self.series.values)
+        rows = len(self.series.values) if self.series is not None else estimated_rows(self.path, self.read.header_row)
+        return None if rows is None else max(0, (rows - self.edge.timesteps) // stride + 1)
 
     def _counted(self, chunks: Iterator[Rows]) -> Iterator[Rows]:
         """The chunks, their missing values added up on the way (before any is filled)."""

@@ -4,6 +4,8 @@ The exit-code table lives here and only here, so the CLI, the docs and the tests
 """
 from __future__ import annotations
 
+import warnings
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -70,6 +72,10 @@ class IntegrityError(EdgeAEError):
     exit_code = EXIT_INTEGRITY
 
 
+class SignatureError(IntegrityError):
+    """A trusted key is set and the export is unsigned, or its signature does not match its files or that key."""
+
+
 class ProviderError(EdgeAEError, RuntimeError):
     """An execution provider was requested that this onnxruntime cannot give."""
 
@@ -88,6 +94,16 @@ class ParityError(EdgeAEError):
 
 class MissingDependencyError(EdgeAEError, ImportError):
     exit_code = EXIT_DEPENDENCY
+
+
+class EdgeAENotice(UserWarning):
+    """Something a user should know that is not an error (a stale folder removed, an unsigned export):
+    the CLI prints it as one `note:` line on stderr; a program sees a warning it can filter."""
+
+
+def notice(message: str) -> None:
+    """Tell the user once (per message and place, Python's default warning filter) on stderr."""
+    warnings.warn(message, EdgeAENotice, stacklevel=3)
 
 
 def install_hint(extra: str) -> str:

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from edgeae.contract.errors import ExportExistsError, IntegrityError, LockedError, UsageError
-from edgeae.contract.layout import MANIFEST_FILE
+from edgeae.contract.errors import ExportExistsError, IntegrityError, LockedError, UsageError, notice
+from edgeae.contract.layout import MANIFEST_FILE, SIGNATURE_FILE
 
 MANIFEST_FORMAT = "edgeae-manifest"
 MANIFEST_VERSION = 1
@@ -222,12 +222,26 @@ def read_json(path: Path, what: str) -> dict:
 # ---------------------------------------------------------------- locks and staging
 
 
+# Locks this process holds, by lock file and thread: a command takes its target's lock before any work
+# (training, loading), and the publishing step inside it takes the same lock again without a conflict.
+_HELD: dict[tuple[str, int], int] = {}
+
+
 @contextlib.contextmanager
 def folder_lock(target: Path) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on `target` (a lock file beside it)."""
+    """Hold an exclusive, non-blocking lock on `target` (a lock file beside it); the thread holding it
+    may take it again (nested), any other process or thread is refused at once (LockedError)."""
     import fcntl
 
-    lock_path = target.parent / f".{_short_name(target.name)}.lock"
+    lock_path = Path(target).absolute().parent / f".{_short_name(Path(target).name)}.lock"
+    key = (str(lock_path), threading.get_ident())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
     while True:
         fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
@@ -247,12 +261,29 @@ def folder_lock(target: Path) -> Iterator[None]:
         if same:
             break
         os.close(fd)
+    _HELD[key] = 1
     try:
+        remove_stale(Path(target).absolute())
         yield
     finally:
+        del _HELD[key]
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
         os.close(fd)
+
+
+def remove_stale(target: Path) -> None:
+    """Remove the staging and swap folders a killed run left beside `target`, saying so; called holding
+    its lock, so no live run owns them (every writer of `target` holds that lock while they exist)."""
+    ours = re.compile(re.escape(f".{_short_name(target.name)}.") + r"(staging|old)-[a-z0-9_]{8}")  # mkdtemp's
+    stale = []
+    with contextlib.suppress(OSError), os.scandir(target.parent) as entries:
+        stale = sorted(e.name for e in entries if ours.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
+    for name in stale:
+        shutil.rmtree(target.parent / name, ignore_errors=True)
+    if stale:
+        notice(f"removed {len(stale)} unfinished folder(s) beside {target.name} left by a run that was killed: "
+               + ", ".join(stale))
 
 
 class ReplaceError(UsageError, OSError):
@@ -327,7 +358,7 @@ def _check_not_symlink(target: Path) -> None:
 def _unlisted(folder: Path, manifest: dict) -> list[str]:
     """Entries of an edgeae folder that its manifest does not list: the user's, not ours to delete."""
     files = manifest.get("files")
-    listed = {MANIFEST_FILE, *(files if isinstance(files, dict) else ())}
+    listed = {MANIFEST_FILE, SIGNATURE_FILE, *(files if isinstance(files, dict) else ())}
     with os.scandir(folder) as entries:
         return sorted(e.name for e in entries if e.name not in listed or e.is_dir(follow_symlinks=False))
 
@@ -375,14 +406,23 @@ def check_target(target: Path, force: bool = False) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"cannot write to {parent}: {exc.strerror}") from None
-    with folder_lock(target) if target.parent.exists() else contextlib.nullcontext():
+    with target_lock(target):
         pass
+
+
+def target_lock(target: Path) -> contextlib.AbstractContextManager[None]:
+    """folder_lock for a target whose folder may not exist yet (then there is nothing to lock beside it):
+    a command takes it before its first step, so a second run on the same target is refused at once."""
+    target = Path(target).absolute()
+    return folder_lock(target) if target.parent.is_dir() else contextlib.nullcontext()
 
 
 # Set by the CLI's SIGINT/SIGTERM handler. Its KeyboardInterrupt can be swallowed where it lands (inside a
 # TensorFlow weakref callback it is only printed as "Exception ignored"), so the swap checks the latch too:
 # once an interrupt came, nothing is published, whatever the interpreter was running when it came.
 INTERRUPTED = threading.Event()
+# The folders this process published: an interrupt after the swap does not undo them (the CLI exits 0).
+PUBLISHED: list[Path] = []
 
 
 def refuse_if_interrupted() -> None:
@@ -422,6 +462,29 @@ def staged_folder(target: Path, force: bool = False) -> Iterator[Path]:
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
+        PUBLISHED.append(target)
+
+
+@contextlib.contextmanager
+def staged_copy(folder: Path) -> Iterator[Path]:
+    """A staging copy of the published `folder` (hard links: its files are only ever replaced, never written
+    in place), swapped in whole if the block succeeds: an amendment is as atomic as the export itself."""
+    folder = Path(folder).absolute()
+    with folder_lock(folder):
+        stage = Path(tempfile.mkdtemp(prefix=f".{_short_name(folder.name)}.staging-", dir=folder.parent))
+        try:
+            try:
+                shutil.copytree(folder, stage, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
+            except OSError:  # a file system without hard links: start again with copies (never over a link)
+                shutil.rmtree(stage)
+                shutil.copytree(folder, stage, symlinks=True)
+            yield stage
+            refuse_if_interrupted()
+            publish_folder(stage, folder)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        PUBLISHED.append(folder)
 
 
 # ---------------------------------------------------------------- manifest

@@ -19,6 +19,7 @@ GOLDEN_DATA_FILE = "golden.bin"
 REFERENCE_FILE = "parity_reference.npz"  # the golden vectors again, for numpy
 TARGETS_FILE = "targets.json"
 ORT_CONFIG_FILE = "ort_operators.config"
+SIGNATURE_FILE = "model.sig"  # an export's signature (model-signing's bundle over every other file); never listed
 PLOT_FILES = {
     "reconstruction": "reconstruction.png",
     "scores": "scores.png",

@@ -15,12 +15,13 @@ from typing import Any
 
 from edgeae.contract.errors import IntegrityError, UsageError
 from edgeae.contract.files import (
-    MANIFEST_FORMAT, MANIFEST_VERSION, atomic_write_json, finite_json, folder_lock, member_path, read_json,
+    MANIFEST_FORMAT, MANIFEST_VERSION, atomic_write_json, finite_json, folder_lock, member_path, read_json, staged_copy,
     sha256_file,
 )
 from edgeae.contract.layout import MANIFEST_FILE
 from edgeae.contract.records import FileEntry, Manifest
 from edgeae.contract.schema import check_manifest_schema
+from edgeae.contract.signing import after_reseal, check_sign_key
 
 
 def file_entry(path: Path, role: str) -> dict:
@@ -139,15 +140,25 @@ def set_routes(body: dict[str, Any], role: str, variant: str, routes: list[dict[
 
 
 @contextlib.contextmanager
-def amend_export(folder: Path, write: bool = True) -> Iterator[Amendment]:
+def amend_export(folder: Path, write: bool = True, sign_key: Any = None) -> Iterator[Amendment]:
     """A published export to add to: locked, every file checked, its records given; the caller writes each
     new file atomically into the folder and lists it on the amendment, and the manifest is resealed last.
-    With `write` False the export is only read (checked, unlocked, left as it is)."""
+    With `write` False the export is only read (checked, unlocked, left as it is).
+
+    Written, the amendment's `folder` is a staging copy of the export (files.staged_copy): new files go
+    there and it replaces the export whole, manifest resealed, so a crash or Ctrl-C halfway through never
+    leaves a file its manifest does not vouch for. A signed export is signed again with `sign_key` (a PEM
+    private key file), or else loses the signature the new manifest breaks, with a notice (contract/signing.py)."""
+    check_sign_key(sign_key if write else None)
     with folder_lock(folder) if write else contextlib.nullcontext():
         manifest = read_export_manifest(folder)
         verify_files(folder, manifest)
-        amendment = Amendment(folder, manifest)
-        yield amendment
-        if write:
-            write_manifest(folder, amendment.body)
+        if not write:
+            yield Amendment(folder, manifest)
+            return
+        with staged_copy(folder) as stage:
+            amendment = Amendment(stage, manifest)
+            yield amendment
+            write_manifest(stage, amendment.body)
+            after_reseal(stage, sign_key, shown=folder)
 

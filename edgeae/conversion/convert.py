@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from edgeae.contract.versions import __version__
 from edgeae.data.windows import Preprocessing
+from edgeae.contract import progress
 from edgeae.contract.errors import EdgeAEError, UsageError, require
 from edgeae.contract.parity import fp32_tolerance
 from edgeae.trainer.model import import_keras
@@ -187,7 +188,8 @@ def export_model(keras_model, role: str, pre: Preprocessing, timesteps: int, fea
         raise UsageError(f"role must be one of {', '.join(OUTPUT_NAMES)}, got {role!r}")
     if pre.features != features:
         raise UsageError(f"preprocessing has {pre.features} features, the model {features}")
-    proto = add_preprocessing(convert(keras_model, timesteps, features, opset), pre, role)
+    with progress.stage(f"convert {role} (tf2onnx)"):
+        proto = add_preprocessing(convert(keras_model, timesteps, features, opset), pre, role)
     proto.producer_name = "edgeae"
     proto.producer_version = __version__
     proto.doc_string = (

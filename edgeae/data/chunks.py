@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from edgeae.contract.errors import DataError, ShapeError, UsageError
-from edgeae.data.gaps import fill_gaps
+from edgeae.data.gaps import fill_gaps, row_chunks
 from edgeae.data.series import (
     Series, csv_columns, csv_header, csv_lines, match_trained, parse_rows, time_column_index,
 )
@@ -174,9 +174,9 @@ class CsvSeries:
 
 
 def series_chunks(series: Series) -> Iterator[Rows]:
-    """A series already in memory (an .npy file) as chunks, for the same path as a CSV's."""
-    for start in range(0, len(series.values), CHUNK_ROWS):
-        yield Rows(start, series.values[start:start + CHUNK_ROWS])
+    """An .npy file's series (in memory, or memory-mapped in its own dtype) as float64 chunks, as a CSV's."""
+    for start, part in zip(range(0, len(series.values), CHUNK_ROWS), row_chunks(series.values, CHUNK_ROWS)):
+        yield Rows(start, np.array(part, np.float64))  # a copy: the mapped pages are given back as it goes
 
 
 def count_missing(chunks: Iterator[Rows], columns: tuple[str, ...]) -> dict[str, int]:
@@ -303,5 +303,5 @@ def ready_windows(series: Series, stride: int | None) -> Iterator[WindowBatch]:
     """A file of ready-made windows in batches of CHUNK_ROWS windows; a stride for them is refused."""
     if stride is not None:
         raise UsageError(f"{series.source}: a stride applies to a series; this file holds ready-made windows")
-    for first in range(0, len(series.values), CHUNK_ROWS):
-        yield WindowBatch(series.values[first:first + CHUNK_ROWS], None)
+    for part in row_chunks(series.values, CHUNK_ROWS):
+        yield WindowBatch(np.array(part, np.float64), None)

@@ -12,6 +12,9 @@ does is the caller's policy, one of MISSING_POLICIES:
 """
 from __future__ import annotations
 
+import mmap
+from collections.abc import Iterator
+
 import numpy as np
 
 from edgeae.contract.errors import DataError, UsageError
@@ -40,19 +43,32 @@ def check_policy(missing: str, max_gap: int) -> None:
         raise UsageError(f"max gap must be a whole number of rows, at least 0, got {max_gap!r}")
 
 
+def row_chunks(values: np.ndarray, rows: int = 1 << 16) -> Iterator[np.ndarray]:
+    """`values` a block of rows at a time (first axis). A memory-mapped file (an .npy a command streams)
+    gives back the pages read after each block: the kernel would otherwise count every page ever
+    touched in this process's memory until it needs them, while each is read again from the file if used."""
+    for first in range(0, len(values), rows):
+        yield values[first:first + rows]
+        drop_pages(values)
+
+
+def drop_pages(values: np.ndarray) -> None:
+    """Release the resident pages of a read-only memory-mapped array (nothing for any other array)."""
+    mapping = getattr(values, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
 def missing_counts(values: np.ndarray, columns: tuple[str, ...]) -> dict[str, int]:
     """The number of missing values (NaN) of each column that has any, in column order."""
-    counts = np.isnan(values).reshape(-1, values.shape[-1]).sum(axis=0)
+    counts = sum((np.isnan(part).reshape(-1, values.shape[-1]).sum(axis=0) for part in row_chunks(values)),
+                 np.zeros(values.shape[-1], np.int64))
     return {name: int(count) for name, count in zip(columns, counts) if count}
 
 
-def missing_text(values: np.ndarray, columns: tuple[str, ...], source: str) -> str:
-    """'co2.csv: 59 missing values (co2: 59)': the total and every column's count, capped at 10 columns."""
-    return counts_text(missing_counts(values, columns), source)
-
-
 def counts_text(counts: dict[str, int], source: str) -> str:
-    """missing_text from counts already made (a chunked read adds them up chunk by chunk)."""
+    """'co2.csv: 59 missing values (co2: 59)': the total and every column's count (missing_counts', or a chunked
+    read's added up chunk by chunk), capped at 10 columns."""
     total = sum(counts.values())
     parts = [f"{name}: {count}" for name, count in counts.items()]
     shown = ", ".join(parts[:10]) + (f", ... ({len(parts)} columns in all)" if len(parts) > 10 else "")
@@ -61,8 +77,9 @@ def counts_text(counts: dict[str, int], source: str) -> str:
 
 def refuse_missing(values: np.ndarray, columns: tuple[str, ...], source: str, hint: str = HINT) -> None:
     """One DataError naming the count of every column with a missing value; nothing when there is none."""
-    if np.isnan(values).any():
-        raise DataError(f"{missing_text(values, columns, source)}; {hint}")
+    counts = missing_counts(values, columns)
+    if counts:
+        raise DataError(f"{counts_text(counts, source)}; {hint}")
 
 
 def fill_gaps(values: np.ndarray, max_gap: int) -> tuple[np.ndarray, int]:

@@ -19,9 +19,10 @@ import numpy as np
 
 from edgeae.contract.errors import DataError, ShapeError, UsageError
 from edgeae.contract.records import Manifest
-from edgeae.data.gaps import check_policy, fill_gaps, missing_counts, refuse_missing
+from edgeae.data.gaps import check_policy, fill_gaps, missing_counts, refuse_missing, row_chunks
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+CHECK_ROWS = 1 << 16  # rows of an .npy checked at a time
 
 
 # ---------------------------------------------------------------- loading
@@ -284,7 +285,7 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def _npy_header(path: Path, source: str) -> tuple[int, ...]:
+def _npy_header(path: Path, source: str, mapped: bool = False) -> tuple[int, ...]:
     """The shape an .npy header claims, checked (with its dtype) against the bytes the file holds.
 
     np.load allocates what the header claims before it reads a byte, so a 500-byte file
@@ -314,46 +315,45 @@ def _npy_header(path: Path, source: str) -> tuple[int, ...]:
         raise DataError(f"{source}: the header claims shape {shape}, {count} values ({need} bytes), "
                         f"but the file holds {only}{have} bytes of data (truncated or corrupt)")
     need += 0 if dtype == np.float64 else count * 8  # the float64 copy load_npy makes of any other dtype
-    memory = _memory_bytes()
+    memory = None if mapped else _memory_bytes()
     if memory is not None and need > memory:
         raise DataError(f"{source}: {count} values are too many to load: they need {need / 1e9:.1f} GB, "
                         f"this machine has {memory / 1e9:.1f} GB")
     return shape
 
 
-def load_npy(path: Path) -> Series:
+def load_npy(path: Path, mapped: bool = False) -> Series:
     """Read an NPY array: (time,) or (time, features) series, or (n, timesteps, features) windows;
-    NaN is a missing value."""
+    NaN is a missing value. `mapped`: memory-map the file instead (a command that reads it in chunks
+    holds only those); its values keep the file's dtype, each chunk made float64 where it is read."""
     source = Path(path).name
     if Path(path).stat().st_size == 0:
         raise DataError(f"{source}: the file is empty")
-    shape = _npy_header(Path(path), source)
+    shape = _npy_header(Path(path), source, mapped)
     try:
-        array = np.load(path, allow_pickle=False).astype(np.float64, copy=False)
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mapped else None)
+        array = array if mapped else array.astype(np.float64, copy=False)
     except MemoryError:
         raise DataError(f"{source}: shape {shape} is too large to load into this machine's free memory") from None
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{source}: not a readable .npy array: {exc}") from None
-    if array.ndim == 1:
-        array = array[:, None]
-    bad = np.argwhere(np.isinf(array))  # NaN is a missing value
-    if len(bad):
-        index = tuple(int(i) for i in bad[0])
-        raise DataError(f"{source}: {_where(index)} (0-based): {array[index]} is not a finite number")
-    big = np.argwhere(np.abs(array) > FLOAT32_MAX)
-    if len(big):
-        index = tuple(int(i) for i in big[0])
-        raise DataError(f"{source}: {_where(index)} (0-based): {array[index]} does not fit in float32")
-    columns = tuple(str(i) for i in range(array.shape[-1]))
-    return Series(array, columns, source)
+    array = array[:, None] if array.ndim == 1 else array
+    for first, block in zip(range(0, len(array), CHECK_ROWS), row_chunks(array, CHECK_ROWS)):  # bounded temporaries
+        part = np.asarray(block, np.float64)
+        for bad, what in ((np.isinf(part), "is not a finite number"), (np.abs(part) > FLOAT32_MAX, "does not fit in "
+                                                                       "float32")):
+            if bad.any():  # NaN is a missing value
+                index = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise DataError(f"{source}: {_where((index[0] + first, *index[1:]))} (0-based): {part[index]} {what}")
+    return Series(array, tuple(str(i) for i in range(array.shape[-1])), source)
 
 
 def load_series(path: Path, columns: tuple[str, ...] | None = None, missing_ok: bool = False,
-                header_row: bool = True, time_column: str | None = None) -> Series:
+                header_row: bool = True, time_column: str | None = None, mapped: bool = False) -> Series:
     """A CSV or NPY file's series or windows, the `columns` chosen (never `time_column`, a CSV's time
     axis). A missing value is refused (naming every column's count) unless `missing_ok`: then it
     is NaN, for the caller's policy."""
-    series = _load_series(Path(path), columns, header_row, time_column)
+    series = _load_series(Path(path), columns, header_row, time_column, mapped)
     if not missing_ok:
         refuse_missing(series.values, series.columns, series.source,
                        "fill the gaps first (train, score, encode and reconstruct take --missing)")
@@ -369,8 +369,8 @@ def check_data_file(path: Path) -> None:
 
 
 def _load_series(path: Path, columns: tuple[str, ...] | None, header_row: bool,
-                 time_column: str | None = None) -> Series:
-    """load_series without the check for missing values."""
+                 time_column: str | None = None, mapped: bool = False) -> Series:
+    """load_series without the check for missing values; `mapped` as for load_npy."""
     check_data_file(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -380,8 +380,8 @@ def _load_series(path: Path, columns: tuple[str, ...] | None, header_row: bool,
     if time_column is not None:
         raise UsageError(f"{path.name}: --time-column applies to a CSV file (an .npy holds its features only)")
     if suffix == ".npy":
-        series = load_npy(path)
-        if not columns:
+        series = load_npy(path, mapped)
+        if not columns or list(columns) == [str(i) for i in range(series.values.shape[-1])]:
             return series
         picked = [int(c) for c in columns if c.isascii() and c.isdigit()]  # not '²': a digit int() refuses
         if len(picked) != len(columns) or any(c >= series.values.shape[-1] for c in picked):
@@ -412,7 +412,7 @@ def with_missing(series: Series, missing: str, max_gap: int) -> tuple[Series, in
     check_policy(missing, max_gap)
     if missing == "refuse":
         refuse_missing(series.values, series.columns, series.source)
-    if missing != "interpolate" or series.is_windows or not np.isnan(series.values).any():
+    if missing != "interpolate" or series.is_windows or not series.missing:
         return series, 0
     filled, count = fill_gaps(series.values, max_gap)
     return replace(series, values=filled), count
@@ -420,17 +420,17 @@ def with_missing(series: Series, missing: str, max_gap: int) -> tuple[Series, in
 
 def load_features(path: Path, features: int, columns: tuple[str, ...] | None = None,
                   trained: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (),
-                  missing_ok: bool = False, header_row: bool = True) -> Series:
+                  missing_ok: bool = False, header_row: bool = True, mapped: bool = False) -> Series:
     """A model's input columns from a data file, checked against the feature count it expects.
 
     The columns asked for win, put in the model's order where they are its `trained` names in
     another order (`match_trained`); else the columns the model was trained on (`trained_columns`,
     found by name wherever the header has them); else every column but `exclude` (a label or time
-    column is never a feature). `missing_ok` and `header_row` as for load_series.
+    column is never a feature). `missing_ok`, `header_row` and `mapped` as for load_series.
     """
     path = Path(path)
     chosen = columns or trained
-    series = match_trained(load_series(path, chosen, missing_ok, header_row), trained)
+    series = match_trained(load_series(path, chosen, missing_ok, header_row, mapped=mapped), trained)
     if not chosen and exclude and set(exclude) & set(series.columns):
         series = load_series(path, tuple(c for c in series.columns if c not in exclude), missing_ok, header_row)
     if series.values.shape[-1] != features:

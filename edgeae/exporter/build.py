@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeae.contract import progress
 from edgeae.contract.errors import ParityError, require
 from edgeae.contract.files import atomic_write_json
 from edgeae.contract.layout import PARITY_REPORT_FILE, REPORT_ROLE
@@ -73,8 +74,9 @@ def build_export(stage: Path, training: Training, plains: dict[str, Any], inputs
         paths[role] = stage / variant_file(role, DEFAULT_VARIANT)
         onnx.save(clean, str(paths[role]))
         models[role] = model_entry(clean, paths[role].name)
-    references = keras_references(training, inputs)
-    report = verify_models(training.preprocessing, references, paths, inputs, providers, fp32)
+    with progress.stage("verify (parity against Keras)"):
+        references = keras_references(training, inputs)
+        report = verify_models(training.preprocessing, references, paths, inputs, providers, fp32)
     if not report:
         raise ParityError(f"{failure}, nothing published: " + "; ".join(report.failures())
                           + "; if that is float32 rounding, allow more with --rtol (a share of the output's range) "

@@ -28,7 +28,8 @@ class ExportOptions:
     `measure_routing` False keeps the built-in routing rule instead of timing the graphs here.
     `min_calibration_windows` is the fewest windows a threshold is calibrated on; `accept_unlearned`
     publishes a trained run that learned nothing (trainer.training.check_learned), recorded as such.
-    optimize reads providers, variants, tolerances, atol, rtol and measure_routing only.
+    `sign_key` (a PEM EC private key file) signs the folder (contract/signing.py) before it is published.
+    optimize reads providers, variants, tolerances, atol, rtol, measure_routing and sign_key only.
     """
 
     opset: int | None = None  # None: convert.DEFAULT_OPSET
@@ -44,6 +45,7 @@ class ExportOptions:
     measure_routing: bool = True
     min_calibration_windows: int = MIN_CALIBRATION_WINDOWS  # fewer: the threshold is refused (detection/threshold.py)
     accept_unlearned: bool = False  # publish a run whose loss shows it learned nothing (the user said so)
+    sign_key: Path | None = None  # a PEM EC private key: the export is signed in staging, before it is published
 
 
 OPTIMIZE_DEFAULTS = ExportOptions(atol=None, rtol=None)  # optimize's default: the fp32 bounds the export recorded

@@ -25,15 +25,16 @@ from edgeae.contract.versions import __version__
 from edgeae.contract import versions
 from edgeae.contract.checks import check_flag, check_quantile
 from edgeae.contract.errors import EdgeAEError, LearningError, UsageError, require
-from edgeae.contract.files import as_path, atomic_write_json, check_target, read_json, staged_folder
+from edgeae.contract.files import as_path, atomic_write_json, check_target, read_json, staged_folder, target_lock
 from edgeae.contract.golden import read_golden
 from edgeae.contract.layout import (
-    DATA_ROLE, KERAS_FILE, KERAS_ROLE, PARITY_INPUTS_FILE, REPORT_ROLE, ROLES, TARGETS_FILE,
+    DATA_ROLE, KERAS_FILE, KERAS_ROLE, PARITY_INPUTS_FILE, REPORT_ROLE, ROLES, SIGNATURE_FILE, TARGETS_FILE,
 )
 from edgeae.contract.manifest import (
     amend_export, file_entry, read_export_manifest, read_manifest, set_routes, verify_files, write_manifest,
 )
 from edgeae.contract.records import Manifest, thawed
+from edgeae.contract.signing import after_reseal, check_sign_key
 from edgeae.contract.parity import ParityReport, check_tolerance, fp32_tolerance, recorded_tolerance
 from edgeae.contract.variants import (
     BUILT_FILES, BY_NAME, DEFAULT_BUILT, DEFAULT_VARIANT, VARIANTS, check_tolerances, check_variant_names, variant_file,
@@ -90,47 +91,50 @@ def export(training: Training, out: Path, options: ExportOptions = ExportOptions
     check_flag(options.measure_routing, "measure_routing")
     out = as_path(out, "out")
     check_export_target(out, training.folder, options.force)
-    opset = DEFAULT_OPSET if options.opset is None else options.opset
-    fp32 = fp32_tolerance(options.atol, options.rtol)
-    check_variant_names(options.variants)
-    check_tolerances(options.tolerances)
-    config, pre = training.config, training.preprocessing
-    check_flag(options.accept_unlearned, "accept_unlearned")
-    learned = None if is_foreign(training) else check_learned(training, accept=options.accept_unlearned)
-    summary = training.summary()
-    provider_list = verification_providers(options.providers)
-    detector = calibrated_detector(training, options)
-    foreign = is_foreign(training)
-    with staged_folder(Path(out), options.force) as stage:
-        plains = {role: export_model(keras_model, role, pre, config.timesteps, config.features, opset,
-                                     training={k: summary[k] for k in ("parameters", "final_loss", "epochs_run")},
-                                     own=not foreign)
-                  for role, keras_model in (("autoencoder", training.autoencoder), ("encoder", training.encoder))}
-        inputs = parity_inputs(training.train_windows, parity_bounds(training), config.seed)
-        built = build_export(stage, training, plains, inputs, provider_list, fp32, options, "parity failed")
-        save(training.autoencoder, stage / KERAS_FILE)
-        np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
-                 validation=training.validation_windows.astype(np.float32))
-        sections = manifest_sections(built, fp32, provider_list, detector, stage, training)
-        sections["files"].update({KERAS_FILE: file_entry(stage / KERAS_FILE, KERAS_ROLE),
-                                  PARITY_INPUTS_FILE: file_entry(stage / PARITY_INPUTS_FILE, DATA_ROLE)})
-        manifest = {
-            "kind": "export",
-            "edgeae_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "opset": opset,
-            "window": {"timesteps": config.timesteps, "features": config.features, "stride": config.stride or 1},
-            "preprocessing": pre.to_dict(),
-            "training": {**summary, "history": training.history,
-                         **({} if learned is None else {"learned": learned})},
-            "versions": versions.environment(),
-            **({"scores": NO_THRESHOLD} if detector is None else {}),
-            **sections,
-        }
-        if options.measure_routing:
-            route_measured(stage, Manifest.of(manifest), partial(set_routes, manifest))
-        write_manifest(stage, manifest)
-    return Path(out), built.report
+    check_sign_key(options.sign_key)
+    with target_lock(out):  # before any work: a second export to `out` is refused at once
+        opset = DEFAULT_OPSET if options.opset is None else options.opset
+        fp32 = fp32_tolerance(options.atol, options.rtol)
+        check_variant_names(options.variants)
+        check_tolerances(options.tolerances)
+        config, pre = training.config, training.preprocessing
+        check_flag(options.accept_unlearned, "accept_unlearned")
+        learned = None if is_foreign(training) else check_learned(training, accept=options.accept_unlearned)
+        summary = training.summary()
+        provider_list = verification_providers(options.providers)
+        detector = calibrated_detector(training, options)
+        foreign = is_foreign(training)
+        with staged_folder(Path(out), options.force) as stage:
+            plains = {role: export_model(keras_model, role, pre, config.timesteps, config.features, opset,
+                                         training={k: summary[k] for k in ("parameters", "final_loss", "epochs_run")},
+                                         own=not foreign)
+                      for role, keras_model in (("autoencoder", training.autoencoder), ("encoder", training.encoder))}
+            inputs = parity_inputs(training.train_windows, parity_bounds(training), config.seed)
+            built = build_export(stage, training, plains, inputs, provider_list, fp32, options, "parity failed")
+            save(training.autoencoder, stage / KERAS_FILE)
+            np.savez(stage / PARITY_INPUTS_FILE, training=training.train_windows.astype(np.float32),
+                     validation=training.validation_windows.astype(np.float32))
+            sections = manifest_sections(built, fp32, provider_list, detector, stage, training)
+            sections["files"].update({KERAS_FILE: file_entry(stage / KERAS_FILE, KERAS_ROLE),
+                                      PARITY_INPUTS_FILE: file_entry(stage / PARITY_INPUTS_FILE, DATA_ROLE)})
+            manifest = {
+                "kind": "export",
+                "edgeae_version": __version__,
+                "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+                "opset": opset,
+                "window": {"timesteps": config.timesteps, "features": config.features, "stride": config.stride or 1},
+                "preprocessing": pre.to_dict(),
+                "training": {**summary, "history": training.history,
+                             **({} if learned is None else {"learned": learned})},
+                "versions": versions.environment(),
+                **({"scores": NO_THRESHOLD} if detector is None else {}),
+                **sections,
+            }
+            if options.measure_routing:
+                route_measured(stage, Manifest.of(manifest), partial(set_routes, manifest))
+            write_manifest(stage, manifest)
+            after_reseal(stage, options.sign_key)  # signed in staging: published signed, or not at all
+        return Path(out), built.report
 
 
 def export_keras(model_file: Path, out: Path, own: UserModelOptions = UserModelOptions(),
@@ -158,10 +162,11 @@ def export_keras(model_file: Path, out: Path, own: UserModelOptions = UserModelO
     path = as_path(model_file, "model file")
     own = replace(own, data=None if own.data is None else as_path(own.data, "data"),
                   calibrate=None if own.calibrate is None else as_path(own.calibrate, "calibration data"))
-    training = training_for(path, own, 0.99 if quantile is None else quantile)
-    # the threshold is calibrated at the training's quantile, set to this one above: passed on as well, it
-    # would read as a second threshold beside `options.threshold`
-    return export(training, out, replace(options, threshold_quantile=None))
+    with target_lock(out):  # before TensorFlow loads: a second export to `out` is refused at once
+        training = training_for(path, own, 0.99 if quantile is None else quantile)
+        # the threshold is calibrated at the training's quantile, set to this one above: passed on as well, it
+        # would read as a second threshold beside `options.threshold`
+        return export(training, out, replace(options, threshold_quantile=None))
 
 
 def optimize(folder: Path, options: ExportOptions = OPTIMIZE_DEFAULTS) -> Optimized:
@@ -182,6 +187,7 @@ def optimize(folder: Path, options: ExportOptions = OPTIMIZE_DEFAULTS) -> Optimi
     onnx = require("onnx", "train")
     check_options(options)
     folder = as_path(folder, "export folder")
+    check_sign_key(options.sign_key)
     check_tolerances(options.tolerances)
     check_variant_names(options.variants)
     check_flag(options.measure_routing, "measure_routing")
@@ -221,6 +227,7 @@ def optimize(folder: Path, options: ExportOptions = OPTIMIZE_DEFAULTS) -> Optimi
         if options.measure_routing:
             route_measured(stage, Manifest.of(rebuilt), partial(set_routes, rebuilt))
         write_manifest(stage, rebuilt)
+        after_reseal(stage, options.sign_key, signed_before=(folder / SIGNATURE_FILE).exists(), shown=folder)
     return built.variants
 
 
@@ -237,14 +244,16 @@ def run_pipeline(config: TrainConfig, out: Path, data: Path | None = None, colum
     check_options(options)
     out = as_path(out, "out")
     check_target(out, options.force)  # fail before minutes of training, not after: so do the export's settings
+    check_sign_key(options.sign_key)
     fp32_tolerance(options.atol, options.rtol)
     if options.opset is not None:
         check_opset(options.opset)
     verification_providers(options.providers)
     check_variant_names(options.variants)
     check_flag(options.measure_routing, "measure_routing")
-    training = train(config, data, columns, progress)
-    path, report = export_or_keep(training, out, options)
+    with target_lock(out):  # held from the first epoch to the swap: a second run on `out` is refused at once
+        training = train(config, data, columns, progress)
+        path, report = export_or_keep(training, out, options)
     return path, report, training
 
 
@@ -254,11 +263,16 @@ def export_or_keep(training: Training, out: Path,
     to export is saved as a training run beside `out` (kept_run_folder), and the error says where."""
     try:
         return export(training, out, options)
-    except EdgeAEError as exc:
-        kept = save_training(training, kept_run_folder(out))
+    except (EdgeAEError, OSError) as exc:  # OSError: a full disk, a folder gone; the staging is freed by now
+        failure = exc if isinstance(exc, EdgeAEError) else UsageError(
+            f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        try:
+            kept = save_training(training, kept_run_folder(out))
+        except (EdgeAEError, OSError) as again:
+            raise type(failure)(f"{failure}; the trained model could not be kept either ({again})") from None
         anyway = " --accept-unlearned" if isinstance(exc, LearningError) else ""
-        raise type(exc)(f"{exc}; the trained model is kept in {kept} (`edgeae export {kept}{anyway}` publishes "
-                        "it)") from None
+        raise type(failure)(f"{failure}; the trained model is kept in {kept} (`edgeae export {kept}{anyway}` "
+                            "publishes it)") from None
 
 
 def kept_run_folder(out: Path) -> Path:
@@ -270,13 +284,13 @@ def kept_run_folder(out: Path) -> Path:
     return candidate
 
 
-def rewrite_routing(folder: Path) -> dict[str, list[dict[str, Any]]]:
+def rewrite_routing(folder: Path, sign_key: Path | None = None) -> dict[str, list[dict[str, Any]]]:
     """Measure on this machine which graph serves which batch sizes of each role's fp32 model, and
     in runs of how many windows (measure/routing.py), and rewrite only that in the manifest, resealed.
-    Returns the routes by role."""
+    Returns the routes by role. A signed export is signed again with `sign_key`, or loses its signature."""
     folder = as_path(folder, "export folder")
-    with amend_export(folder) as amendment:
-        return route_measured(folder, amendment.manifest, amendment.set_routes)
+    with amend_export(folder, sign_key=sign_key) as amendment:
+        return route_measured(amendment.folder, amendment.manifest, amendment.set_routes)
 
 
 def route_measured(folder: Path, manifest: Manifest,
@@ -293,23 +307,26 @@ def route_measured(folder: Path, manifest: Manifest,
     return chosen
 
 
-def measure_targets(folder: Path, runtimes: tuple[str, ...] | None = None) -> dict[str, Any]:
+def measure_targets(folder: Path, runtimes: tuple[str, ...] | None = None,
+                    sign_key: Path | None = None) -> dict[str, Any]:
     """Run every published file of an export on each runtime (targets.measure_runtimes) and record the
     table, with the CPU it was measured on, in the export's targets.json, over what it held before
     (targets.merged: a runtime measured elsewhere and not installed here keeps its figures).
 
-    Measured, not predicted: each file and runtime costs a child process (about half a second).
+    Measured, not predicted: each file and runtime costs a child process (about half a second). A signed
+    export is signed again with `sign_key` (a PEM private key file), or else loses its signature, with a notice.
     """
     folder = as_path(folder, "export folder")
     runtimes = RUNTIMES if runtimes is None else tuple(runtimes)
-    with amend_export(folder) as amendment:
+    with amend_export(folder, sign_key=sign_key) as amendment:
         manifest = amendment.manifest
         if TARGETS_FILE not in manifest.files:
             raise UsageError(f"{folder} has no {TARGETS_FILE}; rebuild it first: edgeae optimize {folder}")
-        targets = read_json(folder / TARGETS_FILE, "target report")
+        stage = amendment.folder
+        targets = read_json(stage / TARGETS_FILE, "target report")
         before = targets.get("runtimes") if isinstance(targets.get("runtimes"), dict) else {}
-        measured = measure_runtimes(folder, manifest, read_golden(folder, manifest), runtimes)
+        measured = measure_runtimes(stage, manifest, read_golden(stage, manifest), runtimes)
         targets["runtimes"] = {"measured_on": machine(), "files": merged(before.get("files") or {}, measured)}
-        atomic_write_json(folder / TARGETS_FILE, targets)
-        amendment.add_file(folder / TARGETS_FILE, REPORT_ROLE)
+        atomic_write_json(stage / TARGETS_FILE, targets)
+        amendment.add_file(stage / TARGETS_FILE, REPORT_ROLE)
     return targets["runtimes"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeae.contract import progress
 from edgeae.contract.files import read_json
 from edgeae.contract.golden import choose_subset
 from edgeae.contract.layout import PARITY_REPORT_FILE, TARGETS_FILE
@@ -37,12 +38,13 @@ def manifest_sections(built: BuiltExport, fp32: Tolerance, providers: list[str],
                    "report": PARITY_REPORT_FILE},
     }
     if detector:
-        detector = {**detector, "variants": variant_thresholds(stage, section["autoencoder"], training,
-                                                               detector["quantile"])}
-        if isinstance(detector.get("chosen"), dict):  # a user's threshold holds for every precision
-            detector = set_threshold(detector, detector["threshold"], detector["chosen"]["source"])
-        files, detector["graphs"] = detector_graphs(stage, built, detector, training, providers)
-        detector["golden"] = _golden_windows(built, detector, training)
+        with progress.stage("thresholds and detector graphs"):
+            detector = {**detector, "variants": variant_thresholds(stage, section["autoencoder"], training,
+                                                                   detector["quantile"])}
+            if isinstance(detector.get("chosen"), dict):  # a user's threshold holds for every precision
+                detector = set_threshold(detector, detector["threshold"], detector["chosen"]["source"])
+            files, detector["graphs"] = detector_graphs(stage, built, detector, training, providers)
+            detector["golden"] = _golden_windows(built, detector, training)
         out["files"] = {**built.files, **files}
         out["detector"] = detector
     return out

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgeae.data.series import FLOAT32_MAX, load_series
 from edgeae.data.windows import Preprocessing, window_series
+from edgeae.contract import progress
 from edgeae.contract.errors import UnsupportedModelError, UsageError, require
 from edgeae.contract.files import loads_json
 from edgeae.exporter.options import UserModelOptions
@@ -300,7 +301,8 @@ def training_for(path: Path, own: UserModelOptions = UserModelOptions(), thresho
     """
     encoder_layer, data, columns, scaling, stride = own.encoder_layer, own.data, own.columns, own.scaling, own.stride
     clip_quantiles, calibrate, scaling_values = own.clip_quantiles, own.calibrate, own.scaling_values
-    model = as_functional(load_keras_file(path))
+    with progress.stage(f"load {path.name}"):
+        model = as_functional(load_keras_file(path))
     family = inspect(model, encoder_layer)
     if scaling_values is not None:
         given = given_preprocessing(family.features, scaling, scaling_values)  # before any data is read

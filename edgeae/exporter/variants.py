@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeae.contract import progress
 from edgeae.contract.errors import require
 from edgeae.contract.layout import ROLES
 from edgeae.contract.manifest import file_entry
@@ -120,7 +121,7 @@ def build_variants(stage: Path, training: Training, inputs: dict[str, np.ndarray
     made: list[Variant] = []
     described: dict[str, tuple[Any, str]] = {}
     skipped: dict[str, dict[str, str]] = {}
-    for role in ROLES:
+    for role in progress.each(ROLES, "variants", "models", note=str):
         clean_path = stage / variant_file(role, DEFAULT_VARIANT)
         clean = onnx.load(str(clean_path))
         plain_file = variant_file(role, "plain")

@@ -1,11 +1,13 @@
-"""Build, prove and measure the generated C: on this host (gcc) and on a Cortex-M4F under QEMU.
+"""Build, prove and measure the generated C: on this host (gcc) and on Cortex-M cores under QEMU
+(cores.py: M4F, M3, M33, M0).
 
 The proof is the golden program's exit code, compiled with `-std=c99 -Wall -Wextra -pedantic
 -Werror`. The figures: flash and RAM of the model (arm-none-eabi-size), its stack frames
 (-fstack-usage), instructions per window under QEMU (`-icount shift=0` makes the virtual clock
 advance one nanosecond per guest instruction; SysTick counts that clock, and a loop of a known
-instruction count calibrates ticks to instructions: instructions, not cycles), and the host's
-time per window against onnxruntime's batch-1 call in the same run.
+instruction count calibrates ticks to instructions: measured instructions, not cycles), cycles
+estimated from a traced run's instruction mix (cores.py), and the host's time per window against
+onnxruntime's batch-1 call in the same run.
 """
 from __future__ import annotations
 
@@ -28,10 +30,12 @@ from edgeae.contract.golden import read_golden
 from edgeae.contract.manifest import read_export_manifest, verify_file
 from edgeae.mcu import templates as c_templates
 from edgeae.mcu.c_code import GOLDEN_FILE, SOURCE_FILE, generate_c
+from edgeae.mcu.cores import CORES, M4F, Core, Mix, linker_script, mix_source, read_trace
+from edgeae.mcu.table import core_lines
 
 STRICT = ("-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror")
-CORTEX_M4F = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
-QEMU_MACHINE = "mps2-an386"
+CORTEX_M4F = M4F.flags
+QEMU_MACHINE = M4F.machine
 ARM_TOOLS = {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi", "arm-none-eabi-size": "binutils-arm-none-eabi",
              "qemu-system-arm": "qemu-system-arm"}
 TIMEOUT_S = 600
@@ -153,21 +157,38 @@ class ArmBuild:
     stack_frames: dict[str, int]  # -fstack-usage, per function of edgeae_model.c
 
 
-def build_arm(c_dir: Path, build_dir: Path, optimize: str = "-O2") -> ArmBuild:
-    """Cross-compile model and golden program for a Cortex-M4F (hard float) on QEMU's mps2-an386."""
+def _arm_objects(c_dir: Path, build_dir: Path, optimize: str, core: Core, defines: tuple[str, ...]) -> tuple[Path, Path]:
+    """The model's object (strict C99, -fstack-usage) and the start-up's, for `core`."""
+    gcc = tool("arm-none-eabi-gcc", ARM_TOOLS["arm-none-eabi-gcc"])
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / "startup.c").write_text(c_templates.ARM_STARTUP)
+    (build_dir / "board.ld").write_text(linker_script(core))
+    model, startup = build_dir / "model.o", build_dir / "startup.o"
+    what = "arm-none-eabi-gcc on the generated C"
+    _compile([gcc, *STRICT, optimize, *core.flags, *defines, "-fstack-usage", "-c", str(c_dir / SOURCE_FILE),
+              "-o", str(model)], what)
+    _compile([gcc, optimize, *core.flags, "-c", str(build_dir / "startup.c"), "-o", str(startup)], what)  # harness only
+    return model, startup
+
+
+def _link(core: Core, build_dir: Path, objects: list[Path], elf: Path) -> None:
+    gcc = tool("arm-none-eabi-gcc", ARM_TOOLS["arm-none-eabi-gcc"])
+    _compile([gcc, *core.flags, "--specs=rdimon.specs", "-T", str(build_dir / "board.ld"), *map(str, objects), "-lm",
+              "-o", str(elf)], f"linking the {core.name} program")
+
+
+def build_arm(c_dir: Path, build_dir: Path, optimize: str = "-O2", core: Core = M4F,
+              defines: tuple[str, ...] = ()) -> ArmBuild:
+    """Cross-compile model and golden program for `core` (default the Cortex-M4F, hard float, of mps2-an386).
+    `defines`: extra -D flags for the model (-DEDGEAE_PORTABLE: the integer build without SMLAD)."""
     gcc, size = tool("arm-none-eabi-gcc", ARM_TOOLS["arm-none-eabi-gcc"]), tool("arm-none-eabi-size", ARM_TOOLS["arm-none-eabi-size"])
     build_dir, c_dir = Path(build_dir), Path(c_dir)
-    (build_dir / "startup.c").write_text(c_templates.ARM_STARTUP)
-    (build_dir / "mps2.ld").write_text(c_templates.ARM_LINKER_SCRIPT)
-    model, golden, startup = (build_dir / n for n in ("model.o", "golden.o", "startup.o"))
-    what = "arm-none-eabi-gcc on the generated C"
-    _compile([gcc, *STRICT, optimize, *CORTEX_M4F, "-fstack-usage", "-c", str(c_dir / SOURCE_FILE), "-o", str(model)], what)
-    _compile([gcc, *STRICT, optimize, *CORTEX_M4F, "-DEDGEAE_SYSTICK", f"-I{c_dir}", "-c", str(c_dir / GOLDEN_FILE),
-              "-o", str(golden)], what)
-    _compile([gcc, optimize, *CORTEX_M4F, "-c", str(build_dir / "startup.c"), "-o", str(startup)], what)  # harness only
+    model, startup = _arm_objects(c_dir, build_dir, optimize, core, defines)
+    golden = build_dir / "golden.o"
+    _compile([gcc, *STRICT, optimize, *core.flags, "-DEDGEAE_SYSTICK", f"-I{c_dir}", "-c", str(c_dir / GOLDEN_FILE),
+              "-o", str(golden)], "arm-none-eabi-gcc on the generated C")
     elf = build_dir / "golden.elf"
-    _compile([gcc, *CORTEX_M4F, "--specs=rdimon.specs", "-T", str(build_dir / "mps2.ld"), str(startup), str(model),
-              str(golden), "-lm", "-o", str(elf)], "linking the Cortex-M golden program")
+    _link(core, build_dir, [startup, model, golden], elf)
     numbers = _run([size, str(model)], "arm-none-eabi-size").stdout.splitlines()[-1].split()
     frames = {}
     for line in (build_dir / "model.su").read_text().splitlines():
@@ -176,13 +197,36 @@ def build_arm(c_dir: Path, build_dir: Path, optimize: str = "-O2") -> ArmBuild:
     return ArmBuild(elf, {"text": int(numbers[0]), "data": int(numbers[1]), "bss": int(numbers[2])}, frames)
 
 
-def run_qemu(elf: Path) -> GoldenRun:
-    """The golden program on QEMU's Cortex-M4F board, semihosting for output and exit code, the
+def _qemu(core: Core, elf: Path, *extra: str) -> list[str]:
+    return [tool("qemu-system-arm", ARM_TOOLS["qemu-system-arm"]), "-M", core.machine, "-nographic", "-monitor", "none",
+            "-semihosting-config", "enable=on,target=native", *extra, "-kernel", str(elf)]
+
+
+def run_qemu(elf: Path, core: Core = M4F) -> GoldenRun:
+    """The golden program on `core`'s QEMU board, semihosting for output and exit code, the
     virtual clock counting instructions."""
-    qemu = tool("qemu-system-arm", ARM_TOOLS["qemu-system-arm"])
-    return run_program([qemu, "-M", QEMU_MACHINE, "-nographic", "-monitor", "none",
-                        "-semihosting-config", "enable=on,target=native", "-icount", "shift=0", "-kernel", str(elf)],
-                       "qemu-system-arm")
+    return run_program(_qemu(core, elf, "-icount", "shift=0"), "qemu-system-arm")
+
+
+def trace_mix(c_dir: Path, build_dir: Path, core: Core, windows: np.ndarray, defines: tuple[str, ...] = ()) -> Mix:
+    """The model's dynamic instruction mix per window on `core`: a program scoring `windows` traced
+    by QEMU, less the same program scoring none."""
+    gcc = tool("arm-none-eabi-gcc", ARM_TOOLS["arm-none-eabi-gcc"])
+    build_dir, c_dir = Path(build_dir), Path(c_dir)
+    model, startup = _arm_objects(c_dir, build_dir, "-O2", core, defines)
+    (build_dir / "mix.c").write_text(mix_source(windows))
+    mixes = []
+    for runs in (len(windows), 0):
+        obj, elf, log = (build_dir / f"mix{runs}{suffix}" for suffix in (".o", ".elf", ".log"))
+        _compile([gcc, *STRICT, "-O2", *core.flags, f"-DRUNS={runs}", f"-I{c_dir}", "-c", str(build_dir / "mix.c"),
+                  "-o", str(obj)], "arm-none-eabi-gcc on the mix program")
+        _link(core, build_dir, [startup, model, obj], elf)
+        done = _run(_qemu(core, elf, "-d", "in_asm,exec,nochain", "-D", str(log)), "qemu-system-arm (traced)")
+        if done.returncode:
+            raise CBuildError(f"the traced {core.name} run failed: {(done.stdout + done.stderr).strip()[-200:]}")
+        mixes.append(read_trace(log))
+        log.unlink()
+    return mixes[0].minus(mixes[1], len(windows))
 
 
 def instructions_per_window(run: GoldenRun) -> float | None:
@@ -197,17 +241,23 @@ def instructions_per_window(run: GoldenRun) -> float | None:
 
 @dataclass
 class CBenchReport:
-    """Every figure of one precision's C build, host and Cortex-M side by side."""
+    """Every figure of one precision's C build: the host, and each Cortex-M core (rows for table.py)."""
 
     precision: str
     weights_bytes: int
     work_bytes: int
     host: dict[str, Any] = field(default_factory=dict)
-    arm: dict[str, Any] = field(default_factory=dict)
+    cores: list[dict[str, Any]] = field(default_factory=list)
+    cores_skipped: str | None = None  # why no core ran (not asked, tools missing)
+
+    @property
+    def arm(self) -> dict[str, Any]:
+        """The Cortex-M4F's row (older reports' only core)."""
+        return next((row for row in self.cores if row.get("core") == M4F.key), {})
 
     def to_dict(self) -> dict[str, Any]:
         return {"precision": self.precision, "weights_bytes": self.weights_bytes, "work_bytes": self.work_bytes,
-                "host": self.host, "arm": self.arm}
+                "host": self.host, "cores": self.cores, "cores_skipped": self.cores_skipped}
 
     def lines(self) -> list[str]:
         out = [f"{self.precision}: weights {self.weights_bytes / 1000:.1f} KB, work area {self.work_bytes} B"]
@@ -216,16 +266,8 @@ class CBenchReport:
                    f"reconstruction {h['errors']['reconstruction']:.2e}, embedding {h['errors']['embedding']:.2e}; "
                    f"C -O3 -march=native {h['c_us']:.1f} us/window, onnxruntime batch 1 {h['ort_us']:.1f} us: "
                    f"C is {h['ort_over_c']:.2f}x onnxruntime's speed")
-        a = self.arm
-        if a.get("skipped"):
-            out.append(f"  Cortex-M4F: skipped ({a['skipped']})")
-        else:
-            s = a["model_sizes"]
-            out.append(f"  Cortex-M4F ({QEMU_MACHINE}, QEMU): golden {'passed' if a['passed'] else 'FAILED'}, max abs "
-                       f"error reconstruction {a['errors']['reconstruction']:.2e}, embedding {a['errors']['embedding']:.2e}; "
-                       f"model text {s['text']} B, data {s['data']} B, bss {s['bss']} B; stack frames "
-                       f"{a['stack_bytes']} B in all (deepest chain {a['stack_chain_bytes']} B, plus libm); "
-                       f"{a['instructions_per_window'] / 1e6:.2f}M instructions per window (-O2; instructions, not cycles)")
+        if self.cores_skipped:
+            out.append(f"  Cortex-M: skipped ({self.cores_skipped})")
         return out
 
 
@@ -263,28 +305,91 @@ def _time_host(export_dir: Path, c_dir: Path, build_dir: Path, work_bytes: int, 
     return {"c_us": c_us, "ort_us": ort_us, "ort_over_c": ort_us / c_us, "ort_file": name}
 
 
-def bench_c(export_dir: Path, precision: str = "fp32", rounds: int = 2000, arm: bool = True) -> CBenchReport:
-    """Generate the C of `precision`, prove it on the host and (where the tools are) on a Cortex-M4F, and measure it."""
+def _stack(frames: dict[str, int]) -> int:
+    """Every frame of the model's functions summed: an upper bound of its deepest call chain."""
+    return sum(frames.values())
+
+
+def prove_on_core(c_dir: Path, build_dir: Path, core: Core, code: Any, mix_windows: np.ndarray) -> dict[str, Any]:
+    """One row of the table: the golden program on `core` (every window it holds), its instructions per
+    window (measured), cycles (estimated from the traced mix), flash and RAM; for the integer build on a
+    DSP core, also the portable build's digest (the same bits, or not)."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    row: dict[str, Any] = {"core": core.key, "name": core.name, "machine": core.machine, "precision": code.precision}
+    build = build_arm(c_dir, build_dir / "golden", core=core)
+    run = run_qemu(build.elf, core)
+    flags = re.search(r"flags: (\d+) of (\d+) windows differ", run.output)
+    digest = re.search(r"digest: (\w+)", run.output)
+    sizes = build.model_sizes
+    row.update({"passed": run.passed, "errors": run.max_errors(), "failures": run.failures()[:3],
+                "windows": int(flags.group(2)) if flags else None,
+                "flags_differ": int(flags.group(1)) if flags else None,
+                "digest": digest.group(1) if digest else None,
+                "instructions_per_window": instructions_per_window(run), "model_sizes": sizes,
+                "flash_bytes": sizes["text"] + sizes["data"], "stack_bytes": _stack(build.stack_frames),
+                "ram_bytes": code.work_bytes + sizes["data"] + sizes["bss"] + _stack(build.stack_frames)})
+    if code.precision == "int8" and core.key in ("m4f", "m33"):  # the cores with DSP: SMLAD against the portable loop
+        portable = run_qemu(build_arm(c_dir, build_dir / "portable", core=core, defines=("-DEDGEAE_PORTABLE",)).elf, core)
+        other = re.search(r"digest: (\w+)", portable.output)
+        row["portable_digest"] = other.group(1) if other else None
+        row["portable_instructions_per_window"] = instructions_per_window(portable)
+    mix = trace_mix(c_dir, build_dir / "mix", core, mix_windows)
+    row["traced_instructions_per_window"] = mix.instructions
+    row["cpi_estimated"] = mix.cycles(core) / mix.instructions if mix.instructions else None
+    measured = row["instructions_per_window"]
+    row["cycles_per_window_estimated"] = measured * row["cpi_estimated"] if measured and row["cpi_estimated"] else None
+    row["top_instructions"] = mix.top()
+    return row
+
+
+def _core_fits(code: Any, core: Core) -> str | None:
+    """Why the model cannot fit `core`'s board (None where it may)."""
+    if code.weights_bytes > core.flash_bytes * 0.9:
+        return f"the model's {code.weights_bytes / 1000:.0f} KB of weights do not fit {core.flash_bytes >> 10} KB of flash"
+    if code.work_bytes > core.ram_bytes // 2:
+        return f"its {code.work_bytes} B work area does not fit {core.ram_bytes >> 10} KB of RAM beside the test"
+    return None
+
+
+SMALL_BOARD_WINDOWS = 20  # golden windows per set a 256 KB board holds beside the model and newlib
+
+
+def bench_c(export_dir: Path, precision: str = "fp32", rounds: int = 2000, arm: bool = True,
+            cores: tuple[str, ...] = (M4F.key,)) -> CBenchReport:
+    """Generate the C of `precision`, prove it on the host and (where the tools are) on each of `cores`
+    under QEMU (cores.CORES), and measure it."""
     with tempfile.TemporaryDirectory(prefix="edgeae-c-") as tmp:
         tmp_path = Path(tmp)
         code = generate_c(export_dir, tmp_path / "c", precision)
-        report = CBenchReport(precision, code.weights_bytes, code.work_bytes)
+        report = CBenchReport(code.precision, code.weights_bytes, code.work_bytes)
         run = run_program([str(build_host(code.folder, tmp_path))], "the golden program")
+        digest = re.search(r"digest: (\w+)", run.output)
         report.host = {"cpu": _cpu_name(), "passed": run.passed, "errors": run.max_errors(),
+                       "digest": digest.group(1) if digest else None,
                        **_time_host(Path(export_dir), code.folder, tmp_path, code.work_bytes, rounds)}
         run.check("this host")
         missing = arm_tools_missing()
         if not arm or missing:
-            report.arm = {"skipped": "not asked" if not arm else f"{', '.join(missing)} not installed"}
+            report.cores_skipped = "not asked" if not arm else f"{', '.join(missing)} not installed"
             return report
-        (tmp_path / "arm").mkdir()
-        build = build_arm(code.folder, tmp_path / "arm")
-        run = run_qemu(build.elf)
-        frames = build.stack_frames
-        chain = frames.get("edgeae_score", 0) + frames.get("edgeae_reconstruct", 0) + frames.get("run_encoder", 0) + max(
-            frames.get("mac", 0), frames.get("update", 0))
-        report.arm = {"machine": QEMU_MACHINE, "passed": run.passed, "errors": run.max_errors(),
-                      "model_sizes": build.model_sizes, "stack_frames": frames, "stack_bytes": sum(frames.values()),
-                      "stack_chain_bytes": chain, "instructions_per_window": instructions_per_window(run)}
-        run.check(f"a Cortex-M4F ({QEMU_MACHINE}, QEMU)")
+        golden = read_golden(Path(export_dir), read_export_manifest(Path(export_dir)))
+        mix_windows = next(iter(golden.inputs.values()))[:1]
+        for key in cores:
+            core = CORES[key]
+            why = _core_fits(code, core)
+            if why is not None:
+                report.cores.append({"core": key, "name": core.name, "precision": code.precision, "skipped": why})
+                continue
+            folder = code.folder
+            if core.flash_bytes < (1 << 20):  # a small board: the golden program holds fewer windows
+                folder = generate_c(export_dir, tmp_path / f"c-{key}", precision,
+                                    golden_windows=SMALL_BOARD_WINDOWS).folder
+            row = prove_on_core(folder, tmp_path / key, core, code, mix_windows)
+            report.cores.append(row)
+            if not row["passed"]:
+                GoldenRun(1, "\n".join(row["failures"]) or "no summary").check(f"a {core.name} ({core.machine}, QEMU)")
     return report
+
+
+def table_lines(reports: list[CBenchReport]) -> list[str]:
+    return core_lines([row for r in reports for row in r.cores])

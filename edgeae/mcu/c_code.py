@@ -7,11 +7,12 @@ itself: `edgeae_model.h` + `edgeae_model.c` (const weights, caller-provided work
 clip and scaling inside as in the ONNX graphs, the export's score and threshold) and
 `edgeae_golden.c`, a test program holding the export's golden vectors.
 
-The weights come from the export's ONNX graph (fp32: the clean graph; int8: the int8 variant's
-int8 codes and per-row scales, float compute) or, for fp32, from model.keras; both give the same
-numbers because both are put in ONNX's gate order i, o, f, c. What the C does not implement (an
-LSTM with clip, peepholes, another direction or layout, hard sigmoid...) is refused, never
-approximated. Every file read is checked against the export's sealed manifest first.
+The weights come from the export's ONNX graph (fp32 and int8: the clean graph; int8-weights: the int8
+variant's int8 codes and per-row scales, float compute) or from model.keras (not int8-weights); both give
+the same numbers because both are put in ONNX's gate order i, o, f, c. int8 is the full-integer build:
+quantized and written by int8_c.py (quantize.py holds the scheme and its numpy model). What the C
+does not implement (an LSTM with clip, peepholes, another direction or layout, hard sigmoid...) is
+refused, never approximated. Every file read is checked against the export's sealed manifest first.
 """
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ from edgeae.contract.errors import IntegrityError, UnsupportedModelError, UsageE
 from edgeae.contract.golden import KERAS, SCORE, read_golden
 from edgeae.contract.layout import KERAS_FILE
 from edgeae.contract.parity import DEFAULT_ATOL, Tolerance
-from edgeae.contract.variants import C_PRECISIONS
 from edgeae.data.windows import Preprocessing
-from edgeae.mcu import stream_c, templates as c_templates
+from edgeae.mcu import int8_c, stream_c, templates as c_templates
+from edgeae.mcu.c_text import LEVEL_CODE, doubles, fill, floats, is_identity, scaling_arrays
 from edgeae.mcu.shape import check_shape, graph_refusal
 from edgeae.trainer.model import load as load_keras
 
 SOURCES = ("onnx", "keras")
+C_BUILDS = ("fp32", "int8", "int8-weights")  # int8: full integer; int8-weights: int8 weights, float compute
 HEADER_FILE, SOURCE_FILE, GOLDEN_FILE = "edgeae_model.h", "edgeae_model.c", "edgeae_golden.c"
 C_ROLE = "c-source"
 _MUTANTS = ("gate-order", "tanh", "hard-sigmoid")  # wrong C the tests feed to the golden program
@@ -47,14 +49,6 @@ _C_ACTIVATIONS = {
     "Tanh": "tanhf(x)",
 }
 _HARD_SIGMOID = "fmaxf(0.0f, fminf(1.0f, 0.2f * x + 0.5f))"  # ONNX's default alpha, beta: mutant only
-# An export that removes each window's level (data/windows.py Preprocessing): its mean per feature, summed
-# in double and rounded once to float, as the graph computes it; added back to the reconstruction.
-LEVEL_CODE = """    for (f = 0; f < EDGEAE_FEATURES; f++) {
-        double sum = 0.0;
-        for (t = 0; t < EDGEAE_TIMESTEPS; t++)
-            sum += window[t * EDGEAE_FEATURES + f];
-        work->level[f] = (float)(sum / EDGEAE_TIMESTEPS);
-    }"""
 _KERAS_ACTIVATIONS = {"sigmoid": "Sigmoid", "relu": "Relu", "tanh": "Tanh"}
 
 
@@ -246,18 +240,6 @@ def _mutate(network: Network, mutant: str) -> Network:
 # ---------------------------------------------------------------- writing C
 
 
-def _floats(values: np.ndarray) -> str:
-    """float32 values as C literals that read back bit for bit (shortest round-trip form)."""
-    flat = np.asarray(values, np.float32).reshape(-1)
-    if not np.isfinite(flat).all():
-        raise IntegrityError("a weight or golden value is NaN or inf; refusing to write it as C")
-    return ",".join(str(v) + "f" for v in flat)  # str of a numpy float32: its shortest round-trip form
-
-
-def _doubles(values: Any) -> str:
-    return ",".join(repr(float(v)) for v in np.asarray(values, np.float64).reshape(-1))
-
-
 def _blocks(matrix: np.ndarray, units: int) -> np.ndarray:
     """(4·units, columns), rows i, o, f, c -> [block of two units][column][unit][gate], flat."""
     columns = matrix.shape[1]
@@ -278,21 +260,11 @@ def _matrix_c(name: str, matrix: np.ndarray | Int8Rows, units: int) -> tuple[str
         codes = _blocks(matrix.codes.astype(np.int8), units)
         scale = _block_vector(matrix.scale, units)
         text = (f"static const int8_t {name}_codes[{codes.size}] = {{{','.join(map(str, codes.tolist()))}}};\n"
-                f"static const float {name}_scale[{scale.size}] = {{{_floats(scale)}}};\n"
+                f"static const float {name}_scale[{scale.size}] = {{{floats(scale)}}};\n"
                 f"static const int8_matrix {name} = {{{name}_codes, {name}_scale}};")
         return text, codes.size + 4 * scale.size
     packed = _blocks(matrix, units)
-    return f"static const float {name}[{packed.size}] = {{{_floats(packed)}}};", 4 * packed.size
-
-
-def fill(template: str, values: dict[str, Any]) -> str:
-    """`template` with each @NAME@ replaced; a placeholder left over is a bug, refused."""
-    for key, value in values.items():
-        template = template.replace(f"@{key}@", str(value))
-    if "@" in template:
-        left = template[template.index("@"):][:40]
-        raise AssertionError(f"unfilled C template placeholder near {left!r}")
-    return template
+    return f"static const float {name}[{packed.size}] = {{{floats(packed)}}};", 4 * packed.size
 
 
 def _activation(name: str) -> str:
@@ -306,7 +278,7 @@ def render(network: Network, pre: Preprocessing, timesteps: int, threshold: floa
     units, features = network.units, network.features
     padded = units + units % 2
     arrays, weight_bytes = [], 0
-    if precision == "int8":
+    if precision == "int8-weights":
         arrays.append("typedef struct { const int8_t *codes; const float *scale; } int8_matrix;")
     for name, matrix in (("encoder_w", network.encoder.w), ("encoder_r", network.encoder.r),
                          ("decoder_w", network.decoder.w), ("decoder_r", network.decoder.r)):
@@ -315,17 +287,12 @@ def render(network: Network, pre: Preprocessing, timesteps: int, threshold: floa
         weight_bytes += size
     for name, vector in (("encoder_bias", network.encoder.b), ("decoder_bias", network.decoder.b)):
         packed = _block_vector(vector, units)
-        arrays.append(f"static const float {name}[{packed.size}] = {{{_floats(packed)}}};")
+        arrays.append(f"static const float {name}[{packed.size}] = {{{floats(packed)}}};")
         weight_bytes += 4 * packed.size
-    arrays.append(f"static const float dense_kernel[{network.dense_kernel.size}] = {{{_floats(network.dense_kernel)}}};")
-    arrays.append(f"static const float dense_bias[{features}] = {{{_floats(network.dense_bias)}}};")
+    arrays.append(f"static const float dense_kernel[{network.dense_kernel.size}] = {{{floats(network.dense_kernel)}}};")
+    arrays.append(f"static const float dense_bias[{features}] = {{{floats(network.dense_bias)}}};")
     weight_bytes += 4 * (network.dense_kernel.size + features)
-    identity = all(o == 0 for o in pre.offset) and all(s == 1 for s in pre.scale)
-    levelled = pre.level == "remove"
-    scaling = (f"static const double score_scale[EDGEAE_FEATURES] = {{{_doubles(pre.scale)}}};" if identity else
-               f"static const float offset[EDGEAE_FEATURES] = {{{_floats(np.array(pre.offset))}}};\n"
-               f"static const float scale[EDGEAE_FEATURES] = {{{_floats(np.array(pre.scale))}}};\n"
-               f"static const double score_scale[EDGEAE_FEATURES] = {{{_doubles(pre.scale)}}};")
+    identity, levelled, scaling = is_identity(pre), pre.level == "remove", scaling_arrays(pre)
     columns = max(features, units)
     work_bytes = 4 * (2 * 4 * padded + 2 * padded + units + 2 * features + 2 * columns)
     stream_header, stream_code = stream_c.stream_api(stride, timesteps * features, work_bytes)
@@ -344,10 +311,10 @@ def render(network: Network, pre: Preprocessing, timesteps: int, threshold: floa
     header = fill(c_templates.HEADER, common)
     source_text = fill(c_templates.SOURCE, {
         **common, "WEIGHTS": "\n".join(arrays),
-        "CLIP_LOW": _floats(np.array(pre.clip_low)), "CLIP_HIGH": _floats(np.array(pre.clip_high)),
+        "CLIP_LOW": floats(np.array(pre.clip_low)), "CLIP_HIGH": floats(np.array(pre.clip_high)),
         "SCALING_ARRAYS": scaling, "STREAM_CODE": stream_code,
         "GATE_ACT": _activation(acts[0]), "CELL_ACT": _activation(acts[1]), "OUT_ACT": _activation(acts[2]),
-        "KERNEL": c_templates.KERNEL_INT8 if precision == "int8" else c_templates.KERNEL_FP32,
+        "KERNEL": c_templates.KERNEL_INT8 if precision == "int8-weights" else c_templates.KERNEL_FP32,
         "ENC_W": "encoder_w", "ENC_R": "encoder_r", "DEC_W": "decoder_w", "DEC_R": "decoder_r",
         "PREPROCESS": "x" if identity else "(x - offset[f]) * scale[f]",
         "POSTPROCESS": ("y" if identity else "y / scale[f] + offset[f]") + (" + work->level[f]" if levelled else ""),
@@ -392,10 +359,10 @@ def render_golden(golden: Any, pre: Preprocessing, tolerance: Tolerance, precisi
         "VERSION": __version__, "PRECISION": precision, "TOLERANCE_NOTE": note,
         "SETS": len(names), "WINDOWS": len(inputs), "SET_NAMES": ",".join(f'"{n}"' for n in names),
         "SET_STARTS": ",".join(map(str, starts)),
-        "ERROR_UNIT": _floats(unit), "RECONSTRUCTION_TOL": _floats(np.array(recon_tol)), "EMBEDDING_TOL": _floats(np.array(embed_tol)),
-        "SCORE_TOL": _doubles(score_tol),
-        "INPUTS": _floats(inputs), "RECONSTRUCTIONS": _floats(reconstruction), "EMBEDDINGS": _floats(embedding),
-        "SCORES": _doubles(scores), "FLAGS": ",".join("1" if f else "0" for f in flags), "FLAGS_ALLOWED": allowed,
+        "ERROR_UNIT": floats(unit), "RECONSTRUCTION_TOL": floats(np.array(recon_tol)), "EMBEDDING_TOL": floats(np.array(embed_tol)),
+        "SCORE_TOL": doubles(score_tol),
+        "INPUTS": floats(inputs), "RECONSTRUCTIONS": floats(reconstruction), "EMBEDDINGS": floats(embedding),
+        "SCORES": doubles(scores), "FLAGS": ",".join("1" if f else "0" for f in flags), "FLAGS_ALLOWED": allowed,
     })
 
 
@@ -432,22 +399,25 @@ def _tolerance(manifest: Manifest, precision: str) -> Tolerance:
 
 
 def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: str = "onnx", force: bool = False,
-               _mutant: str | None = None) -> CCode:
+               golden_windows: int | None = None, _mutant: str | None = None) -> CCode:
     """Write edgeae_model.h, edgeae_model.c and edgeae_golden.c for an export into `out_dir`.
 
-    `precision` fp32 or int8 (the export's int8 variant: int8 weights, float compute, its own
-    threshold); `source` onnx (the export's graph) or keras (model.keras, fp32 only). The folder
+    `precision` fp32, int8 (full integer, int8_c.py: quantized from the float weights, the int8
+    detector's threshold) or int8-weights (the export's int8 variant: int8 weights, float compute);
+    `source` onnx (the export's graph) or keras (model.keras; not for int8-weights). The folder
     is written whole or not at all and an existing one is replaced only with `force`.
+    `golden_windows`: the golden program holds only the first so many windows of each set (a small board).
     `_mutant` is for the tests alone: it writes deliberately wrong C the golden program must catch.
     """
     export_dir, out_dir = as_path(export_dir, "export folder"), as_path(out_dir, "output folder")
-    if precision not in C_PRECISIONS:
-        raise UsageError(f"precision must be one of {', '.join(C_PRECISIONS)}, got {precision!r}")
+    if precision not in C_BUILDS:
+        raise UsageError(f"precision must be one of {', '.join(C_BUILDS)}, got {precision!r}")
     if source not in SOURCES:
         raise UsageError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    if source == "keras" and precision != "fp32":
-        raise UsageError("model.keras gives float32 weights; the int8 C is made from the export's int8 variant "
-                         "(source onnx)")
+    if source == "keras" and precision == "int8-weights":
+        raise UsageError("model.keras gives float32 weights; the int8-weights C is made from the export's int8 "
+                         "variant (source onnx)")
+    variant = "fp32" if precision == "fp32" else "int8"  # the export's precision whose threshold and tolerance hold
     check_target(out_dir, force)
     manifest = read_export_manifest(export_dir)
     check_shape(manifest)  # a stacked, GRU or Bidirectional model: refused by its layers' names, before any weight
@@ -459,7 +429,7 @@ def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: s
         origin = KERAS_FILE
     else:
         onnx = require("onnx", "train")
-        origin = _model_file(manifest, precision)
+        origin = _model_file(manifest, "int8" if precision == "int8-weights" else "fp32")
         if origin not in files:
             raise IntegrityError(f"the manifest lists no {origin}")
         path = verify_file(export_dir, origin, files[origin])
@@ -475,16 +445,23 @@ def generate_c(export_dir: Any, out_dir: Any, precision: str = "fp32", source: s
                              f"says {window.features} and {units}")
     if _mutant is not None:
         network = _mutate(network, _mutant)
-    threshold, tolerance = _threshold(manifest, precision), _tolerance(manifest, precision)
+    threshold, tolerance = _threshold(manifest, variant), _tolerance(manifest, variant)
     golden = read_golden(export_dir, manifest)
-    if SCORE not in golden.expected or (precision != "fp32" and precision not in golden.expected[SCORE]):
-        raise IntegrityError(f"the export's golden vectors hold no {precision} scores; export it again with this edgeae")
-    own_scores = golden.expected[SCORE]["keras" if precision == "fp32" else precision]
+    if SCORE not in golden.expected or (variant != "fp32" and variant not in golden.expected[SCORE]):
+        raise IntegrityError(f"the export's golden vectors hold no {variant} scores; export it again with this edgeae")
+    golden = golden if golden_windows is None else int8_c.trim(golden, golden_windows)
+    own_scores = golden.expected[SCORE]["keras" if variant == "fp32" else variant]
     note = ("score > this is anomalous" if precision == "fp32" else
             "calibrated on the int8 variant's own scores, as the ONNX int8 detector's")
     pre = Preprocessing.from_dict(manifest.preprocessing)
-    header, code, weight_bytes, work_bytes = render(network, pre, window.timesteps, threshold, precision, origin,
-                                                    note, window.stride)
+    if precision == "int8":
+        quantized = int8_c.quantized(network, export_dir, manifest, pre)
+        own_scores = int8_c.own_scores(quantized, golden, pre)
+        header, code, weight_bytes, work_bytes = int8_c.render(quantized, pre, window.timesteps, threshold, origin,
+                                                               window.stride)
+    else:
+        header, code, weight_bytes, work_bytes = render(network, pre, window.timesteps, threshold, precision, origin,
+                                                        note, window.stride)
     golden_c = render_golden(golden, pre, tolerance, precision, _threshold(manifest, "fp32"), own_scores, threshold)
     written = {HEADER_FILE: header, SOURCE_FILE: code, GOLDEN_FILE: golden_c}
     with staged_folder(out_dir, force) as stage:

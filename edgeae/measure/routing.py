@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeae.contract import progress
 from edgeae.contract.records import Manifest
 from edgeae.measure.timing import cpu_description, load_average, onnx_model, paired_ratio, time_rounds
 
@@ -70,7 +71,7 @@ def measure(folder: Path, manifest: Manifest, role: str, graphs: dict[str, bool]
     rng = np.random.default_rng(0)
     ratios: dict[str, dict[str, float]] = {file: {} for file in graphs}
     seconds: dict[str, float] = {}
-    for batch in probes:
+    for batch in progress.each(probes, f"routing {role}", "batch sizes", note=lambda b: f"timing batch {b}"):
         runners = {file: (lambda run, batch=batch: lambda x: run(x, batch))(model.run_windows)
                    for file, model in models.items() if batch == 1 or not graphs[file]}
         x = rng.uniform(0, 1, (batch, base.timesteps, base.features)).astype(np.float32)

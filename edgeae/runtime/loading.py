@@ -12,9 +12,10 @@ import numpy as np
 from edgeae.contract.errors import IntegrityError, ParityError, UsageError
 from edgeae.contract.golden import CLEAR, read_golden, subset
 from edgeae.contract.layout import ROLES
-from edgeae.contract.manifest import read_export_manifest, verify_file
+from edgeae.contract.manifest import read_export_manifest, verify_file, verify_files
 from edgeae.contract.onnx_scan import check_external
 from edgeae.contract.records import EMPTY, Manifest, thawed
+from edgeae.contract.signing import check_signature, note_unsigned
 from edgeae.contract.parity import ParityResult, Tolerance, compare, recorded_tolerance
 from edgeae.contract.variants import DEFAULT_VARIANT, SELF_CHECKED
 from edgeae.runtime.providers import check_threads, resolve_providers
@@ -104,7 +105,10 @@ def _check_flags(graph: OnnxModel, edge: EdgeModel, chosen: dict[str, np.ndarray
 
 def _load_folder(path: Path, manifest: Manifest, providers: str | Sequence[str], threads: int | None,
                  variant: str, check: bool = True) -> EdgeModel:
-    """The models of an export folder as its (checked) manifest describes them, each file verified."""
+    """The models of an export folder as its (checked) manifest describes them. Every listed file is
+    verified first, served or not (the Keras model, reports, golden and parity arrays): a folder whose
+    manifest vouches for a file that is not what it was exported with is not the export."""
+    verify_files(path, manifest)
     models, unpublished = {}, {}
     for role in ROLES:
         try:
@@ -137,7 +141,8 @@ def _load_folder(path: Path, manifest: Manifest, providers: str | Sequence[str],
 
 
 def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int | None = None,
-         variant: str = DEFAULT_VARIANT, self_check: bool = True) -> EdgeModel:
+         variant: str = DEFAULT_VARIANT, self_check: bool = True, trusted_key: str | Path | bytes | None = None
+         ) -> EdgeModel:
     """Load an export folder (every file checked against the manifest first) or one .onnx/.ort file.
 
     `variant` picks among what the export published: "fp32" (the default clean graph),
@@ -147,6 +152,11 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
     those alone. A reduced-precision variant (fp16, int8, int8-dynamic) is first run on the
     export's golden vectors and refused (SelfCheckError) where this device's kernels miss its
     recorded tolerance; `self_check=False` skips that.
+
+    `trusted_key` (a PEM EC public key: its file or bytes; default $EDGEAE_TRUSTED_KEY) makes the export's
+    signature required: an unsigned export, or one whose signature does not match its files or the key, is
+    refused (SignatureError, exit 4) before any file is read; without a key an unsigned export loads, noted
+    once per process (contract/signing.py; the key check needs `pip install 'edgeae[signing]'`).
     """
     if not isinstance(path, (str, os.PathLike)) or path == "":
         raise UsageError(f"model path must be a folder or file name (str or os.PathLike), got {path!r}")
@@ -157,17 +167,20 @@ def load(path: str | Path, providers: str | Sequence[str] = "auto", threads: int
     resolve_providers(providers)  # an impossible request fails before any file is read
     check_threads(threads)
     path = Path(path)
+    check_signature(path, trusted_key)  # with a key: the signature holds, or nothing is read
     if path.is_dir():
         manifest = read_export_manifest(path)
         try:
-            return _load_folder(path, manifest, providers, threads, variant, self_check)
+            edge = _load_folder(path, manifest, providers, threads, variant, self_check)
         except IntegrityError:
             # `export --force` swaps a new folder in at once: a file read after the old manifest
             # may be the new one. Only a manifest that changed meanwhile earns one more try.
             again = read_export_manifest(path)
             if again.checksum == manifest.checksum:
                 raise
-            return _load_folder(path, again, providers, threads, variant, self_check)
+            edge = _load_folder(path, again, providers, threads, variant, self_check)
+        note_unsigned(path, trusted_key)  # once it loaded: a bad export gets its one error line alone
+        return edge
     if variant != DEFAULT_VARIANT:
         raise UsageError("variant applies to an export folder; a single file is loaded as it is")
     if not path.exists():

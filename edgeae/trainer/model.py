@@ -20,8 +20,10 @@ import numpy as np
 
 from edgeae.data.gaps import MAX_INTERPOLATED_GAP, TRAIN_MISSING, check_policy
 from edgeae.data.windows import LEVEL_CHOICES, SCALINGS
+from edgeae.contract import progress
 from edgeae.contract.checks import check_quantile, is_real, is_whole
 from edgeae.contract.errors import DataError, EdgeAEError, IntegrityError, ShapeError, UsageError, require
+from edgeae.contract.files import refuse_if_interrupted
 
 ENCODER_LAYER = "encoder"
 # Defaults for a user's own series (the seed's one window has nothing to hold out): keep the
@@ -182,7 +184,7 @@ def import_keras():
     """Import TensorFlow + Keras on the CPU only, deterministic, with their chatter silenced."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" not in sys.modules:
-        with _quiet_native_stderr():
+        with progress.stage("load TensorFlow"), _quiet_native_stderr():
             require("tensorflow", "train")
     tf = require("tensorflow", "train")
     keras = require("keras", "train")
@@ -232,12 +234,15 @@ def _divergence_guard(keras):
 
     Past that point every weight turns NaN, so the remaining epochs would be wasted and
     the model useless; `diverged` records (epoch, which loss, its value) for the error.
+    It also ends training at the first epoch after a Ctrl-C or SIGTERM whose KeyboardInterrupt
+    TensorFlow swallowed where it landed (contract.files.INTERRUPTED), instead of training on.
     """
 
     class DivergenceGuard(keras.callbacks.Callback):
         diverged: tuple[int, str, float] | None = None
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            refuse_if_interrupted()
             for name, value in (logs or {}).items():
                 if self.diverged is None and not math.isfinite(float(value)):
                     self.diverged = (epoch + 1, name, float(value))

@@ -261,9 +261,10 @@ def report(export_dir: Path, options: ReportOptions = ReportOptions(), out: Path
         raise UsageError(f"export folder not found: {export_dir}")
     if out is not None and Path(out).resolve() == export_dir.resolve():
         out = None
-    target = export_dir if out is None else Path(out)
     # Only adding files to the export needs its lock; a read-only export can still be pictured elsewhere.
+    # Added to the export, the plots go into the amendment's staging copy, published whole with its manifest.
     with amend_export(export_dir, write=out is None) as amendment:
+        target = amendment.folder if out is None else Path(out)
         manifest = amendment.manifest
         ours = {name for name, entry in manifest.files.items() if out is None and entry.role == PLOT_ROLE}
         _check_targets(target, ours, force)
@@ -315,4 +316,4 @@ def report(export_dir: Path, options: ReportOptions = ReportOptions(), out: Path
         if out is None:
             for path in written:
                 amendment.add_file(path, PLOT_ROLE)
-    return written
+    return [export_dir / path.name for path in written] if out is None else written

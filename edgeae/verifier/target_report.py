@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edgeae.contract import progress
 from edgeae.contract.errors import UsageError, require
 from edgeae.contract.records import Manifest
 from edgeae.data.windows import Preprocessing
@@ -258,7 +259,7 @@ def measure_runtimes(folder: Path, manifest: Manifest, golden: Any, runtimes: tu
                autoencoders[precision].recorded_tolerance if precision in autoencoders else None, False)
               for precision, graph in graphs.items()]
     table: dict[str, Any] = {}
-    for role, file, recorded, one_window in files:
+    for role, file, recorded, one_window in progress.each(files, "targets", "files", note=lambda f: f[1]):
         tolerance = Tolerance.from_manifest(recorded, f"the tolerance of {file}")
         sets = ["single"] if one_window else names
         x = np.concatenate([golden.inputs[k] for k in sets])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent  # the virtual environment's scripts, `edgeae` among them
+os.environ.setdefault("EDGEAE_QUIET_UNSIGNED", "1")  # no note on the unsigned committed export in every CLI run
 
 
 def _environment(name: str) -> Path:

@@ -161,6 +161,10 @@ def test_verify_checks_files_and_golden_vectors_without_tensorflow(edgeae_cli, e
     (("report", "EXPORTED", "--out", "plots"), "edgeae[plot]"),
     (("demo", "--quiet"), "edgeae[dataset]"),
     (("fleet", "score", "EXPORTED", "readings.csv", "--by", "a", "--order", "b", "-o", "fleet"), "edgeae[dask]"),
+    (("inspect", "EXPORTED", "--trusted-key", "trusted.pem"), "edgeae[signing]"),
+    (("score", "EXPORTED", "readings.csv", "--trusted-key", "trusted.pem"), "edgeae[signing]"),
+    (("keygen", "signing.pem", "trusted.pem"), "edgeae[signing]"),
+    (("sign", "COPY", "--key", "signing.pem"), "edgeae[signing]"),
 ])
 def test_a_command_that_needs_an_extra_names_it(edgeae_cli, exported, export_copy, tmp_path, args, extra):
     np.savetxt(tmp_path / "readings.csv", np.zeros((20, 5)), delimiter=",", header="a,b,c,d,e", comments="")
