@@ -1,4 +1,4 @@
-"""The house rules (README, "Layout"), read from the source: they hold for every module, not only today's."""
+"""The house rules (docs/explanation/architecture.md), read from the source: they hold for every module, not only today's."""
 import ast
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 """The real dataset: InternalBleeding16 (UCR anomaly archive 135) from the files aeon ships.
 
 One small demo run (about 20 s: training, export, parity) is shared by the tests here; the
-README's figures come from the full run, `edgeae demo`.
+the docs' figures come from the full run, `edgeae demo`.
 """
 import json
 

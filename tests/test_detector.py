@@ -244,7 +244,7 @@ def test_cli_refuses_an_impossible_threshold_quantile(tmp_path):
 
 
 def test_evaluate_reads_the_trained_columns_and_never_the_label(sensor_export, tmp_path):
-    """The README's example: no --columns, a label column beside the features."""
+    """The docs' example (how-to/thresholds): no --columns, a label column beside the features."""
     _, out = sensor_export
     values, labels = _new_readings()
     _write_csv(tmp_path / "new.csv", values, labels)

@@ -1,5 +1,5 @@
 """Hostile files and failures in libraries: each ends in one `error:` line and the documented exit code
-(README's table: 4 for a corrupt, truncated or unsafe file), and the API raises edgeae's own exception."""
+(docs/reference/exit-codes.md: 4 for a corrupt, truncated or unsafe file), and the API raises edgeae's own exception."""
 from __future__ import annotations
 
 import json

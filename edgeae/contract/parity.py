@@ -16,7 +16,7 @@ from edgeae.contract.errors import IntegrityError, UsageError
 # fp32 parity: an error passes within the larger of an absolute floor (in the model's own, scaled
 # units) and a share of the reference output's value range. float32 rounding grows with the values
 # and with the number of recurrent steps; a wrong graph (gate order, activation) misses by tenths of
-# the range. See the README's "Parity" section for the measurements behind these two numbers.
+# the range. See docs/explanation/parity.md for the measurements behind these two numbers.
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
 

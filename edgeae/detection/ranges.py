@@ -3,7 +3,7 @@
 A labelled anomaly is usually a stretch of rows, and a detector that flags part of it, or flags
 just before it, has still found it; point-wise precision and recall cannot say so. These measures
 can (each written here from its paper; the PyPI packages that carry them pull in TensorFlow or
-PyTorch, see the README):
+PyTorch, see docs/how-to/thresholds.md):
 
 - VUS-PR and VUS-ROC (Paparrizos et al., "Volume Under the Surface", VLDB 2022; TSB-AD ranks by
   VUS-PR): range-AUCs averaged over buffer lengths 0..`buffer`; a buffer lets a score that rises

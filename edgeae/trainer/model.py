@@ -30,7 +30,7 @@ ENCODER_LAYER = "encoder"
 # last fifth for validation and threshold calibration, and stop once it stops improving.
 DATA_VALIDATION_FRACTION = 0.2
 DATA_PATIENCE = 20
-# ...and the activation and scaling that learn on real series (the README's "Your own data" has the
+# ...and the activation and scaling that learn on real series (docs/how-to/own-data.md has the
 # measurements, scripts/measure_defaults.py makes them): tanh on raw values saturates, relu on raw
 # values dies or blows up; tanh on min-max scaled values learned on all four series tried, best
 # on two and within 0.03 of the best on the others. The seed's own run keeps the notebook's relu, unscaled.
