@@ -1,8 +1,13 @@
 """Shared fixtures: one tiny trained model and export per session, so most tests stay fast."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +213,22 @@ def record_fits(monkeypatch) -> list[dict]:
 
     monkeypatch.setattr(Model, "fit", fit)
     return fits
+
+
+@contextlib.contextmanager
+def serve_folder(folder):
+    """A local static file server over `folder` on a free port, for a headless browser: its base address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=folder,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()

@@ -12,14 +12,14 @@ import contextlib
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .conftest import serve_folder
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -244,23 +244,6 @@ def test_the_readme_python_example_runs(workdir, capsys):
 
 # --- a reader's look, in headless Chromium --------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _serve(folder: Path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=folder,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                break
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait()
-
 
 SHOOT = """
 import { chromium } from "playwright-core";
@@ -294,7 +277,7 @@ def test_a_reader_sees_the_quickstart_and_the_command_reference(site):
              "/reference/cli/": SCREENSHOTS / "docs_reference_cli.png"}
     for shot in shots.values():
         shot.unlink(missing_ok=True)
-    with _serve(site) as base:
+    with serve_folder(site) as base:
         proc = subprocess.run(["node", "--input-type=module", "-e", SHOOT, base,
                                *[str(x) for pair in shots.items() for x in pair]],
                               cwd=NODE, capture_output=True, text=True, timeout=120,

@@ -3,10 +3,7 @@ against the Python runtime; the screenshot is left in test-output/web_page.png t
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +12,7 @@ from edgeae import runtime
 from edgeae.data.series import load_features
 from edgeae.data.windows import cut_windows, make_windows
 
-from .conftest import EXPORTED, REPO
+from .conftest import EXPORTED, REPO, serve_folder
 
 NODE = REPO / "node"
 SCREENSHOT = REPO / "test-output" / "web_page.png"
@@ -23,21 +20,9 @@ SCREENSHOT = REPO / "test-output" / "web_page.png"
 
 @contextlib.contextmanager
 def file_server():
-    """A local static file server over node/ (the page and onnxruntime-web's files), on a free port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=NODE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                break
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/web/index.html"
-    finally:
-        server.terminate()
-        server.wait()
+    """A local static file server over node/ (the page and onnxruntime-web's files): the page's address."""
+    with serve_folder(NODE) as base:
+        yield f"{base}/web/index.html"
 
 
 def page(url, csv, variant="fp32", screenshot=SCREENSHOT, missing="skip", max_gap=5, header=True):
